@@ -1,0 +1,65 @@
+// Runs one merge end to end: plan, prepare the method, stream every tensor
+// through it into a ShardedWriter, copy the model's side files, commit.
+#ifndef MERGESERVE_ENGINE_EXECUTOR_H_
+#define MERGESERVE_ENGINE_EXECUTOR_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "mergeserve/engine/merge_config.h"
+#include "mergeserve/engine/merge_method.h"
+#include "mergeserve/engine/merge_plan.h"
+
+namespace mergeserve {
+
+struct MergeProgress {
+  int64_t tensors_done = 0;
+  int64_t tensors_total = 0;
+  uint64_t bytes_done = 0;   // output bytes written so far
+  uint64_t bytes_total = 0;  // output bytes in all
+  std::string phase;         // "prepare", "merge"
+  std::string tensor;        // last tensor finished
+};
+
+struct MergeOptions {
+  std::string output_dir;
+  int threads = 0;  // 0: all cores
+  // Upper bound for what the merge may hold in memory; 0 = unlimited. Fused
+  // kernels stay far below it; whole-tensor (ATen) methods check their
+  // largest tensor against it before anything is written.
+  int64_t memory_budget = 0;
+  uint64_t max_shard_bytes = 5ull << 30;
+  bool overwrite = false;
+  Backend backend = Backend::kFused;
+  std::string device = "cpu";
+  // Where model references point; default: paths relative to the config.
+  ModelResolver resolver;
+  std::function<void(const MergeProgress&)> on_progress;
+  const std::atomic<bool>* cancelled = nullptr;
+};
+
+struct MergeSummary {
+  std::string method;
+  std::string output_dir;
+  int64_t tensors = 0;
+  int64_t merged = 0;
+  int64_t copied = 0;
+  int shards = 0;
+  uint64_t bytes_read = 0;     // tensor bytes read from the inputs
+  uint64_t bytes_written = 0;  // tensor bytes written
+  double seconds = 0;
+  int64_t peak_rss_bytes = 0;  // of the whole process
+};
+
+absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
+                                      const MergeOptions& options);
+
+// Peak resident set size of this process so far.
+int64_t PeakRssBytes();
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_ENGINE_EXECUTOR_H_

@@ -1,0 +1,73 @@
+// Exact k-th largest |task vector| entry over a tensor or a whole model,
+// streamed in two passes with a 16-bit radix histogram each (O(n) time,
+// O(1) memory in the model size): the model never has to fit in memory.
+//
+// For non-negative floats the IEEE bit pattern orders like the value, so the
+// first pass counts the top 16 bits and the second resolves the low 16 bits
+// inside the one bucket that holds the k-th entry.
+#ifndef MERGESERVE_ENGINE_MAGNITUDE_SELECTOR_H_
+#define MERGESERVE_ENGINE_MAGNITUDE_SELECTOR_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mergeserve/base/thread_pool.h"
+#include "mergeserve/engine/merge_plan.h"
+
+namespace mergeserve {
+
+// |θ_model − θ_base| (or |θ_model| without a base) over `domain`, the k-th
+// largest, 1 <= k <= total elements.
+struct SelectionQuery {
+  int model;
+  int64_t k;
+};
+
+struct SelectionResult {
+  float value = 0;           // the k-th largest magnitude
+  int64_t count_greater = 0;  // entries with magnitude > value
+  int64_t count_equal = 0;    // entries with magnitude == value
+};
+
+// A fixed chunking of a list of tensors, in domain (flat) order.
+struct DomainChunk {
+  int tensor;  // index into the domain list
+  int64_t begin;
+  int64_t count;
+};
+std::vector<DomainChunk> ChunkDomain(
+    const std::vector<const PlannedTensor*>& domain, int64_t chunk_elems);
+
+class MagnitudeSelector {
+ public:
+  MagnitudeSelector(const MergePlan& plan, ThreadPool& pool,
+                    int64_t chunk_elems)
+      : plan_(plan), pool_(pool), chunk_elems_(chunk_elems) {}
+
+  absl::StatusOr<std::vector<SelectionResult>> Select(
+      const std::vector<const PlannedTensor*>& domain,
+      const std::vector<SelectionQuery>& queries) const;
+
+  // Entries with magnitude == value per chunk of ChunkDomain(domain), for
+  // breaking ties by flat index.
+  absl::StatusOr<std::vector<int64_t>> CountEqualPerChunk(
+      const std::vector<const PlannedTensor*>& domain, int model,
+      float value) const;
+
+ private:
+  absl::Status LoadBase(const PlannedTensor& t, int64_t begin, int64_t count,
+                        float* base) const;
+  // Fills bits[0..count) with the magnitude bit patterns of one chunk.
+  absl::Status MagnitudeBits(const PlannedTensor& t, int model, int64_t begin,
+                             int64_t count, const float* base, float* scratch,
+                             uint32_t* bits) const;
+
+  const MergePlan& plan_;
+  ThreadPool& pool_;
+  int64_t chunk_elems_;
+};
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_ENGINE_MAGNITUDE_SELECTOR_H_

@@ -1,0 +1,93 @@
+// The one interface every merge method implements, and what the executor
+// hands it. Methods register in method_registry.cc (one line each).
+#ifndef MERGESERVE_ENGINE_MERGE_METHOD_H_
+#define MERGESERVE_ENGINE_MERGE_METHOD_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "mergeserve/base/thread_pool.h"
+#include "mergeserve/engine/merge_plan.h"
+
+namespace mergeserve {
+
+// kFused: streaming CPU kernels (chunked, bounded memory). kAten: whole-tensor
+// ATen ops on ctx.device (CPU or CUDA); methods without fused kernels always
+// use ATen.
+enum class Backend { kFused, kAten };
+
+struct ExecContext {
+  ThreadPool* pool = nullptr;
+  Backend backend = Backend::kFused;
+  std::string device = "cpu";  // ATen device for kAten ("cpu", "cuda:0")
+  const std::atomic<bool>* cancelled = nullptr;
+  // Elements per chunk in fused passes. Fixed (never derived from the thread
+  // count) so results do not depend on parallelism.
+  int64_t chunk_elems = int64_t{1} << 16;
+
+  bool is_cancelled() const {
+    return cancelled != nullptr && cancelled->load(std::memory_order_relaxed);
+  }
+};
+
+// Receives a merged tensor as fp32 values; converts and stores them.
+class TensorSink {
+ public:
+  virtual ~TensorSink() = default;
+  // Thread-safe for disjoint ranges.
+  virtual absl::Status WriteF32(int64_t begin, const float* values,
+                                int64_t count) = 0;
+};
+
+class MergeMethod {
+ public:
+  virtual ~MergeMethod() = default;
+  // Validates the plan for this method (model count, base, parameters) and
+  // runs any whole-model pass (model-scope trim thresholds, Fisher norms).
+  virtual absl::Status Prepare(const MergePlan& plan, ExecContext& ctx) = 0;
+  // True if MergeTensor materialises whole tensors of every model (ATen
+  // paths) rather than streaming fixed chunks; valid after Prepare.
+  virtual bool HoldsWholeTensors(const ExecContext& ctx) const { return true; }
+  // Merges one floating tensor.
+  virtual absl::Status MergeTensor(const MergePlan& plan,
+                                   const PlannedTensor& tensor,
+                                   ExecContext& ctx, TensorSink& out) = 0;
+};
+
+// Reads elements [begin, begin+count) of a view as fp32.
+inline void LoadF32(const TensorView& v, int64_t begin, int64_t count,
+                    float* dst) {
+  const size_t es = DTypeSize(v.info->dtype);
+  LoadAsF32(v.info->dtype, v.data + static_cast<size_t>(begin) * es, count,
+            dst);
+}
+
+// Drops a view's pages from the resident set once they have been consumed.
+inline void ReleaseView(const TensorView& v) {
+  if (v.file != nullptr && v.data != nullptr) {
+    v.file->Release(static_cast<uint64_t>(v.data - v.file->data()),
+                    v.info->nbytes);
+  }
+}
+
+// Same for elements [begin, begin+count) of the view.
+inline void ReleaseRange(const TensorView& v, int64_t begin, int64_t count) {
+  if (v.file != nullptr && v.data != nullptr) {
+    const size_t es = DTypeSize(v.info->dtype);
+    v.file->Release(static_cast<uint64_t>(v.data - v.file->data()) +
+                        static_cast<uint64_t>(begin) * es,
+                    static_cast<uint64_t>(count) * es);
+  }
+}
+
+// Error for a NaN/Inf found in `tensor` of model `model_ref`.
+absl::Status NonFiniteError(const std::string& tensor,
+                            const std::string& model_ref);
+// True if every value is finite.
+bool AllFinite(const float* v, int64_t n);
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_ENGINE_MERGE_METHOD_H_

@@ -1,0 +1,101 @@
+// The planner: opens every checkpoint a config names, checks that they fit
+// together (names, shapes, dtypes, parameters) and lays out, per output
+// tensor, what to read and what to write. Nothing is written until a plan
+// exists, so bad input never leaves a partial output.
+#ifndef MERGESERVE_ENGINE_MERGE_PLAN_H_
+#define MERGESERVE_ENGINE_MERGE_PLAN_H_
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mergeserve/engine/merge_config.h"
+#include "mergeserve/format/model_folder.h"
+
+namespace mergeserve {
+
+// Maps a model reference in the config to a folder path.
+using ModelResolver =
+    std::function<absl::StatusOr<std::string>(const std::string& ref)>;
+// One-shot mode: paths, relative ones against the config's folder.
+ModelResolver LocalPathResolver(const std::string& source_dir);
+
+struct PlannedModel {
+  std::string ref;  // as written in the config
+  const ModelFolder* folder = nullptr;
+  ParamMap parameters;
+  // Auxiliary checkpoints named by per-model parameters ("fisher", "gram").
+  std::map<std::string, const ModelFolder*> aux;
+  bool is_base = false;  // the entry names the base model
+};
+
+struct PlannedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+  bool merge = true;        // false: bytes copied from the reference model
+  DType out_dtype;
+  int layer = -1;           // N in "layers.N.", -1 outside layers
+  double layer_t = 0;       // layer position in [0, 1] for gradients
+  TensorView reference;     // base, or the first model without a base
+  TensorView base;          // data == nullptr without a base
+  std::vector<TensorView> models;  // one per PlannedModel (merged tensors)
+
+  uint64_t out_bytes() const {
+    return static_cast<uint64_t>(numel) * DTypeSize(out_dtype);
+  }
+};
+
+class MergePlan {
+ public:
+  static absl::StatusOr<std::unique_ptr<MergePlan>> Create(
+      MergeConfig config, const ModelResolver& resolver);
+
+  const MergeConfig& config() const { return config_; }
+  const ModelFolder* base() const { return base_; }
+  const ModelFolder& reference() const { return *reference_; }
+  const std::vector<PlannedModel>& models() const { return models_; }
+  const std::vector<PlannedTensor>& tensors() const { return tensors_; }
+  int num_layers() const { return num_layers_; }
+  // Bytes of all input files.
+  uint64_t input_bytes() const;
+
+  // Parameter lookup: the model's own value, else the global one, else
+  // `fallback`. model < 0 reads only the global value.
+  absl::StatusOr<double> Number(const std::string& key, int model,
+                                const PlannedTensor& t, double fallback) const;
+  // A model-independent number that must not vary per tensor.
+  absl::StatusOr<double> GlobalNumber(const std::string& key,
+                                      double fallback) const;
+  absl::StatusOr<bool> Bool(const std::string& key, bool fallback) const;
+  absl::StatusOr<std::string> String(const std::string& key,
+                                     const std::string& fallback) const;
+  bool Has(const std::string& key) const;
+
+  // The tensor of model `model` holding aux data `kind` for `t`, or an error
+  // naming what is missing.
+  absl::StatusOr<TensorView> Aux(int model, const std::string& kind,
+                                 const std::string& tensor_name) const;
+
+ private:
+  MergePlan() = default;
+  const ParamValue* Find(const std::string& key, int model) const;
+
+  MergeConfig config_;
+  std::vector<std::unique_ptr<ModelFolder>> folders_;
+  const ModelFolder* base_ = nullptr;
+  const ModelFolder* reference_ = nullptr;
+  std::vector<PlannedModel> models_;
+  std::vector<PlannedTensor> tensors_;
+  int num_layers_ = 0;
+};
+
+// N in "...layers.N....", or -1.
+int LayerIndexOf(const std::string& tensor_name);
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_ENGINE_MERGE_PLAN_H_

@@ -1,0 +1,47 @@
+// A Hugging Face model folder: one model.safetensors, or shards listed in
+// model.safetensors.index.json. Tensors are looked up by name across shards.
+#ifndef MERGESERVE_FORMAT_MODEL_FOLDER_H_
+#define MERGESERVE_FORMAT_MODEL_FOLDER_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mergeserve/format/safetensors_reader.h"
+
+namespace mergeserve {
+
+class ModelFolder {
+ public:
+  // path is a folder (model.safetensors, an index, or a single *.safetensors
+  // file inside) or a .safetensors file.
+  static absl::StatusOr<std::unique_ptr<ModelFolder>> Open(
+      const std::string& path);
+
+  const std::string& path() const { return path_; }
+  // All tensors, in name order.
+  const std::vector<const TensorInfo*>& tensors() const { return tensors_; }
+  // nullptr if absent.
+  const TensorInfo* Find(const std::string& name) const;
+  TensorView View(const TensorInfo& info) const;
+  const std::vector<std::unique_ptr<SafetensorsReader>>& shards() const {
+    return shards_;
+  }
+  uint64_t total_bytes() const;
+
+ private:
+  ModelFolder() = default;
+  absl::Status AddShard(const std::string& file);
+
+  std::string path_;
+  std::vector<std::unique_ptr<SafetensorsReader>> shards_;
+  std::vector<const TensorInfo*> tensors_;
+  // name -> (shard index, tensor)
+  std::map<std::string, std::pair<size_t, const TensorInfo*>> index_;
+};
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_FORMAT_MODEL_FOLDER_H_

@@ -1,0 +1,36 @@
+// mergeserve: the merge engine's command line.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli/merge_command.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: mergeserve COMMAND [args]
+
+commands:
+  merge CONFIG.yaml OUTPUT_DIR   run one merge in-process (mergekit-yaml
+                                 equivalent); see `mergeserve merge --help`
+  methods                        list the merge methods
+
+See README.md for the config vocabulary and the methods' options.
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "-h") == 0 ||
+      std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  std::vector<std::string> rest(argv + 2, argv + argc);
+  if (cmd == "merge") return mergeserve::RunMergeCommand(rest);
+  if (cmd == "methods") return mergeserve::RunMethodsCommand(rest);
+  std::fprintf(stderr, "mergeserve: unknown command '%s'\n\n%s", cmd.c_str(),
+               kUsage);
+  return 2;
+}

@@ -1,0 +1,189 @@
+#include "mergeserve/engine/executor.h"
+
+#include <ATen/Parallel.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "mergeserve/base/byte_size.h"
+#include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/method_registry.h"
+#include "mergeserve/format/safetensors_writer.h"
+#include "nlohmann/json.hpp"
+
+namespace mergeserve {
+namespace fs = std::filesystem;
+namespace {
+
+// Side files of an HF folder that travel with the weights.
+constexpr const char* kSideFiles[] = {
+    "generation_config.json", "tokenizer.json",     "tokenizer_config.json",
+    "special_tokens_map.json", "tokenizer.model",   "vocab.json",
+    "merges.txt",             "added_tokens.json", "vocab.txt",
+    "chat_template.jinja"};
+
+class WriterSink : public TensorSink {
+ public:
+  WriterSink(ShardedWriter& writer, size_t index, DType dtype)
+      : writer_(writer), index_(index), dtype_(dtype) {}
+  absl::Status WriteF32(int64_t begin, const float* values,
+                        int64_t count) override {
+    thread_local std::vector<unsigned char> buf;
+    const size_t es = DTypeSize(dtype_);
+    buf.resize(static_cast<size_t>(count) * es);
+    StoreFromF32(values, count, dtype_, buf.data());
+    return writer_.Write(index_, static_cast<uint64_t>(begin) * es, buf.data(),
+                         buf.size());
+  }
+
+ private:
+  ShardedWriter& writer_;
+  size_t index_;
+  DType dtype_;
+};
+
+absl::StatusOr<std::string> ReadSmallFile(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", p.string()));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Copies config.json (with torch_dtype updated) and tokenizer files from the
+// reference model's folder.
+absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
+                           const MergeConfig& config) {
+  std::error_code ec;
+  fs::path dir(plan.reference().path());
+  if (!fs::is_directory(dir, ec)) return absl::OkStatus();
+  const fs::path cfg = dir / "config.json";
+  if (fs::exists(cfg, ec)) {
+    MS_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(cfg));
+    auto j = nlohmann::json::parse(text, nullptr, false);
+    if (!j.is_discarded() && j.is_object()) {
+      std::optional<DType> out = config.out_dtype ? config.out_dtype : config.dtype;
+      if (out) j["torch_dtype"] = std::string(TorchDTypeName(*out));
+      text = j.dump(2) + "\n";
+    }
+    MS_RETURN_IF_ERROR(writer.AddFile("config.json", text));
+  }
+  for (const char* name : kSideFiles) {
+    const fs::path p = dir / name;
+    if (!fs::exists(p, ec)) continue;
+    MS_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(p));
+    MS_RETURN_IF_ERROR(writer.AddFile(name, text));
+  }
+  if (!config.source_text.empty()) {
+    MS_RETURN_IF_ERROR(writer.AddFile("mergeserve_config.yaml", config.source_text));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int64_t PeakRssBytes() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
+}
+
+absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
+                                      const MergeOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  ModelResolver resolver =
+      options.resolver ? options.resolver : LocalPathResolver(config.source_dir);
+  MS_ASSIGN_OR_RETURN(std::unique_ptr<MergeMethod> method,
+                      CreateMethod(config.merge_method));
+  MS_ASSIGN_OR_RETURN(std::unique_ptr<MergePlan> plan,
+                      MergePlan::Create(config, resolver));
+
+  ThreadPool pool(options.threads);
+  at::set_num_threads(pool.num_threads());
+  ExecContext ctx;
+  ctx.pool = &pool;
+  ctx.backend = options.backend;
+  ctx.device = options.device;
+  ctx.cancelled = options.cancelled;
+
+  MergeProgress progress;
+  progress.tensors_total = static_cast<int64_t>(plan->tensors().size());
+  progress.phase = "prepare";
+  if (options.on_progress) options.on_progress(progress);
+  MS_RETURN_IF_ERROR(method->Prepare(*plan, ctx));
+
+  std::vector<TensorSpec> specs;
+  const bool whole_tensor = method->HoldsWholeTensors(ctx);
+  for (const PlannedTensor& t : plan->tensors()) {
+    specs.push_back({t.name, t.out_dtype, t.shape});
+    progress.bytes_total += t.out_bytes();
+    if (options.memory_budget > 0 && t.merge && whole_tensor) {
+      // Whole-tensor paths hold every model's copy plus a few temporaries.
+      const int64_t need =
+          static_cast<int64_t>(t.models.size() + 4) * t.numel * 4;
+      if (need > options.memory_budget) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "tensor '", t.name, "' needs about ", FormatBytes(need), " for ",
+            config.merge_method, " (whole-tensor path), over the ",
+            FormatBytes(options.memory_budget), " memory budget"));
+      }
+    }
+  }
+
+  ShardedWriter::Options wo;
+  wo.output_dir = options.output_dir;
+  wo.max_shard_bytes = options.max_shard_bytes;
+  wo.overwrite = options.overwrite;
+  wo.metadata = {{"format", "pt"}, {"merged_by", "mergeserve"},
+                 {"merge_method", config.merge_method}};
+  MS_ASSIGN_OR_RETURN(std::unique_ptr<ShardedWriter> writer,
+                      ShardedWriter::Create(wo, std::move(specs)));
+
+  MergeSummary summary;
+  summary.method = config.merge_method;
+  progress.phase = "merge";
+  const auto& tensors = plan->tensors();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
+    const PlannedTensor& t = tensors[i];
+    if (t.merge) {
+      WriterSink sink(*writer, i, t.out_dtype);
+      absl::Status s = method->MergeTensor(*plan, t, ctx, sink);
+      if (!s.ok()) {
+        return absl::Status(s.code(), absl::StrCat(s.message()));
+      }
+      if (t.base.data) summary.bytes_read += t.base.info->nbytes;
+      for (const TensorView& v : t.models) summary.bytes_read += v.info->nbytes;
+      ++summary.merged;
+    } else {
+      MS_RETURN_IF_ERROR(writer->Write(i, 0, t.reference.data, t.reference.info->nbytes));
+      summary.bytes_read += t.reference.info->nbytes;
+      ++summary.copied;
+    }
+    // Inputs of this tensor are consumed: keep RSS bounded.
+    ReleaseView(t.reference);
+    if (t.base.data) ReleaseView(t.base);
+    for (const TensorView& v : t.models) ReleaseView(v);
+    summary.bytes_written += t.out_bytes();
+    progress.tensors_done = static_cast<int64_t>(i + 1);
+    progress.bytes_done += t.out_bytes();
+    progress.tensor = t.name;
+    if (options.on_progress) options.on_progress(progress);
+  }
+  MS_RETURN_IF_ERROR(CopySideFiles(*plan, *writer, config));
+  summary.shards = writer->num_shards();
+  MS_RETURN_IF_ERROR(writer->Commit());
+  summary.output_dir = options.output_dir;
+  summary.tensors = static_cast<int64_t>(tensors.size());
+  summary.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  summary.peak_rss_bytes = PeakRssBytes();
+  return summary;
+}
+
+}  // namespace mergeserve

@@ -1,0 +1,256 @@
+#include "mergeserve/engine/merge_plan.h"
+
+#include <cmath>
+#include <filesystem>
+#include <set>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "mergeserve/base/status_macros.h"
+
+namespace mergeserve {
+namespace fs = std::filesystem;
+
+ModelResolver LocalPathResolver(const std::string& source_dir) {
+  return [source_dir](const std::string& ref) -> absl::StatusOr<std::string> {
+    fs::path p(ref);
+    if (p.is_relative()) p = fs::path(source_dir) / p;
+    return p.lexically_normal().string();
+  };
+}
+
+int LayerIndexOf(const std::string& name) {
+  static const std::string kKey = "layers.";
+  size_t pos = 0;
+  while ((pos = name.find(kKey, pos)) != std::string::npos) {
+    if (pos == 0 || name[pos - 1] == '.') {
+      size_t i = pos + kKey.size();
+      int n = 0;
+      size_t digits = 0;
+      while (i < name.size() && std::isdigit(static_cast<unsigned char>(name[i]))) {
+        n = n * 10 + (name[i] - '0');
+        ++i;
+        ++digits;
+      }
+      if (digits > 0 && (i == name.size() || name[i] == '.')) return n;
+    }
+    pos += kKey.size();
+  }
+  return -1;
+}
+
+absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
+    MergeConfig config, const ModelResolver& resolver) {
+  std::unique_ptr<MergePlan> plan(new MergePlan());
+  plan->config_ = std::move(config);
+  const MergeConfig& c = plan->config_;
+  std::map<std::string, const ModelFolder*> opened;  // by resolved path
+  auto open = [&](const std::string& ref) -> absl::StatusOr<const ModelFolder*> {
+    MS_ASSIGN_OR_RETURN(std::string path, resolver(ref));
+    auto it = opened.find(path);
+    if (it != opened.end()) return it->second;
+    auto folder = ModelFolder::Open(path);
+    if (!folder.ok()) {
+      return absl::Status(folder.status().code(),
+                          absl::StrCat("model '", ref, "': ",
+                                       folder.status().message()));
+    }
+    plan->folders_.push_back(*std::move(folder));
+    opened[path] = plan->folders_.back().get();
+    return plan->folders_.back().get();
+  };
+
+  if (c.base_model) {
+    MS_ASSIGN_OR_RETURN(plan->base_, open(*c.base_model));
+  }
+  for (const ModelEntry& e : c.models) {
+    PlannedModel m;
+    m.ref = e.model;
+    m.parameters = e.parameters;
+    MS_ASSIGN_OR_RETURN(m.folder, open(e.model));
+    m.is_base = plan->base_ != nullptr && m.folder == plan->base_;
+    for (const auto& [key, value] : e.parameters) {
+      if (!IsPerModelOnlyParameter(key)) continue;
+      MS_ASSIGN_OR_RETURN(std::string ref, value.AsString(key));
+      MS_ASSIGN_OR_RETURN(m.aux[key], open(ref));
+    }
+    plan->models_.push_back(std::move(m));
+  }
+  plan->reference_ = plan->base_ ? plan->base_ : plan->models_[0].folder;
+
+  std::set<int> layers;
+  for (const TensorInfo* info : plan->reference_->tensors()) {
+    const int l = LayerIndexOf(info->name);
+    if (l >= 0) layers.insert(l);
+  }
+  plan->num_layers_ = static_cast<int>(layers.size());
+
+  for (const TensorInfo* info : plan->reference_->tensors()) {
+    PlannedTensor t;
+    t.name = info->name;
+    t.shape = info->shape;
+    t.numel = info->numel();
+    t.merge = IsMergeable(info->dtype);
+    t.out_dtype = info->dtype;
+    if (t.merge) {
+      if (c.out_dtype) {
+        t.out_dtype = *c.out_dtype;
+      } else if (c.dtype) {
+        t.out_dtype = *c.dtype;
+      }
+    }
+    t.layer = LayerIndexOf(t.name);
+    if (t.layer >= 0) {
+      t.layer_t = plan->num_layers_ <= 1
+                      ? 1.0
+                      : static_cast<double>(t.layer) / (plan->num_layers_ - 1);
+    }
+    t.reference = plan->reference_->View(*info);
+    if (t.merge) {
+      auto check = [&](const ModelFolder* f,
+                       const std::string& ref) -> absl::StatusOr<TensorView> {
+        const TensorInfo* other = f->Find(t.name);
+        if (other == nullptr) {
+          return absl::NotFoundError(absl::StrCat(
+              "tensor '", t.name, "' is missing from model '", ref, "' (",
+              f->path(), ")"));
+        }
+        if (other->shape != t.shape) {
+          auto dims = [](const std::vector<int64_t>& s) {
+            std::string out = "[";
+            for (size_t i = 0; i < s.size(); ++i) {
+              absl::StrAppend(&out, i ? ", " : "", s[i]);
+            }
+            return out + "]";
+          };
+          return absl::InvalidArgumentError(absl::StrCat(
+              "shape mismatch for tensor '", t.name, "': model '", ref,
+              "' has ", dims(other->shape), ", the reference model has ",
+              dims(t.shape)));
+        }
+        if (!IsMergeable(other->dtype)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "tensor '", t.name, "' of model '", ref, "' has dtype ",
+              std::string(DTypeName(other->dtype)),
+              ", which cannot be merged with ",
+              std::string(DTypeName(info->dtype))));
+        }
+        return f->View(*other);
+      };
+      if (plan->base_) {
+        MS_ASSIGN_OR_RETURN(t.base, check(plan->base_, *c.base_model));
+      }
+      for (const PlannedModel& m : plan->models_) {
+        MS_ASSIGN_OR_RETURN(TensorView v, check(m.folder, m.ref));
+        t.models.push_back(v);
+      }
+    }
+    plan->tensors_.push_back(std::move(t));
+  }
+
+  // Range checks that hold for every method, per tensor (values may vary).
+  struct Range {
+    const char* key;
+    double lo, hi;
+  };
+  static constexpr Range kRanges[] = {
+      {"density", 0, 1}, {"gamma", 0, 1}, {"epsilon", 0, 1}, {"t", 0, 1}};
+  for (const PlannedTensor& t : plan->tensors_) {
+    if (!t.merge) continue;
+    for (int m = -1; m < static_cast<int>(plan->models_.size()); ++m) {
+      for (const Range& r : kRanges) {
+        if (!plan->Find(r.key, m)) continue;
+        MS_ASSIGN_OR_RETURN(double v, plan->Number(r.key, m, t, 0));
+        if (!(v >= r.lo && v <= r.hi)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              r.key, " must be in [", r.lo, ", ", r.hi, "], got ", v,
+              m >= 0 ? absl::StrCat(" for model '", plan->models_[m].ref, "'")
+                     : std::string(" (global)"),
+              " at tensor '", t.name, "'"));
+        }
+      }
+      for (const char* key : {"weight", "lambda"}) {
+        if (!plan->Find(key, m)) continue;
+        MS_ASSIGN_OR_RETURN(double v, plan->Number(key, m, t, 0));
+        if (!std::isfinite(v)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(key, " must be finite at tensor '", t.name, "'"));
+        }
+      }
+    }
+  }
+  return plan;
+}
+
+const ParamValue* MergePlan::Find(const std::string& key, int model) const {
+  if (model >= 0) {
+    const auto& p = models_[static_cast<size_t>(model)].parameters;
+    auto it = p.find(key);
+    if (it != p.end()) return &it->second;
+  }
+  auto it = config_.parameters.find(key);
+  return it == config_.parameters.end() ? nullptr : &it->second;
+}
+
+bool MergePlan::Has(const std::string& key) const {
+  return config_.parameters.count(key) > 0;
+}
+
+absl::StatusOr<double> MergePlan::Number(const std::string& key, int model,
+                                         const PlannedTensor& t,
+                                         double fallback) const {
+  const ParamValue* v = Find(key, model);
+  if (v == nullptr) return fallback;
+  return v->ResolveNumber(key, t.name, t.layer_t);
+}
+
+absl::StatusOr<double> MergePlan::GlobalNumber(const std::string& key,
+                                               double fallback) const {
+  const ParamValue* v = Find(key, -1);
+  if (v == nullptr) return fallback;
+  if (!v->is_number()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parameter '", key, "' must be a single number"));
+  }
+  return v->ResolveNumber(key, "", 0);
+}
+
+absl::StatusOr<bool> MergePlan::Bool(const std::string& key,
+                                     bool fallback) const {
+  const ParamValue* v = Find(key, -1);
+  if (v == nullptr) return fallback;
+  return v->AsBool(key);
+}
+
+absl::StatusOr<std::string> MergePlan::String(
+    const std::string& key, const std::string& fallback) const {
+  const ParamValue* v = Find(key, -1);
+  if (v == nullptr) return fallback;
+  return v->AsString(key);
+}
+
+absl::StatusOr<TensorView> MergePlan::Aux(int model, const std::string& kind,
+                                          const std::string& name) const {
+  const PlannedModel& m = models_[static_cast<size_t>(model)];
+  auto it = m.aux.find(kind);
+  if (it == m.aux.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model '", m.ref, "' needs a '", kind, "' parameter naming its ",
+        kind, " checkpoint"));
+  }
+  const TensorInfo* info = it->second->Find(name);
+  if (info == nullptr) {
+    return absl::NotFoundError(absl::StrCat("tensor '", name, "' is missing from the ",
+                                            kind, " checkpoint of model '",
+                                            m.ref, "'"));
+  }
+  return it->second->View(*info);
+}
+
+uint64_t MergePlan::input_bytes() const {
+  uint64_t n = 0;
+  for (const auto& f : folders_) n += f->total_bytes();
+  return n;
+}
+
+}  // namespace mergeserve

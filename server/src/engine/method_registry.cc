@@ -1,0 +1,47 @@
+#include "mergeserve/engine/method_registry.h"
+
+#include "absl/strings/str_cat.h"
+#include "methods/methods.h"
+
+namespace mergeserve {
+
+const std::vector<MethodInfo>& AllMethods() {
+  static const auto* kMethods = new std::vector<MethodInfo>{
+      {"linear", "weighted average of the models", NewLinearMethod},
+      {"task_arithmetic", "base + lambda * sum of weighted task vectors",
+       NewTaskArithmeticMethod},
+      {"ties", "trim, elect sign, disjoint merge", NewTiesMethod},
+      {"dare_linear", "random drop and rescale, then task arithmetic",
+       NewDareLinearMethod},
+      {"dare_ties", "random drop and rescale, then TIES election",
+       NewDareTiesMethod},
+      {"breadcrumbs", "drop outliers and small updates, then task arithmetic",
+       NewBreadcrumbsMethod},
+      {"breadcrumbs_ties", "breadcrumbs sparsification with TIES election",
+       NewBreadcrumbsTiesMethod},
+      {"della", "magnitude-ranked sampling with TIES election", NewDellaMethod},
+      {"della_linear", "magnitude-ranked sampling, then task arithmetic",
+       NewDellaLinearMethod},
+      {"slerp", "spherical interpolation of two models", NewSlerpMethod},
+      {"model_stock", "geometric interpolation towards the base",
+       NewModelStockMethod},
+      {"fisher", "Fisher-weighted average (client-supplied diagonals)",
+       NewFisherMethod},
+      {"regmean", "closed-form regression mean (client-supplied Grams)",
+       NewRegMeanMethod},
+  };
+  return *kMethods;
+}
+
+absl::StatusOr<std::unique_ptr<MergeMethod>> CreateMethod(
+    const std::string& name) {
+  std::string known;
+  for (const MethodInfo& m : AllMethods()) {
+    if (name == m.name) return m.create();
+    absl::StrAppend(&known, known.empty() ? "" : ", ", m.name);
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "config: unknown merge_method '", name, "' (known: ", known, ")"));
+}
+
+}  // namespace mergeserve

@@ -1,0 +1,127 @@
+#include "mergeserve/format/model_folder.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "mergeserve/base/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace mergeserve {
+namespace fs = std::filesystem;
+
+absl::Status ModelFolder::AddShard(const std::string& file) {
+  MS_ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(file));
+  const size_t shard = shards_.size();
+  for (const TensorInfo& t : reader->tensors()) {
+    auto [it, inserted] = index_.emplace(t.name, std::make_pair(shard, &t));
+    if (!inserted) {
+      return absl::DataLossError(absl::StrCat(
+          "tensor '", t.name, "' appears in both ",
+          shards_[it->second.first]->path(), " and ", file));
+    }
+  }
+  shards_.push_back(std::move(reader));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ModelFolder>> ModelFolder::Open(
+    const std::string& path) {
+  std::unique_ptr<ModelFolder> m(new ModelFolder());
+  m->path_ = path;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) {
+    return absl::NotFoundError(absl::StrCat("model path not found: ", path));
+  }
+  if (fs::is_regular_file(path, ec)) {
+    MS_RETURN_IF_ERROR(m->AddShard(path));
+  } else if (fs::is_directory(path, ec)) {
+    const fs::path dir(path);
+    const fs::path index = dir / "model.safetensors.index.json";
+    const fs::path single = dir / "model.safetensors";
+    if (fs::exists(index, ec)) {
+      std::ifstream in(index);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      auto j = nlohmann::json::parse(ss.str(), nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
+          !j["weight_map"].is_object()) {
+        return absl::DataLossError(absl::StrCat(
+            "invalid index ", index.string(), ": expected a weight_map object"));
+      }
+      std::set<std::string> files;
+      for (auto it = j["weight_map"].begin(); it != j["weight_map"].end();
+           ++it) {
+        if (!it.value().is_string()) {
+          return absl::DataLossError(absl::StrCat("invalid index ",
+                                                  index.string(), ": entry '",
+                                                  it.key(), "' is not a file"));
+        }
+        const std::string f = it.value().get<std::string>();
+        if (f.find('/') != std::string::npos || f == ".." || f.empty()) {
+          return absl::DataLossError(absl::StrCat(
+              "invalid index ", index.string(), ": shard name '", f,
+              "' must be a plain file name"));
+        }
+        files.insert(f);
+      }
+      for (const auto& f : files) MS_RETURN_IF_ERROR(m->AddShard((dir / f).string()));
+      // Every tensor the index names must be in the shard it names.
+      for (auto it = j["weight_map"].begin(); it != j["weight_map"].end();
+           ++it) {
+        auto found = m->index_.find(it.key());
+        if (found == m->index_.end() ||
+            fs::path(m->shards_[found->second.first]->path()).filename() !=
+                it.value().get<std::string>()) {
+          return absl::DataLossError(absl::StrCat(
+              "index ", index.string(), " lists tensor '", it.key(), "' in ",
+              it.value().get<std::string>(), " but that shard does not hold it"));
+        }
+      }
+    } else if (fs::exists(single, ec)) {
+      MS_RETURN_IF_ERROR(m->AddShard(single.string()));
+    } else {
+      std::vector<std::string> candidates;
+      for (const auto& e : fs::directory_iterator(dir, ec)) {
+        if (e.is_regular_file() &&
+            absl::EndsWith(e.path().filename().string(), ".safetensors")) {
+          candidates.push_back(e.path().string());
+        }
+      }
+      if (candidates.size() != 1) {
+        return absl::NotFoundError(absl::StrCat(
+            "no model.safetensors or model.safetensors.index.json in ", path,
+            candidates.empty() ? "" : " (and more than one *.safetensors)"));
+      }
+      MS_RETURN_IF_ERROR(m->AddShard(candidates[0]));
+    }
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is neither a folder nor a file"));
+  }
+  for (const auto& [name, entry] : m->index_) m->tensors_.push_back(entry.second);
+  return m;
+}
+
+const TensorInfo* ModelFolder::Find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : it->second.second;
+}
+
+TensorView ModelFolder::View(const TensorInfo& info) const {
+  auto it = index_.find(info.name);
+  return shards_[it->second.first]->View(info);
+}
+
+uint64_t ModelFolder::total_bytes() const {
+  uint64_t n = 0;
+  for (const auto& s : shards_) n += s->file().size();
+  return n;
+}
+
+}  // namespace mergeserve

@@ -1,0 +1,27 @@
+// Factories of the built-in methods; method_registry.cc lists them by name.
+#ifndef MERGESERVE_METHODS_METHODS_H_
+#define MERGESERVE_METHODS_METHODS_H_
+
+#include <memory>
+
+#include "mergeserve/engine/merge_method.h"
+
+namespace mergeserve {
+
+std::unique_ptr<MergeMethod> NewLinearMethod();
+std::unique_ptr<MergeMethod> NewTaskArithmeticMethod();
+std::unique_ptr<MergeMethod> NewTiesMethod();
+std::unique_ptr<MergeMethod> NewDareLinearMethod();
+std::unique_ptr<MergeMethod> NewDareTiesMethod();
+std::unique_ptr<MergeMethod> NewBreadcrumbsMethod();
+std::unique_ptr<MergeMethod> NewBreadcrumbsTiesMethod();
+std::unique_ptr<MergeMethod> NewDellaMethod();
+std::unique_ptr<MergeMethod> NewDellaLinearMethod();
+std::unique_ptr<MergeMethod> NewSlerpMethod();
+std::unique_ptr<MergeMethod> NewModelStockMethod();
+std::unique_ptr<MergeMethod> NewFisherMethod();
+std::unique_ptr<MergeMethod> NewRegMeanMethod();
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_METHODS_METHODS_H_

@@ -1,0 +1,687 @@
+#include "methods/task_vector_merge.h"
+
+#include <cmath>
+#include <cstring>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "mergeserve/base/philox.h"
+#include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/magnitude_selector.h"
+
+namespace mergeserve {
+namespace {
+
+template <typename E>
+absl::StatusOr<E> Choose(const MergePlan& plan, const std::string& key,
+                         E fallback,
+                         const std::vector<std::pair<const char*, E>>& names) {
+  if (!plan.Has(key)) return fallback;
+  MS_ASSIGN_OR_RETURN(std::string v, plan.String(key, ""));
+  std::string known;
+  for (const auto& [name, value] : names) {
+    if (v == name) return value;
+    absl::StrAppend(&known, known.empty() ? "" : " | ", name);
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "parameter '", key, "': unknown value '", v, "' (", known, ")"));
+}
+
+int64_t FloorCount(double fraction, int64_t n) {
+  if (fraction <= 0) return 0;
+  if (fraction >= 1) return n;
+  return static_cast<int64_t>(std::floor(fraction * static_cast<double>(n)));
+}
+
+// Chunk-local scratch of one worker.
+struct Buffers {
+  std::vector<float> base, tv, rnd, mask, sum, acc, den, out;
+  void Reserve(size_t experts, size_t chunk) {
+    if (base.size() >= chunk && tv.size() >= experts * chunk) return;
+    base.assign(chunk, 0);
+    tv.assign(experts * chunk, 0);
+    rnd.assign(chunk, 0);
+    mask.assign(chunk, 0);
+    sum.assign(chunk, 0);
+    acc.assign(chunk, 0);
+    den.assign(chunk, 0);
+    out.assign(chunk, 0);
+  }
+};
+
+class FirstError {
+ public:
+  void Set(absl::Status s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (status_.ok()) status_ = std::move(s);
+  }
+  bool failed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !status_.ok();
+  }
+  absl::Status status() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return status_;
+  }
+
+ private:
+  std::mutex mu_;
+  absl::Status status_;
+};
+
+// Marks (1/0) the entries of magnitude `a` that belong to `set` in chunk `ci`.
+void MarkTopSet(const TopSet& set, int64_t ci, const float* tv, int64_t n,
+                float* mark) {
+  switch (set.kind) {
+    case TopSet::kNone:
+      std::fill(mark, mark + n, 0.f);
+      return;
+    case TopSet::kAll:
+      std::fill(mark, mark + n, 1.f);
+      return;
+    case TopSet::kThreshold:
+      break;
+  }
+  const float v = set.value;
+  if (set.all_ties) {
+    for (int64_t j = 0; j < n; ++j) mark[j] = std::fabs(tv[j]) >= v ? 1.f : 0.f;
+    return;
+  }
+  int64_t allow = set.chunk_ties[static_cast<size_t>(ci)];
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = std::fabs(tv[j]);
+    bool in = a > v;
+    if (a == v && allow > 0) {
+      in = true;
+      --allow;
+    }
+    mark[j] = in ? 1.f : 0.f;
+  }
+}
+
+}  // namespace
+
+TrimCounts ComputeTrimCounts(const TaskVectorOptions& o, double density,
+                             double gamma, int64_t numel) {
+  TrimCounts c;
+  c.keep = FloorCount(density, numel);
+  if (o.sparsify == Sparsify::kOutliers) {
+    // mergekit's magnitude_outliers: drop the n_top largest and the n_bot
+    // smallest; a too-large gamma shrinks n_top.
+    int64_t top = FloorCount(gamma, numel);
+    int64_t bot = numel - c.keep - top;
+    if (bot < 0) {
+      top += bot;
+      bot = 0;
+    }
+    c.drop = top;
+    c.keep = numel - bot;
+  } else if (o.keep == KeepMode::kPaper && density > 0 && density < 1) {
+    ++c.keep;  // the paper code's (n - floor(d n))-th smallest threshold
+  }
+  return c;
+}
+
+absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
+    const MergePlan& plan, const TaskVectorKind& kind) {
+  TaskVectorOptions o;
+  o.sparsify = kind.sparsify;
+  o.consensus = kind.consensus;
+  o.use_base = kind.use_base;
+  MS_ASSIGN_OR_RETURN(
+      Semantics sem,
+      Choose<Semantics>(plan, "semantics", Semantics::kMergekit,
+                        {{"mergekit", Semantics::kMergekit},
+                         {"paper", Semantics::kPaper},
+                         {"peft", Semantics::kPeft}}));
+  MS_ASSIGN_OR_RETURN(bool normalize,
+                      plan.Bool("normalize", kind.default_normalize));
+  switch (sem) {
+    case Semantics::kMergekit:
+      o.scope = TrimScope::kTensor;
+      o.keep = KeepMode::kExact;
+      o.sign_weighted = true;
+      o.zero_sign = ZeroSign::kPlus;
+      o.divisor = normalize ? Divisor::kWeight : Divisor::kNone;
+      break;
+    case Semantics::kPaper:
+      o.scope = kind.sparsify == Sparsify::kMagnitude ? TrimScope::kModel
+                                                      : TrimScope::kTensor;
+      o.keep = KeepMode::kPaper;
+      o.sign_weighted = false;
+      o.zero_sign = ZeroSign::kMajority;
+      o.divisor = Divisor::kCount;
+      break;
+    case Semantics::kPeft:
+      o.scope = TrimScope::kTensor;
+      o.keep = KeepMode::kExact;
+      o.sign_weighted = false;
+      o.zero_sign = ZeroSign::kPlus;
+      o.divisor = Divisor::kCount;
+      break;
+  }
+  // Without an election the divisor is always the mergekit/PEFT one.
+  if (o.consensus == Consensus::kNone) {
+    o.divisor = normalize ? Divisor::kWeight : Divisor::kNone;
+  }
+  MS_ASSIGN_OR_RETURN(o.scope, Choose<TrimScope>(plan, "trim_scope", o.scope,
+                                                 {{"tensor", TrimScope::kTensor},
+                                                  {"model", TrimScope::kModel}}));
+  MS_ASSIGN_OR_RETURN(o.keep, Choose<KeepMode>(plan, "keep", o.keep,
+                                               {{"exact", KeepMode::kExact},
+                                                {"threshold", KeepMode::kThreshold},
+                                                {"paper", KeepMode::kPaper}}));
+  MS_ASSIGN_OR_RETURN(o.sign_weighted,
+                      plan.Bool("sign_weighted", o.sign_weighted));
+  MS_ASSIGN_OR_RETURN(
+      Consensus consensus,
+      Choose<Consensus>(plan, "consensus", o.consensus,
+                        {{"sum", Consensus::kSum}, {"count", Consensus::kCount}}));
+  if (consensus != o.consensus && o.consensus == Consensus::kNone) {
+    return absl::InvalidArgumentError(
+        "parameter 'consensus' applies only to methods with a sign election "
+        "(ties, dare_ties, breadcrumbs_ties, della)");
+  }
+  o.consensus = consensus;
+  MS_ASSIGN_OR_RETURN(o.zero_sign,
+                      Choose<ZeroSign>(plan, "zero_sign", o.zero_sign,
+                                       {{"plus", ZeroSign::kPlus},
+                                        {"majority", ZeroSign::kMajority}}));
+  MS_ASSIGN_OR_RETURN(o.divisor, Choose<Divisor>(plan, "divisor", o.divisor,
+                                                 {{"weight", Divisor::kWeight},
+                                                  {"count", Divisor::kCount},
+                                                  {"none", Divisor::kNone}}));
+  // Rescaling of what survives a random drop: 1/p by default (DARE paper,
+  // PEFT); mergekit's boolean `rescale` means L1-norm matching.
+  Rescale rescale = Rescale::kNone;
+  if (o.sparsify == Sparsify::kRandom || o.sparsify == Sparsify::kRankSampling) {
+    rescale = Rescale::kInverse;
+    if (plan.Has("rescale")) {
+      MS_ASSIGN_OR_RETURN(bool r, plan.Bool("rescale", true));
+      rescale = r ? Rescale::kL1 : Rescale::kNone;
+    }
+  }
+  MS_ASSIGN_OR_RETURN(o.rescale, Choose<Rescale>(plan, "rescale_mode", rescale,
+                                                 {{"inverse", Rescale::kInverse},
+                                                  {"l1", Rescale::kL1},
+                                                  {"none", Rescale::kNone}}));
+  MS_ASSIGN_OR_RETURN(double seed, plan.GlobalNumber("seed", 0));
+  if (seed < 0 || seed != std::floor(seed)) {
+    return absl::InvalidArgumentError("parameter 'seed' must be a whole number >= 0");
+  }
+  o.seed = static_cast<uint64_t>(seed);
+  if (o.scope == TrimScope::kModel && o.sparsify != Sparsify::kMagnitude) {
+    return absl::InvalidArgumentError(
+        "trim_scope: model applies only to magnitude trimming (ties)");
+  }
+  return o;
+}
+
+absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
+  MS_ASSIGN_OR_RETURN(opts_, ResolveTaskVectorOptions(plan, kind_));
+  experts_.clear();
+  for (size_t i = 0; i < plan.models().size(); ++i) {
+    if (opts_.use_base && plan.models()[i].is_base) continue;
+    experts_.push_back(static_cast<int>(i));
+  }
+  if (opts_.use_base && plan.base() == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("merge_method '", plan.config().merge_method,
+                     "' needs base_model"));
+  }
+  if (experts_.empty()) {
+    return absl::InvalidArgumentError("no models to merge besides the base");
+  }
+  model_keep_.clear();
+  model_majority_ = 0;
+  if (opts_.scope != TrimScope::kModel) return absl::OkStatus();
+
+  // trim_scope: model — one selection over each expert's whole task vector.
+  std::vector<const PlannedTensor*> domain;
+  for (const PlannedTensor& t : plan.tensors()) {
+    if (t.merge) domain.push_back(&t);
+  }
+  int64_t total = 0;
+  for (const PlannedTensor* t : domain) total += t->numel;
+  MagnitudeSelector selector(plan, *ctx.pool, ctx.chunk_elems);
+  std::vector<SelectionQuery> queries;
+  std::vector<TopSet> sets(experts_.size());
+  std::vector<int64_t> wanted(experts_.size(), 0);
+  for (size_t k = 0; k < experts_.size(); ++k) {
+    const int m = experts_[k];
+    double density = 1;
+    for (size_t i = 0; i < domain.size(); ++i) {
+      MS_ASSIGN_OR_RETURN(double d, plan.Number("density", m, *domain[i], 1));
+      if (i > 0 && d != density) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "trim_scope: model needs one density per model; model '",
+            plan.models()[static_cast<size_t>(m)].ref,
+            "' has a gradient or filter list"));
+      }
+      density = d;
+    }
+    int64_t keep = FloorCount(density, total);
+    if (opts_.keep == KeepMode::kPaper && density > 0 && density < 1) ++keep;
+    wanted[k] = keep;
+    if (density <= 0 || keep == 0) {
+      sets[k].kind = TopSet::kNone;
+    } else if (density >= 1 || keep >= total) {
+      sets[k].kind = TopSet::kAll;
+    } else {
+      sets[k].kind = TopSet::kThreshold;
+      queries.push_back({m, keep});
+    }
+  }
+  MS_ASSIGN_OR_RETURN(auto results, selector.Select(domain, queries));
+  size_t q = 0;
+  std::vector<std::vector<int64_t>> chunk_ties(experts_.size());
+  for (size_t k = 0; k < experts_.size(); ++k) {
+    if (sets[k].kind != TopSet::kThreshold) continue;
+    const SelectionResult& r = results[q++];
+    sets[k].value = r.value;
+    const int64_t need = wanted[k] - r.count_greater;
+    sets[k].all_ties = opts_.keep != KeepMode::kExact ||
+                       need >= r.count_equal || r.value == 0;
+    if (!sets[k].all_ties) {
+      MS_ASSIGN_OR_RETURN(
+          chunk_ties[k],
+          selector.CountEqualPerChunk(domain, experts_[k], r.value));
+      int64_t left = need;
+      for (auto& c : chunk_ties[k]) {
+        c = std::min(c, left);
+        left -= c;
+      }
+    }
+  }
+  // Split into per-tensor sets (chunk order matches ChunkDomain).
+  size_t chunk_base = 0;
+  for (const PlannedTensor* t : domain) {
+    const size_t nchunks =
+        static_cast<size_t>((t->numel + ctx.chunk_elems - 1) / ctx.chunk_elems);
+    std::vector<TopSet> per(experts_.size());
+    for (size_t k = 0; k < experts_.size(); ++k) {
+      per[k] = sets[k];
+      if (!sets[k].all_ties && sets[k].kind == TopSet::kThreshold) {
+        per[k].chunk_ties.assign(chunk_ties[k].begin() + static_cast<long>(chunk_base),
+                                 chunk_ties[k].begin() + static_cast<long>(chunk_base + nchunks));
+        per[k].tensor_ties = 0;
+        for (int64_t c : per[k].chunk_ties) per[k].tensor_ties += c;
+      }
+    }
+    model_keep_[t->name] = std::move(per);
+    chunk_base += nchunks;
+  }
+
+  if (opts_.consensus != Consensus::kNone &&
+      opts_.zero_sign == ZeroSign::kMajority) {
+    // The paper resolves a tied election with the majority sign of the whole
+    // merged vector: one census pass over the model.
+    int64_t balance = 0;
+    for (const PlannedTensor* t : domain) {
+      MS_ASSIGN_OR_RETURN(TensorParams p, Resolve(plan, *t, ctx));
+      MS_RETURN_IF_ERROR(ComputeScale(plan, *t, p, ctx));
+      MS_ASSIGN_OR_RETURN(PassResult r,
+                          RunPass(plan, *t, p, ctx, PassMode::kCensus, nullptr));
+      balance += r.balance;
+    }
+    model_majority_ = balance > 0 ? 1 : -1;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorParams> TaskVectorMerge::Resolve(
+    const MergePlan& plan, const PlannedTensor& t, ExecContext& ctx) const {
+  TensorParams p;
+  const size_t n = experts_.size();
+  p.weight.resize(n);
+  p.density.resize(n);
+  p.gamma.resize(n);
+  p.epsilon.resize(n);
+  p.scale.assign(n, 1.f);
+  for (size_t k = 0; k < n; ++k) {
+    const int m = experts_[k];
+    MS_ASSIGN_OR_RETURN(double w, plan.Number("weight", m, t, 1));
+    MS_ASSIGN_OR_RETURN(double d, plan.Number("density", m, t, 1));
+    MS_ASSIGN_OR_RETURN(double g, plan.Number("gamma", m, t, 0.01));
+    MS_ASSIGN_OR_RETURN(double e, plan.Number("epsilon", m, t, 0.15));
+    p.weight[k] = w;
+    p.density[k] = d;
+    p.gamma[k] = g;
+    p.epsilon[k] = e;
+    if (opts_.sparsify == Sparsify::kRankSampling && d < 1 &&
+        (d - e < 0 || d + e > 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "della: density ", d, " +/- epsilon ", e,
+          " must stay within [0, 1] (model '",
+          plan.models()[static_cast<size_t>(m)].ref, "', tensor '", t.name,
+          "')"));
+    }
+  }
+  MS_ASSIGN_OR_RETURN(double lambda, plan.Number("lambda", -1, t, 1));
+  p.lambda = static_cast<float>(lambda);
+  if (opts_.scope == TrimScope::kModel) {
+    auto it = model_keep_.find(t.name);
+    if (it != model_keep_.end()) p.keep = it->second;
+  }
+  p.majority = model_majority_;
+  return p;
+}
+
+absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
+                                              const PlannedTensor& t,
+                                              ExecContext& ctx,
+                                              TensorParams& p) const {
+  const size_t n = experts_.size();
+  const int64_t numel = t.numel;
+  p.keep.assign(n, TopSet());
+  p.drop.assign(n, TopSet());
+  for (auto& d : p.drop) d.kind = TopSet::kNone;
+  std::vector<SelectionQuery> queries;
+  // (expert, is_drop) per query.
+  std::vector<std::pair<size_t, bool>> owner;
+  std::vector<int64_t> keep_k(n), drop_k(n);
+  for (size_t k = 0; k < n; ++k) {
+    if (p.density[k] >= 1) continue;  // keep everything
+    const TrimCounts c = ComputeTrimCounts(opts_, p.density[k], p.gamma[k], numel);
+    const int64_t keep = c.keep, drop = c.drop;
+    keep_k[k] = keep;
+    drop_k[k] = drop;
+    if (keep <= 0) {
+      p.keep[k].kind = TopSet::kNone;
+    } else if (keep < numel) {
+      p.keep[k].kind = TopSet::kThreshold;
+      queries.push_back({experts_[k], keep});
+      owner.push_back({k, false});
+    }
+    if (drop > 0) {
+      p.drop[k].kind = drop >= numel ? TopSet::kAll : TopSet::kThreshold;
+      if (drop < numel) {
+        queries.push_back({experts_[k], drop});
+        owner.push_back({k, true});
+      }
+    }
+  }
+  if (queries.empty()) return absl::OkStatus();
+  MagnitudeSelector selector(plan, *ctx.pool, ctx.chunk_elems);
+  const std::vector<const PlannedTensor*> domain = {&t};
+  MS_ASSIGN_OR_RETURN(auto results, selector.Select(domain, queries));
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const auto [k, is_drop] = owner[q];
+    TopSet& set = is_drop ? p.drop[k] : p.keep[k];
+    const int64_t want = is_drop ? drop_k[k] : keep_k[k];
+    set.value = results[q].value;
+    const int64_t need = want - results[q].count_greater;
+    const bool exact = opts_.keep == KeepMode::kExact ||
+                       opts_.sparsify == Sparsify::kOutliers;
+    set.all_ties = !exact || need >= results[q].count_equal || set.value == 0;
+    if (!set.all_ties) {
+      MS_ASSIGN_OR_RETURN(set.chunk_ties, selector.CountEqualPerChunk(
+                                              domain, experts_[k], set.value));
+      int64_t left = need;
+      for (auto& c : set.chunk_ties) {
+        c = std::min(c, left);
+        left -= c;
+      }
+      set.tensor_ties = need;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TaskVectorMerge::ComputeScale(const MergePlan& plan,
+                                           const PlannedTensor& t,
+                                           TensorParams& p,
+                                           ExecContext& ctx) const {
+  const size_t n = experts_.size();
+  p.scale.assign(n, 1.f);
+  if (opts_.rescale == Rescale::kInverse) {
+    for (size_t k = 0; k < n; ++k) {
+      const double d = p.density[k];
+      if (d > 0 && d < 1) p.scale[k] = static_cast<float>(1.0 / d);
+    }
+  } else if (opts_.rescale == Rescale::kL1) {
+    MS_ASSIGN_OR_RETURN(PassResult r,
+                        RunPass(plan, t, p, ctx, PassMode::kL1, nullptr));
+    for (size_t k = 0; k < n; ++k) {
+      // mergekit leaves the tensor unscaled when either norm is ~0.
+      if (r.l1_all[k] >= 1e-7 && r.l1_kept[k] >= 1e-7) {
+        p.scale[k] = static_cast<float>(r.l1_all[k] / r.l1_kept[k]);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
+    const MergePlan& plan, const PlannedTensor& t, const TensorParams& p,
+    ExecContext& ctx, PassMode mode, TensorSink* out) const {
+  const size_t n = experts_.size();
+  const int64_t chunk = ctx.chunk_elems;
+  const int64_t nchunks = (t.numel + chunk - 1) / chunk;
+  std::vector<Buffers> buffers(static_cast<size_t>(ctx.pool->num_threads()));
+  std::vector<double> l1(mode == PassMode::kL1 ? 2 * n * nchunks : 0, 0.0);
+  std::vector<int64_t> balance(mode == PassMode::kCensus ? nchunks : 0, 0);
+  FirstError error;
+  const bool use_base = opts_.use_base;
+  const bool elect = opts_.consensus != Consensus::kNone;
+  // Sign that wins a tied election.
+  float tie_sign = 1.f;
+  if (opts_.zero_sign == ZeroSign::kMajority) tie_sign = p.majority > 0 ? 1.f : -1.f;
+
+  ctx.pool->Run(nchunks, [&](int64_t ci, int w) {
+    if (error.failed() || ctx.is_cancelled()) return;
+    Buffers& b = buffers[static_cast<size_t>(w)];
+    b.Reserve(n, static_cast<size_t>(chunk));
+    const int64_t begin = ci * chunk;
+    const int64_t cnt = std::min(chunk, t.numel - begin);
+    float* base = b.base.data();
+    if (use_base) {
+      LoadF32(t.base, begin, cnt, base);
+      if (!AllFinite(base, cnt)) {
+        error.Set(NonFiniteError(t.name, *plan.config().base_model));
+        return;
+      }
+    } else {
+      std::fill(base, base + cnt, 0.f);
+    }
+    // Task vectors, sparsified and rescaled.
+    for (size_t k = 0; k < n; ++k) {
+      const int m = experts_[k];
+      float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
+      LoadF32(t.models[static_cast<size_t>(m)], begin, cnt, tv);
+      if (!AllFinite(tv, cnt)) {
+        error.Set(NonFiniteError(t.name, plan.models()[static_cast<size_t>(m)].ref));
+        return;
+      }
+      if (use_base) {
+        for (int64_t j = 0; j < cnt; ++j) tv[j] -= base[j];
+      }
+      double all = 0;
+      if (mode == PassMode::kL1) {
+        for (int64_t j = 0; j < cnt; ++j) all += std::fabs(tv[j]);
+      }
+      float* mark = b.mask.data();
+      bool masked = true;
+      switch (opts_.sparsify) {
+        case Sparsify::kNone:
+        case Sparsify::kRankSampling:  // handled by the ATen path
+          masked = false;
+          break;
+        case Sparsify::kMagnitude:
+          MarkTopSet(p.keep[k], ci, tv, cnt, mark);
+          break;
+        case Sparsify::kOutliers: {
+          MarkTopSet(p.keep[k], ci, tv, cnt, mark);
+          float* drop = b.rnd.data();
+          MarkTopSet(p.drop[k], ci, tv, cnt, drop);
+          for (int64_t j = 0; j < cnt; ++j) mark[j] *= 1.f - drop[j];
+          break;
+        }
+        case Sparsify::kRandom: {
+          const float d = static_cast<float>(p.density[k]);
+          if (p.density[k] >= 1) {
+            masked = false;
+          } else {
+            ElementRandom rng(opts_.seed, t.name, m);
+            rng.Fill(begin, cnt, b.rnd.data());
+            const float* u = b.rnd.data();
+            for (int64_t j = 0; j < cnt; ++j) mark[j] = u[j] < d ? 1.f : 0.f;
+          }
+          break;
+        }
+      }
+      if (masked) {
+        for (int64_t j = 0; j < cnt; ++j) tv[j] *= mark[j];
+      }
+      if (mode == PassMode::kL1) {
+        double kept = 0;
+        for (int64_t j = 0; j < cnt; ++j) kept += std::fabs(tv[j]);
+        l1[(static_cast<size_t>(ci) * n + k) * 2] = all;
+        l1[(static_cast<size_t>(ci) * n + k) * 2 + 1] = kept;
+        continue;
+      }
+      const float s = p.scale[k];
+      if (s != 1.f) {
+        for (int64_t j = 0; j < cnt; ++j) tv[j] *= s;
+      }
+    }
+    if (mode == PassMode::kL1) return;
+
+    float* acc = b.acc.data();
+    float* den = b.den.data();
+    float* o = b.out.data();
+    std::fill(acc, acc + cnt, 0.f);
+    std::fill(den, den + cnt, 0.f);
+    if (!elect) {
+      float wsum = 0;
+      for (size_t k = 0; k < n; ++k) {
+        const float wk = static_cast<float>(p.weight[k]);
+        const float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
+        for (int64_t j = 0; j < cnt; ++j) acc[j] += wk * tv[j];
+        wsum += wk;
+      }
+      float inv = 1.f;
+      if (opts_.divisor == Divisor::kWeight) {
+        inv = std::fabs(wsum) < 1e-8f ? 1.f : 1.f / wsum;
+      } else if (opts_.divisor == Divisor::kCount) {
+        inv = 1.f / static_cast<float>(n);
+      }
+      const float lambda = use_base ? p.lambda : 1.f;
+      if (opts_.divisor == Divisor::kNone) {
+        for (int64_t j = 0; j < cnt; ++j) o[j] = base[j] + lambda * acc[j];
+      } else if (opts_.divisor == Divisor::kWeight) {
+        // Divide (not multiply by 1/x) to match the references bit for bit.
+        const float dv = std::fabs(wsum) < 1e-8f ? 1.f : wsum;
+        for (int64_t j = 0; j < cnt; ++j) o[j] = base[j] + lambda * (acc[j] / dv);
+      } else {
+        for (int64_t j = 0; j < cnt; ++j) o[j] = base[j] + lambda * (acc[j] * inv);
+      }
+    } else {
+      // Election over e_k = (w_k) * u_k.
+      float* sum = b.sum.data();
+      std::fill(sum, sum + cnt, 0.f);
+      for (size_t k = 0; k < n; ++k) {
+        const float ew =
+            opts_.sign_weighted ? static_cast<float>(p.weight[k]) : 1.f;
+        const float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
+        if (opts_.consensus == Consensus::kSum) {
+          for (int64_t j = 0; j < cnt; ++j) sum[j] += ew * tv[j];
+        } else {
+          for (int64_t j = 0; j < cnt; ++j) {
+            const float e = ew * tv[j];
+            sum[j] += static_cast<float>((e > 0) - (e < 0));
+          }
+        }
+      }
+      // sum becomes the elected sign.
+      int64_t bal = 0;
+      for (int64_t j = 0; j < cnt; ++j) {
+        const float sj = sum[j];
+        bal += (sj > 0) - (sj < 0);
+        sum[j] = sj > 0 ? 1.f : (sj < 0 ? -1.f : tie_sign);
+      }
+      if (mode == PassMode::kCensus) {
+        balance[static_cast<size_t>(ci)] = bal;
+        return;
+      }
+      for (size_t k = 0; k < n; ++k) {
+        const float wk = static_cast<float>(p.weight[k]);
+        const float ew = opts_.sign_weighted ? wk : 1.f;
+        const float dk = opts_.divisor == Divisor::kCount ? 1.f : wk;
+        const float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
+        for (int64_t j = 0; j < cnt; ++j) {
+          const bool agree = ew * tv[j] * sum[j] > 0;
+          acc[j] += agree ? wk * tv[j] : 0.f;
+          den[j] += agree ? dk : 0.f;
+        }
+      }
+      const float lambda = p.lambda;
+      switch (opts_.divisor) {
+        case Divisor::kNone:
+          for (int64_t j = 0; j < cnt; ++j) o[j] = base[j] + lambda * acc[j];
+          break;
+        case Divisor::kWeight:
+          for (int64_t j = 0; j < cnt; ++j) {
+            o[j] = base[j] + lambda * (acc[j] / (den[j] == 0 ? 1.f : den[j]));
+          }
+          break;
+        case Divisor::kCount:
+          for (int64_t j = 0; j < cnt; ++j) {
+            o[j] = base[j] + lambda * (acc[j] / std::max(den[j], 1.f));
+          }
+          break;
+      }
+    }
+    absl::Status st = out->WriteF32(begin, o, cnt);
+    if (!st.ok()) error.Set(std::move(st));
+    // This chunk of every input is consumed.
+    if (use_base) ReleaseRange(t.base, begin, cnt);
+    for (int m : experts_) ReleaseRange(t.models[static_cast<size_t>(m)], begin, cnt);
+  });
+  MS_RETURN_IF_ERROR(error.status());
+  if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
+  PassResult r;
+  if (mode == PassMode::kL1) {
+    r.l1_all.assign(n, 0);
+    r.l1_kept.assign(n, 0);
+    for (int64_t ci = 0; ci < nchunks; ++ci) {  // chunk order: deterministic
+      for (size_t k = 0; k < n; ++k) {
+        r.l1_all[k] += l1[(static_cast<size_t>(ci) * n + k) * 2];
+        r.l1_kept[k] += l1[(static_cast<size_t>(ci) * n + k) * 2 + 1];
+      }
+    }
+  }
+  for (int64_t b : balance) r.balance += b;
+  return r;
+}
+
+absl::Status TaskVectorMerge::MergeTensor(const MergePlan& plan,
+                                          const PlannedTensor& t,
+                                          ExecContext& ctx, TensorSink& out) {
+  MS_ASSIGN_OR_RETURN(TensorParams p, Resolve(plan, t, ctx));
+  const bool selects = opts_.sparsify == Sparsify::kMagnitude ||
+                       opts_.sparsify == Sparsify::kOutliers;
+  if (ctx.backend == Backend::kAten ||
+      opts_.sparsify == Sparsify::kRankSampling) {
+    // The ATen path selects per tensor itself (kthvalue); model-scope sets
+    // come from Prepare.
+    return MergeAten(plan, t, p, ctx, out);
+  }
+  if (selects && opts_.scope == TrimScope::kTensor) {
+    MS_RETURN_IF_ERROR(SelectForTensor(plan, t, ctx, p));
+  }
+  MS_RETURN_IF_ERROR(ComputeScale(plan, t, p, ctx));
+  if (opts_.consensus != Consensus::kNone &&
+      opts_.zero_sign == ZeroSign::kMajority &&
+      opts_.scope == TrimScope::kTensor) {
+    MS_ASSIGN_OR_RETURN(PassResult r,
+                        RunPass(plan, t, p, ctx, PassMode::kCensus, nullptr));
+    p.majority = r.balance > 0 ? 1 : -1;
+  }
+  MS_ASSIGN_OR_RETURN(PassResult r,
+                      RunPass(plan, t, p, ctx, PassMode::kMerge, &out));
+  (void)r;
+  return absl::OkStatus();
+}
+
+}  // namespace mergeserve

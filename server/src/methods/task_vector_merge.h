@@ -1,0 +1,138 @@
+// The task-vector family (mergekit's "generalized task arithmetic"): every
+// method that computes τ_i = θ_i − θ0, optionally sparsifies each τ_i, then
+// either sums them (task arithmetic) or elects a sign per entry and averages
+// the agreeing ones (TIES). linear, task_arithmetic, ties, dare_*,
+// breadcrumbs*, della* are this class with different parts switched on; each
+// has its own small file that says which.
+//
+// Two backends compute the same math: fused CPU kernels that stream fixed
+// chunks through all models at once (bounded memory, one pass for the merge),
+// and ATen whole-tensor ops that also run on CUDA. Tests hold them equal.
+#ifndef MERGESERVE_METHODS_TASK_VECTOR_MERGE_H_
+#define MERGESERVE_METHODS_TASK_VECTOR_MERGE_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mergeserve/engine/merge_method.h"
+
+namespace mergeserve {
+
+enum class Sparsify { kNone, kMagnitude, kRandom, kOutliers, kRankSampling };
+enum class TrimScope { kTensor, kModel };
+enum class KeepMode { kExact, kThreshold, kPaper };
+enum class Consensus { kNone, kSum, kCount };
+enum class ZeroSign { kPlus, kMajority };
+enum class Divisor { kWeight, kCount, kNone };
+enum class Rescale { kInverse, kL1, kNone };
+enum class Semantics { kMergekit, kPaper, kPeft };
+
+// What a named method fixes; the rest comes from the config.
+struct TaskVectorKind {
+  Sparsify sparsify = Sparsify::kNone;
+  Consensus consensus = Consensus::kNone;
+  bool default_normalize = false;
+  bool use_base = true;  // false: linear (average the weights themselves)
+};
+
+struct TaskVectorOptions {
+  Sparsify sparsify = Sparsify::kNone;
+  TrimScope scope = TrimScope::kTensor;
+  KeepMode keep = KeepMode::kExact;
+  Consensus consensus = Consensus::kNone;
+  bool sign_weighted = true;
+  ZeroSign zero_sign = ZeroSign::kPlus;
+  Divisor divisor = Divisor::kNone;
+  Rescale rescale = Rescale::kNone;
+  uint64_t seed = 0;
+  bool use_base = true;
+};
+
+// How many entries a per-tensor selection keeps (top `keep`) and then drops
+// again (top `drop`, breadcrumbs' outliers), for density < 1.
+struct TrimCounts {
+  int64_t keep = 0;
+  int64_t drop = 0;
+};
+TrimCounts ComputeTrimCounts(const TaskVectorOptions& o, double density,
+                             double gamma, int64_t numel);
+
+absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
+    const MergePlan& plan, const TaskVectorKind& kind);
+
+// "The k largest magnitudes of a domain", ties broken by lower flat index.
+struct TopSet {
+  enum Kind { kNone, kAll, kThreshold };
+  Kind kind = kAll;
+  float value = 0;
+  bool all_ties = true;
+  // Without all_ties: how many entries equal to `value` to keep in this
+  // tensor (tensor_ties) and in each of its chunks (chunk_ties).
+  int64_t tensor_ties = 0;
+  std::vector<int64_t> chunk_ties;
+};
+
+// Resolved per tensor; index k runs over the contributing models (experts).
+struct TensorParams {
+  std::vector<double> weight, density, gamma, epsilon;
+  std::vector<float> scale;  // rescaling of what survives sparsification
+  float lambda = 1;
+  // Sparsification of expert k: keep[k] minus drop[k] (drop: breadcrumbs'
+  // largest outliers).
+  std::vector<TopSet> keep, drop;
+  int majority = 0;  // sign used where the election ties (zero_sign majority)
+};
+
+class TaskVectorMerge : public MergeMethod {
+ public:
+  explicit TaskVectorMerge(TaskVectorKind kind) : kind_(kind) {}
+
+  absl::Status Prepare(const MergePlan& plan, ExecContext& ctx) override;
+  absl::Status MergeTensor(const MergePlan& plan, const PlannedTensor& tensor,
+                           ExecContext& ctx, TensorSink& out) override;
+
+  bool HoldsWholeTensors(const ExecContext& ctx) const override {
+    return ctx.backend == Backend::kAten ||
+           opts_.sparsify == Sparsify::kRankSampling;
+  }
+
+  const TaskVectorOptions& options() const { return opts_; }
+
+ private:
+  absl::StatusOr<TensorParams> Resolve(const MergePlan& plan,
+                                       const PlannedTensor& t,
+                                       ExecContext& ctx) const;
+  // Keep sets for a per-tensor selection (magnitude or outliers).
+  absl::Status SelectForTensor(const MergePlan& plan, const PlannedTensor& t,
+                               ExecContext& ctx, TensorParams& p) const;
+
+  // Fused CPU path: one streaming pass over fixed chunks of the tensor.
+  enum class PassMode { kL1, kCensus, kMerge };
+  struct PassResult {
+    std::vector<double> l1_all, l1_kept;  // per expert, kL1
+    int64_t balance = 0;                   // #(s>0) - #(s<0), kCensus
+  };
+  absl::StatusOr<PassResult> RunPass(const MergePlan& plan,
+                                     const PlannedTensor& t,
+                                     const TensorParams& p, ExecContext& ctx,
+                                     PassMode mode, TensorSink* out) const;
+  absl::Status ComputeScale(const MergePlan& plan, const PlannedTensor& t,
+                            TensorParams& p, ExecContext& ctx) const;
+  // ATen path (task_vector_merge_aten.cc).
+  absl::Status MergeAten(const MergePlan& plan, const PlannedTensor& t,
+                         const TensorParams& p, ExecContext& ctx,
+                         TensorSink& out) const;
+
+  TaskVectorKind kind_;
+  TaskVectorOptions opts_;
+  std::vector<int> experts_;  // model indices that contribute
+  // trim_scope: model results, per tensor name, per expert.
+  std::map<std::string, std::vector<TopSet>> model_keep_;
+  int model_majority_ = 0;
+};
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_METHODS_TASK_VECTOR_MERGE_H_
