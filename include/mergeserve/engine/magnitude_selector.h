@@ -9,6 +9,7 @@
 #define MERGESERVE_ENGINE_MAGNITUDE_SELECTOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -28,6 +29,9 @@ struct SelectionResult {
   float value = 0;           // the k-th largest magnitude
   int64_t count_greater = 0;  // entries with magnitude > value
   int64_t count_equal = 0;    // entries with magnitude == value
+  // Entries == value per chunk of ChunkDomain(domain), when the selector
+  // could record them on the way (otherwise empty: use CountEqualPerChunk).
+  std::vector<int64_t> chunk_equal;
 };
 
 // A fixed chunking of a list of tensors, in domain (flat) order.
@@ -56,6 +60,21 @@ class MagnitudeSelector {
       float value) const;
 
  private:
+  struct Scratch {
+    std::vector<float> base, value;
+    std::vector<uint32_t> bits;
+  };
+  // fn(chunk index, chunk, worker, base values or nullptr)
+  using ChunkFn = std::function<absl::Status(size_t, const DomainChunk&, int,
+                                             const float*)>;
+  // Runs fn over every chunk, tensor by tensor (chunks of a tensor in
+  // parallel), loading the base chunk first and releasing each tensor's
+  // pages once it is done.
+  absl::Status ForEachChunk(const std::vector<const PlannedTensor*>& domain,
+                            const std::vector<DomainChunk>& chunks,
+                            const std::vector<int>& models, const ChunkFn& fn,
+                            std::vector<Scratch>& scratch,
+                            const std::function<void()>& after_tensor) const;
   absl::Status LoadBase(const PlannedTensor& t, int64_t begin, int64_t count,
                         float* base) const;
   // Fills bits[0..count) with the magnitude bit patterns of one chunk.

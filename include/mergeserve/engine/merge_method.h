@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -25,7 +26,8 @@ struct ExecContext {
   const std::atomic<bool>* cancelled = nullptr;
   // Elements per chunk in fused passes. Fixed (never derived from the thread
   // count) so results do not depend on parallelism.
-  int64_t chunk_elems = int64_t{1} << 16;
+  // 16K fp32 values per model keep a worker's buffers inside L2.
+  int64_t chunk_elems = int64_t{1} << 14;
 
   bool is_cancelled() const {
     return cancelled != nullptr && cancelled->load(std::memory_order_relaxed);
@@ -56,6 +58,15 @@ class MergeMethod {
                                    ExecContext& ctx, TensorSink& out) = 0;
 };
 
+// Runs fn(chunk_index, worker) over the fixed chunks of a tensor of `numel`
+// elements, a window of chunks at a time, and calls after_window(begin,
+// count) between windows so callers can drop consumed pages. Releasing per
+// window rather than per chunk keeps RSS bounded without an madvise (and its
+// cross-core TLB shootdown) for every chunk.
+void ForEachChunkWindowed(ThreadPool& pool, int64_t numel, int64_t chunk,
+                          const std::function<void(int64_t, int)>& fn,
+                          const std::function<void(int64_t, int64_t)>& after_window);
+
 // Reads elements [begin, begin+count) of a view as fp32.
 inline void LoadF32(const TensorView& v, int64_t begin, int64_t count,
                     float* dst) {
@@ -63,6 +74,12 @@ inline void LoadF32(const TensorView& v, int64_t begin, int64_t count,
   LoadAsF32(v.info->dtype, v.data + static_cast<size_t>(begin) * es, count,
             dst);
 }
+
+// Reads elements [begin, begin+count) of a view as fp32 minus `base` (when
+// not null) in one sweep. Returns false if any element of the view is NaN or
+// Inf.
+bool LoadDelta(const TensorView& v, int64_t begin, int64_t count,
+               const float* base, float* dst);
 
 // Drops a view's pages from the resident set once they have been consumed.
 inline void ReleaseView(const TensorView& v) {

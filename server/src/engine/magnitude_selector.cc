@@ -12,13 +12,10 @@
 namespace mergeserve {
 namespace {
 
-constexpr int kBins = 1 << 16;
-
-// Per-worker scratch for one pass.
-struct Scratch {
-  std::vector<float> base, value;
-  std::vector<uint32_t> bits;
-};
+constexpr size_t kBins = 1 << 16;
+// Up to this many bucket members per query are kept as lists in the second
+// pass, so ties can be counted per chunk without another pass over the data.
+constexpr uint64_t kMaxListed = uint64_t{8} << 20;
 
 // First error from any worker wins.
 class ErrorSlot {
@@ -55,8 +52,7 @@ std::vector<DomainChunk> ChunkDomain(
 absl::Status MagnitudeSelector::LoadBase(const PlannedTensor& t, int64_t begin,
                                          int64_t count, float* base) const {
   if (t.base.data == nullptr) return absl::OkStatus();
-  LoadF32(t.base, begin, count, base);
-  if (!AllFinite(base, count)) {
+  if (!LoadDelta(t.base, begin, count, nullptr, base)) {
     return NonFiniteError(t.name, *plan_.config().base_model);
   }
   return absl::OkStatus();
@@ -67,17 +63,14 @@ absl::Status MagnitudeSelector::MagnitudeBits(const PlannedTensor& t, int model,
                                               const float* base, float* value,
                                               uint32_t* bits) const {
   const TensorView& mv = t.models[static_cast<size_t>(model)];
-  LoadF32(mv, begin, count, value);
-  if (!AllFinite(value, count)) {
+  if (!LoadDelta(mv, begin, count, t.base.data != nullptr ? base : nullptr,
+                 value)) {
     return NonFiniteError(t.name, plan_.models()[static_cast<size_t>(model)].ref);
   }
-  if (t.base.data != nullptr) {
-    for (int64_t j = 0; j < count; ++j) value[j] = std::fabs(value[j] - base[j]);
-  } else {
-    for (int64_t j = 0; j < count; ++j) value[j] = std::fabs(value[j]);
+  for (int64_t j = 0; j < count; ++j) {
+    value[j] = std::fabs(value[j]);
+    std::memcpy(bits + j, value + j, 4);
   }
-  std::memcpy(bits, value, static_cast<size_t>(count) * 4);
-  ReleaseRange(mv, begin, count);
   return absl::OkStatus();
 }
 
@@ -96,60 +89,50 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   const std::vector<DomainChunk> chunks = ChunkDomain(domain, chunk_elems_);
   const int workers = pool_.num_threads();
   std::vector<Scratch> scratch(static_cast<size_t>(workers));
+  (void)workers;
 
   // Pass 1: histogram of the top 16 bits.
+  // Two histograms per (worker, model), filled alternately: consecutive
+  // entries often hit the same bin, and one array would serialise on it.
   std::vector<std::vector<uint32_t>> hist(
-      static_cast<size_t>(workers) * nm, std::vector<uint32_t>(kBins, 0));
+      static_cast<size_t>(workers) * nm, std::vector<uint32_t>(2 * kBins, 0));
   std::vector<std::vector<uint64_t>> hi(nm, std::vector<uint64_t>(kBins, 0));
-  ErrorSlot error;
-  // Per-worker uint32 counts are flushed into uint64 totals per tensor-sized
-  // batch; a chunk holds < 2^32 entries, so flushing every 4096 chunks is safe.
+  // Per-worker uint32 counts are flushed into uint64 totals after each tensor
+  // (a tensor has < 2^32 entries).
   auto run_pass = [&](auto&& per_chunk, auto&& flush) {
-    const size_t batch = 4096;
-    for (size_t start = 0; start < chunks.size(); start += batch) {
-      const size_t n = std::min(batch, chunks.size() - start);
-      pool_.Run(static_cast<int64_t>(n), [&](int64_t i, int w) {
-        if (error.failed()) return;
-        const DomainChunk& c = chunks[start + static_cast<size_t>(i)];
-        Scratch& s = scratch[static_cast<size_t>(w)];
-        if (s.bits.size() < static_cast<size_t>(c.count)) {
-          s.base.resize(static_cast<size_t>(chunk_elems_));
-          s.value.resize(static_cast<size_t>(chunk_elems_));
-          s.bits.resize(static_cast<size_t>(chunk_elems_));
-        }
-        const PlannedTensor& t = *domain[static_cast<size_t>(c.tensor)];
-        absl::Status st = LoadBase(t, c.begin, c.count, s.base.data());
-        for (size_t m = 0; m < nm && st.ok(); ++m) {
-          st = MagnitudeBits(t, models[m], c.begin, c.count, s.base.data(),
-                             s.value.data(), s.bits.data());
-          if (st.ok()) per_chunk(w, m, s.bits.data(), c.count);
-        }
-        if (!st.ok()) {
-          error.Set(std::move(st));
-          return;
-        }
-        if (t.base.data != nullptr) ReleaseRange(t.base, c.begin, c.count);
-      });
-      flush();
-    }
+    return ForEachChunk(domain, chunks, models, [&](size_t, const DomainChunk& c, int w, const float* base) -> absl::Status {
+      Scratch& s = scratch[static_cast<size_t>(w)];
+      const PlannedTensor& t = *domain[static_cast<size_t>(c.tensor)];
+      for (size_t m = 0; m < nm; ++m) {
+        MS_RETURN_IF_ERROR(MagnitudeBits(t, models[m], c.begin, c.count, base,
+                                         s.value.data(), s.bits.data()));
+        per_chunk(w, m, s.bits.data(), c.count);
+      }
+      return absl::OkStatus();
+    }, scratch, flush);
   };
   auto flush_hist = [&](std::vector<std::vector<uint64_t>>& total) {
     for (int w = 0; w < workers; ++w) {
       for (size_t m = 0; m < nm; ++m) {
         auto& h = hist[static_cast<size_t>(w) * nm + m];
         auto& out = total[m];
-        for (int b = 0; b < kBins; ++b) out[static_cast<size_t>(b)] += h[static_cast<size_t>(b)];
+        for (size_t b = 0; b < kBins; ++b) out[b] += h[b] + h[b + kBins];
         std::fill(h.begin(), h.end(), 0u);
       }
     }
   };
-  run_pass(
+  MS_RETURN_IF_ERROR(run_pass(
       [&](int w, size_t m, const uint32_t* bits, int64_t n) {
-        uint32_t* h = hist[static_cast<size_t>(w) * nm + m].data();
-        for (int64_t j = 0; j < n; ++j) ++h[bits[j] >> 16];
+        uint32_t* h0 = hist[static_cast<size_t>(w) * nm + m].data();
+        uint32_t* h1 = h0 + kBins;
+        int64_t j = 0;
+        for (; j + 1 < n; j += 2) {
+          ++h0[bits[j] >> 16];
+          ++h1[bits[j + 1] >> 16];
+        }
+        if (j < n) ++h0[bits[j] >> 16];
       },
-      [&] { flush_hist(hi); });
-  MS_RETURN_IF_ERROR(error.Take());
+      [&] { flush_hist(hi); }));
 
   // Locate each query's top bucket.
   struct Bucket {
@@ -173,7 +156,9 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
     bucket[q] = {static_cast<uint32_t>(b), above};
   }
 
-  // Pass 2: low 16 bits inside each (model, bucket) of interest.
+  // Pass 2: low 16 bits inside each (model, bucket) of interest. Small
+  // buckets keep their members' low bits per chunk (lists); large ones only
+  // a histogram.
   std::vector<std::vector<uint32_t>> wanted(nm);  // distinct bins per model
   for (size_t q = 0; q < queries.size(); ++q) {
     auto& w = wanted[slot[queries[q].model]];
@@ -181,44 +166,77 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
       w.push_back(bucket[q].bin);
     }
   }
-  // Histograms indexed [worker][model][wanted bin] flattened.
   size_t max_wanted = 0;
   for (const auto& w : wanted) max_wanted = std::max(max_wanted, w.size());
-  hist.assign(static_cast<size_t>(workers) * nm * max_wanted,
-              std::vector<uint32_t>(kBins, 0));
-  std::vector<std::vector<uint64_t>> lo(nm * max_wanted,
-                                        std::vector<uint64_t>(kBins, 0));
-  run_pass(
-      [&](int w, size_t m, const uint32_t* bits, int64_t n) {
-        const auto& bins = wanted[m];
-        for (size_t k = 0; k < bins.size(); ++k) {
-          uint32_t* h =
-              hist[(static_cast<size_t>(w) * nm + m) * max_wanted + k].data();
-          const uint32_t want = bins[k];
-          for (int64_t j = 0; j < n; ++j) {
-            if ((bits[j] >> 16) == want) ++h[bits[j] & 0xffffu];
+  const size_t slots = nm * max_wanted;  // index m * max_wanted + k
+  std::vector<bool> listed(slots, false);
+  for (size_t m = 0; m < nm; ++m) {
+    for (size_t k = 0; k < wanted[m].size(); ++k) {
+      listed[m * max_wanted + k] = hi[m][wanted[m][k]] <= kMaxListed;
+    }
+  }
+  std::vector<std::vector<std::vector<uint16_t>>> lists(slots);
+  for (size_t i = 0; i < slots; ++i) {
+    if (listed[i]) lists[i].resize(chunks.size());
+  }
+  hist.assign(static_cast<size_t>(workers) * slots, std::vector<uint32_t>());
+  std::vector<std::vector<uint64_t>> lo(slots, std::vector<uint64_t>(kBins, 0));
+  MS_RETURN_IF_ERROR(ForEachChunk(
+      domain, chunks, models,
+      [&](size_t ci, const DomainChunk& c, int w, const float* base) -> absl::Status {
+        Scratch& s = scratch[static_cast<size_t>(w)];
+        const PlannedTensor& t = *domain[static_cast<size_t>(c.tensor)];
+        for (size_t m = 0; m < nm; ++m) {
+          MS_RETURN_IF_ERROR(MagnitudeBits(t, models[m], c.begin, c.count, base,
+                                           s.value.data(), s.bits.data()));
+          const uint32_t* bits = s.bits.data();
+          for (size_t k = 0; k < wanted[m].size(); ++k) {
+            const size_t slot_index = m * max_wanted + k;
+            const uint32_t want = wanted[m][k];
+            if (listed[slot_index]) {
+              auto& out = lists[slot_index][ci];
+              for (int64_t j = 0; j < c.count; ++j) {
+                if ((bits[j] >> 16) == want) {
+                  out.push_back(static_cast<uint16_t>(bits[j] & 0xffffu));
+                }
+              }
+            } else {
+              auto& h = hist[static_cast<size_t>(w) * slots + slot_index];
+              if (h.empty()) h.assign(kBins, 0);
+              for (int64_t j = 0; j < c.count; ++j) {
+                if ((bits[j] >> 16) == want) ++h[bits[j] & 0xffffu];
+              }
+            }
           }
         }
+        return absl::OkStatus();
       },
-      [&] {
+      scratch, [&] {
         for (int w = 0; w < workers; ++w) {
-          for (size_t i = 0; i < nm * max_wanted; ++i) {
-            auto& h = hist[static_cast<size_t>(w) * nm * max_wanted + i];
-            for (int b = 0; b < kBins; ++b) lo[i][static_cast<size_t>(b)] += h[static_cast<size_t>(b)];
+          for (size_t i = 0; i < slots; ++i) {
+            auto& h = hist[static_cast<size_t>(w) * slots + i];
+            if (h.empty()) continue;
+            for (size_t b = 0; b < kBins; ++b) lo[i][b] += h[b];
             std::fill(h.begin(), h.end(), 0u);
           }
         }
-      });
-  MS_RETURN_IF_ERROR(error.Take());
+      }));
+  for (size_t i = 0; i < slots; ++i) {
+    if (!listed[i]) continue;
+    for (const auto& l : lists[i]) {
+      for (uint16_t v : l) ++lo[i][v];
+    }
+  }
 
   for (size_t q = 0; q < queries.size(); ++q) {
     const size_t m = slot[queries[q].model];
     const auto& bins = wanted[m];
     const size_t k = static_cast<size_t>(
         std::find(bins.begin(), bins.end(), bucket[q].bin) - bins.begin());
-    const auto& h = lo[m * max_wanted + k];
+    const size_t slot_index = m * max_wanted + k;
+    const auto& h = lo[slot_index];
     int64_t above = bucket[q].above;
-    int b = kBins - 1;
+    int b = static_cast<int>(kBins) - 1;
     for (; b >= 0; --b) {
       const int64_t c = static_cast<int64_t>(h[static_cast<size_t>(b)]);
       if (above + c >= queries[q].k) break;
@@ -229,7 +247,15 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
     std::memcpy(&r.value, &bits, 4);
     r.count_greater = above;
     r.count_equal = static_cast<int64_t>(h[static_cast<size_t>(b)]);
-    results[q] = r;
+    if (listed[slot_index]) {
+      r.chunk_equal.resize(chunks.size());
+      for (size_t ci = 0; ci < chunks.size(); ++ci) {
+        int64_t e = 0;
+        for (uint16_t v : lists[slot_index][ci]) e += v == static_cast<uint16_t>(b);
+        r.chunk_equal[ci] = e;
+      }
+    }
+    results[q] = std::move(r);
   }
   return results;
 }
@@ -240,29 +266,63 @@ absl::StatusOr<std::vector<int64_t>> MagnitudeSelector::CountEqualPerChunk(
   const std::vector<DomainChunk> chunks = ChunkDomain(domain, chunk_elems_);
   std::vector<int64_t> counts(chunks.size(), 0);
   std::vector<Scratch> scratch(static_cast<size_t>(pool_.num_threads()));
-  ErrorSlot error;
-  pool_.Run(static_cast<int64_t>(chunks.size()), [&](int64_t i, int w) {
-    const DomainChunk& c = chunks[static_cast<size_t>(i)];
-    Scratch& s = scratch[static_cast<size_t>(w)];
-    s.base.resize(static_cast<size_t>(chunk_elems_));
-    s.value.resize(static_cast<size_t>(chunk_elems_));
-    s.bits.resize(static_cast<size_t>(chunk_elems_));
-    const PlannedTensor& t = *domain[static_cast<size_t>(c.tensor)];
-    absl::Status st = LoadBase(t, c.begin, c.count, s.base.data());
-    if (st.ok()) {
-      st = MagnitudeBits(t, model, c.begin, c.count, s.base.data(),
-                         s.value.data(), s.bits.data());
-    }
-    if (!st.ok()) {
-      error.Set(std::move(st));
-      return;
-    }
-    int64_t n = 0;
-    for (int64_t j = 0; j < c.count; ++j) n += s.value[static_cast<size_t>(j)] == value;
-    counts[static_cast<size_t>(i)] = n;
-  });
-  MS_RETURN_IF_ERROR(error.Take());
+  MS_RETURN_IF_ERROR(ForEachChunk(
+      domain, chunks, {model},
+      [&](size_t i, const DomainChunk& c, int w, const float* base) -> absl::Status {
+        Scratch& s = scratch[static_cast<size_t>(w)];
+        MS_RETURN_IF_ERROR(MagnitudeBits(*domain[static_cast<size_t>(c.tensor)],
+                                         model, c.begin, c.count, base,
+                                         s.value.data(), s.bits.data()));
+        int64_t n = 0;
+        for (int64_t j = 0; j < c.count; ++j) {
+          n += s.value[static_cast<size_t>(j)] == value;
+        }
+        counts[i] = n;
+        return absl::OkStatus();
+      },
+      scratch, [] {}));
   return counts;
+}
+
+absl::Status MagnitudeSelector::ForEachChunk(
+    const std::vector<const PlannedTensor*>& domain,
+    const std::vector<DomainChunk>& chunks, const std::vector<int>& models,
+    const ChunkFn& fn, std::vector<Scratch>& scratch,
+    const std::function<void()>& after_tensor) const {
+  ErrorSlot error;
+  size_t start = 0;
+  for (size_t ti = 0; ti < domain.size(); ++ti) {
+    size_t end = start;
+    while (end < chunks.size() && chunks[end].tensor == static_cast<int>(ti)) ++end;
+    const PlannedTensor& t = *domain[ti];
+    ForEachChunkWindowed(
+        pool_, t.numel, chunk_elems_,
+        [&](int64_t i, int w) {
+          if (error.failed()) return;
+          const size_t ci = start + static_cast<size_t>(i);
+          const DomainChunk& c = chunks[ci];
+          Scratch& s = scratch[static_cast<size_t>(w)];
+          if (s.bits.size() < static_cast<size_t>(chunk_elems_)) {
+            s.base.resize(static_cast<size_t>(chunk_elems_));
+            s.value.resize(static_cast<size_t>(chunk_elems_));
+            s.bits.resize(static_cast<size_t>(chunk_elems_));
+          }
+          absl::Status st = LoadBase(t, c.begin, c.count, s.base.data());
+          if (st.ok()) st = fn(ci, c, w, s.base.data());
+          if (!st.ok()) error.Set(std::move(st));
+        },
+        [&](int64_t begin, int64_t count) {
+          // This window of the tensor is consumed: drop its pages from RSS.
+          if (t.base.data != nullptr) ReleaseRange(t.base, begin, count);
+          for (int m : models) {
+            ReleaseRange(t.models[static_cast<size_t>(m)], begin, count);
+          }
+        });
+    after_tensor();
+    MS_RETURN_IF_ERROR(error.Take());
+    start = end;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mergeserve

@@ -70,8 +70,8 @@ class FirstError {
 };
 
 // Marks (1/0) the entries of magnitude `a` that belong to `set` in chunk `ci`.
-void MarkTopSet(const TopSet& set, int64_t ci, const float* tv, int64_t n,
-                float* mark) {
+void MarkTopSet(const TopSet& set, int64_t ci, const float* __restrict tv, int64_t n,
+                float* __restrict mark) {
   switch (set.kind) {
     case TopSet::kNone:
       std::fill(mark, mark + n, 0.f);
@@ -83,20 +83,102 @@ void MarkTopSet(const TopSet& set, int64_t ci, const float* tv, int64_t n,
       break;
   }
   const float v = set.value;
-  if (set.all_ties) {
-    for (int64_t j = 0; j < n; ++j) mark[j] = std::fabs(tv[j]) >= v ? 1.f : 0.f;
-    return;
-  }
-  int64_t allow = set.chunk_ties[static_cast<size_t>(ci)];
+  int64_t equal = 0;
   for (int64_t j = 0; j < n; ++j) {
     const float a = std::fabs(tv[j]);
-    bool in = a > v;
-    if (a == v && allow > 0) {
-      in = true;
-      --allow;
-    }
-    mark[j] = in ? 1.f : 0.f;
+    mark[j] = a > v ? 1.f : 0.f;
+    equal += a == v;
   }
+  const int64_t allow =
+      set.all_ties ? equal : set.chunk_ties[static_cast<size_t>(ci)];
+  if (allow >= equal) {
+    for (int64_t j = 0; j < n; ++j) mark[j] += std::fabs(tv[j]) == v ? 1.f : 0.f;
+    return;
+  }
+  // Keep only the first `allow` ties of this chunk (lower index first).
+  int64_t left = allow;
+  for (int64_t j = 0; j < n && left > 0; ++j) {
+    if (std::fabs(tv[j]) == v) {
+      mark[j] = 1.f;
+      --left;
+    }
+  }
+}
+
+// Element loops of the merge, written over restrict pointers and without
+// branches so the compiler vectorises them.
+void AddScaled(float* __restrict acc, const float* __restrict x, float w,
+               int64_t n) {
+  for (int64_t j = 0; j < n; ++j) acc[j] += w * x[j];
+}
+
+void AddSigns(float* __restrict acc, const float* __restrict x, float w,
+              int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = w * x[j];
+    acc[j] += (e > 0 ? 1.f : 0.f) - (e < 0 ? 1.f : 0.f);
+  }
+}
+
+int64_t SignBalance(const float* __restrict votes, int64_t n) {
+  int64_t bal = 0;
+  for (int64_t j = 0; j < n; ++j) bal += (votes[j] > 0) - (votes[j] < 0);
+  return bal;
+}
+
+void ElectSign(float* __restrict votes, float tie, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float v = votes[j];
+    votes[j] = v > 0 ? 1.f : (v < 0 ? -1.f : tie);
+  }
+}
+
+// Adds w·u to acc and d to den where sign(ew·u) equals the elected sign.
+void AddAgreeing(float* __restrict acc, float* __restrict den,
+                 const float* __restrict u, const float* __restrict sign,
+                 float ew, float w, float d, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float agree = ew * u[j] * sign[j] > 0 ? 1.f : 0.f;
+    acc[j] += agree * (w * u[j]);
+    den[j] += agree * d;
+  }
+}
+
+void Finish(float* __restrict out, const float* __restrict base,
+            const float* __restrict acc, float lambda, float scale,
+            int64_t n) {
+  if (scale == 1.f) {
+    for (int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * acc[j];
+  } else {
+    for (int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * (acc[j] * scale);
+  }
+}
+
+void FinishDivided(float* __restrict out, const float* __restrict base,
+                   const float* __restrict acc, float lambda, float divisor,
+                   int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * (acc[j] / divisor);
+}
+
+void FinishByWeight(float* __restrict out, const float* __restrict base,
+                    const float* __restrict acc, const float* __restrict den,
+                    float lambda, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    out[j] = base[j] + lambda * (acc[j] / (den[j] == 0 ? 1.f : den[j]));
+  }
+}
+
+void FinishByCount(float* __restrict out, const float* __restrict base,
+                   const float* __restrict acc, const float* __restrict den,
+                   float lambda, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    out[j] = base[j] + lambda * (acc[j] / std::max(den[j], 1.f));
+  }
+}
+
+// Keeps entries with |x| >= v.
+void TrimBelow(float* __restrict x, float v, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) x[j] = std::fabs(x[j]) >= v ? x[j] : 0.f;
 }
 
 }  // namespace
@@ -283,9 +365,13 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
     sets[k].all_ties = opts_.keep != KeepMode::kExact ||
                        need >= r.count_equal || r.value == 0;
     if (!sets[k].all_ties) {
-      MS_ASSIGN_OR_RETURN(
-          chunk_ties[k],
-          selector.CountEqualPerChunk(domain, experts_[k], r.value));
+      if (!r.chunk_equal.empty()) {
+        chunk_ties[k] = r.chunk_equal;
+      } else {
+        MS_ASSIGN_OR_RETURN(
+            chunk_ties[k],
+            selector.CountEqualPerChunk(domain, experts_[k], r.value));
+      }
       int64_t left = need;
       for (auto& c : chunk_ties[k]) {
         c = std::min(c, left);
@@ -415,8 +501,12 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
                        opts_.sparsify == Sparsify::kOutliers;
     set.all_ties = !exact || need >= results[q].count_equal || set.value == 0;
     if (!set.all_ties) {
-      MS_ASSIGN_OR_RETURN(set.chunk_ties, selector.CountEqualPerChunk(
-                                              domain, experts_[k], set.value));
+      if (!results[q].chunk_equal.empty()) {
+        set.chunk_ties = results[q].chunk_equal;
+      } else {
+        MS_ASSIGN_OR_RETURN(set.chunk_ties, selector.CountEqualPerChunk(
+                                                domain, experts_[k], set.value));
+      }
       int64_t left = need;
       for (auto& c : set.chunk_ties) {
         c = std::min(c, left);
@@ -468,7 +558,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
   float tie_sign = 1.f;
   if (opts_.zero_sign == ZeroSign::kMajority) tie_sign = p.majority > 0 ? 1.f : -1.f;
 
-  ctx.pool->Run(nchunks, [&](int64_t ci, int w) {
+  ForEachChunkWindowed(*ctx.pool, t.numel, chunk, [&](int64_t ci, int w) {
     if (error.failed() || ctx.is_cancelled()) return;
     Buffers& b = buffers[static_cast<size_t>(w)];
     b.Reserve(n, static_cast<size_t>(chunk));
@@ -476,8 +566,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
     const int64_t cnt = std::min(chunk, t.numel - begin);
     float* base = b.base.data();
     if (use_base) {
-      LoadF32(t.base, begin, cnt, base);
-      if (!AllFinite(base, cnt)) {
+      if (!LoadDelta(t.base, begin, cnt, nullptr, base)) {
         error.Set(NonFiniteError(t.name, *plan.config().base_model));
         return;
       }
@@ -488,13 +577,10 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
     for (size_t k = 0; k < n; ++k) {
       const int m = experts_[k];
       float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
-      LoadF32(t.models[static_cast<size_t>(m)], begin, cnt, tv);
-      if (!AllFinite(tv, cnt)) {
+      if (!LoadDelta(t.models[static_cast<size_t>(m)], begin, cnt,
+                     use_base ? base : nullptr, tv)) {
         error.Set(NonFiniteError(t.name, plan.models()[static_cast<size_t>(m)].ref));
         return;
-      }
-      if (use_base) {
-        for (int64_t j = 0; j < cnt; ++j) tv[j] -= base[j];
       }
       double all = 0;
       if (mode == PassMode::kL1) {
@@ -508,7 +594,13 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
           masked = false;
           break;
         case Sparsify::kMagnitude:
-          MarkTopSet(p.keep[k], ci, tv, cnt, mark);
+          if (p.keep[k].kind == TopSet::kThreshold && p.keep[k].all_ties) {
+            // The common case, fused: keep |τ| >= threshold.
+            TrimBelow(tv, p.keep[k].value, cnt);
+            masked = false;
+          } else {
+            MarkTopSet(p.keep[k], ci, tv, cnt, mark);
+          }
           break;
         case Sparsify::kOutliers: {
           MarkTopSet(p.keep[k], ci, tv, cnt, mark);
@@ -551,92 +643,72 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
     float* den = b.den.data();
     float* o = b.out.data();
     std::fill(acc, acc + cnt, 0.f);
-    std::fill(den, den + cnt, 0.f);
     if (!elect) {
       float wsum = 0;
       for (size_t k = 0; k < n; ++k) {
         const float wk = static_cast<float>(p.weight[k]);
-        const float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
-        for (int64_t j = 0; j < cnt; ++j) acc[j] += wk * tv[j];
+        AddScaled(acc, b.tv.data() + k * static_cast<size_t>(chunk), wk, cnt);
         wsum += wk;
       }
-      float inv = 1.f;
-      if (opts_.divisor == Divisor::kWeight) {
-        inv = std::fabs(wsum) < 1e-8f ? 1.f : 1.f / wsum;
-      } else if (opts_.divisor == Divisor::kCount) {
-        inv = 1.f / static_cast<float>(n);
-      }
       const float lambda = use_base ? p.lambda : 1.f;
-      if (opts_.divisor == Divisor::kNone) {
-        for (int64_t j = 0; j < cnt; ++j) o[j] = base[j] + lambda * acc[j];
-      } else if (opts_.divisor == Divisor::kWeight) {
-        // Divide (not multiply by 1/x) to match the references bit for bit.
-        const float dv = std::fabs(wsum) < 1e-8f ? 1.f : wsum;
-        for (int64_t j = 0; j < cnt; ++j) o[j] = base[j] + lambda * (acc[j] / dv);
-      } else {
-        for (int64_t j = 0; j < cnt; ++j) o[j] = base[j] + lambda * (acc[j] * inv);
+      switch (opts_.divisor) {
+        case Divisor::kNone:
+          Finish(o, base, acc, lambda, 1.f, cnt);
+          break;
+        case Divisor::kWeight:
+          // Divide (not multiply by 1/x) to match the references bitwise.
+          FinishDivided(o, base, acc, lambda,
+                        std::fabs(wsum) < 1e-8f ? 1.f : wsum, cnt);
+          break;
+        case Divisor::kCount:
+          Finish(o, base, acc, lambda, 1.f / static_cast<float>(n), cnt);
+          break;
       }
     } else {
-      // Election over e_k = (w_k) * u_k.
+      // Election over e_k = (w_k) * u_k; `sum` becomes the elected sign.
       float* sum = b.sum.data();
       std::fill(sum, sum + cnt, 0.f);
+      std::fill(den, den + cnt, 0.f);
       for (size_t k = 0; k < n; ++k) {
         const float ew =
             opts_.sign_weighted ? static_cast<float>(p.weight[k]) : 1.f;
         const float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
         if (opts_.consensus == Consensus::kSum) {
-          for (int64_t j = 0; j < cnt; ++j) sum[j] += ew * tv[j];
+          AddScaled(sum, tv, ew, cnt);
         } else {
-          for (int64_t j = 0; j < cnt; ++j) {
-            const float e = ew * tv[j];
-            sum[j] += static_cast<float>((e > 0) - (e < 0));
-          }
+          AddSigns(sum, tv, ew, cnt);
         }
-      }
-      // sum becomes the elected sign.
-      int64_t bal = 0;
-      for (int64_t j = 0; j < cnt; ++j) {
-        const float sj = sum[j];
-        bal += (sj > 0) - (sj < 0);
-        sum[j] = sj > 0 ? 1.f : (sj < 0 ? -1.f : tie_sign);
       }
       if (mode == PassMode::kCensus) {
-        balance[static_cast<size_t>(ci)] = bal;
+        balance[static_cast<size_t>(ci)] = SignBalance(sum, cnt);
         return;
       }
+      ElectSign(sum, tie_sign, cnt);
       for (size_t k = 0; k < n; ++k) {
         const float wk = static_cast<float>(p.weight[k]);
-        const float ew = opts_.sign_weighted ? wk : 1.f;
-        const float dk = opts_.divisor == Divisor::kCount ? 1.f : wk;
-        const float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
-        for (int64_t j = 0; j < cnt; ++j) {
-          const bool agree = ew * tv[j] * sum[j] > 0;
-          acc[j] += agree ? wk * tv[j] : 0.f;
-          den[j] += agree ? dk : 0.f;
-        }
+        AddAgreeing(acc, den, b.tv.data() + k * static_cast<size_t>(chunk),
+                    sum, opts_.sign_weighted ? wk : 1.f, wk,
+                    opts_.divisor == Divisor::kCount ? 1.f : wk, cnt);
       }
-      const float lambda = p.lambda;
       switch (opts_.divisor) {
         case Divisor::kNone:
-          for (int64_t j = 0; j < cnt; ++j) o[j] = base[j] + lambda * acc[j];
+          Finish(o, base, acc, p.lambda, 1.f, cnt);
           break;
         case Divisor::kWeight:
-          for (int64_t j = 0; j < cnt; ++j) {
-            o[j] = base[j] + lambda * (acc[j] / (den[j] == 0 ? 1.f : den[j]));
-          }
+          FinishByWeight(o, base, acc, den, p.lambda, cnt);
           break;
         case Divisor::kCount:
-          for (int64_t j = 0; j < cnt; ++j) {
-            o[j] = base[j] + lambda * (acc[j] / std::max(den[j], 1.f));
-          }
+          FinishByCount(o, base, acc, den, p.lambda, cnt);
           break;
       }
     }
     absl::Status st = out->WriteF32(begin, o, cnt);
     if (!st.ok()) error.Set(std::move(st));
-    // This chunk of every input is consumed.
-    if (use_base) ReleaseRange(t.base, begin, cnt);
-    for (int m : experts_) ReleaseRange(t.models[static_cast<size_t>(m)], begin, cnt);
+  }, [&](int64_t begin, int64_t count) {
+    if (use_base) ReleaseRange(t.base, begin, count);
+    for (int m : experts_) {
+      ReleaseRange(t.models[static_cast<size_t>(m)], begin, count);
+    }
   });
   MS_RETURN_IF_ERROR(error.status());
   if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
