@@ -1,0 +1,170 @@
+// `mergeserve merge` on bad input: a non-zero exit that tells the failure
+// kind apart, one clear message naming the thing, and nothing written.
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "test_util.h"
+
+namespace mergeserve {
+namespace {
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using testing::TempDir;
+
+struct Result {
+  int exit_code;
+  std::string output;
+};
+
+Result RunCli(const std::string& args) {
+  const std::string cmd = std::string(MERGESERVE_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+class MergeCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = TempDir("cli");
+    testing::WriteModel(dir_ + "/base", {{"a", {{2, 2}, {1, 2, 3, 4}}}, {"b", {{3}, {1, 1, 1}}}});
+    testing::WriteModel(dir_ + "/e0", {{"a", {{2, 2}, {2, 2, 3, 5}}}, {"b", {{3}, {1, 2, 1}}}});
+    testing::WriteFile(dir_ + "/base/config.json", R"({"torch_dtype": "float32", "x": 1})");
+    testing::WriteFile(dir_ + "/base/tokenizer.json", "{}");
+  }
+  // Writes a config and runs it; the output must not appear on failure.
+  Result Merge(const std::string& yaml, const std::string& flags = "") {
+    testing::WriteFile(dir_ + "/c.yaml", yaml);
+    Result r = RunCli("merge " + dir_ + "/c.yaml " + dir_ + "/out --quiet " + flags);
+    if (r.exit_code != 0) {
+      EXPECT_FALSE(fs::exists(dir_ + "/out")) << "output written on failure";
+      for (const auto& e : fs::directory_iterator(dir_)) {
+        EXPECT_EQ(e.path().filename().string().find(".mergeserve-tmp-"), std::string::npos);
+      }
+    }
+    return r;
+  }
+  std::string dir_;
+};
+
+constexpr char kTies[] =
+    "merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n"
+    "    parameters: {density: 0.5}\n";
+
+TEST_F(MergeCliTest, SucceedsAndWritesAnHfFolder) {
+  Result r = Merge(std::string(kTies) + "out_dtype: bfloat16\n", "--json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("\"tensors\":2"));
+  EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
+  EXPECT_TRUE(fs::exists(dir_ + "/out/tokenizer.json"));
+  EXPECT_TRUE(fs::exists(dir_ + "/out/mergeserve_config.yaml"));
+  std::ifstream cfg(dir_ + "/out/config.json");
+  std::string text((std::istreambuf_iterator<char>(cfg)), {});
+  EXPECT_THAT(text, HasSubstr("\"torch_dtype\": \"bfloat16\""));
+  // A second run refuses to clobber the finished output.
+  r = RunCli("merge " + dir_ + "/c.yaml " + dir_ + "/out --quiet");
+  EXPECT_EQ(r.exit_code, 5) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--overwrite"));
+  EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
+}
+
+TEST_F(MergeCliTest, MissingTensorNamesTensorAndModel) {
+  testing::WriteModel(dir_ + "/e1", {{"a", {{2, 2}, {1, 1, 1, 1}}}});
+  Result r = Merge(std::string(kTies) + "  - model: e1\n");
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_THAT(r.output, HasSubstr("tensor 'b' is missing from model 'e1'"));
+}
+
+TEST_F(MergeCliTest, ShapeMismatchNamesBoth) {
+  testing::WriteModel(dir_ + "/e1", {{"a", {{4}, {1, 1, 1, 1}}}, {"b", {{3}, {1, 1, 1}}}});
+  Result r = Merge(std::string(kTies) + "  - model: e1\n");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("shape mismatch for tensor 'a': model 'e1' has [4]"));
+  EXPECT_THAT(r.output, HasSubstr("[2, 2]"));
+}
+
+TEST_F(MergeCliTest, CorruptFileIsReported) {
+  fs::create_directories(dir_ + "/bad");
+  testing::WriteFile(dir_ + "/bad/model.safetensors", std::string("\x10\0\0\0\0\0\0\0{\"a\":", 14));
+  Result r = Merge(std::string(kTies) + "  - model: bad\n");
+  EXPECT_EQ(r.exit_code, 4);
+  EXPECT_THAT(r.output, HasSubstr("model 'bad'"));
+  EXPECT_THAT(r.output, HasSubstr("invalid safetensors file"));
+}
+
+TEST_F(MergeCliTest, UnreadableModelFolder) {
+  Result r = Merge(std::string(kTies) + "  - model: nowhere\n");
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_THAT(r.output, HasSubstr("model 'nowhere'"));
+}
+
+TEST_F(MergeCliTest, DensityOutOfRange) {
+  Result r = Merge(
+      "merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n"
+      "    parameters: {density: -0.1}\n");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("density must be in [0, 1], got -0.1 for model 'e0'"));
+}
+
+TEST_F(MergeCliTest, SlerpNeedsTwoModels) {
+  Result r = Merge("merge_method: slerp\nbase_model: base\nmodels: [base]\nparameters: {t: 0.5}\n");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("exactly 2 models, got 1"));
+}
+
+TEST_F(MergeCliTest, UnknownKeyAndMethod) {
+  Result r = Merge(std::string(kTies) + "parameters: {lamda: 1}\n");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("unknown parameter 'lamda'"));
+  r = Merge("merge_method: soup\nmodels: [e0]\n");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("unknown merge_method 'soup'"));
+}
+
+TEST_F(MergeCliTest, NanInputIsRefused) {
+  testing::WriteModel(dir_ + "/e1", {{"a", {{2, 2}, {1, NAN, 1, 1}}}, {"b", {{3}, {1, 1, 1}}}});
+  Result r = Merge(std::string(kTies) + "  - model: e1\n");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("tensor 'a' of model 'e1' contains NaN or Inf"));
+}
+
+TEST_F(MergeCliTest, MemoryBudgetRefusesWholeTensorPaths) {
+  Result r = Merge(std::string(kTies), "--backend aten --memory-budget 16");
+  EXPECT_EQ(r.exit_code, 6);
+  EXPECT_THAT(r.output, HasSubstr("memory budget"));
+}
+
+TEST_F(MergeCliTest, UsageErrorsAndHelp) {
+  Result r = RunCli("merge --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("usage: mergeserve merge CONFIG.yaml OUTPUT_DIR"));
+  r = RunCli("merge only-one-arg");
+  EXPECT_EQ(r.exit_code, 2);
+  r = RunCli("merge a b --threads zero");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--threads"));
+  r = RunCli("frobnicate");
+  EXPECT_EQ(r.exit_code, 2);
+  r = RunCli("methods");
+  EXPECT_THAT(r.output, HasSubstr("breadcrumbs_ties"));
+}
+
+TEST_F(MergeCliTest, ShardsTheOutput) {
+  Result r = Merge(kTies, "--shard-size 20");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors.index.json"));
+  EXPECT_TRUE(fs::exists(dir_ + "/out/model-00001-of-00002.safetensors"));
+}
+
+}  // namespace
+}  // namespace mergeserve

@@ -1,0 +1,95 @@
+#include "mergeserve/engine/merge_config.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "mergeserve/engine/merge_plan.h"
+#include "mergeserve/engine/method_registry.h"
+
+namespace mergeserve {
+namespace {
+using ::testing::HasSubstr;
+
+TEST(MergeConfigTest, ParsesTheMergekitVocabulary) {
+  auto c = MergeConfig::FromYaml(R"(
+merge_method: ties
+base_model: base
+models:
+  - model: a
+    parameters:
+      density: [0.2, 0.6]
+      weight:
+        - filter: mlp
+          value: 0.5
+        - value: 1.0
+  - model: b
+parameters:
+  normalize: false
+  lambda: 1.3
+  semantics: paper
+dtype: bfloat16
+out_dtype: float16
+)", "/cfg");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->merge_method, "ties");
+  EXPECT_EQ(*c->base_model, "base");
+  ASSERT_EQ(c->models.size(), 2u);
+  EXPECT_EQ(c->dtype, DType::kBF16);
+  EXPECT_EQ(c->out_dtype, DType::kF16);
+  const ParamValue& d = c->models[0].parameters.at("density");
+  EXPECT_TRUE(d.is_gradient());
+  EXPECT_DOUBLE_EQ(*d.ResolveNumber("density", "x", 0.5), 0.4);
+  const ParamValue& w = c->models[0].parameters.at("weight");
+  EXPECT_DOUBLE_EQ(*w.ResolveNumber("weight", "model.layers.0.mlp.up", 0), 0.5);
+  EXPECT_DOUBLE_EQ(*w.ResolveNumber("weight", "model.layers.0.attn.q", 0), 1.0);
+  EXPECT_TRUE(c->parameters.at("normalize").is_bool());
+  EXPECT_EQ(*c->parameters.at("semantics").AsString("semantics"), "paper");
+}
+
+TEST(MergeConfigTest, UnknownKeysAreErrorsNamingThem) {
+  auto c = MergeConfig::FromYaml(
+      "merge_method: ties\nmodels: [a]\nparameters: {densty: 0.5}\n", ".");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("unknown parameter 'densty'"));
+  c = MergeConfig::FromYaml("merge_method: ties\nmodels: [a]\nslices: []\n", ".");
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("unknown key 'slices'"));
+  c = MergeConfig::FromYaml(
+      "merge_method: ties\nmodels:\n  - model: a\n    extra: 1\n", ".");
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("unknown key 'extra'"));
+  c = MergeConfig::FromYaml("merge_method: ties\nmodels: [a]\nparameters: {fisher: f}\n", ".");
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("must be given per model"));
+  c = MergeConfig::FromYaml("merge_method: [ties\n", ".");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  c = MergeConfig::FromYaml("models: [a]\n", ".");
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("missing merge_method"));
+  c = MergeConfig::FromYaml("merge_method: ties\nmodels: [a]\ndtype: int4\n", ".");
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("unknown dtype 'int4'"));
+}
+
+TEST(MergeConfigTest, UnknownMethodIsAnErrorListingTheKnownOnes) {
+  auto m = CreateMethod("tiez");
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(m.status().message()), HasSubstr("unknown merge_method 'tiez'"));
+  EXPECT_THAT(std::string(m.status().message()), HasSubstr("dare_ties"));
+  for (const MethodInfo& info : AllMethods()) {
+    EXPECT_TRUE(CreateMethod(info.name).ok()) << info.name;
+  }
+}
+
+TEST(ParamValueTest, GradientInterpolatesPiecewiseLinearly) {
+  EXPECT_DOUBLE_EQ(InterpolateGradient({0, 1, 0}, 0.25), 0.5);
+  EXPECT_DOUBLE_EQ(InterpolateGradient({0, 1, 0}, 0.5), 1.0);
+  EXPECT_DOUBLE_EQ(InterpolateGradient({0, 1, 0}, 1.0), 0.0);
+  EXPECT_DOUBLE_EQ(InterpolateGradient({2}, 0.7), 2.0);
+  auto filters = ParamValue::OfFilters({{std::string("mlp"), {ParamValue::Number(1)}}});
+  EXPECT_FALSE(filters.ResolveNumber("w", "attn", 0).ok());  // no default entry
+}
+
+TEST(LayerIndexTest, FindsTheLayerNumber) {
+  EXPECT_EQ(LayerIndexOf("model.layers.12.mlp.up_proj.weight"), 12);
+  EXPECT_EQ(LayerIndexOf("layers.3.x"), 3);
+  EXPECT_EQ(LayerIndexOf("model.embed_tokens.weight"), -1);
+  EXPECT_EQ(LayerIndexOf("model.sublayers.2.x"), -1);
+}
+
+}  // namespace
+}  // namespace mergeserve

@@ -1,0 +1,114 @@
+// The fused CPU kernels and the ATen path (which also runs on CUDA) are two
+// implementations of the same math; they must agree on every method and
+// option, including bf16 inputs where boundary ties are everywhere.
+#include <cmath>
+#include <random>
+
+#include "gtest/gtest.h"
+#include "test_util.h"
+
+namespace mergeserve {
+namespace {
+using testing::TempDir;
+
+struct Case {
+  const char* name;
+  const char* method;
+  const char* params;  // global parameters
+};
+
+class BackendAgreementTest : public ::testing::TestWithParam<Case> {};
+
+std::string Family(DType dtype) {
+  const std::string dir = TempDir("agree");
+  std::mt19937 rng(42);
+  testing::TestModel base;
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> shapes = {
+      {"model.embed_tokens.weight", {300, 64}},
+      {"model.layers.0.mlp.up_proj.weight", {96, 64}},
+      {"model.layers.1.mlp.up_proj.weight", {96, 64}},
+      {"model.norm.weight", {64}}};
+  for (const auto& [name, shape] : shapes) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    auto v = testing::RandomValues(static_cast<size_t>(n), rng, 0.5f);
+    if (name == "model.norm.weight") std::fill(v.begin(), v.end(), 1.f);
+    base[name] = {shape, v, dtype};
+  }
+  testing::WriteModel(dir + "/base", base);
+  for (int e = 0; e < 3; ++e) {
+    testing::TestModel m = base;
+    for (auto& [name, t] : m) {
+      auto d = testing::RandomValues(t.values.size(), rng, 0.02f);
+      for (size_t j = 0; j < d.size(); ++j) t.values[j] += d[j];
+      // Some exact zeros and repeated magnitudes.
+      for (size_t j = 0; j < d.size(); j += 7) t.values[j] = base[name].values[j];
+    }
+    testing::WriteModel(dir + "/e" + std::to_string(e), m);
+  }
+  return dir;
+}
+
+TEST_P(BackendAgreementTest, FusedEqualsAten) {
+  const Case& c = GetParam();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const std::string dir = Family(dtype);
+    // Model-scope trims need one density per model; others get a gradient.
+    const std::string p = c.params;
+    const bool model_scope =
+        p.find("trim_scope: model") != std::string::npos ||
+        (p.find("paper") != std::string::npos &&
+         p.find("trim_scope: tensor") == std::string::npos);
+    const std::string d1 = model_scope ? "0.4" : "[0.2, 0.6]";
+    const std::string yaml = std::string("merge_method: ") + c.method +
+                             "\nbase_model: base\nmodels:\n"
+                             "  - model: e0\n    parameters: {weight: 1.0, density: 0.3}\n"
+                             "  - model: e1\n    parameters: {weight: 0.5, density: " + d1 + "}\n"
+                             "  - model: e2\n    parameters: {weight: 2.0, density: 0.5}\n"
+                             "parameters: {" + c.params + "}\n";
+    MergeOptions fused;
+    fused.threads = 2;
+    auto a = testing::Merge(dir, yaml, fused);
+    ASSERT_TRUE(a.ok()) << a.status();
+    MergeOptions aten;
+    aten.backend = Backend::kAten;
+    auto b = testing::Merge(dir, yaml, aten);
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (const auto& [name, va] : *a) {
+      const auto& vb = b->at(name);
+      ASSERT_EQ(va.size(), vb.size());
+      size_t diff = 0;
+      for (size_t j = 0; j < va.size(); ++j) {
+        // bf16 outputs: equal or one bf16 ulp apart (l1 norms are summed in
+        // a different order); f32: fp rounding only.
+        const float tol = dtype == DType::kBF16 ? std::fabs(va[j]) * 0x1p-7f
+                                                : 1e-6f * (1 + std::fabs(va[j]));
+        if (std::fabs(va[j] - vb[j]) > tol) ++diff;
+      }
+      EXPECT_EQ(diff, 0u) << c.name << " " << name << " dtype " << DTypeName(dtype);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Methods, BackendAgreementTest,
+    ::testing::Values(
+        Case{"ta", "task_arithmetic", "lambda: 0.8"},
+        Case{"ta_normalized", "task_arithmetic", "normalize: true"},
+        Case{"linear", "linear", ""},
+        Case{"ties_mergekit", "ties", ""},
+        Case{"ties_sum", "ties", "normalize: false, lambda: 1.3"},
+        Case{"ties_peft", "ties", "semantics: peft"},
+        Case{"ties_paper_tensor", "ties", "semantics: paper, trim_scope: tensor"},
+        Case{"ties_paper_model", "ties", "semantics: paper"},
+        Case{"ties_model_exact", "ties", "trim_scope: model, keep: exact"},
+        Case{"ties_threshold", "ties", "keep: threshold"},
+        Case{"ties_count", "ties", "consensus: count, zero_sign: majority"},
+        Case{"dare_linear", "dare_linear", "seed: 3"},
+        Case{"dare_ties_l1", "dare_ties", "seed: 4, rescale: true"},
+        Case{"breadcrumbs", "breadcrumbs", "gamma: 0.05"},
+        Case{"breadcrumbs_ties", "breadcrumbs_ties", "gamma: 0.05"}),
+    [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace mergeserve

@@ -1,0 +1,188 @@
+// Hand-computed TIES cases for every edge the spec names.
+#include <cmath>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "test_util.h"
+
+namespace mergeserve {
+namespace {
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using testing::TempDir;
+
+// base = 0 and experts with the given task vectors, as one tensor "w".
+std::string MakeFamily(const std::vector<std::vector<float>>& taus) {
+  const std::string dir = TempDir("ties");
+  const int64_t n = static_cast<int64_t>(taus[0].size());
+  testing::WriteModel(dir + "/base", {{"w", {{n}, std::vector<float>(static_cast<size_t>(n), 0.f)}}});
+  for (size_t i = 0; i < taus.size(); ++i) {
+    testing::WriteModel(dir + "/e" + std::to_string(i), {{"w", {{n}, taus[i]}}});
+  }
+  return dir;
+}
+
+std::string Config(size_t experts, const std::string& per_model,
+                   const std::string& global) {
+  std::string y = "merge_method: ties\nbase_model: base\nmodels:\n";
+  for (size_t i = 0; i < experts; ++i) {
+    y += "  - model: e" + std::to_string(i) + "\n    parameters: {" + per_model + "}\n";
+  }
+  if (!global.empty()) y += "parameters: {" + global + "}\n";
+  return y;
+}
+
+std::vector<float> RunTies(const std::vector<std::vector<float>>& taus,
+                           const std::string& per_model, const std::string& global) {
+  const std::string dir = MakeFamily(taus);
+  auto out = testing::Merge(dir, Config(taus.size(), per_model, global));
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? (*out)["w"] : std::vector<float>();
+}
+
+TEST(TiesTest, ExactKeepBreaksBoundaryTiesByLowerIndex) {
+  // |tau| = 3, 2, 2, 1; m = 2: the 2nd largest (2) is tied twice.
+  EXPECT_THAT(RunTies({{3, -2, 2, 1}}, "density: 0.5", "keep: exact"),
+              ElementsAre(3, -2, 0, 0));
+  EXPECT_THAT(RunTies({{3, 2, -2, 1}}, "density: 0.5", "keep: exact"),
+              ElementsAre(3, 2, 0, 0));
+}
+
+TEST(TiesTest, ThresholdKeepKeepsAllTies) {
+  EXPECT_THAT(RunTies({{3, -2, 2, 1}}, "density: 0.5", "keep: threshold"),
+              ElementsAre(3, -2, 2, 0));
+}
+
+TEST(TiesTest, PaperKeepUsesTheNMinusMthSmallest) {
+  // n = 4, m = 2: the paper's threshold is the 2nd smallest (2): 3 kept.
+  EXPECT_THAT(RunTies({{4, 3, 2, 1}}, "density: 0.5", "keep: paper"),
+              ElementsAre(4, 3, 2, 0));
+  EXPECT_THAT(RunTies({{4, 3, 2, 1}}, "density: 0.5", "keep: exact"),
+              ElementsAre(4, 3, 0, 0));
+}
+
+TEST(TiesTest, DensityZeroKeepsNothingAndOneKeepsAll) {
+  EXPECT_THAT(RunTies({{4, -3, 2, 1}}, "density: 0.0", ""), ElementsAre(0, 0, 0, 0));
+  EXPECT_THAT(RunTies({{4, -3, 2, 1}}, "density: 1.0", ""), ElementsAre(4, -3, 2, 1));
+  // The paper preset does not crash at d = 1 either.
+  EXPECT_THAT(RunTies({{4, -3, 2, 1}}, "density: 1.0", "semantics: paper"),
+              ElementsAre(4, -3, 2, 1));
+  EXPECT_THAT(RunTies({{4, -3, 2, 1}}, "density: 0.0", "semantics: paper"),
+              ElementsAre(0, 0, 0, 0));
+}
+
+TEST(TiesTest, ZeroSignGoesPlusForMergekitAndMajorityForPaper) {
+  // Element 0 sums to 0; the vector's majority sign is negative.
+  const std::vector<std::vector<float>> taus = {{1, -2, -3}, {-1, -1, -1}};
+  EXPECT_THAT(RunTies(taus, "density: 1.0", "semantics: mergekit"),
+              ElementsAre(1, -1.5f, -2));
+  EXPECT_THAT(RunTies(taus, "density: 1.0", "semantics: paper"),
+              ElementsAre(-1, -1.5f, -2));
+  EXPECT_THAT(RunTies(taus, "density: 1.0", "zero_sign: majority"),
+              ElementsAre(-1, -1.5f, -2));
+}
+
+TEST(TiesTest, MajorityTieSelectsNegativeEntriesAsThePaperCodeDoes) {
+  const std::vector<std::vector<float>> taus = {{1, 2, -2}, {-1, -2, 2}};
+  EXPECT_THAT(RunTies(taus, "density: 1.0", "semantics: paper"),
+              ElementsAre(-1, -2, -2));
+}
+
+TEST(TiesTest, EmptyAgreementLeavesTheBase) {
+  // Each expert keeps a different entry; where nothing is kept the result is
+  // the base (0), never NaN from a 0/0 mean.
+  for (const char* sem : {"mergekit", "paper", "peft"}) {
+    auto out = RunTies({{5, 0.1f, 0, 0}, {0, 0, 0.1f, 7}}, "density: 0.25",
+                       std::string("semantics: ") + sem +
+                           ", trim_scope: tensor, keep: exact");
+    EXPECT_THAT(out, ElementsAre(5, 0, 0, 7)) << sem;
+  }
+}
+
+TEST(TiesTest, AllZeroTaskVectorsGiveTheBase) {
+  for (const char* method : {"ties", "dare_ties", "breadcrumbs", "della",
+                             "task_arithmetic", "model_stock"}) {
+    const std::string dir = MakeFamily({{0, 0, 0, 0}, {0, 0, 0, 0}});
+    std::string y = Config(2, "density: 0.5", "rescale: true");
+    y.replace(y.find("ties"), 4, method);
+    auto out = testing::Merge(dir, y);
+    ASSERT_TRUE(out.ok()) << method << ": " << out.status();
+    EXPECT_THAT((*out)["w"], ElementsAre(0, 0, 0, 0)) << method;
+  }
+}
+
+TEST(TiesTest, WeightsEnterTheElectionForMergekitButNotForPeft) {
+  // Unweighted: 1 - 0.6 > 0 elects +; weighted: 0.5 - 1.2 < 0 elects -.
+  const std::string dir = MakeFamily({{1}, {-0.6f}});
+  const std::string models =
+      "merge_method: ties\nbase_model: base\nmodels:\n"
+      "  - model: e0\n    parameters: {weight: 0.5, density: 1}\n"
+      "  - model: e1\n    parameters: {weight: 2.0, density: 1}\n";
+  auto mk = testing::Merge(dir, models);
+  ASSERT_TRUE(mk.ok());
+  EXPECT_FLOAT_EQ((*mk)["w"][0], -0.6f);  // 2*(-0.6) / 2
+  auto peft = testing::Merge(dir, models + "parameters: {semantics: peft}\n");
+  ASSERT_TRUE(peft.ok());
+  EXPECT_FLOAT_EQ((*peft)["w"][0], 0.5f);  // 0.5*1 / count 1
+  auto sum = testing::Merge(dir, models + "parameters: {normalize: false}\n");
+  ASSERT_TRUE(sum.ok());
+  EXPECT_FLOAT_EQ((*sum)["w"][0], -1.2f);
+}
+
+TEST(TiesTest, CountConsensusCountsSigns) {
+  // Sum says + (3 - 1 - 1), count says - (1 vs 2).
+  auto sum = RunTies({{3}, {-1}, {-1}}, "density: 1", "consensus: sum");
+  auto count = RunTies({{3}, {-1}, {-1}}, "density: 1", "consensus: count");
+  EXPECT_THAT(sum, ElementsAre(3));
+  EXPECT_THAT(count, ElementsAre(-1));
+}
+
+TEST(TiesTest, ModelScopeTrimSelectsAcrossTensors) {
+  const std::string dir = TempDir("scope");
+  // Tensor "a" holds the large updates: a model-wide top-50% keeps all of
+  // it and none of "b"; per tensor keeps half of each.
+  testing::WriteModel(dir + "/base", {{"a", {{4}, {0, 0, 0, 0}}}, {"b", {{4}, {0, 0, 0, 0}}}});
+  testing::WriteModel(dir + "/e0", {{"a", {{4}, {10, -20, 30, 40}}}, {"b", {{4}, {1, 2, -3, 4}}}});
+  const std::string y =
+      "merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n"
+      "    parameters: {density: 0.5}\nparameters: {trim_scope: ";
+  auto model = testing::Merge(dir, y + "model}\n");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_THAT((*model)["a"], ElementsAre(10, -20, 30, 40));
+  EXPECT_THAT((*model)["b"], ElementsAre(0, 0, 0, 0));
+  auto tensor = testing::Merge(dir, y + "tensor}\n");
+  ASSERT_TRUE(tensor.ok());
+  EXPECT_THAT((*tensor)["a"], ElementsAre(0, 0, 30, 40));
+  EXPECT_THAT((*tensor)["b"], ElementsAre(0, 0, -3, 4));
+}
+
+TEST(TiesTest, ModelScopeExactTiesBreakByFlatIndexAcrossTensors) {
+  const std::string dir = TempDir("scope_ties");
+  testing::WriteModel(dir + "/base", {{"a", {{3}, {0, 0, 0}}}, {"b", {{3}, {0, 0, 0}}}});
+  testing::WriteModel(dir + "/e0", {{"a", {{3}, {1, 5, 1}}}, {"b", {{3}, {1, 1, 5}}}});
+  // n = 6, d = 0.5: keep 3 = both 5s and the first tie (a[0]).
+  auto out = testing::Merge(
+      dir,
+      "merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n"
+      "    parameters: {density: 0.5}\nparameters: {trim_scope: model, keep: exact}\n");
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_THAT((*out)["a"], ElementsAre(1, 5, 0));
+  EXPECT_THAT((*out)["b"], ElementsAre(0, 0, 5));
+}
+
+TEST(TiesTest, NanInputIsAClearError) {
+  const std::string dir = MakeFamily({{1, NAN, 3}});
+  auto out = testing::Merge(dir, Config(1, "density: 0.5", ""));
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(out.status().message()), HasSubstr("tensor 'w' of model 'e0'"));
+  EXPECT_THAT(std::string(out.status().message()), HasSubstr("NaN"));
+}
+
+TEST(TiesTest, UnknownOptionValueIsAnError) {
+  const std::string dir = MakeFamily({{1}});
+  auto out = testing::Merge(dir, Config(1, "density: 0.5", "keep: most"));
+  EXPECT_THAT(std::string(out.status().message()), HasSubstr("unknown value 'most'"));
+}
+
+}  // namespace
+}  // namespace mergeserve

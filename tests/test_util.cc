@@ -1,0 +1,94 @@
+#include "test_util.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "mergeserve/format/model_folder.h"
+#include "mergeserve/format/safetensors_writer.h"
+
+namespace mergeserve::testing {
+namespace fs = std::filesystem;
+
+std::string TempDir(const std::string& name) {
+  const char* base = std::getenv("TEST_TMPDIR");
+  fs::path root = base ? fs::path(base) : fs::temp_directory_path() / "mergeserve_tests";
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  fs::path dir = root / (info ? std::string(info->test_suite_name()) + "." + info->name()
+                              : std::string("global")) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+void WriteModel(const std::string& dir, const TestModel& model) {
+  std::vector<TensorSpec> specs;
+  for (const auto& [name, t] : model) specs.push_back({name, t.dtype, t.shape});
+  ShardedWriter::Options o;
+  o.output_dir = dir;
+  o.overwrite = true;
+  auto w = ShardedWriter::Create(o, specs);
+  ASSERT_TRUE(w.ok()) << w.status();
+  size_t i = 0;
+  for (const auto& [name, t] : model) {
+    std::vector<unsigned char> buf(t.values.size() * DTypeSize(t.dtype));
+    if (IsMergeable(t.dtype)) {
+      StoreFromF32(t.values.data(), static_cast<int64_t>(t.values.size()), t.dtype,
+                   buf.data());
+    } else {
+      for (size_t j = 0; j < t.values.size(); ++j) {
+        const int64_t v = static_cast<int64_t>(t.values[j]);
+        std::memcpy(buf.data() + j * DTypeSize(t.dtype), &v, DTypeSize(t.dtype));
+      }
+    }
+    ASSERT_TRUE((*w)->Write(i++, 0, buf.data(), buf.size()).ok());
+  }
+  ASSERT_TRUE((*w)->Commit().ok());
+}
+
+std::map<std::string, std::vector<float>> ReadModel(const std::string& dir) {
+  std::map<std::string, std::vector<float>> out;
+  auto m = ModelFolder::Open(dir);
+  EXPECT_TRUE(m.ok()) << m.status();
+  if (!m.ok()) return out;
+  for (const TensorInfo* t : (*m)->tensors()) {
+    std::vector<float> v(static_cast<size_t>(t->numel()));
+    TensorView view = (*m)->View(*t);
+    if (IsMergeable(t->dtype)) {
+      LoadAsF32(t->dtype, view.data, t->numel(), v.data());
+    } else {
+      for (size_t j = 0; j < v.size(); ++j) {
+        int64_t x = 0;
+        std::memcpy(&x, view.data + j * DTypeSize(t->dtype), DTypeSize(t->dtype));
+        v[j] = static_cast<float>(x);
+      }
+    }
+    out[t->name] = std::move(v);
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, std::vector<float>>> Merge(
+    const std::string& dir, const std::string& yaml, MergeOptions options) {
+  auto config = MergeConfig::FromYaml(yaml, dir);
+  if (!config.ok()) return config.status();
+  options.output_dir = dir + "/out";
+  options.overwrite = true;
+  auto summary = RunMerge(*config, options);
+  if (!summary.ok()) return summary.status();
+  return ReadModel(options.output_dir);
+}
+
+std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale) {
+  std::normal_distribution<float> dist(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
+}
+
+}  // namespace mergeserve::testing

@@ -1,0 +1,40 @@
+// Helpers shared by the tests: write and read small models, run merges.
+#ifndef MERGESERVE_TESTS_TEST_UTIL_H_
+#define MERGESERVE_TESTS_TEST_UTIL_H_
+
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mergeserve/engine/executor.h"
+#include "mergeserve/format/dtype.h"
+
+namespace mergeserve::testing {
+
+struct TestTensor {
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+  DType dtype = DType::kF32;
+};
+using TestModel = std::map<std::string, TestTensor>;
+
+// A fresh empty folder under the test temp dir.
+std::string TempDir(const std::string& name);
+// Writes `model` as DIR/model.safetensors (values rounded to each dtype).
+void WriteModel(const std::string& dir, const TestModel& model);
+// Reads every tensor of a model folder as fp32.
+std::map<std::string, std::vector<float>> ReadModel(const std::string& dir);
+// Parses `yaml` (model paths relative to `dir`) and merges into dir/out.
+absl::StatusOr<std::map<std::string, std::vector<float>>> Merge(
+    const std::string& dir, const std::string& yaml,
+    MergeOptions options = {});
+// Random normal values.
+std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale = 1.f);
+// Writes the file bytes verbatim.
+void WriteFile(const std::string& path, const std::string& bytes);
+
+}  // namespace mergeserve::testing
+
+#endif  // MERGESERVE_TESTS_TEST_UTIL_H_
