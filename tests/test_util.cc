@@ -68,17 +68,6 @@ std::map<std::string, std::vector<float>> ReadModel(const std::string& dir) {
   return out;
 }
 
-absl::StatusOr<std::map<std::string, std::vector<float>>> Merge(
-    const std::string& dir, const std::string& yaml, MergeOptions options) {
-  auto config = MergeConfig::FromYaml(yaml, dir);
-  if (!config.ok()) return config.status();
-  options.output_dir = dir + "/out";
-  options.overwrite = true;
-  auto summary = RunMerge(*config, options);
-  if (!summary.ok()) return summary.status();
-  return ReadModel(options.output_dir);
-}
-
 std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale) {
   std::normal_distribution<float> dist(0.f, scale);
   std::vector<float> v(n);

@@ -1,0 +1,130 @@
+#!/usr/bin/python3
+"""Merge benchmark: mergeserve against a PyTorch per-tensor implementation of
+the same math and against the machine's memory bandwidth, in one run.
+
+Model: Llama-shaped, ~168M parameters in bf16 (hidden 1024, 8 layers,
+intermediate 2816, vocab 32000, 3 shards), a base and 4 experts (1.6 GB of
+inputs), TIES at density 0.2. Prints a markdown table of medians.
+
+  tests/bench/merge_bench.py [--build build] [--runs 3] [--torch-runs 3]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+PY = "/usr/bin/python3"
+
+
+def run(cmd, **kw):
+    start = time.monotonic()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    return time.monotonic() - start, out.stdout
+
+
+def gib(x):
+    return x / (1 << 30)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--work", default=os.path.join(ROOT, ".bench"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--torch-runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+
+    model = os.path.join(args.work, "llama170m")
+    if not os.path.exists(os.path.join(model, "ties.yaml")):
+        print("generating the benchmark models ...", file=sys.stderr)
+        subprocess.run([PY, os.path.join(ROOT, "tests/tools/make_model.py"), model,
+                        "--hidden", "1024", "--layers", "8", "--intermediate", "2816",
+                        "--vocab", "32000", "--experts", "4", "--shards", "3",
+                        "--dtype", "bf16", "--density", "0.2"], check=True)
+    experts = [os.path.join(model, f"expert{i}") for i in range(4)]
+    input_bytes = sum(os.path.getsize(os.path.join(d, f))
+                      for d in [os.path.join(model, "base")] + experts
+                      for f in os.listdir(d) if f.endswith(".safetensors"))
+
+    # Configs: the same math as the PyTorch peer (per-tensor threshold keep),
+    # mergekit's exact keep, and the paper's whole-model trim scope.
+    base_yaml = open(os.path.join(model, "ties.yaml")).read()
+    configs = {
+        "ties, trim per tensor (keep: threshold, = PyTorch math)":
+            base_yaml + "  keep: threshold\n",
+        "ties, trim per tensor (mergekit exact keep)": base_yaml,
+        "ties, trim_scope: model (exact keep)": base_yaml + "  trim_scope: model\n",
+    }
+    mergeserve = os.path.join(args.build, "mergeserve")
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    _, bw_out = run([os.path.join(args.build, "tests", "mergeserve_membw"), "1024"])
+    bandwidth = json.loads(bw_out)["read_bytes_per_second"]
+
+    rows = []
+    outputs = {}
+    for label, text in configs.items():
+        cfg = os.path.join(model, "bench_" + str(abs(hash(label))) + ".yaml")
+        with open(cfg, "w") as f:
+            f.write(text)
+        out_dir = os.path.join(args.work, "out_" + str(abs(hash(label))))
+        walls, rss = [], []
+        for _ in range(args.runs):
+            wall, stdout = run([mergeserve, "merge", cfg, out_dir, "--overwrite",
+                                "--quiet", "--json"] + threads)
+            walls.append(wall)
+            rss.append(json.loads(stdout)["peak_rss_bytes"])
+        outputs[label] = os.path.join(out_dir, "model.safetensors")
+        rows.append((label, statistics.median(walls), max(rss)))
+
+    torch_out = os.path.join(args.work, "torch_out.safetensors")
+    walls, rss = [], []
+    for _ in range(args.torch_runs):
+        wall, stdout = run([PY, os.path.join(HERE, "torch_ties.py"),
+                            os.path.join(model, "base"), torch_out] + experts +
+                           ["--density", "0.2"] +
+                           (["--threads", str(args.threads)] if args.threads else []))
+        walls.append(wall)
+        rss.append(json.loads(stdout.strip().splitlines()[-1])["peak_rss_bytes"])
+    torch_wall = statistics.median(walls)
+    torch_rss = max(rss)
+
+    same = open(torch_out, "rb").read()
+    first = list(outputs.values())[0]
+    ours = open(first, "rb").read()
+    # Compare tensor bytes only (headers differ in metadata).
+    def payload(b):
+        n = int.from_bytes(b[:8], "little")
+        return b[8 + n:]
+    identical = payload(same) == payload(ours)
+
+    print(f"\nmachine: {os.cpu_count()} cores, memory read bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s (tests/bench/membw, all cores)")
+    print(f"inputs: base + 4 experts, {gib(input_bytes):.2f} GiB bf16; "
+          f"medians of {args.runs} (mergeserve) and {args.torch_runs} (PyTorch) runs\n")
+    print("| run | wall s | peak RSS | input GB/s | % of bandwidth | vs PyTorch |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, wall, peak in rows:
+        rate = input_bytes / wall
+        print(f"| mergeserve {label} | {wall:.2f} | {gib(peak):.2f} GiB | "
+              f"{rate / 1e9:.2f} | {100 * rate / bandwidth:.0f}% | "
+              f"{torch_wall / wall:.1f}x faster |")
+    rate = input_bytes / torch_wall
+    print(f"| PyTorch per-tensor (torch.kthvalue), tests/bench/torch_ties.py | "
+          f"{torch_wall:.2f} | {gib(torch_rss):.2f} GiB | {rate / 1e9:.2f} | "
+          f"{100 * rate / bandwidth:.0f}% | 1.0x |")
+    tensor_wall = rows[1][1]
+    model_wall = rows[2][1]
+    print(f"\ntrim_scope: model / per-tensor (exact keep) wall ratio: "
+          f"{model_wall / tensor_wall:.2f}")
+    print(f"mergeserve (threshold keep) and PyTorch outputs bit-identical: "
+          f"{'yes' if identical else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
