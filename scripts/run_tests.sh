@@ -12,7 +12,7 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug \
   -DMERGESERVE_SANITIZE=address,undefined >/dev/null
 cmake --build build-asan -j "$JOBS" --target mergeserve_format_tests
 TEST_TMPDIR=build-asan/test_tmp UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  build-asan/tests/mergeserve_format_tests --gtest_brief=1
+  build-asan/tests/mergeserve_format_tests
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$JOBS"
 cd build && ctest -j "$JOBS" --output-on-failure --timeout 600

@@ -12,10 +12,14 @@ namespace fs = std::filesystem;
 
 std::string TempDir(const std::string& name) {
   const char* base = std::getenv("TEST_TMPDIR");
-  fs::path root = base ? fs::path(base) : fs::temp_directory_path() / "mergeserve_tests";
+  fs::path root =
+      base ? fs::path(base) : fs::temp_directory_path() / "mergeserve_tests";
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  fs::path dir = root / (info ? std::string(info->test_suite_name()) + "." + info->name()
-                              : std::string("global")) / name;
+  fs::path dir =
+      root /
+      (info ? std::string(info->test_suite_name()) + "." + info->name()
+            : std::string("global")) /
+      name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
@@ -33,12 +37,13 @@ void WriteModel(const std::string& dir, const TestModel& model) {
   for (const auto& [name, t] : model) {
     std::vector<unsigned char> buf(t.values.size() * DTypeSize(t.dtype));
     if (IsMergeable(t.dtype)) {
-      StoreFromF32(t.values.data(), static_cast<int64_t>(t.values.size()), t.dtype,
-                   buf.data());
+      StoreFromF32(t.values.data(), static_cast<int64_t>(t.values.size()),
+                   t.dtype, buf.data());
     } else {
       for (size_t j = 0; j < t.values.size(); ++j) {
         const int64_t v = static_cast<int64_t>(t.values[j]);
-        std::memcpy(buf.data() + j * DTypeSize(t.dtype), &v, DTypeSize(t.dtype));
+        std::memcpy(buf.data() + j * DTypeSize(t.dtype), &v,
+                    DTypeSize(t.dtype));
       }
     }
     ASSERT_TRUE((*w)->Write(i++, 0, buf.data(), buf.size()).ok());
@@ -59,7 +64,8 @@ std::map<std::string, std::vector<float>> ReadModel(const std::string& dir) {
     } else {
       for (size_t j = 0; j < v.size(); ++j) {
         int64_t x = 0;
-        std::memcpy(&x, view.data + j * DTypeSize(t->dtype), DTypeSize(t->dtype));
+        std::memcpy(&x, view.data + j * DTypeSize(t->dtype),
+                    DTypeSize(t->dtype));
         v[j] = static_cast<float>(x);
       }
     }

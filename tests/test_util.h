@@ -28,8 +28,7 @@ void WriteModel(const std::string& dir, const TestModel& model);
 std::map<std::string, std::vector<float>> ReadModel(const std::string& dir);
 // Parses `yaml` (model paths relative to `dir`) and merges into dir/out.
 absl::StatusOr<std::map<std::string, std::vector<float>>> Merge(
-    const std::string& dir, const std::string& yaml,
-    MergeOptions options = {});
+    const std::string& dir, const std::string& yaml, MergeOptions options = {});
 // Random normal values.
 std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale = 1.f);
 // Writes the file bytes verbatim.

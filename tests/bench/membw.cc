@@ -10,9 +10,11 @@
 #include <vector>
 
 int main(int argc, char** argv) {
-  const size_t bytes = (argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1024) << 20;
-  const int threads = argc > 2 ? std::atoi(argv[2])
-                               : static_cast<int>(std::thread::hardware_concurrency());
+  const size_t bytes = (argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1024)
+                       << 20;
+  const int threads =
+      argc > 2 ? std::atoi(argv[2])
+               : static_cast<int>(std::thread::hardware_concurrency());
   const size_t words = bytes / 8;
   std::vector<uint64_t> buf(words);
   for (size_t i = 0; i < words; ++i) buf[i] = i;
@@ -40,10 +42,12 @@ int main(int argc, char** argv) {
     }
     for (auto& th : pool) th.join();
     const double s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
     for (uint64_t x : sums) sink = sink + x;
     best = std::max(best, static_cast<double>(bytes) / s);
   }
-  std::printf("{\"read_bytes_per_second\": %.0f, \"threads\": %d}\n", best, threads);
+  std::printf("{\"read_bytes_per_second\": %.0f, \"threads\": %d}\n", best,
+              threads);
   return 0;
 }

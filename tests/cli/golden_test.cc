@@ -17,7 +17,8 @@ std::vector<std::string> GoldenCases() {
   std::vector<std::string> cases;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(MERGESERVE_GOLDEN_DIR, ec)) {
-    if (fs::exists(e.path() / "config.yaml")) cases.push_back(e.path().filename());
+    if (fs::exists(e.path() / "config.yaml"))
+      cases.push_back(e.path().filename());
   }
   std::sort(cases.begin(), cases.end());
   return cases;
@@ -26,8 +27,8 @@ std::vector<std::string> GoldenCases() {
 TEST(GoldenTest, AllTwelveCasesArePresent) {
   // CI checks out ../shared beside the repo; a missing spec must fail, not
   // silently test nothing.
-  EXPECT_EQ(GoldenCases().size(), 12u) << "golden cases not found under "
-                                       << MERGESERVE_GOLDEN_DIR;
+  EXPECT_EQ(GoldenCases().size(), 12u)
+      << "golden cases not found under " << MERGESERVE_GOLDEN_DIR;
 }
 
 class GoldenCaseTest : public ::testing::TestWithParam<std::string> {};
@@ -38,7 +39,8 @@ TEST_P(GoldenCaseTest, MatchesExpected) {
   for (const char* backend : {"fused", "aten"}) {
     const std::string cmd = std::string(MERGESERVE_BINARY) + " merge " +
                             (dir / "config.yaml").string() + " " + out +
-                            " --overwrite --quiet --backend " + backend + " > /dev/null";
+                            " --overwrite --quiet --backend " + backend +
+                            " > /dev/null";
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
     auto expected_folder = ModelFolder::Open((dir / "expected").string());
     ASSERT_TRUE(expected_folder.ok());
@@ -48,8 +50,7 @@ TEST_P(GoldenCaseTest, MatchesExpected) {
     for (const auto& [name, want] : expected) {
       const auto& have = got.at(name);
       ASSERT_EQ(have.size(), want.size()) << name;
-      const bool bf16 =
-          (*expected_folder)->Find(name)->dtype == DType::kBF16;
+      const bool bf16 = (*expected_folder)->Find(name)->dtype == DType::kBF16;
       float scale = 0;
       for (float v : want) scale = std::max(scale, std::fabs(v));
       for (size_t j = 0; j < want.size(); ++j) {
@@ -66,7 +67,8 @@ TEST_P(GoldenCaseTest, MatchesExpected) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Spec, GoldenCaseTest, ::testing::ValuesIn(GoldenCases()),
+INSTANTIATE_TEST_SUITE_P(Spec, GoldenCaseTest,
+                         ::testing::ValuesIn(GoldenCases()),
                          [](const ::testing::TestParamInfo<std::string>& i) {
                            return i.param;
                          });

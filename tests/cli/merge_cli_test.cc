@@ -28,7 +28,8 @@ Result RunCli(const std::string& args) {
   std::string out;
   std::array<char, 4096> buf;
   size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0)
+    out.append(buf.data(), n);
   const int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
@@ -37,19 +38,24 @@ class MergeCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = TempDir("cli");
-    testing::WriteModel(dir_ + "/base", {{"a", {{2, 2}, {1, 2, 3, 4}}}, {"b", {{3}, {1, 1, 1}}}});
-    testing::WriteModel(dir_ + "/e0", {{"a", {{2, 2}, {2, 2, 3, 5}}}, {"b", {{3}, {1, 2, 1}}}});
-    testing::WriteFile(dir_ + "/base/config.json", R"({"torch_dtype": "float32", "x": 1})");
+    testing::WriteModel(dir_ + "/base", {{"a", {{2, 2}, {1, 2, 3, 4}}},
+                                         {"b", {{3}, {1, 1, 1}}}});
+    testing::WriteModel(
+        dir_ + "/e0", {{"a", {{2, 2}, {2, 2, 3, 5}}}, {"b", {{3}, {1, 2, 1}}}});
+    testing::WriteFile(dir_ + "/base/config.json",
+                       R"({"torch_dtype": "float32", "x": 1})");
     testing::WriteFile(dir_ + "/base/tokenizer.json", "{}");
   }
   // Writes a config and runs it; the output must not appear on failure.
   Result Merge(const std::string& yaml, const std::string& flags = "") {
     testing::WriteFile(dir_ + "/c.yaml", yaml);
-    Result r = RunCli("merge " + dir_ + "/c.yaml " + dir_ + "/out --quiet " + flags);
+    Result r =
+        RunCli("merge " + dir_ + "/c.yaml " + dir_ + "/out --quiet " + flags);
     if (r.exit_code != 0) {
       EXPECT_FALSE(fs::exists(dir_ + "/out")) << "output written on failure";
       for (const auto& e : fs::directory_iterator(dir_)) {
-        EXPECT_EQ(e.path().filename().string().find(".mergeserve-tmp-"), std::string::npos);
+        EXPECT_EQ(e.path().filename().string().find(".mergeserve-tmp-"),
+                  std::string::npos);
       }
     }
     return r;
@@ -86,16 +92,19 @@ TEST_F(MergeCliTest, MissingTensorNamesTensorAndModel) {
 }
 
 TEST_F(MergeCliTest, ShapeMismatchNamesBoth) {
-  testing::WriteModel(dir_ + "/e1", {{"a", {{4}, {1, 1, 1, 1}}}, {"b", {{3}, {1, 1, 1}}}});
+  testing::WriteModel(dir_ + "/e1",
+                      {{"a", {{4}, {1, 1, 1, 1}}}, {"b", {{3}, {1, 1, 1}}}});
   Result r = Merge(std::string(kTies) + "  - model: e1\n");
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_THAT(r.output, HasSubstr("shape mismatch for tensor 'a': model 'e1' has [4]"));
+  EXPECT_THAT(r.output,
+              HasSubstr("shape mismatch for tensor 'a': model 'e1' has [4]"));
   EXPECT_THAT(r.output, HasSubstr("[2, 2]"));
 }
 
 TEST_F(MergeCliTest, CorruptFileIsReported) {
   fs::create_directories(dir_ + "/bad");
-  testing::WriteFile(dir_ + "/bad/model.safetensors", std::string("\x10\0\0\0\0\0\0\0{\"a\":", 14));
+  testing::WriteFile(dir_ + "/bad/model.safetensors",
+                     std::string("\x10\0\0\0\0\0\0\0{\"a\":", 14));
   Result r = Merge(std::string(kTies) + "  - model: bad\n");
   EXPECT_EQ(r.exit_code, 4);
   EXPECT_THAT(r.output, HasSubstr("model 'bad'"));
@@ -113,11 +122,14 @@ TEST_F(MergeCliTest, DensityOutOfRange) {
       "merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n"
       "    parameters: {density: -0.1}\n");
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_THAT(r.output, HasSubstr("density must be in [0, 1], got -0.1 for model 'e0'"));
+  EXPECT_THAT(r.output,
+              HasSubstr("density must be in [0, 1], got -0.1 for model 'e0'"));
 }
 
 TEST_F(MergeCliTest, SlerpNeedsTwoModels) {
-  Result r = Merge("merge_method: slerp\nbase_model: base\nmodels: [base]\nparameters: {t: 0.5}\n");
+  Result r = Merge(
+      "merge_method: slerp\nbase_model: base\nmodels: [base]\nparameters: {t: "
+      "0.5}\n");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.output, HasSubstr("exactly 2 models, got 1"));
 }
@@ -132,10 +144,12 @@ TEST_F(MergeCliTest, UnknownKeyAndMethod) {
 }
 
 TEST_F(MergeCliTest, NanInputIsRefused) {
-  testing::WriteModel(dir_ + "/e1", {{"a", {{2, 2}, {1, NAN, 1, 1}}}, {"b", {{3}, {1, 1, 1}}}});
+  testing::WriteModel(
+      dir_ + "/e1", {{"a", {{2, 2}, {1, NAN, 1, 1}}}, {"b", {{3}, {1, 1, 1}}}});
   Result r = Merge(std::string(kTies) + "  - model: e1\n");
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_THAT(r.output, HasSubstr("tensor 'a' of model 'e1' contains NaN or Inf"));
+  EXPECT_THAT(r.output,
+              HasSubstr("tensor 'a' of model 'e1' contains NaN or Inf"));
 }
 
 TEST_F(MergeCliTest, MemoryBudgetRefusesWholeTensorPaths) {
@@ -147,7 +161,8 @@ TEST_F(MergeCliTest, MemoryBudgetRefusesWholeTensorPaths) {
 TEST_F(MergeCliTest, UsageErrorsAndHelp) {
   Result r = RunCli("merge --help");
   EXPECT_EQ(r.exit_code, 0);
-  EXPECT_THAT(r.output, HasSubstr("usage: mergeserve merge CONFIG.yaml OUTPUT_DIR"));
+  EXPECT_THAT(r.output,
+              HasSubstr("usage: mergeserve merge CONFIG.yaml OUTPUT_DIR"));
   r = RunCli("merge only-one-arg");
   EXPECT_EQ(r.exit_code, 2);
   r = RunCli("merge a b --threads zero");

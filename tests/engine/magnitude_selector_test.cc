@@ -58,7 +58,8 @@ TEST_P(SelectorTest, MatchesSortingOnTiesHeavyBf16Data) {
   const auto sorted = Magnitudes(base, expert, {"a", "b", "c"});
   const int64_t n = static_cast<int64_t>(sorted.size());
   std::vector<SelectionQuery> queries;
-  for (int64_t k : {int64_t{1}, int64_t{2}, n / 10, n / 2, n - 1, n}) queries.push_back({0, k});
+  for (int64_t k : {int64_t{1}, int64_t{2}, n / 10, n / 2, n - 1, n})
+    queries.push_back({0, k});
   auto results = selector.Select(domain, queries);
   ASSERT_TRUE(results.ok()) << results.status();
   for (size_t q = 0; q < queries.size(); ++q) {
@@ -74,11 +75,14 @@ TEST_P(SelectorTest, MatchesSortingOnTiesHeavyBf16Data) {
     int64_t total = 0;
     for (int64_t c : *per_chunk) total += c;
     EXPECT_EQ(total, r.count_equal);
-    if (!r.chunk_equal.empty()) EXPECT_EQ(r.chunk_equal, *per_chunk);
+    if (!r.chunk_equal.empty()) {
+      EXPECT_EQ(r.chunk_equal, *per_chunk);
+    }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(ChunkSizes, SelectorTest, ::testing::Values(16, 4096, 1 << 14));
+INSTANTIATE_TEST_SUITE_P(ChunkSizes, SelectorTest,
+                         ::testing::Values(16, 4096, 1 << 14));
 
 }  // namespace
 }  // namespace mergeserve

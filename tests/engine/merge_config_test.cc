@@ -28,7 +28,8 @@ parameters:
   semantics: paper
 dtype: bfloat16
 out_dtype: float16
-)", "/cfg");
+)",
+                                 "/cfg");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->merge_method, "ties");
   EXPECT_EQ(*c->base_model, "base");
@@ -49,26 +50,36 @@ TEST(MergeConfigTest, UnknownKeysAreErrorsNamingThem) {
   auto c = MergeConfig::FromYaml(
       "merge_method: ties\nmodels: [a]\nparameters: {densty: 0.5}\n", ".");
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(c.status().message()), HasSubstr("unknown parameter 'densty'"));
-  c = MergeConfig::FromYaml("merge_method: ties\nmodels: [a]\nslices: []\n", ".");
-  EXPECT_THAT(std::string(c.status().message()), HasSubstr("unknown key 'slices'"));
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("unknown parameter 'densty'"));
+  c = MergeConfig::FromYaml("merge_method: ties\nmodels: [a]\nslices: []\n",
+                            ".");
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("unknown key 'slices'"));
   c = MergeConfig::FromYaml(
       "merge_method: ties\nmodels:\n  - model: a\n    extra: 1\n", ".");
-  EXPECT_THAT(std::string(c.status().message()), HasSubstr("unknown key 'extra'"));
-  c = MergeConfig::FromYaml("merge_method: ties\nmodels: [a]\nparameters: {fisher: f}\n", ".");
-  EXPECT_THAT(std::string(c.status().message()), HasSubstr("must be given per model"));
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("unknown key 'extra'"));
+  c = MergeConfig::FromYaml(
+      "merge_method: ties\nmodels: [a]\nparameters: {fisher: f}\n", ".");
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("must be given per model"));
   c = MergeConfig::FromYaml("merge_method: [ties\n", ".");
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   c = MergeConfig::FromYaml("models: [a]\n", ".");
-  EXPECT_THAT(std::string(c.status().message()), HasSubstr("missing merge_method"));
-  c = MergeConfig::FromYaml("merge_method: ties\nmodels: [a]\ndtype: int4\n", ".");
-  EXPECT_THAT(std::string(c.status().message()), HasSubstr("unknown dtype 'int4'"));
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("missing merge_method"));
+  c = MergeConfig::FromYaml("merge_method: ties\nmodels: [a]\ndtype: int4\n",
+                            ".");
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("unknown dtype 'int4'"));
 }
 
 TEST(MergeConfigTest, UnknownMethodIsAnErrorListingTheKnownOnes) {
   auto m = CreateMethod("tiez");
   EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(m.status().message()), HasSubstr("unknown merge_method 'tiez'"));
+  EXPECT_THAT(std::string(m.status().message()),
+              HasSubstr("unknown merge_method 'tiez'"));
   EXPECT_THAT(std::string(m.status().message()), HasSubstr("dare_ties"));
   for (const MethodInfo& info : AllMethods()) {
     EXPECT_TRUE(CreateMethod(info.name).ok()) << info.name;
@@ -80,7 +91,8 @@ TEST(ParamValueTest, GradientInterpolatesPiecewiseLinearly) {
   EXPECT_DOUBLE_EQ(InterpolateGradient({0, 1, 0}, 0.5), 1.0);
   EXPECT_DOUBLE_EQ(InterpolateGradient({0, 1, 0}, 1.0), 0.0);
   EXPECT_DOUBLE_EQ(InterpolateGradient({2}, 0.7), 2.0);
-  auto filters = ParamValue::OfFilters({{std::string("mlp"), {ParamValue::Number(1)}}});
+  auto filters =
+      ParamValue::OfFilters({{std::string("mlp"), {ParamValue::Number(1)}}});
   EXPECT_FALSE(filters.ResolveNumber("w", "attn", 0).ok());  // no default entry
 }
 

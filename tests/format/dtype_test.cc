@@ -21,9 +21,9 @@ float FromBits(uint32_t b) {
 }
 
 TEST(DTypeTest, NamesRoundTrip) {
-  for (const char* n : {"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64",
-                        "U64", "F8_E4M3", "F8_E5M2", "F16", "BF16", "F32",
-                        "F64"}) {
+  for (const char* n :
+       {"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64", "F8_E4M3",
+        "F8_E5M2", "F16", "BF16", "F32", "F64"}) {
     auto t = DTypeFromName(n);
     ASSERT_TRUE(t.has_value()) << n;
     EXPECT_EQ(DTypeName(*t), n);

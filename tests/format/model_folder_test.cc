@@ -15,8 +15,9 @@ TEST(ModelFolderTest, OpensShardedFolderThroughIndex) {
   ShardedWriter::Options o;
   o.output_dir = out;
   o.max_shard_bytes = 8;
-  auto w = ShardedWriter::Create(
-      o, {{"x", DType::kF32, {2}}, {"y", DType::kF32, {2}}, {"z", DType::kI64, {1}}});
+  auto w = ShardedWriter::Create(o, {{"x", DType::kF32, {2}},
+                                     {"y", DType::kF32, {2}},
+                                     {"z", DType::kI64, {1}}});
   ASSERT_TRUE(w.ok());
   ASSERT_TRUE((*w)->Commit().ok());
   auto m = ModelFolder::Open(out);
@@ -30,8 +31,9 @@ TEST(ModelFolderTest, OpensShardedFolderThroughIndex) {
 TEST(ModelFolderTest, IndexNamingAMissingTensorIsAnError) {
   const std::string out = TempDir("m") + "/model";
   testing::WriteModel(out, {{"x", {{2}, {1, 2}}}});
-  testing::WriteFile(out + "/model.safetensors.index.json",
-                     R"({"weight_map":{"x":"model.safetensors","ghost":"model.safetensors"}})");
+  testing::WriteFile(
+      out + "/model.safetensors.index.json",
+      R"({"weight_map":{"x":"model.safetensors","ghost":"model.safetensors"}})");
   auto m = ModelFolder::Open(out);
   EXPECT_EQ(m.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(m.status().message()), HasSubstr("ghost"));
@@ -40,7 +42,8 @@ TEST(ModelFolderTest, IndexNamingAMissingTensorIsAnError) {
 TEST(ModelFolderTest, EmptyFolderIsNotFound) {
   auto m = ModelFolder::Open(TempDir("empty"));
   EXPECT_EQ(m.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(std::string(m.status().message()), HasSubstr("no model.safetensors"));
+  EXPECT_THAT(std::string(m.status().message()),
+              HasSubstr("no model.safetensors"));
 }
 
 }  // namespace

@@ -16,7 +16,8 @@ using testing::WriteFile;
 
 std::string Le64(uint64_t v) {
   std::string s(8, '\0');
-  for (int i = 0; i < 8; ++i) s[static_cast<size_t>(i)] = static_cast<char>(v >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    s[static_cast<size_t>(i)] = static_cast<char>(v >> (8 * i));
   return s;
 }
 
@@ -24,7 +25,8 @@ std::string FileWith(const std::string& header, const std::string& data) {
   return Le64(header.size()) + header + data;
 }
 
-absl::Status OpenBytes(const std::string& bytes, std::string* path_out = nullptr) {
+absl::Status OpenBytes(const std::string& bytes,
+                       std::string* path_out = nullptr) {
   const std::string path = TempDir("st") + "/x.safetensors";
   WriteFile(path, bytes);
   if (path_out) *path_out = path;
@@ -49,7 +51,8 @@ TEST(SafetensorsReaderTest, ReadsTensorsAndMetadataZeroCopy) {
   ASSERT_NE(a, nullptr);
   EXPECT_EQ(a->dtype, DType::kF32);
   TensorView v = (*r)->View(*a);
-  EXPECT_EQ(v.data, (*r)->file().data() + 8 + header.size());  // points into the map
+  EXPECT_EQ(v.data,
+            (*r)->file().data() + 8 + header.size());  // points into the map
   float got[3];
   std::memcpy(got, v.data, 12);
   EXPECT_EQ(got[2], 3.f);
@@ -71,25 +74,33 @@ TEST(SafetensorsReaderTest, RejectsEveryKindOfCorruptionWithAClearError) {
       {"not json", FileWith("{nope", ""), "not valid JSON"},
       {"not object", FileWith("[1]     ", ""), "not a JSON object"},
       {"unknown dtype",
-       FileWith(R"({"a":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}})", f4),
+       FileWith(R"({"a":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}})",
+                f4),
        "unknown dtype 'F12'"},
       {"size mismatch",
-       FileWith(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", f4),
+       FileWith(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})",
+                f4),
        "shape x dtype is 8 bytes but data_offsets span 4"},
       {"offset out of bounds",
-       FileWith(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", f4),
+       FileWith(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                f4),
        "past the data section"},
       {"negative dim",
-       FileWith(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", f4),
+       FileWith(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})",
+                f4),
        "negative"},
       {"overflow",
-       FileWith(R"({"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,4]}})", f4),
+       FileWith(
+           R"({"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,4]}})",
+           f4),
        "overflows"},
       {"begin after end",
        FileWith(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[4,0]}})", f4),
        "begin > end"},
       {"overlap",
-       FileWith(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})", f4),
+       FileWith(
+           R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})",
+           f4),
        "overlaps"},
       {"gap",
        FileWith(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})", f4),
@@ -100,7 +111,9 @@ TEST(SafetensorsReaderTest, RejectsEveryKindOfCorruptionWithAClearError) {
       {"bad metadata", FileWith(R"({"__metadata__":{"k":1}})", ""),
        "__metadata__ value for 'k' is not a string"},
       {"unknown field",
-       FileWith(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"x":1}})", f4),
+       FileWith(
+           R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"x":1}})",
+           f4),
        "unknown field 'x'"},
       {"missing offsets", FileWith(R"({"a":{"dtype":"U8","shape":[4]}})", f4),
        "data_offsets must be [begin, end]"},
@@ -117,7 +130,8 @@ TEST(SafetensorsReaderTest, RejectsEveryKindOfCorruptionWithAClearError) {
 TEST(SafetensorsReaderTest, MissingFileIsNotFound) {
   auto r = SafetensorsReader::Open("/nonexistent/x.safetensors");
   EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("/nonexistent/x.safetensors"));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("/nonexistent/x.safetensors"));
 }
 
 }  // namespace

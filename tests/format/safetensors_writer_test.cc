@@ -15,12 +15,15 @@ namespace fs = std::filesystem;
 using testing::TempDir;
 
 std::vector<TensorSpec> Specs() {
-  return {{"a", DType::kF32, {4}}, {"b", DType::kF32, {4}}, {"c", DType::kBF16, {2, 2}}};
+  return {{"a", DType::kF32, {4}},
+          {"b", DType::kF32, {4}},
+          {"c", DType::kBF16, {2, 2}}};
 }
 
 bool HasTempSibling(const std::string& parent) {
   for (const auto& e : fs::directory_iterator(parent)) {
-    if (e.path().filename().string().find(kTempSuffix) != std::string::npos) return true;
+    if (e.path().filename().string().find(kTempSuffix) != std::string::npos)
+      return true;
   }
   return false;
 }

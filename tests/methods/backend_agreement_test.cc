@@ -42,7 +42,8 @@ std::string Family(DType dtype) {
       auto d = testing::RandomValues(t.values.size(), rng, 0.02f);
       for (size_t j = 0; j < d.size(); ++j) t.values[j] += d[j];
       // Some exact zeros and repeated magnitudes.
-      for (size_t j = 0; j < d.size(); j += 7) t.values[j] = base[name].values[j];
+      for (size_t j = 0; j < d.size(); j += 7)
+        t.values[j] = base[name].values[j];
     }
     testing::WriteModel(dir + "/e" + std::to_string(e), m);
   }
@@ -60,12 +61,16 @@ TEST_P(BackendAgreementTest, FusedEqualsAten) {
         (p.find("paper") != std::string::npos &&
          p.find("trim_scope: tensor") == std::string::npos);
     const std::string d1 = model_scope ? "0.4" : "[0.2, 0.6]";
-    const std::string yaml = std::string("merge_method: ") + c.method +
-                             "\nbase_model: base\nmodels:\n"
-                             "  - model: e0\n    parameters: {weight: 1.0, density: 0.3}\n"
-                             "  - model: e1\n    parameters: {weight: 0.5, density: " + d1 + "}\n"
-                             "  - model: e2\n    parameters: {weight: 2.0, density: 0.5}\n"
-                             "parameters: {" + c.params + "}\n";
+    const std::string yaml =
+        std::string("merge_method: ") + c.method +
+        "\nbase_model: base\nmodels:\n"
+        "  - model: e0\n    parameters: {weight: 1.0, density: 0.3}\n"
+        "  - model: e1\n    parameters: {weight: 0.5, density: " +
+        d1 +
+        "}\n"
+        "  - model: e2\n    parameters: {weight: 2.0, density: 0.5}\n"
+        "parameters: {" +
+        c.params + "}\n";
     MergeOptions fused;
     fused.threads = 2;
     auto a = testing::Merge(dir, yaml, fused);
@@ -81,11 +86,13 @@ TEST_P(BackendAgreementTest, FusedEqualsAten) {
       for (size_t j = 0; j < va.size(); ++j) {
         // bf16 outputs: equal or one bf16 ulp apart (l1 norms are summed in
         // a different order); f32: fp rounding only.
-        const float tol = dtype == DType::kBF16 ? std::fabs(va[j]) * 0x1p-7f
-                                                : 1e-6f * (1 + std::fabs(va[j]));
+        const float tol = dtype == DType::kBF16
+                              ? std::fabs(va[j]) * 0x1p-7f
+                              : 1e-6f * (1 + std::fabs(va[j]));
         if (std::fabs(va[j] - vb[j]) > tol) ++diff;
       }
-      EXPECT_EQ(diff, 0u) << c.name << " " << name << " dtype " << DTypeName(dtype);
+      EXPECT_EQ(diff, 0u) << c.name << " " << name << " dtype "
+                          << DTypeName(dtype);
     }
   }
 }
@@ -95,11 +102,11 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         Case{"ta", "task_arithmetic", "lambda: 0.8"},
         Case{"ta_normalized", "task_arithmetic", "normalize: true"},
-        Case{"linear", "linear", ""},
-        Case{"ties_mergekit", "ties", ""},
+        Case{"linear", "linear", ""}, Case{"ties_mergekit", "ties", ""},
         Case{"ties_sum", "ties", "normalize: false, lambda: 1.3"},
         Case{"ties_peft", "ties", "semantics: peft"},
-        Case{"ties_paper_tensor", "ties", "semantics: paper, trim_scope: tensor"},
+        Case{"ties_paper_tensor", "ties",
+             "semantics: paper, trim_scope: tensor"},
         Case{"ties_paper_model", "ties", "semantics: paper"},
         Case{"ties_model_exact", "ties", "trim_scope: model, keep: exact"},
         Case{"ties_threshold", "ties", "keep: threshold"},

@@ -13,8 +13,10 @@ constexpr int64_t kN = 200000;
 
 std::string Family() {
   const std::string dir = TempDir("dare");
-  testing::WriteModel(dir + "/base", {{"w", {{kN}, std::vector<float>(kN, 0.f)}}});
-  testing::WriteModel(dir + "/e0", {{"w", {{kN}, std::vector<float>(kN, 1.f)}}});
+  testing::WriteModel(dir + "/base",
+                      {{"w", {{kN}, std::vector<float>(kN, 0.f)}}});
+  testing::WriteModel(dir + "/e0",
+                      {{"w", {{kN}, std::vector<float>(kN, 1.f)}}});
   return dir;
 }
 
@@ -34,14 +36,17 @@ TEST(DareTest, InverseRescaleIsUnbiased) {
   for (float v : w) {
     sum += v;
     kept += v != 0;
-    if (v != 0) EXPECT_FLOAT_EQ(v, 1.f / 0.3f);
+    if (v != 0) {
+      EXPECT_FLOAT_EQ(v, 1.f / 0.3f);
+    }
   }
   const double p = 0.3;
   const double mean = sum / kN;
   // Var of one entry is (1-p)/p; the mean must be within 5 standard errors.
   const double se = std::sqrt((1 - p) / p / kN);
   EXPECT_NEAR(mean, 1.0, 5 * se);
-  EXPECT_NEAR(static_cast<double>(kept) / kN, p, 5 * std::sqrt(p * (1 - p) / kN));
+  EXPECT_NEAR(static_cast<double>(kept) / kN, p,
+              5 * std::sqrt(p * (1 - p) / kN));
 }
 
 TEST(DareTest, SameSeedIsBitIdenticalAcrossThreadsChunksAndBackends) {

@@ -18,8 +18,10 @@ TEST(SlerpTest, EndpointsColinearLerpAndTheAngle) {
   testing::WriteModel(dir + "/a", {{"w", {{2}, {1, 0}}}, {"v", {{2}, {1, 1}}}});
   testing::WriteModel(dir + "/b", {{"w", {{2}, {0, 2}}}, {"v", {{2}, {2, 2}}}});
   auto run = [&](double t) {
-    return testing::Merge(dir, "merge_method: slerp\nbase_model: a\nmodels: [a, b]\n"
-                               "parameters: {t: " + std::to_string(t) + "}\n");
+    return testing::Merge(dir,
+                          "merge_method: slerp\nbase_model: a\nmodels: [a, b]\n"
+                          "parameters: {t: " +
+                              std::to_string(t) + "}\n");
   };
   auto t0 = run(0), t1 = run(1), half = run(0.5);
   ASSERT_TRUE(t0.ok() && t1.ok() && half.ok()) << t0.status();
@@ -27,29 +29,39 @@ TEST(SlerpTest, EndpointsColinearLerpAndTheAngle) {
   EXPECT_THAT((*t1)["w"], Pointwise(FloatNear(1e-6), std::vector<float>{0, 2}));
   // Orthogonal: sin(π/4)/sin(π/2) on each side.
   const float s = static_cast<float>(std::sin(M_PI / 4));
-  EXPECT_THAT((*half)["w"], Pointwise(FloatNear(1e-6), std::vector<float>{s, 2 * s}));
+  EXPECT_THAT((*half)["w"],
+              Pointwise(FloatNear(1e-6), std::vector<float>{s, 2 * s}));
   // Colinear vectors fall back to lerp.
-  EXPECT_THAT((*half)["v"], Pointwise(FloatNear(1e-6), std::vector<float>{1.5f, 1.5f}));
+  EXPECT_THAT((*half)["v"],
+              Pointwise(FloatNear(1e-6), std::vector<float>{1.5f, 1.5f}));
 }
 
 TEST(SlerpTest, NeedsExactlyTwoModels) {
   const std::string dir = TempDir("slerp3");
-  for (const char* m : {"a", "b", "c"}) testing::WriteModel(dir + "/" + m, {{"w", {{1}, {1}}}});
-  auto out = testing::Merge(dir, "merge_method: slerp\nmodels: [a, b, c]\nparameters: {t: 0.5}\n");
+  for (const char* m : {"a", "b", "c"})
+    testing::WriteModel(dir + "/" + m, {{"w", {{1}, {1}}}});
+  auto out = testing::Merge(
+      dir, "merge_method: slerp\nmodels: [a, b, c]\nparameters: {t: 0.5}\n");
   EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(out.status().message()), HasSubstr("exactly 2 models, got 3"));
+  EXPECT_THAT(std::string(out.status().message()),
+              HasSubstr("exactly 2 models, got 3"));
 }
 
 TEST(ModelStockTest, InterpolatesByTheTaskVectorAngle) {
   const std::string dir = TempDir("ms");
-  testing::WriteModel(dir + "/base", {{"w", {{2}, {0, 0}}}, {"v", {{2}, {1, 1}}}});
+  testing::WriteModel(dir + "/base",
+                      {{"w", {{2}, {0, 0}}}, {"v", {{2}, {1, 1}}}});
   // w: orthogonal task vectors: cos 0, t 0: the base. v: equal: cos 1, t 1.
-  testing::WriteModel(dir + "/e0", {{"w", {{2}, {1, 0}}}, {"v", {{2}, {2, 3}}}});
-  testing::WriteModel(dir + "/e1", {{"w", {{2}, {0, 1}}}, {"v", {{2}, {2, 3}}}});
-  auto out = testing::Merge(dir, "merge_method: model_stock\nbase_model: base\nmodels: [e0, e1]\n");
+  testing::WriteModel(dir + "/e0",
+                      {{"w", {{2}, {1, 0}}}, {"v", {{2}, {2, 3}}}});
+  testing::WriteModel(dir + "/e1",
+                      {{"w", {{2}, {0, 1}}}, {"v", {{2}, {2, 3}}}});
+  auto out = testing::Merge(
+      dir, "merge_method: model_stock\nbase_model: base\nmodels: [e0, e1]\n");
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_THAT((*out)["w"], ElementsAre(0, 0));
-  EXPECT_THAT((*out)["v"], Pointwise(FloatNear(1e-6), std::vector<float>{2, 3}));
+  EXPECT_THAT((*out)["v"],
+              Pointwise(FloatNear(1e-6), std::vector<float>{2, 3}));
 }
 
 TEST(FisherTest, WeightsByTheFloorOfTheDiagonals) {
@@ -64,16 +76,21 @@ TEST(FisherTest, WeightsByTheFloorOfTheDiagonals) {
                             "  - model: m1\n    parameters: {fisher: f1}\n");
   ASSERT_TRUE(out.ok()) << out.status();
   // (1*1 + 3*3) / 4 = 2.5; zero Fishers floor to equal weights: 2.
-  EXPECT_THAT((*out)["w"], Pointwise(FloatNear(1e-6), std::vector<float>{2.5f, 2.f}));
-  auto missing = testing::Merge(dir, "merge_method: fisher\nmodels: [m0, m1]\n");
-  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("needs a 'fisher' parameter"));
+  EXPECT_THAT((*out)["w"],
+              Pointwise(FloatNear(1e-6), std::vector<float>{2.5f, 2.f}));
+  auto missing =
+      testing::Merge(dir, "merge_method: fisher\nmodels: [m0, m1]\n");
+  EXPECT_THAT(std::string(missing.status().message()),
+              HasSubstr("needs a 'fisher' parameter"));
 }
 
 TEST(RegMeanTest, IdentityGramsAverageAndDiagonalGramsWeightColumns) {
   const std::string dir = TempDir("regmean");
   // W is 1 x 2 (out x in); its Gram is 2 x 2.
-  testing::WriteModel(dir + "/m0", {{"w", {{1, 2}, {1, 1}}}, {"b", {{1}, {1}}}});
-  testing::WriteModel(dir + "/m1", {{"w", {{1, 2}, {3, 3}}}, {"b", {{1}, {3}}}});
+  testing::WriteModel(dir + "/m0",
+                      {{"w", {{1, 2}, {1, 1}}}, {"b", {{1}, {1}}}});
+  testing::WriteModel(dir + "/m1",
+                      {{"w", {{1, 2}, {3, 3}}}, {"b", {{1}, {3}}}});
   testing::WriteModel(dir + "/g0", {{"w", {{2, 2}, {1, 0, 0, 3}}}});
   testing::WriteModel(dir + "/g1", {{"w", {{2, 2}, {3, 0, 0, 1}}}});
   auto out = testing::Merge(dir,
@@ -82,9 +99,11 @@ TEST(RegMeanTest, IdentityGramsAverageAndDiagonalGramsWeightColumns) {
                             "  - model: m1\n    parameters: {gram: g1}\n");
   ASSERT_TRUE(out.ok()) << out.status();
   // Column 0: (1*1 + 3*3)/(1+3) = 2.5; column 1: (3*1 + 1*3)/4 = 1.5.
-  EXPECT_THAT((*out)["w"], Pointwise(FloatNear(1e-5), std::vector<float>{2.5f, 1.5f}));
+  EXPECT_THAT((*out)["w"],
+              Pointwise(FloatNear(1e-5), std::vector<float>{2.5f, 1.5f}));
   EXPECT_THAT((*out)["b"], ElementsAre(2));  // no Gram: the average
-  testing::WriteModel(dir + "/bad", {{"w", {{3, 3}, std::vector<float>(9, 1.f)}}});
+  testing::WriteModel(dir + "/bad",
+                      {{"w", {{3, 3}, std::vector<float>(9, 1.f)}}});
   auto bad = testing::Merge(dir,
                             "merge_method: regmean\nmodels:\n"
                             "  - model: m0\n    parameters: {gram: g0}\n"

@@ -15,9 +15,12 @@ using testing::TempDir;
 std::string MakeFamily(const std::vector<std::vector<float>>& taus) {
   const std::string dir = TempDir("ties");
   const int64_t n = static_cast<int64_t>(taus[0].size());
-  testing::WriteModel(dir + "/base", {{"w", {{n}, std::vector<float>(static_cast<size_t>(n), 0.f)}}});
+  testing::WriteModel(
+      dir + "/base",
+      {{"w", {{n}, std::vector<float>(static_cast<size_t>(n), 0.f)}}});
   for (size_t i = 0; i < taus.size(); ++i) {
-    testing::WriteModel(dir + "/e" + std::to_string(i), {{"w", {{n}, taus[i]}}});
+    testing::WriteModel(dir + "/e" + std::to_string(i),
+                        {{"w", {{n}, taus[i]}}});
   }
   return dir;
 }
@@ -26,14 +29,16 @@ std::string Config(size_t experts, const std::string& per_model,
                    const std::string& global) {
   std::string y = "merge_method: ties\nbase_model: base\nmodels:\n";
   for (size_t i = 0; i < experts; ++i) {
-    y += "  - model: e" + std::to_string(i) + "\n    parameters: {" + per_model + "}\n";
+    y += "  - model: e" + std::to_string(i) + "\n    parameters: {" +
+         per_model + "}\n";
   }
   if (!global.empty()) y += "parameters: {" + global + "}\n";
   return y;
 }
 
 std::vector<float> RunTies(const std::vector<std::vector<float>>& taus,
-                           const std::string& per_model, const std::string& global) {
+                           const std::string& per_model,
+                           const std::string& global) {
   const std::string dir = MakeFamily(taus);
   auto out = testing::Merge(dir, Config(taus.size(), per_model, global));
   EXPECT_TRUE(out.ok()) << out.status();
@@ -62,8 +67,10 @@ TEST(TiesTest, PaperKeepUsesTheNMinusMthSmallest) {
 }
 
 TEST(TiesTest, DensityZeroKeepsNothingAndOneKeepsAll) {
-  EXPECT_THAT(RunTies({{4, -3, 2, 1}}, "density: 0.0", ""), ElementsAre(0, 0, 0, 0));
-  EXPECT_THAT(RunTies({{4, -3, 2, 1}}, "density: 1.0", ""), ElementsAre(4, -3, 2, 1));
+  EXPECT_THAT(RunTies({{4, -3, 2, 1}}, "density: 0.0", ""),
+              ElementsAre(0, 0, 0, 0));
+  EXPECT_THAT(RunTies({{4, -3, 2, 1}}, "density: 1.0", ""),
+              ElementsAre(4, -3, 2, 1));
   // The paper preset does not crash at d = 1 either.
   EXPECT_THAT(RunTies({{4, -3, 2, 1}}, "density: 1.0", "semantics: paper"),
               ElementsAre(4, -3, 2, 1));
@@ -92,9 +99,9 @@ TEST(TiesTest, EmptyAgreementLeavesTheBase) {
   // Each expert keeps a different entry; where nothing is kept the result is
   // the base (0), never NaN from a 0/0 mean.
   for (const char* sem : {"mergekit", "paper", "peft"}) {
-    auto out = RunTies({{5, 0.1f, 0, 0}, {0, 0, 0.1f, 7}}, "density: 0.25",
-                       std::string("semantics: ") + sem +
-                           ", trim_scope: tensor, keep: exact");
+    auto out = RunTies(
+        {{5, 0.1f, 0, 0}, {0, 0, 0.1f, 7}}, "density: 0.25",
+        std::string("semantics: ") + sem + ", trim_scope: tensor, keep: exact");
     EXPECT_THAT(out, ElementsAre(5, 0, 0, 7)) << sem;
   }
 }
@@ -141,8 +148,10 @@ TEST(TiesTest, ModelScopeTrimSelectsAcrossTensors) {
   const std::string dir = TempDir("scope");
   // Tensor "a" holds the large updates: a model-wide top-50% keeps all of
   // it and none of "b"; per tensor keeps half of each.
-  testing::WriteModel(dir + "/base", {{"a", {{4}, {0, 0, 0, 0}}}, {"b", {{4}, {0, 0, 0, 0}}}});
-  testing::WriteModel(dir + "/e0", {{"a", {{4}, {10, -20, 30, 40}}}, {"b", {{4}, {1, 2, -3, 4}}}});
+  testing::WriteModel(dir + "/base",
+                      {{"a", {{4}, {0, 0, 0, 0}}}, {"b", {{4}, {0, 0, 0, 0}}}});
+  testing::WriteModel(dir + "/e0", {{"a", {{4}, {10, -20, 30, 40}}},
+                                    {"b", {{4}, {1, 2, -3, 4}}}});
   const std::string y =
       "merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n"
       "    parameters: {density: 0.5}\nparameters: {trim_scope: ";
@@ -158,13 +167,16 @@ TEST(TiesTest, ModelScopeTrimSelectsAcrossTensors) {
 
 TEST(TiesTest, ModelScopeExactTiesBreakByFlatIndexAcrossTensors) {
   const std::string dir = TempDir("scope_ties");
-  testing::WriteModel(dir + "/base", {{"a", {{3}, {0, 0, 0}}}, {"b", {{3}, {0, 0, 0}}}});
-  testing::WriteModel(dir + "/e0", {{"a", {{3}, {1, 5, 1}}}, {"b", {{3}, {1, 1, 5}}}});
+  testing::WriteModel(dir + "/base",
+                      {{"a", {{3}, {0, 0, 0}}}, {"b", {{3}, {0, 0, 0}}}});
+  testing::WriteModel(dir + "/e0",
+                      {{"a", {{3}, {1, 5, 1}}}, {"b", {{3}, {1, 1, 5}}}});
   // n = 6, d = 0.5: keep 3 = both 5s and the first tie (a[0]).
   auto out = testing::Merge(
       dir,
       "merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n"
-      "    parameters: {density: 0.5}\nparameters: {trim_scope: model, keep: exact}\n");
+      "    parameters: {density: 0.5}\nparameters: {trim_scope: model, keep: "
+      "exact}\n");
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_THAT((*out)["a"], ElementsAre(1, 5, 0));
   EXPECT_THAT((*out)["b"], ElementsAre(0, 0, 5));
@@ -174,14 +186,16 @@ TEST(TiesTest, NanInputIsAClearError) {
   const std::string dir = MakeFamily({{1, NAN, 3}});
   auto out = testing::Merge(dir, Config(1, "density: 0.5", ""));
   EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(out.status().message()), HasSubstr("tensor 'w' of model 'e0'"));
+  EXPECT_THAT(std::string(out.status().message()),
+              HasSubstr("tensor 'w' of model 'e0'"));
   EXPECT_THAT(std::string(out.status().message()), HasSubstr("NaN"));
 }
 
 TEST(TiesTest, UnknownOptionValueIsAnError) {
   const std::string dir = MakeFamily({{1}});
   auto out = testing::Merge(dir, Config(1, "density: 0.5", "keep: most"));
-  EXPECT_THAT(std::string(out.status().message()), HasSubstr("unknown value 'most'"));
+  EXPECT_THAT(std::string(out.status().message()),
+              HasSubstr("unknown value 'most'"));
 }
 
 }  // namespace

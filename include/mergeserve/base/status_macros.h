@@ -8,10 +8,10 @@
 #define MS_CONCAT_INNER_(a, b) a##b
 #define MS_CONCAT_(a, b) MS_CONCAT_INNER_(a, b)
 
-#define MS_RETURN_IF_ERROR(expr)                   \
-  do {                                             \
-    ::absl::Status ms_status_ = (expr);            \
-    if (!ms_status_.ok()) return ms_status_;       \
+#define MS_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status ms_status_ = (expr);      \
+    if (!ms_status_.ok()) return ms_status_; \
   } while (0)
 
 #define MS_ASSIGN_OR_RETURN(lhs, rexpr) \

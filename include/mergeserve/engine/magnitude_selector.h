@@ -26,7 +26,7 @@ struct SelectionQuery {
 };
 
 struct SelectionResult {
-  float value = 0;           // the k-th largest magnitude
+  float value = 0;            // the k-th largest magnitude
   int64_t count_greater = 0;  // entries with magnitude > value
   int64_t count_equal = 0;    // entries with magnitude == value
   // Entries == value per chunk of ChunkDomain(domain), when the selector

@@ -63,9 +63,10 @@ class MergeMethod {
 // count) between windows so callers can drop consumed pages. Releasing per
 // window rather than per chunk keeps RSS bounded without an madvise (and its
 // cross-core TLB shootdown) for every chunk.
-void ForEachChunkWindowed(ThreadPool& pool, int64_t numel, int64_t chunk,
-                          const std::function<void(int64_t, int)>& fn,
-                          const std::function<void(int64_t, int64_t)>& after_window);
+void ForEachChunkWindowed(
+    ThreadPool& pool, int64_t numel, int64_t chunk,
+    const std::function<void(int64_t, int)>& fn,
+    const std::function<void(int64_t, int64_t)>& after_window);
 
 // Reads elements [begin, begin+count) of a view as fp32.
 inline void LoadF32(const TensorView& v, int64_t begin, int64_t count,

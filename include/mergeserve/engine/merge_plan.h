@@ -36,12 +36,12 @@ struct PlannedTensor {
   std::string name;
   std::vector<int64_t> shape;
   int64_t numel = 0;
-  bool merge = true;        // false: bytes copied from the reference model
+  bool merge = true;  // false: bytes copied from the reference model
   DType out_dtype;
-  int layer = -1;           // N in "layers.N.", -1 outside layers
-  double layer_t = 0;       // layer position in [0, 1] for gradients
-  TensorView reference;     // base, or the first model without a base
-  TensorView base;          // data == nullptr without a base
+  int layer = -1;                  // N in "layers.N.", -1 outside layers
+  double layer_t = 0;              // layer position in [0, 1] for gradients
+  TensorView reference;            // base, or the first model without a base
+  TensorView base;                 // data == nullptr without a base
   std::vector<TensorView> models;  // one per PlannedModel (merged tensors)
 
   uint64_t out_bytes() const {

@@ -49,7 +49,8 @@ absl::StatusOr<int64_t> ParseByteSize(absl::string_view text) {
   }
   const double bytes = value * mult;
   if (!(bytes >= 0) || bytes > 9.0e18) {
-    return absl::InvalidArgumentError(absl::StrCat("size out of range: ", text));
+    return absl::InvalidArgumentError(
+        absl::StrCat("size out of range: ", text));
   }
   return static_cast<int64_t>(std::llround(bytes));
 }

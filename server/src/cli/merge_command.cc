@@ -20,7 +20,8 @@
 namespace mergeserve {
 namespace {
 
-constexpr char kMergeUsage[] = R"(usage: mergeserve merge CONFIG.yaml OUTPUT_DIR [options]
+constexpr char kMergeUsage[] =
+    R"(usage: mergeserve merge CONFIG.yaml OUTPUT_DIR [options]
 
 Merges the checkpoints a mergekit-style YAML config names into OUTPUT_DIR
 (a Hugging Face folder: safetensors shards, index, config and tokenizer files
@@ -74,7 +75,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& in,
     }
     auto it = known.find(name);
     if (it == known.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown option --", name));
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown option --", name));
     }
     const bool takes_value = it->second;
     if (takes_value && !inline_value) {
@@ -155,7 +157,8 @@ int RunMergeCommand(const std::vector<std::string>& argv) {
   if (a.flags.count("threads")) {
     if (!absl::SimpleAtoi(a.flags["threads"], &opts.threads) ||
         opts.threads < 1) {
-      return Fail(absl::InvalidArgumentError("--threads must be a positive integer"));
+      return Fail(
+          absl::InvalidArgumentError("--threads must be a positive integer"));
     }
   }
   if (a.flags.count("memory-budget")) {
@@ -166,7 +169,8 @@ int RunMergeCommand(const std::vector<std::string>& argv) {
   if (a.flags.count("shard-size")) {
     auto b = ParseByteSize(a.flags["shard-size"]);
     if (!b.ok()) return Fail(b.status());
-    if (*b <= 0) return Fail(absl::InvalidArgumentError("--shard-size must be > 0"));
+    if (*b <= 0)
+      return Fail(absl::InvalidArgumentError("--shard-size must be > 0"));
     opts.max_shard_bytes = static_cast<uint64_t>(*b);
   }
   if (a.flags.count("backend")) {
@@ -176,7 +180,8 @@ int RunMergeCommand(const std::vector<std::string>& argv) {
     } else if (b == "aten") {
       opts.backend = Backend::kAten;
     } else {
-      return Fail(absl::InvalidArgumentError("--backend must be fused or aten"));
+      return Fail(
+          absl::InvalidArgumentError("--backend must be fused or aten"));
     }
   }
   if (a.flags.count("device")) opts.device = a.flags["device"];
@@ -200,16 +205,12 @@ int RunMergeCommand(const std::vector<std::string>& argv) {
   if (!summary.ok()) return Fail(summary.status());
   const MergeSummary& s = *summary;
   if (json) {
-    nlohmann::json j = {{"method", s.method},
-                        {"output_dir", s.output_dir},
-                        {"tensors", s.tensors},
-                        {"merged", s.merged},
-                        {"copied", s.copied},
-                        {"shards", s.shards},
-                        {"bytes_read", s.bytes_read},
-                        {"bytes_written", s.bytes_written},
-                        {"seconds", s.seconds},
-                        {"peak_rss_bytes", s.peak_rss_bytes}};
+    nlohmann::json j = {
+        {"method", s.method},         {"output_dir", s.output_dir},
+        {"tensors", s.tensors},       {"merged", s.merged},
+        {"copied", s.copied},         {"shards", s.shards},
+        {"bytes_read", s.bytes_read}, {"bytes_written", s.bytes_written},
+        {"seconds", s.seconds},       {"peak_rss_bytes", s.peak_rss_bytes}};
     std::cout << j.dump() << std::endl;
   } else {
     std::printf(
@@ -220,7 +221,8 @@ int RunMergeCommand(const std::vector<std::string>& argv) {
         s.output_dir.c_str(), s.shards, s.shards == 1 ? "" : "s",
         FormatBytes(static_cast<int64_t>(s.bytes_read)).c_str(),
         FormatBytes(static_cast<int64_t>(s.bytes_written)).c_str(), s.seconds,
-        FormatBytes(static_cast<int64_t>(s.seconds > 0 ? s.bytes_read / s.seconds : 0))
+        FormatBytes(
+            static_cast<int64_t>(s.seconds > 0 ? s.bytes_read / s.seconds : 0))
             .c_str(),
         FormatBytes(s.peak_rss_bytes).c_str());
   }

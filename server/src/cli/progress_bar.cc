@@ -31,8 +31,8 @@ void ProgressBar::Update(int64_t done, int64_t total,
   const int filled = static_cast<int>(frac * kWidth);
   std::string bar(static_cast<size_t>(filled), '#');
   bar.append(static_cast<size_t>(kWidth - filled), '.');
-  std::string d = detail.size() > 40 ? "..." + detail.substr(detail.size() - 37)
-                                     : detail;
+  std::string d =
+      detail.size() > 40 ? "..." + detail.substr(detail.size() - 37) : detail;
   std::fprintf(out_, "\r\033[K%s [%s] %3d%% %lld/%lld %s", label_.c_str(),
                bar.c_str(), static_cast<int>(frac * 100),
                static_cast<long long>(done), static_cast<long long>(total),

@@ -62,8 +62,7 @@ absl::StatusOr<at::Tensor> LoadChecked(const TensorView& view,
 
 absl::Status WriteToSink(const at::Tensor& t, TensorSink& sink) {
   try {
-    at::Tensor cpu =
-        t.to(at::Device(at::kCPU), at::kFloat).contiguous();
+    at::Tensor cpu = t.to(at::Device(at::kCPU), at::kFloat).contiguous();
     return sink.WriteF32(0, cpu.data_ptr<float>(), cpu.numel());
   } catch (const std::exception& e) {
     return AtenError("storing tensor", e);

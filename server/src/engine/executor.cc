@@ -20,11 +20,16 @@ namespace fs = std::filesystem;
 namespace {
 
 // Side files of an HF folder that travel with the weights.
-constexpr const char* kSideFiles[] = {
-    "generation_config.json", "tokenizer.json",     "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer.model",   "vocab.json",
-    "merges.txt",             "added_tokens.json", "vocab.txt",
-    "chat_template.jinja"};
+constexpr const char* kSideFiles[] = {"generation_config.json",
+                                      "tokenizer.json",
+                                      "tokenizer_config.json",
+                                      "special_tokens_map.json",
+                                      "tokenizer.model",
+                                      "vocab.json",
+                                      "merges.txt",
+                                      "added_tokens.json",
+                                      "vocab.txt",
+                                      "chat_template.jinja"};
 
 class WriterSink : public TensorSink {
  public:
@@ -66,7 +71,8 @@ absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
     MS_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(cfg));
     auto j = nlohmann::json::parse(text, nullptr, false);
     if (!j.is_discarded() && j.is_object()) {
-      std::optional<DType> out = config.out_dtype ? config.out_dtype : config.dtype;
+      std::optional<DType> out =
+          config.out_dtype ? config.out_dtype : config.dtype;
       if (out) j["torch_dtype"] = std::string(TorchDTypeName(*out));
       text = j.dump(2) + "\n";
     }
@@ -79,7 +85,8 @@ absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
     MS_RETURN_IF_ERROR(writer.AddFile(name, text));
   }
   if (!config.source_text.empty()) {
-    MS_RETURN_IF_ERROR(writer.AddFile("mergeserve_config.yaml", config.source_text));
+    MS_RETURN_IF_ERROR(
+        writer.AddFile("mergeserve_config.yaml", config.source_text));
   }
   return absl::OkStatus();
 }
@@ -95,8 +102,9 @@ int64_t PeakRssBytes() {
 absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
                                       const MergeOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  ModelResolver resolver =
-      options.resolver ? options.resolver : LocalPathResolver(config.source_dir);
+  ModelResolver resolver = options.resolver
+                               ? options.resolver
+                               : LocalPathResolver(config.source_dir);
   MS_ASSIGN_OR_RETURN(std::unique_ptr<MergeMethod> method,
                       CreateMethod(config.merge_method));
   MS_ASSIGN_OR_RETURN(std::unique_ptr<MergePlan> plan,
@@ -138,7 +146,8 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
   wo.output_dir = options.output_dir;
   wo.max_shard_bytes = options.max_shard_bytes;
   wo.overwrite = options.overwrite;
-  wo.metadata = {{"format", "pt"}, {"merged_by", "mergeserve"},
+  wo.metadata = {{"format", "pt"},
+                 {"merged_by", "mergeserve"},
                  {"merge_method", config.merge_method}};
   MS_ASSIGN_OR_RETURN(std::unique_ptr<ShardedWriter> writer,
                       ShardedWriter::Create(wo, std::move(specs)));
@@ -160,7 +169,8 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
       for (const TensorView& v : t.models) summary.bytes_read += v.info->nbytes;
       ++summary.merged;
     } else {
-      MS_RETURN_IF_ERROR(writer->Write(i, 0, t.reference.data, t.reference.info->nbytes));
+      MS_RETURN_IF_ERROR(
+          writer->Write(i, 0, t.reference.data, t.reference.info->nbytes));
       summary.bytes_read += t.reference.info->nbytes;
       ++summary.copied;
     }

@@ -65,7 +65,8 @@ absl::Status MagnitudeSelector::MagnitudeBits(const PlannedTensor& t, int model,
   const TensorView& mv = t.models[static_cast<size_t>(model)];
   if (!LoadDelta(mv, begin, count, t.base.data != nullptr ? base : nullptr,
                  value)) {
-    return NonFiniteError(t.name, plan_.models()[static_cast<size_t>(model)].ref);
+    return NonFiniteError(t.name,
+                          plan_.models()[static_cast<size_t>(model)].ref);
   }
   for (int64_t j = 0; j < count; ++j) {
     value[j] = std::fabs(value[j]);
@@ -94,22 +95,27 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   // Pass 1: histogram of the top 16 bits.
   // Two histograms per (worker, model), filled alternately: consecutive
   // entries often hit the same bin, and one array would serialise on it.
-  std::vector<std::vector<uint32_t>> hist(
-      static_cast<size_t>(workers) * nm, std::vector<uint32_t>(2 * kBins, 0));
+  std::vector<std::vector<uint32_t>> hist(static_cast<size_t>(workers) * nm,
+                                          std::vector<uint32_t>(2 * kBins, 0));
   std::vector<std::vector<uint64_t>> hi(nm, std::vector<uint64_t>(kBins, 0));
   // Per-worker uint32 counts are flushed into uint64 totals after each tensor
   // (a tensor has < 2^32 entries).
   auto run_pass = [&](auto&& per_chunk, auto&& flush) {
-    return ForEachChunk(domain, chunks, models, [&](size_t, const DomainChunk& c, int w, const float* base) -> absl::Status {
-      Scratch& s = scratch[static_cast<size_t>(w)];
-      const PlannedTensor& t = *domain[static_cast<size_t>(c.tensor)];
-      for (size_t m = 0; m < nm; ++m) {
-        MS_RETURN_IF_ERROR(MagnitudeBits(t, models[m], c.begin, c.count, base,
-                                         s.value.data(), s.bits.data()));
-        per_chunk(w, m, s.bits.data(), c.count);
-      }
-      return absl::OkStatus();
-    }, scratch, flush);
+    return ForEachChunk(
+        domain, chunks, models,
+        [&](size_t, const DomainChunk& c, int w,
+            const float* base) -> absl::Status {
+          Scratch& s = scratch[static_cast<size_t>(w)];
+          const PlannedTensor& t = *domain[static_cast<size_t>(c.tensor)];
+          for (size_t m = 0; m < nm; ++m) {
+            MS_RETURN_IF_ERROR(MagnitudeBits(t, models[m], c.begin, c.count,
+                                             base, s.value.data(),
+                                             s.bits.data()));
+            per_chunk(w, m, s.bits.data(), c.count);
+          }
+          return absl::OkStatus();
+        },
+        scratch, flush);
   };
   auto flush_hist = [&](std::vector<std::vector<uint64_t>>& total) {
     for (int w = 0; w < workers; ++w) {
@@ -183,7 +189,8 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   std::vector<std::vector<uint64_t>> lo(slots, std::vector<uint64_t>(kBins, 0));
   MS_RETURN_IF_ERROR(ForEachChunk(
       domain, chunks, models,
-      [&](size_t ci, const DomainChunk& c, int w, const float* base) -> absl::Status {
+      [&](size_t ci, const DomainChunk& c, int w,
+          const float* base) -> absl::Status {
         Scratch& s = scratch[static_cast<size_t>(w)];
         const PlannedTensor& t = *domain[static_cast<size_t>(c.tensor)];
         for (size_t m = 0; m < nm; ++m) {
@@ -211,7 +218,8 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
         }
         return absl::OkStatus();
       },
-      scratch, [&] {
+      scratch,
+      [&] {
         for (int w = 0; w < workers; ++w) {
           for (size_t i = 0; i < slots; ++i) {
             auto& h = hist[static_cast<size_t>(w) * slots + i];
@@ -251,7 +259,8 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
       r.chunk_equal.resize(chunks.size());
       for (size_t ci = 0; ci < chunks.size(); ++ci) {
         int64_t e = 0;
-        for (uint16_t v : lists[slot_index][ci]) e += v == static_cast<uint16_t>(b);
+        for (uint16_t v : lists[slot_index][ci])
+          e += v == static_cast<uint16_t>(b);
         r.chunk_equal[ci] = e;
       }
     }
@@ -268,7 +277,8 @@ absl::StatusOr<std::vector<int64_t>> MagnitudeSelector::CountEqualPerChunk(
   std::vector<Scratch> scratch(static_cast<size_t>(pool_.num_threads()));
   MS_RETURN_IF_ERROR(ForEachChunk(
       domain, chunks, {model},
-      [&](size_t i, const DomainChunk& c, int w, const float* base) -> absl::Status {
+      [&](size_t i, const DomainChunk& c, int w,
+          const float* base) -> absl::Status {
         Scratch& s = scratch[static_cast<size_t>(w)];
         MS_RETURN_IF_ERROR(MagnitudeBits(*domain[static_cast<size_t>(c.tensor)],
                                          model, c.begin, c.count, base,
@@ -293,7 +303,8 @@ absl::Status MagnitudeSelector::ForEachChunk(
   size_t start = 0;
   for (size_t ti = 0; ti < domain.size(); ++ti) {
     size_t end = start;
-    while (end < chunks.size() && chunks[end].tensor == static_cast<int>(ti)) ++end;
+    while (end < chunks.size() && chunks[end].tensor == static_cast<int>(ti))
+      ++end;
     const PlannedTensor& t = *domain[ti];
     ForEachChunkWindowed(
         pool_, t.numel, chunk_elems_,

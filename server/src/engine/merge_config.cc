@@ -45,18 +45,20 @@ absl::StatusOr<ParamValue> ParseValue(const YAML::Node& node,
           }
         }
         double d;
-        if (YAML::convert<double>::decode(node, d)) return ParamValue::Number(d);
+        if (YAML::convert<double>::decode(node, d))
+          return ParamValue::Number(d);
       }
       return ParamValue::String(s);
     }
     if (node.IsSequence()) {
-      if (node.size() == 0) return Invalid(absl::StrCat("'", key, "' is an empty list"));
+      if (node.size() == 0)
+        return Invalid(absl::StrCat("'", key, "' is an empty list"));
       if (node[0].IsMap()) {
         ParamValue::FilterList filters;
         for (const auto& item : node) {
           if (!item.IsMap() || !item["value"]) {
-            return Invalid(absl::StrCat("'", key,
-                                        "': each filter entry needs a value"));
+            return Invalid(
+                absl::StrCat("'", key, "': each filter entry needs a value"));
           }
           ParamValue::FilterEntry e;
           for (const auto& kv : item) {
@@ -80,8 +82,8 @@ absl::StatusOr<ParamValue> ParseValue(const YAML::Node& node,
       for (const auto& item : node) {
         double d;
         if (!item.IsScalar() || !YAML::convert<double>::decode(item, d)) {
-          return Invalid(absl::StrCat("'", key,
-                                      "': a gradient is a list of numbers"));
+          return Invalid(
+              absl::StrCat("'", key, "': a gradient is a list of numbers"));
         }
         points.push_back(d);
       }
@@ -101,9 +103,9 @@ absl::StatusOr<ParamMap> ParseParams(const YAML::Node& node,
   for (const auto& kv : node) {
     const std::string key = kv.first.as<std::string>();
     if (!IsKnownParameter(key)) {
-      return Invalid(absl::StrCat("unknown parameter '", key, "' in ", where,
-                                  " (known: ",
-                                  absl::StrJoin(KnownParameters(), ", "), ")"));
+      return Invalid(absl::StrCat(
+          "unknown parameter '", key, "' in ", where,
+          " (known: ", absl::StrJoin(KnownParameters(), ", "), ")"));
     }
     if (!per_model && IsPerModelOnlyParameter(key)) {
       return Invalid(absl::StrCat("parameter '", key,
@@ -129,9 +131,9 @@ absl::StatusOr<DType> ParseDType(const YAML::Node& node, const char* key) {
 absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
                                         const std::string& source_dir) {
   if (!root.IsMap()) return Invalid("the document must be a mapping");
-  static const std::set<std::string> kTop = {
-      "merge_method", "base_model", "models", "parameters", "dtype",
-      "out_dtype"};
+  static const std::set<std::string> kTop = {"merge_method", "base_model",
+                                             "models",       "parameters",
+                                             "dtype",        "out_dtype"};
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     if (!kTop.count(key)) {
@@ -157,7 +159,8 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
     MS_ASSIGN_OR_RETURN(c.dtype, ParseDType(root["dtype"], "dtype"));
   }
   if (root["out_dtype"]) {
-    MS_ASSIGN_OR_RETURN(c.out_dtype, ParseDType(root["out_dtype"], "out_dtype"));
+    MS_ASSIGN_OR_RETURN(c.out_dtype,
+                        ParseDType(root["out_dtype"], "out_dtype"));
   }
   MS_ASSIGN_OR_RETURN(c.parameters,
                       ParseParams(root["parameters"], "global", false));
@@ -174,13 +177,13 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
       for (const auto& kv : m) {
         const std::string key = kv.first.as<std::string>();
         if (key != "model" && key != "parameters") {
-          return Invalid(absl::StrCat("unknown key '", key, "' in models[", i,
-                                      "]"));
+          return Invalid(
+              absl::StrCat("unknown key '", key, "' in models[", i, "]"));
         }
       }
       if (!m["model"] || !m["model"].IsScalar()) {
-        return Invalid(absl::StrCat("models[", i,
-                                    "] needs 'model: NAME_OR_PATH'"));
+        return Invalid(
+            absl::StrCat("models[", i, "] needs 'model: NAME_OR_PATH'"));
       }
       e.model = m["model"].as<std::string>();
       MS_ASSIGN_OR_RETURN(

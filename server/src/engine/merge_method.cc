@@ -9,9 +9,9 @@ namespace mergeserve {
 
 absl::Status NonFiniteError(const std::string& tensor,
                             const std::string& model_ref) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "tensor '", tensor, "' of model '", model_ref,
-      "' contains NaN or Inf; refusing to merge it"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("tensor '", tensor, "' of model '", model_ref,
+                   "' contains NaN or Inf; refusing to merge it"));
 }
 
 bool AllFinite(const float* v, int64_t n) {

@@ -27,7 +27,8 @@ int LayerIndexOf(const std::string& name) {
       size_t i = pos + kKey.size();
       int n = 0;
       size_t digits = 0;
-      while (i < name.size() && std::isdigit(static_cast<unsigned char>(name[i]))) {
+      while (i < name.size() &&
+             std::isdigit(static_cast<unsigned char>(name[i]))) {
         n = n * 10 + (name[i] - '0');
         ++i;
         ++digits;
@@ -45,15 +46,16 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
   plan->config_ = std::move(config);
   const MergeConfig& c = plan->config_;
   std::map<std::string, const ModelFolder*> opened;  // by resolved path
-  auto open = [&](const std::string& ref) -> absl::StatusOr<const ModelFolder*> {
+  auto open =
+      [&](const std::string& ref) -> absl::StatusOr<const ModelFolder*> {
     MS_ASSIGN_OR_RETURN(std::string path, resolver(ref));
     auto it = opened.find(path);
     if (it != opened.end()) return it->second;
     auto folder = ModelFolder::Open(path);
     if (!folder.ok()) {
-      return absl::Status(folder.status().code(),
-                          absl::StrCat("model '", ref, "': ",
-                                       folder.status().message()));
+      return absl::Status(
+          folder.status().code(),
+          absl::StrCat("model '", ref, "': ", folder.status().message()));
     }
     plan->folders_.push_back(*std::move(folder));
     opened[path] = plan->folders_.back().get();
@@ -111,9 +113,9 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
                        const std::string& ref) -> absl::StatusOr<TensorView> {
         const TensorInfo* other = f->Find(t.name);
         if (other == nullptr) {
-          return absl::NotFoundError(absl::StrCat(
-              "tensor '", t.name, "' is missing from model '", ref, "' (",
-              f->path(), ")"));
+          return absl::NotFoundError(absl::StrCat("tensor '", t.name,
+                                                  "' is missing from model '",
+                                                  ref, "' (", f->path(), ")"));
         }
         if (other->shape != t.shape) {
           auto dims = [](const std::vector<int64_t>& s) {
@@ -123,17 +125,17 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
             }
             return out + "]";
           };
-          return absl::InvalidArgumentError(absl::StrCat(
-              "shape mismatch for tensor '", t.name, "': model '", ref,
-              "' has ", dims(other->shape), ", the reference model has ",
-              dims(t.shape)));
+          return absl::InvalidArgumentError(
+              absl::StrCat("shape mismatch for tensor '", t.name, "': model '",
+                           ref, "' has ", dims(other->shape),
+                           ", the reference model has ", dims(t.shape)));
         }
         if (!IsMergeable(other->dtype)) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "tensor '", t.name, "' of model '", ref, "' has dtype ",
-              std::string(DTypeName(other->dtype)),
-              ", which cannot be merged with ",
-              std::string(DTypeName(info->dtype))));
+          return absl::InvalidArgumentError(
+              absl::StrCat("tensor '", t.name, "' of model '", ref,
+                           "' has dtype ", std::string(DTypeName(other->dtype)),
+                           ", which cannot be merged with ",
+                           std::string(DTypeName(info->dtype))));
         }
         return f->View(*other);
       };
@@ -234,15 +236,15 @@ absl::StatusOr<TensorView> MergePlan::Aux(int model, const std::string& kind,
   const PlannedModel& m = models_[static_cast<size_t>(model)];
   auto it = m.aux.find(kind);
   if (it == m.aux.end()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model '", m.ref, "' needs a '", kind, "' parameter naming its ",
-        kind, " checkpoint"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", m.ref, "' needs a '", kind,
+                     "' parameter naming its ", kind, " checkpoint"));
   }
   const TensorInfo* info = it->second->Find(name);
   if (info == nullptr) {
-    return absl::NotFoundError(absl::StrCat("tensor '", name, "' is missing from the ",
-                                            kind, " checkpoint of model '",
-                                            m.ref, "'"));
+    return absl::NotFoundError(
+        absl::StrCat("tensor '", name, "' is missing from the ", kind,
+                     " checkpoint of model '", m.ref, "'"));
   }
   return it->second->View(*info);
 }

@@ -13,8 +13,8 @@ double InterpolateGradient(const std::vector<double>& points, double t) {
   if (points.size() == 1) return points[0];
   t = std::clamp(t, 0.0, 1.0);
   const double scaled = t * static_cast<double>(points.size() - 1);
-  const size_t i0 = std::min(static_cast<size_t>(std::floor(scaled)),
-                             points.size() - 2);
+  const size_t i0 =
+      std::min(static_cast<size_t>(std::floor(scaled)), points.size() - 2);
   const double frac = scaled - static_cast<double>(i0);
   return points[i0] * (1 - frac) + points[i0 + 1] * frac;
 }

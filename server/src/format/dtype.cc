@@ -96,9 +96,9 @@ uint16_t F32ToF16(float f) {
   std::memcpy(&bits, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
   if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to inf
-  if (abs < 0x38800000u) {  // result is subnormal or zero
+  if (abs < 0x38800000u) {                        // result is subnormal or zero
     // Shift the implicit-1 mantissa into place with RNE.
     const int e = static_cast<int>(abs >> 23);
     if (e < 102) return sign;  // below half the smallest subnormal

@@ -21,9 +21,9 @@ absl::Status ModelFolder::AddShard(const std::string& file) {
   for (const TensorInfo& t : reader->tensors()) {
     auto [it, inserted] = index_.emplace(t.name, std::make_pair(shard, &t));
     if (!inserted) {
-      return absl::DataLossError(absl::StrCat(
-          "tensor '", t.name, "' appears in both ",
-          shards_[it->second.first]->path(), " and ", file));
+      return absl::DataLossError(
+          absl::StrCat("tensor '", t.name, "' appears in both ",
+                       shards_[it->second.first]->path(), " and ", file));
     }
   }
   shards_.push_back(std::move(reader));
@@ -51,8 +51,9 @@ absl::StatusOr<std::unique_ptr<ModelFolder>> ModelFolder::Open(
       auto j = nlohmann::json::parse(ss.str(), nullptr, false);
       if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
           !j["weight_map"].is_object()) {
-        return absl::DataLossError(absl::StrCat(
-            "invalid index ", index.string(), ": expected a weight_map object"));
+        return absl::DataLossError(
+            absl::StrCat("invalid index ", index.string(),
+                         ": expected a weight_map object"));
       }
       std::set<std::string> files;
       for (auto it = j["weight_map"].begin(); it != j["weight_map"].end();
@@ -64,13 +65,14 @@ absl::StatusOr<std::unique_ptr<ModelFolder>> ModelFolder::Open(
         }
         const std::string f = it.value().get<std::string>();
         if (f.find('/') != std::string::npos || f == ".." || f.empty()) {
-          return absl::DataLossError(absl::StrCat(
-              "invalid index ", index.string(), ": shard name '", f,
-              "' must be a plain file name"));
+          return absl::DataLossError(
+              absl::StrCat("invalid index ", index.string(), ": shard name '",
+                           f, "' must be a plain file name"));
         }
         files.insert(f);
       }
-      for (const auto& f : files) MS_RETURN_IF_ERROR(m->AddShard((dir / f).string()));
+      for (const auto& f : files)
+        MS_RETURN_IF_ERROR(m->AddShard((dir / f).string()));
       // Every tensor the index names must be in the shard it names.
       for (auto it = j["weight_map"].begin(); it != j["weight_map"].end();
            ++it) {
@@ -78,9 +80,10 @@ absl::StatusOr<std::unique_ptr<ModelFolder>> ModelFolder::Open(
         if (found == m->index_.end() ||
             fs::path(m->shards_[found->second.first]->path()).filename() !=
                 it.value().get<std::string>()) {
-          return absl::DataLossError(absl::StrCat(
-              "index ", index.string(), " lists tensor '", it.key(), "' in ",
-              it.value().get<std::string>(), " but that shard does not hold it"));
+          return absl::DataLossError(
+              absl::StrCat("index ", index.string(), " lists tensor '",
+                           it.key(), "' in ", it.value().get<std::string>(),
+                           " but that shard does not hold it"));
         }
       }
     } else if (fs::exists(single, ec)) {
@@ -104,7 +107,8 @@ absl::StatusOr<std::unique_ptr<ModelFolder>> ModelFolder::Open(
     return absl::InvalidArgumentError(
         absl::StrCat(path, " is neither a folder nor a file"));
   }
-  for (const auto& [name, entry] : m->index_) m->tensors_.push_back(entry.second);
+  for (const auto& [name, entry] : m->index_)
+    m->tensors_.push_back(entry.second);
   return m;
 }
 

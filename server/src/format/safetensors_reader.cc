@@ -29,18 +29,19 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(
   MS_ASSIGN_OR_RETURN(r->file_, MappedFile::Open(path));
   const uint8_t* base = r->file_->data();
   const uint64_t size = r->file_->size();
-  if (size < 8) return Corrupt(path, "file shorter than the 8-byte header length");
+  if (size < 8)
+    return Corrupt(path, "file shorter than the 8-byte header length");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | base[i];
   if (header_len > kMaxHeaderBytes) {
-    return Corrupt(path, absl::StrCat("header length ", header_len,
-                                      " exceeds the ", kMaxHeaderBytes,
-                                      "-byte limit"));
+    return Corrupt(path,
+                   absl::StrCat("header length ", header_len, " exceeds the ",
+                                kMaxHeaderBytes, "-byte limit"));
   }
   if (header_len > size - 8) {
     return Corrupt(path, absl::StrCat("header length ", header_len,
-                                      " runs past the end of the file (",
-                                      size, " bytes)"));
+                                      " runs past the end of the file (", size,
+                                      " bytes)"));
   }
   const char* hbegin = reinterpret_cast<const char*>(base + 8);
   if (header_len == 0 || hbegin[0] != '{') {
@@ -61,8 +62,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(
       if (!v.is_object()) return Corrupt(path, "__metadata__ is not an object");
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string()) {
-          return Corrupt(path, absl::StrCat("__metadata__ value for '",
-                                            m.key(), "' is not a string"));
+          return Corrupt(path, absl::StrCat("__metadata__ value for '", m.key(),
+                                            "' is not a string"));
         }
         r->metadata_[m.key()] = m.value().get<std::string>();
       }
@@ -84,8 +85,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(
     }
     auto parsed = DTypeFromName(dt->get<std::string>());
     if (!parsed) {
-      return Corrupt(path, where + "unknown dtype '" + dt->get<std::string>() +
-                               "'");
+      return Corrupt(path,
+                     where + "unknown dtype '" + dt->get<std::string>() + "'");
     }
     info.dtype = *parsed;
     auto sh = v.find("shape");
@@ -122,9 +123,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(
                                         data_size, " bytes)"));
     }
     if (e - b != nbytes) {
-      return Corrupt(path, absl::StrCat(where, "shape x dtype is ", nbytes,
-                                        " bytes but data_offsets span ",
-                                        e - b));
+      return Corrupt(path,
+                     absl::StrCat(where, "shape x dtype is ", nbytes,
+                                  " bytes but data_offsets span ", e - b));
     }
     info.offset = data_start + b;
     info.nbytes = nbytes;
@@ -145,9 +146,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(
       return Corrupt(path, "tensor '" + t->name + "' overlaps another tensor");
     }
     if (t->offset > expect) {
-      return Corrupt(path, absl::StrCat("gap of ", t->offset - expect,
-                                        " bytes before tensor '", t->name,
-                                        "'"));
+      return Corrupt(path,
+                     absl::StrCat("gap of ", t->offset - expect,
+                                  " bytes before tensor '", t->name, "'"));
     }
     expect = t->offset + t->nbytes;
   }
@@ -156,10 +157,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(
                                       " trailing bytes after the last tensor"));
   }
 
-  std::sort(r->tensors_.begin(), r->tensors_.end(),
-            [](const TensorInfo& a, const TensorInfo& b) {
-              return a.name < b.name;
-            });
+  std::sort(
+      r->tensors_.begin(), r->tensors_.end(),
+      [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
   for (size_t i = 0; i < r->tensors_.size(); ++i) {
     r->index_[r->tensors_[i].name] = i;
   }

@@ -41,8 +41,8 @@ absl::Status WriteAll(int fd, const void* data, uint64_t size, uint64_t offset,
 
 bool DirIsEmpty(const std::string& dir) {
   std::error_code ec;
-  return fs::is_directory(dir, ec) && fs::directory_iterator(dir, ec) ==
-                                          fs::directory_iterator();
+  return fs::is_directory(dir, ec) &&
+         fs::directory_iterator(dir, ec) == fs::directory_iterator();
 }
 
 }  // namespace
@@ -70,22 +70,23 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
         "output folder ", out.string(),
         " exists and is not empty (pass --overwrite to replace it)"));
   }
-  fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  fs::path parent =
+      out.parent_path().empty() ? fs::path(".") : out.parent_path();
   fs::create_directories(parent, ec);
   if (ec) {
-    return absl::InternalError(absl::StrCat("cannot create ", parent.string(),
-                                            ": ", ec.message()));
+    return absl::InternalError(
+        absl::StrCat("cannot create ", parent.string(), ": ", ec.message()));
   }
   std::unique_ptr<ShardedWriter> w(new ShardedWriter());
   options.output_dir = out.string();
   w->options_ = std::move(options);
   w->tensors_ = std::move(tensors);
   std::random_device rd;
-  w->temp_dir_ = absl::StrFormat("%s%s%d-%08x", out.string(), kTempSuffix,
-                                 getpid(), rd());
+  w->temp_dir_ =
+      absl::StrFormat("%s%s%d-%08x", out.string(), kTempSuffix, getpid(), rd());
   if (!fs::create_directory(w->temp_dir_, ec)) {
-    return absl::InternalError(absl::StrCat(
-        "cannot create temporary folder ", w->temp_dir_, ": ", ec.message()));
+    return absl::InternalError(absl::StrCat("cannot create temporary folder ",
+                                            w->temp_dir_, ": ", ec.message()));
   }
 
   // Assign tensors to shards in order.
@@ -94,9 +95,8 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
   w->placement_.resize(w->tensors_.size());
   for (size_t i = 0; i < w->tensors_.size(); ++i) {
     const uint64_t nb = w->tensors_[i].nbytes();
-    if (members.empty() ||
-        (!members.back().empty() &&
-         current + nb > w->options_.max_shard_bytes)) {
+    if (members.empty() || (!members.back().empty() &&
+                            current + nb > w->options_.max_shard_bytes)) {
       members.emplace_back();
       current = 0;
     }
@@ -130,12 +130,14 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
     shard.size = shard.data_start + off;
     for (size_t i : members[s]) w->placement_[i].offset += shard.data_start;
     const std::string path = w->temp_dir_ + "/" + shard.file_name;
-    shard.fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    shard.fd =
+        ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (shard.fd < 0) return IoError("cannot create", path);
     w->shards_.push_back(shard);
     unsigned char len[8];
     uint64_t hl = text.size();
-    for (int b = 0; b < 8; ++b) len[b] = static_cast<unsigned char>(hl >> (8 * b));
+    for (int b = 0; b < 8; ++b)
+      len[b] = static_cast<unsigned char>(hl >> (8 * b));
     MS_RETURN_IF_ERROR(WriteAll(shard.fd, len, 8, 0, path));
     MS_RETURN_IF_ERROR(WriteAll(shard.fd, text.data(), text.size(), 8, path));
     if (::ftruncate(shard.fd, static_cast<off_t>(shard.size)) != 0) {
@@ -159,8 +161,8 @@ absl::Status ShardedWriter::Write(size_t index, uint64_t offset,
                                   const void* data, uint64_t size) {
   if (index >= tensors_.size() || offset + size > tensors_[index].nbytes()) {
     return absl::OutOfRangeError(absl::StrCat(
-        "write outside tensor ", index < tensors_.size() ? tensors_[index].name
-                                                         : "<bad index>"));
+        "write outside tensor ",
+        index < tensors_.size() ? tensors_[index].name : "<bad index>"));
   }
   const Placement& p = placement_[index];
   const Shard& s = shards_[p.shard];
@@ -174,8 +176,8 @@ absl::Status ShardedWriter::AddFile(const std::string& name,
     return absl::InvalidArgumentError(absl::StrCat("bad file name ", name));
   }
   const std::string path = temp_dir_ + "/" + name;
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                        0644);
+  const int fd =
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return IoError("cannot create", path);
   absl::Status s = WriteAll(fd, contents.data(), contents.size(), 0, path);
   ::close(fd);
@@ -212,8 +214,8 @@ absl::Status ShardedWriter::Commit() {
       old = absl::StrCat(out, kTempSuffix, "old-", getpid());
       fs::rename(out, old, ec);
       if (ec) {
-        return absl::InternalError(absl::StrCat("cannot move aside ", out, ": ",
-                                                ec.message()));
+        return absl::InternalError(
+            absl::StrCat("cannot move aside ", out, ": ", ec.message()));
       }
     } else {
       return absl::AlreadyExistsError(

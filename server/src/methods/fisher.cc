@@ -37,12 +37,14 @@ class FisherMethod : public MergeMethod {
               t.name, "' has the wrong shape or dtype"));
         }
         if (!normalize_) continue;
-        std::vector<float> buf(static_cast<size_t>(std::min<int64_t>(t.numel, ctx.chunk_elems)));
+        std::vector<float> buf(
+            static_cast<size_t>(std::min<int64_t>(t.numel, ctx.chunk_elems)));
         for (int64_t b = 0; b < t.numel; b += ctx.chunk_elems) {
           const int64_t c = std::min(ctx.chunk_elems, t.numel - b);
           LoadF32(f, b, c, buf.data());
           for (int64_t j = 0; j < c; ++j) {
-            sq[i] += static_cast<double>(buf[static_cast<size_t>(j)]) * buf[static_cast<size_t>(j)];
+            sq[i] += static_cast<double>(buf[static_cast<size_t>(j)]) *
+                     buf[static_cast<size_t>(j)];
           }
         }
       }
@@ -51,9 +53,9 @@ class FisherMethod : public MergeMethod {
       for (size_t i = 0; i < n; ++i) {
         norms_[i] = std::sqrt(sq[i]);
         if (!(norms_[i] > 0)) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "the Fisher of model '", plan.models()[i].ref,
-              "' is all zero; cannot normalize"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("the Fisher of model '", plan.models()[i].ref,
+                           "' is all zero; cannot normalize"));
         }
       }
     }
@@ -66,10 +68,13 @@ class FisherMethod : public MergeMethod {
     at::Tensor num, den;
     for (size_t i = 0; i < plan.models().size(); ++i) {
       const std::string& ref = plan.models()[i].ref;
-      MS_ASSIGN_OR_RETURN(double w, plan.Number("weight", static_cast<int>(i), t, 1));
+      MS_ASSIGN_OR_RETURN(double w,
+                          plan.Number("weight", static_cast<int>(i), t, 1));
       MS_ASSIGN_OR_RETURN(at::Tensor theta, LoadChecked(t.models[i], dev, ref));
-      MS_ASSIGN_OR_RETURN(TensorView fv, plan.Aux(static_cast<int>(i), "fisher", t.name));
-      MS_ASSIGN_OR_RETURN(at::Tensor f, LoadChecked(fv, dev, ref + " (fisher)"));
+      MS_ASSIGN_OR_RETURN(TensorView fv,
+                          plan.Aux(static_cast<int>(i), "fisher", t.name));
+      MS_ASSIGN_OR_RETURN(at::Tensor f,
+                          LoadChecked(fv, dev, ref + " (fisher)"));
       MS_RETURN_IF_ERROR(CatchAten("fisher", [&]() -> absl::Status {
         const double c = normalize_ ? w / norms_[i] : w;
         const at::Tensor cf = f.clamp_min(floor_) * static_cast<float>(c);

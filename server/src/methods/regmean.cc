@@ -57,17 +57,18 @@ class RegMeanMethod : public MergeMethod {
       MS_ASSIGN_OR_RETURN(at::Tensor w,
                           LoadChecked(t.models[i], dev, plan.models()[i].ref));
       ws.push_back(w);
-      MS_ASSIGN_OR_RETURN(double wi, plan.Number("weight", static_cast<int>(i), t, 1));
+      MS_ASSIGN_OR_RETURN(double wi,
+                          plan.Number("weight", static_cast<int>(i), t, 1));
       weights.push_back(wi);
     }
     if (closed_form) {
       for (size_t i = 0; i < n; ++i) {
         const auto& s = grams[i].info->shape;
         if (s.size() != 2 || s[0] != t.shape[1] || s[1] != t.shape[1]) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "regmean: Gram of model '", plan.models()[i].ref,
-              "' for tensor '", t.name, "' must be [", t.shape[1], ", ",
-              t.shape[1], "]"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("regmean: Gram of model '", plan.models()[i].ref,
+                           "' for tensor '", t.name, "' must be [", t.shape[1],
+                           ", ", t.shape[1], "]"));
         }
       }
     }
@@ -83,8 +84,9 @@ class RegMeanMethod : public MergeMethod {
       }
       at::Tensor lhs, rhs;
       for (size_t i = 0; i < n; ++i) {
-        MS_ASSIGN_OR_RETURN(at::Tensor g,
-                            LoadChecked(grams[i], dev, plan.models()[i].ref + " (gram)"));
+        MS_ASSIGN_OR_RETURN(
+            at::Tensor g,
+            LoadChecked(grams[i], dev, plan.models()[i].ref + " (gram)"));
         at::Tensor g64 = g.to(at::kDouble);
         // Scale off-diagonal entries by alpha.
         const at::Tensor diag = at::diag_embed(g64.diagonal());

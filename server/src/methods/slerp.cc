@@ -28,8 +28,8 @@ class SlerpMethod : public MergeMethod {
     if (plan.base() != nullptr && first_ < 0) first_ = -2;  // base not listed
     const size_t total = others.size() + (first_ != -1 ? 1 : 0);
     if (total != 2) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "slerp interpolates exactly 2 models, got ", total));
+      return absl::InvalidArgumentError(
+          absl::StrCat("slerp interpolates exactly 2 models, got ", total));
     }
     if (first_ == -1) {
       first_ = others[0];
@@ -47,9 +47,11 @@ class SlerpMethod : public MergeMethod {
                            ExecContext& ctx, TensorSink& out) override {
     MS_ASSIGN_OR_RETURN(double frac, plan.Number("t", -1, t, 0));
     const std::string dev = ctx.backend == Backend::kAten ? ctx.device : "cpu";
-    const TensorView& va = first_ == -2 ? t.base : t.models[static_cast<size_t>(first_)];
-    const std::string ra = first_ == -2 ? *plan.config().base_model
-                                        : plan.models()[static_cast<size_t>(first_)].ref;
+    const TensorView& va =
+        first_ == -2 ? t.base : t.models[static_cast<size_t>(first_)];
+    const std::string ra = first_ == -2
+                               ? *plan.config().base_model
+                               : plan.models()[static_cast<size_t>(first_)].ref;
     MS_ASSIGN_OR_RETURN(at::Tensor a, LoadChecked(va, dev, ra));
     MS_ASSIGN_OR_RETURN(
         at::Tensor b,
@@ -79,7 +81,7 @@ class SlerpMethod : public MergeMethod {
   }
 
  private:
-  int first_ = -1;   // model index, or -2 for the unlisted base
+  int first_ = -1;  // model index, or -2 for the unlisted base
   int second_ = -1;
 };
 

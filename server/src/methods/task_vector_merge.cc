@@ -70,8 +70,8 @@ class FirstError {
 };
 
 // Marks (1/0) the entries of magnitude `a` that belong to `set` in chunk `ci`.
-void MarkTopSet(const TopSet& set, int64_t ci, const float* __restrict tv, int64_t n,
-                float* __restrict mark) {
+void MarkTopSet(const TopSet& set, int64_t ci, const float* __restrict tv,
+                int64_t n, float* __restrict mark) {
   switch (set.kind) {
     case TopSet::kNone:
       std::fill(mark, mark + n, 0.f);
@@ -92,7 +92,8 @@ void MarkTopSet(const TopSet& set, int64_t ci, const float* __restrict tv, int64
   const int64_t allow =
       set.all_ties ? equal : set.chunk_ties[static_cast<size_t>(ci)];
   if (allow >= equal) {
-    for (int64_t j = 0; j < n; ++j) mark[j] += std::fabs(tv[j]) == v ? 1.f : 0.f;
+    for (int64_t j = 0; j < n; ++j)
+      mark[j] += std::fabs(tv[j]) == v ? 1.f : 0.f;
     return;
   }
   // Keep only the first `allow` ties of this chunk (lower index first).
@@ -145,19 +146,20 @@ void AddAgreeing(float* __restrict acc, float* __restrict den,
 }
 
 void Finish(float* __restrict out, const float* __restrict base,
-            const float* __restrict acc, float lambda, float scale,
-            int64_t n) {
+            const float* __restrict acc, float lambda, float scale, int64_t n) {
   if (scale == 1.f) {
     for (int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * acc[j];
   } else {
-    for (int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * (acc[j] * scale);
+    for (int64_t j = 0; j < n; ++j)
+      out[j] = base[j] + lambda * (acc[j] * scale);
   }
 }
 
 void FinishDivided(float* __restrict out, const float* __restrict base,
                    const float* __restrict acc, float lambda, float divisor,
                    int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * (acc[j] / divisor);
+  for (int64_t j = 0; j < n; ++j)
+    out[j] = base[j] + lambda * (acc[j] / divisor);
 }
 
 void FinishByWeight(float* __restrict out, const float* __restrict base,
@@ -210,12 +212,11 @@ absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
   o.sparsify = kind.sparsify;
   o.consensus = kind.consensus;
   o.use_base = kind.use_base;
-  MS_ASSIGN_OR_RETURN(
-      Semantics sem,
-      Choose<Semantics>(plan, "semantics", Semantics::kMergekit,
-                        {{"mergekit", Semantics::kMergekit},
-                         {"paper", Semantics::kPaper},
-                         {"peft", Semantics::kPeft}}));
+  MS_ASSIGN_OR_RETURN(Semantics sem,
+                      Choose<Semantics>(plan, "semantics", Semantics::kMergekit,
+                                        {{"mergekit", Semantics::kMergekit},
+                                         {"paper", Semantics::kPaper},
+                                         {"peft", Semantics::kPeft}}));
   MS_ASSIGN_OR_RETURN(bool normalize,
                       plan.Bool("normalize", kind.default_normalize));
   switch (sem) {
@@ -246,19 +247,21 @@ absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
   if (o.consensus == Consensus::kNone) {
     o.divisor = normalize ? Divisor::kWeight : Divisor::kNone;
   }
-  MS_ASSIGN_OR_RETURN(o.scope, Choose<TrimScope>(plan, "trim_scope", o.scope,
-                                                 {{"tensor", TrimScope::kTensor},
-                                                  {"model", TrimScope::kModel}}));
-  MS_ASSIGN_OR_RETURN(o.keep, Choose<KeepMode>(plan, "keep", o.keep,
-                                               {{"exact", KeepMode::kExact},
-                                                {"threshold", KeepMode::kThreshold},
-                                                {"paper", KeepMode::kPaper}}));
+  MS_ASSIGN_OR_RETURN(o.scope,
+                      Choose<TrimScope>(plan, "trim_scope", o.scope,
+                                        {{"tensor", TrimScope::kTensor},
+                                         {"model", TrimScope::kModel}}));
+  MS_ASSIGN_OR_RETURN(o.keep,
+                      Choose<KeepMode>(plan, "keep", o.keep,
+                                       {{"exact", KeepMode::kExact},
+                                        {"threshold", KeepMode::kThreshold},
+                                        {"paper", KeepMode::kPaper}}));
   MS_ASSIGN_OR_RETURN(o.sign_weighted,
                       plan.Bool("sign_weighted", o.sign_weighted));
-  MS_ASSIGN_OR_RETURN(
-      Consensus consensus,
-      Choose<Consensus>(plan, "consensus", o.consensus,
-                        {{"sum", Consensus::kSum}, {"count", Consensus::kCount}}));
+  MS_ASSIGN_OR_RETURN(Consensus consensus,
+                      Choose<Consensus>(plan, "consensus", o.consensus,
+                                        {{"sum", Consensus::kSum},
+                                         {"count", Consensus::kCount}}));
   if (consensus != o.consensus && o.consensus == Consensus::kNone) {
     return absl::InvalidArgumentError(
         "parameter 'consensus' applies only to methods with a sign election "
@@ -276,20 +279,23 @@ absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
   // Rescaling of what survives a random drop: 1/p by default (DARE paper,
   // PEFT); mergekit's boolean `rescale` means L1-norm matching.
   Rescale rescale = Rescale::kNone;
-  if (o.sparsify == Sparsify::kRandom || o.sparsify == Sparsify::kRankSampling) {
+  if (o.sparsify == Sparsify::kRandom ||
+      o.sparsify == Sparsify::kRankSampling) {
     rescale = Rescale::kInverse;
     if (plan.Has("rescale")) {
       MS_ASSIGN_OR_RETURN(bool r, plan.Bool("rescale", true));
       rescale = r ? Rescale::kL1 : Rescale::kNone;
     }
   }
-  MS_ASSIGN_OR_RETURN(o.rescale, Choose<Rescale>(plan, "rescale_mode", rescale,
-                                                 {{"inverse", Rescale::kInverse},
-                                                  {"l1", Rescale::kL1},
-                                                  {"none", Rescale::kNone}}));
+  MS_ASSIGN_OR_RETURN(o.rescale,
+                      Choose<Rescale>(plan, "rescale_mode", rescale,
+                                      {{"inverse", Rescale::kInverse},
+                                       {"l1", Rescale::kL1},
+                                       {"none", Rescale::kNone}}));
   MS_ASSIGN_OR_RETURN(double seed, plan.GlobalNumber("seed", 0));
   if (seed < 0 || seed != std::floor(seed)) {
-    return absl::InvalidArgumentError("parameter 'seed' must be a whole number >= 0");
+    return absl::InvalidArgumentError(
+        "parameter 'seed' must be a whole number >= 0");
   }
   o.seed = static_cast<uint64_t>(seed);
   if (o.scope == TrimScope::kModel && o.sparsify != Sparsify::kMagnitude) {
@@ -307,9 +313,8 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
     experts_.push_back(static_cast<int>(i));
   }
   if (opts_.use_base && plan.base() == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("merge_method '", plan.config().merge_method,
-                     "' needs base_model"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "merge_method '", plan.config().merge_method, "' needs base_model"));
   }
   if (experts_.empty()) {
     return absl::InvalidArgumentError("no models to merge besides the base");
@@ -362,15 +367,14 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
     const SelectionResult& r = results[q++];
     sets[k].value = r.value;
     const int64_t need = wanted[k] - r.count_greater;
-    sets[k].all_ties = opts_.keep != KeepMode::kExact ||
-                       need >= r.count_equal || r.value == 0;
+    sets[k].all_ties =
+        opts_.keep != KeepMode::kExact || need >= r.count_equal || r.value == 0;
     if (!sets[k].all_ties) {
       if (!r.chunk_equal.empty()) {
         chunk_ties[k] = r.chunk_equal;
       } else {
-        MS_ASSIGN_OR_RETURN(
-            chunk_ties[k],
-            selector.CountEqualPerChunk(domain, experts_[k], r.value));
+        MS_ASSIGN_OR_RETURN(chunk_ties[k], selector.CountEqualPerChunk(
+                                               domain, experts_[k], r.value));
       }
       int64_t left = need;
       for (auto& c : chunk_ties[k]) {
@@ -388,8 +392,9 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
     for (size_t k = 0; k < experts_.size(); ++k) {
       per[k] = sets[k];
       if (!sets[k].all_ties && sets[k].kind == TopSet::kThreshold) {
-        per[k].chunk_ties.assign(chunk_ties[k].begin() + static_cast<long>(chunk_base),
-                                 chunk_ties[k].begin() + static_cast<long>(chunk_base + nchunks));
+        per[k].chunk_ties.assign(
+            chunk_ties[k].begin() + static_cast<long>(chunk_base),
+            chunk_ties[k].begin() + static_cast<long>(chunk_base + nchunks));
         per[k].tensor_ties = 0;
         for (int64_t c : per[k].chunk_ties) per[k].tensor_ties += c;
       }
@@ -406,8 +411,8 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
     for (const PlannedTensor* t : domain) {
       MS_ASSIGN_OR_RETURN(TensorParams p, Resolve(plan, *t, ctx));
       MS_RETURN_IF_ERROR(ComputeScale(plan, *t, p, ctx));
-      MS_ASSIGN_OR_RETURN(PassResult r,
-                          RunPass(plan, *t, p, ctx, PassMode::kCensus, nullptr));
+      MS_ASSIGN_OR_RETURN(
+          PassResult r, RunPass(plan, *t, p, ctx, PassMode::kCensus, nullptr));
       balance += r.balance;
     }
     model_majority_ = balance > 0 ? 1 : -1;
@@ -415,8 +420,9 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<TensorParams> TaskVectorMerge::Resolve(
-    const MergePlan& plan, const PlannedTensor& t, ExecContext& ctx) const {
+absl::StatusOr<TensorParams> TaskVectorMerge::Resolve(const MergePlan& plan,
+                                                      const PlannedTensor& t,
+                                                      ExecContext& ctx) const {
   TensorParams p;
   const size_t n = experts_.size();
   p.weight.resize(n);
@@ -436,11 +442,11 @@ absl::StatusOr<TensorParams> TaskVectorMerge::Resolve(
     p.epsilon[k] = e;
     if (opts_.sparsify == Sparsify::kRankSampling && d < 1 &&
         (d - e < 0 || d + e > 1)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "della: density ", d, " +/- epsilon ", e,
-          " must stay within [0, 1] (model '",
-          plan.models()[static_cast<size_t>(m)].ref, "', tensor '", t.name,
-          "')"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("della: density ", d, " +/- epsilon ", e,
+                       " must stay within [0, 1] (model '",
+                       plan.models()[static_cast<size_t>(m)].ref, "', tensor '",
+                       t.name, "')"));
     }
   }
   MS_ASSIGN_OR_RETURN(double lambda, plan.Number("lambda", -1, t, 1));
@@ -468,7 +474,8 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
   std::vector<int64_t> keep_k(n), drop_k(n);
   for (size_t k = 0; k < n; ++k) {
     if (p.density[k] >= 1) continue;  // keep everything
-    const TrimCounts c = ComputeTrimCounts(opts_, p.density[k], p.gamma[k], numel);
+    const TrimCounts c =
+        ComputeTrimCounts(opts_, p.density[k], p.gamma[k], numel);
     const int64_t keep = c.keep, drop = c.drop;
     keep_k[k] = keep;
     drop_k[k] = drop;
@@ -497,15 +504,16 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
     const int64_t want = is_drop ? drop_k[k] : keep_k[k];
     set.value = results[q].value;
     const int64_t need = want - results[q].count_greater;
-    const bool exact = opts_.keep == KeepMode::kExact ||
-                       opts_.sparsify == Sparsify::kOutliers;
+    const bool exact =
+        opts_.keep == KeepMode::kExact || opts_.sparsify == Sparsify::kOutliers;
     set.all_ties = !exact || need >= results[q].count_equal || set.value == 0;
     if (!set.all_ties) {
       if (!results[q].chunk_equal.empty()) {
         set.chunk_ties = results[q].chunk_equal;
       } else {
-        MS_ASSIGN_OR_RETURN(set.chunk_ties, selector.CountEqualPerChunk(
-                                                domain, experts_[k], set.value));
+        MS_ASSIGN_OR_RETURN(
+            set.chunk_ties,
+            selector.CountEqualPerChunk(domain, experts_[k], set.value));
       }
       int64_t left = need;
       for (auto& c : set.chunk_ties) {
@@ -556,160 +564,167 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
   const bool elect = opts_.consensus != Consensus::kNone;
   // Sign that wins a tied election.
   float tie_sign = 1.f;
-  if (opts_.zero_sign == ZeroSign::kMajority) tie_sign = p.majority > 0 ? 1.f : -1.f;
+  if (opts_.zero_sign == ZeroSign::kMajority)
+    tie_sign = p.majority > 0 ? 1.f : -1.f;
 
-  ForEachChunkWindowed(*ctx.pool, t.numel, chunk, [&](int64_t ci, int w) {
-    if (error.failed() || ctx.is_cancelled()) return;
-    Buffers& b = buffers[static_cast<size_t>(w)];
-    b.Reserve(n, static_cast<size_t>(chunk));
-    const int64_t begin = ci * chunk;
-    const int64_t cnt = std::min(chunk, t.numel - begin);
-    float* base = b.base.data();
-    if (use_base) {
-      if (!LoadDelta(t.base, begin, cnt, nullptr, base)) {
-        error.Set(NonFiniteError(t.name, *plan.config().base_model));
-        return;
-      }
-    } else {
-      std::fill(base, base + cnt, 0.f);
-    }
-    // Task vectors, sparsified and rescaled.
-    for (size_t k = 0; k < n; ++k) {
-      const int m = experts_[k];
-      float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
-      if (!LoadDelta(t.models[static_cast<size_t>(m)], begin, cnt,
-                     use_base ? base : nullptr, tv)) {
-        error.Set(NonFiniteError(t.name, plan.models()[static_cast<size_t>(m)].ref));
-        return;
-      }
-      double all = 0;
-      if (mode == PassMode::kL1) {
-        for (int64_t j = 0; j < cnt; ++j) all += std::fabs(tv[j]);
-      }
-      float* mark = b.mask.data();
-      bool masked = true;
-      switch (opts_.sparsify) {
-        case Sparsify::kNone:
-        case Sparsify::kRankSampling:  // handled by the ATen path
-          masked = false;
-          break;
-        case Sparsify::kMagnitude:
-          if (p.keep[k].kind == TopSet::kThreshold && p.keep[k].all_ties) {
-            // The common case, fused: keep |τ| >= threshold.
-            TrimBelow(tv, p.keep[k].value, cnt);
-            masked = false;
-          } else {
-            MarkTopSet(p.keep[k], ci, tv, cnt, mark);
+  ForEachChunkWindowed(
+      *ctx.pool, t.numel, chunk,
+      [&](int64_t ci, int w) {
+        if (error.failed() || ctx.is_cancelled()) return;
+        Buffers& b = buffers[static_cast<size_t>(w)];
+        b.Reserve(n, static_cast<size_t>(chunk));
+        const int64_t begin = ci * chunk;
+        const int64_t cnt = std::min(chunk, t.numel - begin);
+        float* base = b.base.data();
+        if (use_base) {
+          if (!LoadDelta(t.base, begin, cnt, nullptr, base)) {
+            error.Set(NonFiniteError(t.name, *plan.config().base_model));
+            return;
           }
-          break;
-        case Sparsify::kOutliers: {
-          MarkTopSet(p.keep[k], ci, tv, cnt, mark);
-          float* drop = b.rnd.data();
-          MarkTopSet(p.drop[k], ci, tv, cnt, drop);
-          for (int64_t j = 0; j < cnt; ++j) mark[j] *= 1.f - drop[j];
-          break;
-        }
-        case Sparsify::kRandom: {
-          const float d = static_cast<float>(p.density[k]);
-          if (p.density[k] >= 1) {
-            masked = false;
-          } else {
-            ElementRandom rng(opts_.seed, t.name, m);
-            rng.Fill(begin, cnt, b.rnd.data());
-            const float* u = b.rnd.data();
-            for (int64_t j = 0; j < cnt; ++j) mark[j] = u[j] < d ? 1.f : 0.f;
-          }
-          break;
-        }
-      }
-      if (masked) {
-        for (int64_t j = 0; j < cnt; ++j) tv[j] *= mark[j];
-      }
-      if (mode == PassMode::kL1) {
-        double kept = 0;
-        for (int64_t j = 0; j < cnt; ++j) kept += std::fabs(tv[j]);
-        l1[(static_cast<size_t>(ci) * n + k) * 2] = all;
-        l1[(static_cast<size_t>(ci) * n + k) * 2 + 1] = kept;
-        continue;
-      }
-      const float s = p.scale[k];
-      if (s != 1.f) {
-        for (int64_t j = 0; j < cnt; ++j) tv[j] *= s;
-      }
-    }
-    if (mode == PassMode::kL1) return;
-
-    float* acc = b.acc.data();
-    float* den = b.den.data();
-    float* o = b.out.data();
-    std::fill(acc, acc + cnt, 0.f);
-    if (!elect) {
-      float wsum = 0;
-      for (size_t k = 0; k < n; ++k) {
-        const float wk = static_cast<float>(p.weight[k]);
-        AddScaled(acc, b.tv.data() + k * static_cast<size_t>(chunk), wk, cnt);
-        wsum += wk;
-      }
-      const float lambda = use_base ? p.lambda : 1.f;
-      switch (opts_.divisor) {
-        case Divisor::kNone:
-          Finish(o, base, acc, lambda, 1.f, cnt);
-          break;
-        case Divisor::kWeight:
-          // Divide (not multiply by 1/x) to match the references bitwise.
-          FinishDivided(o, base, acc, lambda,
-                        std::fabs(wsum) < 1e-8f ? 1.f : wsum, cnt);
-          break;
-        case Divisor::kCount:
-          Finish(o, base, acc, lambda, 1.f / static_cast<float>(n), cnt);
-          break;
-      }
-    } else {
-      // Election over e_k = (w_k) * u_k; `sum` becomes the elected sign.
-      float* sum = b.sum.data();
-      std::fill(sum, sum + cnt, 0.f);
-      std::fill(den, den + cnt, 0.f);
-      for (size_t k = 0; k < n; ++k) {
-        const float ew =
-            opts_.sign_weighted ? static_cast<float>(p.weight[k]) : 1.f;
-        const float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
-        if (opts_.consensus == Consensus::kSum) {
-          AddScaled(sum, tv, ew, cnt);
         } else {
-          AddSigns(sum, tv, ew, cnt);
+          std::fill(base, base + cnt, 0.f);
         }
-      }
-      if (mode == PassMode::kCensus) {
-        balance[static_cast<size_t>(ci)] = SignBalance(sum, cnt);
-        return;
-      }
-      ElectSign(sum, tie_sign, cnt);
-      for (size_t k = 0; k < n; ++k) {
-        const float wk = static_cast<float>(p.weight[k]);
-        AddAgreeing(acc, den, b.tv.data() + k * static_cast<size_t>(chunk),
-                    sum, opts_.sign_weighted ? wk : 1.f, wk,
-                    opts_.divisor == Divisor::kCount ? 1.f : wk, cnt);
-      }
-      switch (opts_.divisor) {
-        case Divisor::kNone:
-          Finish(o, base, acc, p.lambda, 1.f, cnt);
-          break;
-        case Divisor::kWeight:
-          FinishByWeight(o, base, acc, den, p.lambda, cnt);
-          break;
-        case Divisor::kCount:
-          FinishByCount(o, base, acc, den, p.lambda, cnt);
-          break;
-      }
-    }
-    absl::Status st = out->WriteF32(begin, o, cnt);
-    if (!st.ok()) error.Set(std::move(st));
-  }, [&](int64_t begin, int64_t count) {
-    if (use_base) ReleaseRange(t.base, begin, count);
-    for (int m : experts_) {
-      ReleaseRange(t.models[static_cast<size_t>(m)], begin, count);
-    }
-  });
+        // Task vectors, sparsified and rescaled.
+        for (size_t k = 0; k < n; ++k) {
+          const int m = experts_[k];
+          float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
+          if (!LoadDelta(t.models[static_cast<size_t>(m)], begin, cnt,
+                         use_base ? base : nullptr, tv)) {
+            error.Set(NonFiniteError(
+                t.name, plan.models()[static_cast<size_t>(m)].ref));
+            return;
+          }
+          double all = 0;
+          if (mode == PassMode::kL1) {
+            for (int64_t j = 0; j < cnt; ++j) all += std::fabs(tv[j]);
+          }
+          float* mark = b.mask.data();
+          bool masked = true;
+          switch (opts_.sparsify) {
+            case Sparsify::kNone:
+            case Sparsify::kRankSampling:  // handled by the ATen path
+              masked = false;
+              break;
+            case Sparsify::kMagnitude:
+              if (p.keep[k].kind == TopSet::kThreshold && p.keep[k].all_ties) {
+                // The common case, fused: keep |τ| >= threshold.
+                TrimBelow(tv, p.keep[k].value, cnt);
+                masked = false;
+              } else {
+                MarkTopSet(p.keep[k], ci, tv, cnt, mark);
+              }
+              break;
+            case Sparsify::kOutliers: {
+              MarkTopSet(p.keep[k], ci, tv, cnt, mark);
+              float* drop = b.rnd.data();
+              MarkTopSet(p.drop[k], ci, tv, cnt, drop);
+              for (int64_t j = 0; j < cnt; ++j) mark[j] *= 1.f - drop[j];
+              break;
+            }
+            case Sparsify::kRandom: {
+              const float d = static_cast<float>(p.density[k]);
+              if (p.density[k] >= 1) {
+                masked = false;
+              } else {
+                ElementRandom rng(opts_.seed, t.name, m);
+                rng.Fill(begin, cnt, b.rnd.data());
+                const float* u = b.rnd.data();
+                for (int64_t j = 0; j < cnt; ++j)
+                  mark[j] = u[j] < d ? 1.f : 0.f;
+              }
+              break;
+            }
+          }
+          if (masked) {
+            for (int64_t j = 0; j < cnt; ++j) tv[j] *= mark[j];
+          }
+          if (mode == PassMode::kL1) {
+            double kept = 0;
+            for (int64_t j = 0; j < cnt; ++j) kept += std::fabs(tv[j]);
+            l1[(static_cast<size_t>(ci) * n + k) * 2] = all;
+            l1[(static_cast<size_t>(ci) * n + k) * 2 + 1] = kept;
+            continue;
+          }
+          const float s = p.scale[k];
+          if (s != 1.f) {
+            for (int64_t j = 0; j < cnt; ++j) tv[j] *= s;
+          }
+        }
+        if (mode == PassMode::kL1) return;
+
+        float* acc = b.acc.data();
+        float* den = b.den.data();
+        float* o = b.out.data();
+        std::fill(acc, acc + cnt, 0.f);
+        if (!elect) {
+          float wsum = 0;
+          for (size_t k = 0; k < n; ++k) {
+            const float wk = static_cast<float>(p.weight[k]);
+            AddScaled(acc, b.tv.data() + k * static_cast<size_t>(chunk), wk,
+                      cnt);
+            wsum += wk;
+          }
+          const float lambda = use_base ? p.lambda : 1.f;
+          switch (opts_.divisor) {
+            case Divisor::kNone:
+              Finish(o, base, acc, lambda, 1.f, cnt);
+              break;
+            case Divisor::kWeight:
+              // Divide (not multiply by 1/x) to match the references bitwise.
+              FinishDivided(o, base, acc, lambda,
+                            std::fabs(wsum) < 1e-8f ? 1.f : wsum, cnt);
+              break;
+            case Divisor::kCount:
+              Finish(o, base, acc, lambda, 1.f / static_cast<float>(n), cnt);
+              break;
+          }
+        } else {
+          // Election over e_k = (w_k) * u_k; `sum` becomes the elected sign.
+          float* sum = b.sum.data();
+          std::fill(sum, sum + cnt, 0.f);
+          std::fill(den, den + cnt, 0.f);
+          for (size_t k = 0; k < n; ++k) {
+            const float ew =
+                opts_.sign_weighted ? static_cast<float>(p.weight[k]) : 1.f;
+            const float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
+            if (opts_.consensus == Consensus::kSum) {
+              AddScaled(sum, tv, ew, cnt);
+            } else {
+              AddSigns(sum, tv, ew, cnt);
+            }
+          }
+          if (mode == PassMode::kCensus) {
+            balance[static_cast<size_t>(ci)] = SignBalance(sum, cnt);
+            return;
+          }
+          ElectSign(sum, tie_sign, cnt);
+          for (size_t k = 0; k < n; ++k) {
+            const float wk = static_cast<float>(p.weight[k]);
+            AddAgreeing(acc, den, b.tv.data() + k * static_cast<size_t>(chunk),
+                        sum, opts_.sign_weighted ? wk : 1.f, wk,
+                        opts_.divisor == Divisor::kCount ? 1.f : wk, cnt);
+          }
+          switch (opts_.divisor) {
+            case Divisor::kNone:
+              Finish(o, base, acc, p.lambda, 1.f, cnt);
+              break;
+            case Divisor::kWeight:
+              FinishByWeight(o, base, acc, den, p.lambda, cnt);
+              break;
+            case Divisor::kCount:
+              FinishByCount(o, base, acc, den, p.lambda, cnt);
+              break;
+          }
+        }
+        absl::Status st = out->WriteF32(begin, o, cnt);
+        if (!st.ok()) error.Set(std::move(st));
+      },
+      [&](int64_t begin, int64_t count) {
+        if (use_base) ReleaseRange(t.base, begin, count);
+        for (int m : experts_) {
+          ReleaseRange(t.models[static_cast<size_t>(m)], begin, count);
+        }
+      });
   MS_RETURN_IF_ERROR(error.status());
   if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
   PassResult r;

@@ -112,7 +112,7 @@ class TaskVectorMerge : public MergeMethod {
   enum class PassMode { kL1, kCensus, kMerge };
   struct PassResult {
     std::vector<double> l1_all, l1_kept;  // per expert, kL1
-    int64_t balance = 0;                   // #(s>0) - #(s<0), kCensus
+    int64_t balance = 0;                  // #(s>0) - #(s<0), kCensus
   };
   absl::StatusOr<PassResult> RunPass(const MergePlan& plan,
                                      const PlannedTensor& t,

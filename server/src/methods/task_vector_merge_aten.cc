@@ -67,8 +67,7 @@ at::Tensor Uniforms(uint64_t seed, const std::string& tensor, int model,
 
 absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
                                         const PlannedTensor& t,
-                                        const TensorParams& p,
-                                        ExecContext& ctx,
+                                        const TensorParams& p, ExecContext& ctx,
                                         TensorSink& out) const {
   return CatchAten("merge", [&]() -> absl::Status {
     const std::string dev_name =
@@ -78,8 +77,8 @@ absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
     const int64_t numel = t.numel;
     at::Tensor base;
     if (opts_.use_base) {
-      MS_ASSIGN_OR_RETURN(base,
-                          LoadChecked(t.base, dev_name, *plan.config().base_model));
+      MS_ASSIGN_OR_RETURN(
+          base, LoadChecked(t.base, dev_name, *plan.config().base_model));
       base = base.reshape({numel});
     }
     std::vector<at::Tensor> u(n);
@@ -88,8 +87,8 @@ absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
       MS_ASSIGN_OR_RETURN(
           at::Tensor x, LoadChecked(t.models[static_cast<size_t>(m)], dev_name,
                                     plan.models()[static_cast<size_t>(m)].ref));
-      at::Tensor tau = opts_.use_base ? x.reshape({numel}) - base
-                                      : x.reshape({numel});
+      at::Tensor tau =
+          opts_.use_base ? x.reshape({numel}) - base : x.reshape({numel});
       const double d = p.density[k];
       at::Tensor kept = tau;
       at::Tensor inverse_scale;  // per element (della) when set
@@ -109,7 +108,8 @@ absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
                                opts_.sparsify == Sparsify::kOutliers;
             mask = TopKMask(mag, c.keep, exact);
             if (c.drop > 0) {
-              mask = mask.logical_and(TopKMask(mag, c.drop, true).logical_not());
+              mask =
+                  mask.logical_and(TopKMask(mag, c.drop, true).logical_not());
             }
           }
           kept = tau * mask;
@@ -146,7 +146,8 @@ absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
           const at::Tensor r = Uniforms(opts_.seed, t.name, m, numel, dev);
           const at::Tensor keep = r < prob;
           kept = tau * keep;
-          inverse_scale = at::where(keep, prob.reciprocal(), at::zeros_like(prob));
+          inverse_scale =
+              at::where(keep, prob.reciprocal(), at::zeros_like(prob));
           break;
         }
       }
@@ -187,8 +188,8 @@ absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
       std::vector<at::Tensor> e(n);
       at::Tensor votes;
       for (size_t k = 0; k < n; ++k) {
-        e[k] = opts_.sign_weighted ? u[k] * static_cast<float>(p.weight[k])
-                                   : u[k];
+        e[k] =
+            opts_.sign_weighted ? u[k] * static_cast<float>(p.weight[k]) : u[k];
         const at::Tensor v =
             opts_.consensus == Consensus::kSum ? e[k] : e[k].sign();
         votes = k == 0 ? v : votes + v;
@@ -209,10 +210,10 @@ absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
       for (size_t k = 0; k < n; ++k) {
         const at::Tensor agree = (e[k] * sign) > 0;
         const float wk = static_cast<float>(p.weight[k]);
-        const at::Tensor contrib = at::where(agree, u[k] * wk, at::zeros_like(u[k]));
-        const at::Tensor dk =
-            agree.to(at::kFloat) *
-            (opts_.divisor == Divisor::kCount ? 1.f : wk);
+        const at::Tensor contrib =
+            at::where(agree, u[k] * wk, at::zeros_like(u[k]));
+        const at::Tensor dk = agree.to(at::kFloat) *
+                              (opts_.divisor == Divisor::kCount ? 1.f : wk);
         acc = k == 0 ? contrib : acc + contrib;
         den = k == 0 ? dk : den + dk;
       }
