@@ -5,6 +5,9 @@
 #include <vector>
 
 #include "cli/merge_command.h"
+#ifdef MERGESERVE_WITH_SERVICE
+#include "cli/serve_command.h"
+#endif
 
 namespace {
 
@@ -14,6 +17,7 @@ commands:
   merge CONFIG.yaml OUTPUT_DIR   run one merge in-process (mergekit-yaml
                                  equivalent); see `mergeserve merge --help`
   methods                        list the merge methods
+  serve [flags]                  run the gRPC service; see `mergeserve serve --help`
 
 See README.md for the config vocabulary and the methods' options.
 )";
@@ -31,6 +35,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest(argv + 2, argv + argc);
   if (cmd == "merge") return mergeserve::RunMergeCommand(rest);
   if (cmd == "methods") return mergeserve::RunMethodsCommand(rest);
+#ifdef MERGESERVE_WITH_SERVICE
+  if (cmd == "serve") return mergeserve::RunServeCommand(argc - 1, argv + 1);
+#endif
   std::fprintf(stderr, "mergeserve: unknown command '%s'\n\n%s", cmd.c_str(),
                kUsage);
   return 2;

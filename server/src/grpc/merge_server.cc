@@ -1,0 +1,53 @@
+#include "grpc/merge_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
+#include "absl/strings/str_cat.h"
+#include "grpc/registry_service.h"
+#include "mergeserve/base/status_macros.h"
+
+namespace mergeserve {
+
+absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
+    Options options) {
+  std::unique_ptr<MergeServer> s(new MergeServer());
+  CheckpointRegistry::Options ro;
+  ro.data_dir = options.data_dir;
+  ro.allowed_roots = options.allowed_roots;
+  MS_ASSIGN_OR_RETURN(s->registry_, CheckpointRegistry::Create(ro));
+  s->registry_service_ = std::make_unique<RegistryServiceImpl>(*s->registry_);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
+                           &s->port_);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.RegisterService(s->registry_service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen));
+  }
+  // The registry is loaded: report SERVING for the server and each service.
+  auto* health = s->server_->GetHealthCheckService();
+  health->SetServingStatus(true);
+  return s;
+}
+
+void MergeServer::Shutdown(std::chrono::milliseconds grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  server_->Shutdown(std::chrono::system_clock::now() + grace);
+  server_->Wait();
+}
+
+MergeServer::~MergeServer() {
+  if (server_ != nullptr) Shutdown(std::chrono::milliseconds(0));
+}
+
+}  // namespace mergeserve

@@ -1,0 +1,51 @@
+// The gRPC server: the mergeserve.v1 services, grpc.health.v1.Health and
+// server reflection on one port.
+#ifndef MERGESERVE_GRPC_MERGE_SERVER_H_
+#define MERGESERVE_GRPC_MERGE_SERVER_H_
+
+#include <grpcpp/server.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mergeserve/registry/checkpoint_registry.h"
+
+namespace mergeserve {
+
+class RegistryServiceImpl;
+
+class MergeServer {
+ public:
+  struct Options {
+    std::string listen = "0.0.0.0:50051";  // port 0 picks a free one
+    std::string data_dir = "mergeserve-data";
+    std::vector<std::string> allowed_roots;
+    // Largest request message (uploads stream in chunks far below this).
+    int max_message_bytes = 8 << 20;
+  };
+
+  // Loads the registry, then starts serving (health SERVING).
+  static absl::StatusOr<std::unique_ptr<MergeServer>> Start(Options options);
+  ~MergeServer();
+
+  int port() const { return port_; }
+  CheckpointRegistry& registry() { return *registry_; }
+  // Health goes NOT_SERVING, new calls are refused, running ones get
+  // `grace` to finish.
+  void Shutdown(std::chrono::milliseconds grace);
+
+ private:
+  MergeServer() = default;
+  std::unique_ptr<CheckpointRegistry> registry_;
+  std::unique_ptr<RegistryServiceImpl> registry_service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_GRPC_MERGE_SERVER_H_

@@ -1,0 +1,19 @@
+// Conversions between registry records and their mergeserve.v1 messages.
+#ifndef MERGESERVE_GRPC_PROTO_CONVERT_H_
+#define MERGESERVE_GRPC_PROTO_CONVERT_H_
+
+#include "absl/status/statusor.h"
+#include "mergeserve/registry/checkpoint_registry.h"
+#include "mergeserve/v1/registry.pb.h"
+
+namespace mergeserve {
+
+void ToProto(const CheckpointRecord& record, v1::Checkpoint* out);
+// Validates the enum (UNSPECIFIED is an error naming the field).
+absl::StatusOr<CheckpointRecord> FromProto(const v1::Checkpoint& proto);
+absl::StatusOr<CheckpointRole> RoleFromProto(v1::CheckpointRole role);
+v1::TensorDType ToProto(DType dtype);
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_GRPC_PROTO_CONVERT_H_

@@ -1,0 +1,39 @@
+// mergeserve.v1.RegistryService: a thin callback-API adapter over
+// CheckpointRegistry. It converts messages and statuses and nothing else.
+#ifndef MERGESERVE_GRPC_REGISTRY_SERVICE_H_
+#define MERGESERVE_GRPC_REGISTRY_SERVICE_H_
+
+#include "mergeserve/base/thread_pool.h"
+#include "mergeserve/registry/checkpoint_registry.h"
+#include "mergeserve/v1/registry.grpc.pb.h"
+
+namespace mergeserve {
+
+class RegistryServiceImpl final : public v1::RegistryService::CallbackService {
+ public:
+  explicit RegistryServiceImpl(CheckpointRegistry& registry)
+      : registry_(registry) {}
+
+  grpc::ServerUnaryReactor* RegisterCheckpoint(
+      grpc::CallbackServerContext* ctx,
+      const v1::RegisterCheckpointRequest* request,
+      v1::Checkpoint* response) override;
+  grpc::ServerUnaryReactor* GetCheckpoint(
+      grpc::CallbackServerContext* ctx, const v1::GetCheckpointRequest* request,
+      v1::Checkpoint* response) override;
+  grpc::ServerUnaryReactor* ListCheckpoints(
+      grpc::CallbackServerContext* ctx,
+      const v1::ListCheckpointsRequest* request,
+      v1::ListCheckpointsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteCheckpoint(
+      grpc::CallbackServerContext* ctx,
+      const v1::DeleteCheckpointRequest* request,
+      google::protobuf::Empty* response) override;
+
+ private:
+  CheckpointRegistry& registry_;
+};
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_GRPC_REGISTRY_SERVICE_H_
