@@ -57,6 +57,11 @@ struct MergeSummary {
 absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
                                       const MergeOptions& options);
 
+// Memory a merge will need beyond the mapped inputs: whole-tensor methods
+// hold every model's copy of the largest tensor plus temporaries; streaming
+// ones a few chunks per thread.
+int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend, int threads);
+
 // Peak resident set size of this process so far.
 int64_t PeakRssBytes();
 

@@ -15,7 +15,11 @@ struct MethodInfo {
   const char* name;
   const char* summary;
   std::unique_ptr<MergeMethod> (*create)();
+  // Streams fixed chunks on the fused backend (else holds whole tensors).
+  bool streams = false;
 };
+// nullptr if unknown.
+const MethodInfo* FindMethod(const std::string& name);
 
 const std::vector<MethodInfo>& AllMethods();
 absl::StatusOr<std::unique_ptr<MergeMethod>> CreateMethod(

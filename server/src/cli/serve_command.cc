@@ -13,6 +13,7 @@
 #include "absl/flags/usage.h"
 #include "cli/merge_command.h"
 #include "grpc/merge_server.h"
+#include "mergeserve/base/byte_size.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address to listen on");
 ABSL_FLAG(
@@ -21,6 +22,12 @@ ABSL_FLAG(
 ABSL_FLAG(std::vector<std::string>, allow_root, {},
           "folder checkpoints may be registered from (comma-separated or "
           "repeated; the data dir is always allowed)");
+ABSL_FLAG(int, workers, 1, "merges that run at once");
+ABSL_FLAG(
+    int, queue_limit, 16,
+    "merges that may wait; beyond it CreateMergeJob is RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, memory_budget, "0",
+          "memory shared by running merges, e.g. 8GiB (0: unlimited)");
 ABSL_FLAG(int, grace_seconds, 30,
           "on SIGTERM/SIGINT, how long running calls may take to finish");
 
@@ -74,6 +81,15 @@ int RunServeCommand(int argc, char** argv) {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.allowed_roots = roots;
+  o.workers = absl::GetFlag(FLAGS_workers);
+  o.queue_limit = absl::GetFlag(FLAGS_queue_limit);
+  auto budget = ParseByteSize(absl::GetFlag(FLAGS_memory_budget));
+  if (!budget.ok()) {
+    std::fprintf(stderr, "mergeserve serve: --memory-budget: %s\n",
+                 std::string(budget.status().message()).c_str());
+    return 2;
+  }
+  o.memory_budget = *budget;
   auto server = MergeServer::Start(o);
   if (!server.ok()) {
     std::fprintf(stderr, "mergeserve serve: %s\n",

@@ -99,6 +99,20 @@ int64_t PeakRssBytes() {
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
 
+int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
+                            int threads) {
+  const MethodInfo* info = FindMethod(plan.config().merge_method);
+  const bool whole = backend == Backend::kAten || info == nullptr || !info->streams;
+  int64_t largest = 0;
+  for (const PlannedTensor& t : plan.tensors()) {
+    if (t.merge) largest = std::max(largest, t.numel);
+  }
+  const int64_t models = static_cast<int64_t>(plan.models().size()) + 1;
+  if (whole) return (models + 4) * largest * 4;
+  const int64_t chunk = ExecContext().chunk_elems;
+  return std::max(threads, 1) * (models + 8) * chunk * 4;
+}
+
 absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
                                       const MergeOptions& options) {
   const auto start = std::chrono::steady_clock::now();

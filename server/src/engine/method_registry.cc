@@ -7,18 +7,18 @@ namespace mergeserve {
 
 const std::vector<MethodInfo>& AllMethods() {
   static const auto* kMethods = new std::vector<MethodInfo>{
-      {"linear", "weighted average of the models", NewLinearMethod},
+      {"linear", "weighted average of the models", NewLinearMethod, true},
       {"task_arithmetic", "base + lambda * sum of weighted task vectors",
-       NewTaskArithmeticMethod},
-      {"ties", "trim, elect sign, disjoint merge", NewTiesMethod},
+       NewTaskArithmeticMethod, true},
+      {"ties", "trim, elect sign, disjoint merge", NewTiesMethod, true},
       {"dare_linear", "random drop and rescale, then task arithmetic",
-       NewDareLinearMethod},
+       NewDareLinearMethod, true},
       {"dare_ties", "random drop and rescale, then TIES election",
-       NewDareTiesMethod},
+       NewDareTiesMethod, true},
       {"breadcrumbs", "drop outliers and small updates, then task arithmetic",
-       NewBreadcrumbsMethod},
+       NewBreadcrumbsMethod, true},
       {"breadcrumbs_ties", "breadcrumbs sparsification with TIES election",
-       NewBreadcrumbsTiesMethod},
+       NewBreadcrumbsTiesMethod, true},
       {"della", "magnitude-ranked sampling with TIES election", NewDellaMethod},
       {"della_linear", "magnitude-ranked sampling, then task arithmetic",
        NewDellaLinearMethod},
@@ -31,6 +31,13 @@ const std::vector<MethodInfo>& AllMethods() {
        NewRegMeanMethod},
   };
   return *kMethods;
+}
+
+const MethodInfo* FindMethod(const std::string& name) {
+  for (const MethodInfo& m : AllMethods()) {
+    if (name == m.name) return &m;
+  }
+  return nullptr;
 }
 
 absl::StatusOr<std::unique_ptr<MergeMethod>> CreateMethod(

@@ -6,6 +6,7 @@
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/merge_service.h"
 #include "grpc/registry_service.h"
 #include "mergeserve/base/status_macros.h"
 
@@ -19,6 +20,14 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
   ro.allowed_roots = options.allowed_roots;
   MS_ASSIGN_OR_RETURN(s->registry_, CheckpointRegistry::Create(ro));
   s->registry_service_ = std::make_unique<RegistryServiceImpl>(*s->registry_);
+  JobManager::Options jo;
+  jo.data_dir = s->registry_->data_dir();
+  jo.registry = s->registry_.get();
+  jo.workers = options.workers;
+  jo.queue_limit = options.queue_limit;
+  jo.memory_budget = options.memory_budget;
+  MS_ASSIGN_OR_RETURN(s->jobs_, JobManager::Create(jo));
+  s->merge_service_ = std::make_unique<MergeServiceImpl>(*s->jobs_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -27,6 +36,7 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
                            &s->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.RegisterService(s->registry_service_.get());
+  builder.RegisterService(s->merge_service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(
@@ -42,7 +52,9 @@ void MergeServer::Shutdown(std::chrono::milliseconds grace) {
   if (shut_down_) return;
   shut_down_ = true;
   server_->GetHealthCheckService()->SetServingStatus(false);
-  server_->Shutdown(std::chrono::system_clock::now() + grace);
+  const auto deadline = std::chrono::system_clock::now() + grace;
+  jobs_->Drain(grace);
+  server_->Shutdown(deadline);
   server_->Wait();
 }
 

@@ -11,11 +11,13 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "mergeserve/jobs/job_manager.h"
 #include "mergeserve/registry/checkpoint_registry.h"
 
 namespace mergeserve {
 
 class RegistryServiceImpl;
+class MergeServiceImpl;
 
 class MergeServer {
  public:
@@ -25,6 +27,9 @@ class MergeServer {
     std::vector<std::string> allowed_roots;
     // Largest request message (uploads stream in chunks far below this).
     int max_message_bytes = 8 << 20;
+    int workers = 1;            // merges running at once
+    int queue_limit = 16;       // merges waiting; more: RESOURCE_EXHAUSTED
+    int64_t memory_budget = 0;  // shared by running merges; 0: unlimited
   };
 
   // Loads the registry, then starts serving (health SERVING).
@@ -33,14 +38,17 @@ class MergeServer {
 
   int port() const { return port_; }
   CheckpointRegistry& registry() { return *registry_; }
-  // Health goes NOT_SERVING, new calls are refused, running ones get
-  // `grace` to finish.
+  JobManager& jobs() { return *jobs_; }
+  // Health goes NOT_SERVING, no new jobs are taken, running merges and
+  // calls get `grace` to finish (then merges are cancelled).
   void Shutdown(std::chrono::milliseconds grace);
 
  private:
   MergeServer() = default;
   std::unique_ptr<CheckpointRegistry> registry_;
+  std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<RegistryServiceImpl> registry_service_;
+  std::unique_ptr<MergeServiceImpl> merge_service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   bool shut_down_ = false;

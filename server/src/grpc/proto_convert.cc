@@ -1,6 +1,7 @@
 #include "grpc/proto_convert.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace mergeserve {
 
@@ -54,6 +55,147 @@ absl::StatusOr<CheckpointRecord> FromProto(const v1::Checkpoint& p) {
   r.path = p.path();
   for (const auto& [k, v] : p.labels()) r.labels[k] = v;
   return r;
+}
+
+namespace {
+
+void SetTime(int64_t ms, google::protobuf::Timestamp* t) {
+  if (ms == 0) return;
+  t->set_seconds(ms / 1000);
+  t->set_nanos(static_cast<int32_t>((ms % 1000) * 1000000));
+}
+
+// YAML double-quoted scalar.
+std::string Quote(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out + "\"";
+}
+
+std::string Num(double v) { return absl::StrCat(v); }
+
+}  // namespace
+
+void ToProto(const JobRecord& r, v1::MergeJob* out) {
+  out->set_id(r.id);
+  out->set_state(static_cast<v1::JobState>(static_cast<int>(r.state)));
+  out->set_config_yaml(r.config_yaml);
+  out->set_request_digest("sha256:" + r.request_digest);
+  SetTime(r.create_ms, out->mutable_create_time());
+  SetTime(r.start_ms, out->mutable_start_time());
+  SetTime(r.end_ms, out->mutable_end_time());
+  out->set_tensors_done(r.tensors_done);
+  out->set_tensors_total(r.tensors_total);
+  out->set_error_code(r.error_code);
+  out->set_error_message(r.error_message);
+  for (const ResultFileInfo& f : r.files) {
+    v1::ResultFile* p = out->add_files();
+    p->set_name(f.name);
+    p->set_size_bytes(f.size_bytes);
+    p->set_sha256(f.sha256);
+  }
+  out->set_result_bytes(r.result_bytes);
+  out->set_seconds(r.seconds);
+}
+
+absl::StatusOr<JobState> JobStateFromProto(v1::JobState state) {
+  if (state < v1::JOB_STATE_QUEUED || state > v1::JOB_STATE_CANCELLED) {
+    return absl::InvalidArgumentError("unknown job state");
+  }
+  return static_cast<JobState>(static_cast<int>(state));
+}
+
+absl::StatusOr<std::string> SpecToYaml(const v1::MergeSpec& spec) {
+  if (spec.spec_case() == v1::MergeSpec::kConfigYaml) {
+    if (spec.config_yaml().empty()) {
+      return absl::InvalidArgumentError("spec.config_yaml is empty");
+    }
+    return spec.config_yaml();
+  }
+  if (spec.spec_case() != v1::MergeSpec::kStructured) {
+    return absl::InvalidArgumentError(
+        "spec needs either structured or config_yaml");
+  }
+  const v1::StructuredMerge& m = spec.structured();
+  static const char* kMethods[] = {
+      "",          "linear",      "task_arithmetic",  "ties",   "dare_linear",
+      "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della",  "della_linear",
+      "slerp",     "model_stock", "fisher",           "regmean"};
+  if (m.method() <= v1::MERGE_METHOD_UNSPECIFIED ||
+      m.method() > v1::MERGE_METHOD_REGMEAN) {
+    return absl::InvalidArgumentError("spec.structured.method is required");
+  }
+  if (m.models_size() == 0) {
+    return absl::InvalidArgumentError("spec.structured.models is empty");
+  }
+  std::string y = absl::StrCat("merge_method: ", kMethods[m.method()], "\n");
+  if (!m.base_model().empty()) {
+    absl::StrAppend(&y, "base_model: ", Quote(m.base_model()), "\n");
+  }
+  absl::StrAppend(&y, "models:\n");
+  for (const v1::ModelSpec& ms : m.models()) {
+    absl::StrAppend(&y, "  - model: ", Quote(ms.checkpoint()), "\n");
+    std::vector<std::string> params;
+    if (ms.has_weight()) params.push_back("weight: " + Num(ms.weight()));
+    if (ms.has_density()) params.push_back("density: " + Num(ms.density()));
+    if (ms.has_gamma()) params.push_back("gamma: " + Num(ms.gamma()));
+    if (ms.has_epsilon()) params.push_back("epsilon: " + Num(ms.epsilon()));
+    if (!ms.fisher().empty()) params.push_back("fisher: " + Quote(ms.fisher()));
+    if (!ms.gram().empty()) params.push_back("gram: " + Quote(ms.gram()));
+    if (!params.empty()) {
+      absl::StrAppend(&y, "    parameters: {", absl::StrJoin(params, ", "),
+                      "}\n");
+    }
+  }
+  std::vector<std::string> global;
+  if (m.has_lambda()) global.push_back("lambda: " + Num(m.lambda()));
+  if (m.has_normalize())
+    global.push_back(m.normalize() ? "normalize: true" : "normalize: false");
+  if (m.has_t()) global.push_back("t: " + Num(m.t()));
+  if (m.has_seed()) global.push_back(absl::StrCat("seed: ", m.seed()));
+  switch (m.semantics()) {
+    case v1::SEMANTICS_MERGEKIT:
+      global.push_back("semantics: mergekit");
+      break;
+    case v1::SEMANTICS_PAPER:
+      global.push_back("semantics: paper");
+      break;
+    case v1::SEMANTICS_PEFT:
+      global.push_back("semantics: peft");
+      break;
+    default:
+      break;
+  }
+  switch (m.trim_scope()) {
+    case v1::TRIM_SCOPE_TENSOR:
+      global.push_back("trim_scope: tensor");
+      break;
+    case v1::TRIM_SCOPE_MODEL:
+      global.push_back("trim_scope: model");
+      break;
+    default:
+      break;
+  }
+  if (!global.empty()) {
+    absl::StrAppend(&y, "parameters: {", absl::StrJoin(global, ", "), "}\n");
+  }
+  switch (m.out_dtype()) {
+    case v1::OUTPUT_DTYPE_BFLOAT16:
+      absl::StrAppend(&y, "out_dtype: bfloat16\n");
+      break;
+    case v1::OUTPUT_DTYPE_FLOAT16:
+      absl::StrAppend(&y, "out_dtype: float16\n");
+      break;
+    case v1::OUTPUT_DTYPE_FLOAT32:
+      absl::StrAppend(&y, "out_dtype: float32\n");
+      break;
+    default:
+      break;
+  }
+  return y;
 }
 
 }  // namespace mergeserve

@@ -3,7 +3,9 @@
 #define MERGESERVE_GRPC_PROTO_CONVERT_H_
 
 #include "absl/status/statusor.h"
+#include "mergeserve/jobs/job_manager.h"
 #include "mergeserve/registry/checkpoint_registry.h"
+#include "mergeserve/v1/merge.pb.h"
 #include "mergeserve/v1/registry.pb.h"
 
 namespace mergeserve {
@@ -13,6 +15,12 @@ void ToProto(const CheckpointRecord& record, v1::Checkpoint* out);
 absl::StatusOr<CheckpointRecord> FromProto(const v1::Checkpoint& proto);
 absl::StatusOr<CheckpointRole> RoleFromProto(v1::CheckpointRole role);
 v1::TensorDType ToProto(DType dtype);
+
+void ToProto(const JobRecord& record, v1::MergeJob* out);
+absl::StatusOr<JobState> JobStateFromProto(v1::JobState state);
+// The merge a request describes, as the engine's YAML vocabulary
+// (structured requests are converted; YAML is passed through).
+absl::StatusOr<std::string> SpecToYaml(const v1::MergeSpec& spec);
 
 }  // namespace mergeserve
 

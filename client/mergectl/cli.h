@@ -1,0 +1,37 @@
+// Shared pieces of mergectl's verbs: parsed arguments, exit codes, output.
+#ifndef MERGESERVE_CLIENT_MERGECTL_CLI_H_
+#define MERGESERVE_CLIENT_MERGECTL_CLI_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mergectl {
+
+struct Args {
+  std::string server;
+  bool json = false;
+  std::vector<std::string> positional;  // verb first
+  std::string role, base, output;
+  std::map<std::string, std::string> labels;
+  bool wait = false;
+};
+
+// Exit codes that tell failure kinds apart (see --help).
+int ExitCode(const grpc::Status& s);
+// Prints the error (naming the server when it is unreachable); returns the
+// exit code.
+int Fail(const grpc::Status& s, const std::string& server);
+std::string HumanBytes(int64_t b);
+// Whether stderr is a terminal (progress bars) or not (plain lines).
+bool Interactive();
+
+int RunRegistryVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
+int RunJobVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
+
+}  // namespace mergectl
+
+#endif  // MERGESERVE_CLIENT_MERGECTL_CLI_H_

@@ -1,0 +1,196 @@
+// mergectl verbs for the checkpoint registry: register, list, show, delete.
+#include <cstdio>
+#include <iostream>
+
+#include "cli.h"
+#include "mergeserve/v1/registry.grpc.pb.h"
+#include "nlohmann/json.hpp"
+
+namespace mergectl {
+namespace {
+
+using mergeserve::v1::Checkpoint;
+using mergeserve::v1::RegistryService;
+
+const char* RoleName(mergeserve::v1::CheckpointRole r) {
+  switch (r) {
+    case mergeserve::v1::CHECKPOINT_ROLE_BASE:
+      return "base";
+    case mergeserve::v1::CHECKPOINT_ROLE_EXPERT:
+      return "expert";
+    case mergeserve::v1::CHECKPOINT_ROLE_AUXILIARY:
+      return "auxiliary";
+    default:
+      return "?";
+  }
+}
+
+bool ParseRole(const std::string& s, mergeserve::v1::CheckpointRole* out) {
+  if (s == "base")
+    *out = mergeserve::v1::CHECKPOINT_ROLE_BASE;
+  else if (s == "expert")
+    *out = mergeserve::v1::CHECKPOINT_ROLE_EXPERT;
+  else if (s == "auxiliary")
+    *out = mergeserve::v1::CHECKPOINT_ROLE_AUXILIARY;
+  else
+    return false;
+  return true;
+}
+
+nlohmann::json ToJson(const Checkpoint& c) {
+  nlohmann::json j = {{"name", c.name()},
+                      {"role", RoleName(c.role())},
+                      {"base", c.base()},
+                      {"path", c.path()},
+                      {"labels", std::map<std::string, std::string>(
+                                     c.labels().begin(), c.labels().end())},
+                      {"content_digest", c.content_digest()},
+                      {"size_bytes", c.size_bytes()},
+                      {"tensor_count", c.tensor_count()},
+                      {"parameter_count", c.parameter_count()},
+                      {"create_time", c.create_time().seconds()}};
+  if (c.tensors_size() > 0) {
+    nlohmann::json t = nlohmann::json::array();
+    for (const auto& m : c.tensors()) {
+      t.push_back(
+          {{"name", m.name()},
+           {"dtype", mergeserve::v1::TensorDType_Name(m.dtype()).substr(13)},
+           {"shape",
+            std::vector<int64_t>(m.shape().begin(), m.shape().end())}});
+    }
+    j["tensors"] = t;
+  }
+  return j;
+}
+
+void PrintCheckpoint(const Checkpoint& c) {
+  std::printf("name:        %s\nrole:        %s\n", c.name().c_str(),
+              RoleName(c.role()));
+  if (!c.base().empty()) std::printf("base:        %s\n", c.base().c_str());
+  std::printf("path:        %s\ndigest:      %s\nsize:        %s\n",
+              c.path().c_str(), c.content_digest().c_str(),
+              HumanBytes(c.size_bytes()).c_str());
+  std::printf("tensors:     %lld (%lld parameters)\n",
+              static_cast<long long>(c.tensor_count()),
+              static_cast<long long>(c.parameter_count()));
+  for (const auto& [k, v] : c.labels())
+    std::printf("label:       %s=%s\n", k.c_str(), v.c_str());
+  for (const auto& t : c.tensors()) {
+    std::string shape;
+    for (int i = 0; i < t.shape_size(); ++i) {
+      shape += (i ? "x" : "") + std::to_string(t.shape(i));
+    }
+    std::printf("  %-60s %-5s %s\n", t.name().c_str(),
+                mergeserve::v1::TensorDType_Name(t.dtype()).substr(13).c_str(),
+                shape.c_str());
+  }
+}
+
+}  // namespace
+
+int RunRegistryVerb(const Args& args,
+                    const std::shared_ptr<grpc::Channel>& ch) {
+  auto stub = RegistryService::NewStub(ch);
+  const std::string& verb = args.positional[0];
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+  if (verb == "register") {
+    if (args.positional.size() != 3) {
+      std::fprintf(stderr, "mergectl register: expected NAME PATH\n");
+      return 2;
+    }
+    mergeserve::v1::RegisterCheckpointRequest req;
+    Checkpoint* c = req.mutable_checkpoint();
+    c->set_name(args.positional[1]);
+    c->set_path(args.positional[2]);
+    mergeserve::v1::CheckpointRole r = mergeserve::v1::CHECKPOINT_ROLE_EXPERT;
+    if (!args.role.empty() && !ParseRole(args.role, &r)) {
+      std::fprintf(stderr,
+                   "mergectl: --role must be base, expert or auxiliary\n");
+      return 2;
+    }
+    c->set_role(r);
+    c->set_base(args.base);
+    for (const auto& [k, v] : args.labels) (*c->mutable_labels())[k] = v;
+    Checkpoint out;
+    grpc::Status s = stub->RegisterCheckpoint(&ctx, req, &out);
+    if (!s.ok()) return Fail(s, args.server);
+    if (args.json) {
+      std::cout << ToJson(out).dump() << std::endl;
+    } else {
+      std::printf(
+          "registered %s (%s, %lld tensors, %s, %s)\n", out.name().c_str(),
+          RoleName(out.role()), static_cast<long long>(out.tensor_count()),
+          HumanBytes(out.size_bytes()).c_str(), out.content_digest().c_str());
+    }
+    return 0;
+  }
+  if (verb == "list") {
+    mergeserve::v1::ListCheckpointsRequest req;
+    if (!args.role.empty()) {
+      mergeserve::v1::CheckpointRole r;
+      if (!ParseRole(args.role, &r)) {
+        std::fprintf(stderr,
+                     "mergectl: --role must be base, expert or auxiliary\n");
+        return 2;
+      }
+      req.set_role(r);
+    }
+    for (const auto& [k, v] : args.labels)
+      (*req.mutable_label_selector())[k] = v;
+    mergeserve::v1::ListCheckpointsResponse out;
+    grpc::Status s = stub->ListCheckpoints(&ctx, req, &out);
+    if (!s.ok()) return Fail(s, args.server);
+    if (args.json) {
+      nlohmann::json j = nlohmann::json::array();
+      for (const auto& c : out.checkpoints()) j.push_back(ToJson(c));
+      std::cout << j.dump() << std::endl;
+      return 0;
+    }
+    std::printf("%-24s %-9s %-20s %10s %8s  %s\n", "NAME", "ROLE", "BASE",
+                "SIZE", "TENSORS", "DIGEST");
+    for (const auto& c : out.checkpoints()) {
+      std::printf("%-24s %-9s %-20s %10s %8lld  %.19s\n", c.name().c_str(),
+                  RoleName(c.role()), c.base().c_str(),
+                  HumanBytes(c.size_bytes()).c_str(),
+                  static_cast<long long>(c.tensor_count()),
+                  c.content_digest().c_str());
+    }
+    return 0;
+  }
+  if (verb == "show" || verb == "delete") {
+    if (args.positional.size() != 2) {
+      std::fprintf(stderr, "mergectl %s: expected NAME\n", verb.c_str());
+      return 2;
+    }
+    if (verb == "delete") {
+      mergeserve::v1::DeleteCheckpointRequest req;
+      req.set_name(args.positional[1]);
+      google::protobuf::Empty out;
+      grpc::Status s = stub->DeleteCheckpoint(&ctx, req, &out);
+      if (!s.ok()) return Fail(s, args.server);
+      if (args.json) {
+        std::cout << nlohmann::json({{"deleted", args.positional[1]}}).dump()
+                  << std::endl;
+      } else {
+        std::printf("deleted %s\n", args.positional[1].c_str());
+      }
+      return 0;
+    }
+    mergeserve::v1::GetCheckpointRequest req;
+    req.set_name(args.positional[1]);
+    req.set_view(mergeserve::v1::CHECKPOINT_VIEW_FULL);
+    Checkpoint out;
+    grpc::Status s = stub->GetCheckpoint(&ctx, req, &out);
+    if (!s.ok()) return Fail(s, args.server);
+    if (args.json) {
+      std::cout << ToJson(out).dump() << std::endl;
+    } else {
+      PrintCheckpoint(out);
+    }
+    return 0;
+  }
+  return -1;  // not a registry verb
+}
+
+}  // namespace mergectl

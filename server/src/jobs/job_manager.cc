@@ -1,0 +1,483 @@
+#include "mergeserve/jobs/job_manager.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <random>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "mergeserve/base/sha256.h"
+#include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/executor.h"
+#include "mergeserve/engine/method_registry.h"
+#include "nlohmann/json.hpp"
+
+namespace mergeserve {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY,
+  state INTEGER NOT NULL,
+  config_yaml TEXT NOT NULL,
+  request_digest TEXT NOT NULL,
+  create_ms INTEGER NOT NULL,
+  start_ms INTEGER NOT NULL DEFAULT 0,
+  end_ms INTEGER NOT NULL DEFAULT 0,
+  tensors_done INTEGER NOT NULL DEFAULT 0,
+  tensors_total INTEGER NOT NULL DEFAULT 0,
+  error_code INTEGER NOT NULL DEFAULT 0,
+  error_message TEXT NOT NULL DEFAULT '',
+  files TEXT NOT NULL DEFAULT '[]',
+  result_bytes INTEGER NOT NULL DEFAULT 0,
+  seconds REAL NOT NULL DEFAULT 0,
+  result_dir TEXT NOT NULL DEFAULT ''
+))sql";
+
+constexpr char kColumns[] =
+    "id, state, config_yaml, request_digest, create_ms, start_ms, end_ms, "
+    "tensors_done, tensors_total, error_code, error_message, files, "
+    "result_bytes, seconds, result_dir";
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string NewId() {
+  static std::mt19937_64 rng(std::random_device{}());
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  return absl::StrFormat("job-%012x", rng() & 0xffffffffffffull);
+}
+
+std::string Str(const SqlValue& v) {
+  const auto* s = std::get_if<std::string>(&v);
+  return s ? *s : std::string();
+}
+int64_t Int(const SqlValue& v) {
+  const auto* i = std::get_if<int64_t>(&v);
+  return i ? *i : 0;
+}
+double Real(const SqlValue& v) {
+  if (const auto* d = std::get_if<double>(&v)) return *d;
+  return static_cast<double>(Int(v));
+}
+
+JobRecord FromRow(const SqlRow& r) {
+  JobRecord j;
+  j.id = Str(r[0]);
+  j.state = static_cast<JobState>(Int(r[1]));
+  j.config_yaml = Str(r[2]);
+  j.request_digest = Str(r[3]);
+  j.create_ms = Int(r[4]);
+  j.start_ms = Int(r[5]);
+  j.end_ms = Int(r[6]);
+  j.tensors_done = Int(r[7]);
+  j.tensors_total = Int(r[8]);
+  j.error_code = static_cast<int>(Int(r[9]));
+  j.error_message = Str(r[10]);
+  auto files = nlohmann::json::parse(Str(r[11]), nullptr, false);
+  if (files.is_array()) {
+    for (const auto& f : files) {
+      j.files.push_back({f.value("name", ""), f.value("size", int64_t{0}),
+                         f.value("sha256", "")});
+    }
+  }
+  j.result_bytes = Int(r[12]);
+  j.seconds = Real(r[13]);
+  j.result_dir = Str(r[14]);
+  return j;
+}
+
+// Checkpoints a config refers to (base, models, fisher/gram).
+std::set<std::string> ReferencedCheckpoints(const MergeConfig& c) {
+  std::set<std::string> refs;
+  if (c.base_model) refs.insert(*c.base_model);
+  for (const ModelEntry& m : c.models) {
+    refs.insert(m.model);
+    for (const auto& [key, value] : m.parameters) {
+      if (IsPerModelOnlyParameter(key) && value.is_string()) {
+        refs.insert(*value.AsString(key));
+      }
+    }
+  }
+  return refs;
+}
+
+}  // namespace
+
+bool IsFinal(JobState s) {
+  return s == JobState::kSucceeded || s == JobState::kFailed ||
+         s == JobState::kCancelled;
+}
+
+absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
+    Options options) {
+  if (options.registry == nullptr) {
+    return absl::InvalidArgumentError("JobManager needs a registry");
+  }
+  std::unique_ptr<JobManager> m(new JobManager());
+  options.workers = std::max(1, options.workers);
+  if (options.threads_per_job <= 0) {
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    options.threads_per_job = std::max(1, cores / options.workers);
+  }
+  m->options_ = options;
+  std::error_code ec;
+  fs::create_directories(options.data_dir + "/results", ec);
+  MS_ASSIGN_OR_RETURN(
+      m->db_, SqliteDatabase::Open(options.data_dir + "/mergeserve.db"));
+  MS_RETURN_IF_ERROR(m->db_->Exec(kSchema));
+  // A job that was running when the process died has no result: fail it.
+  MS_RETURN_IF_ERROR(m->db_->Exec(
+      "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, end_ms = "
+      "? "
+      "WHERE state = ?",
+      {static_cast<int64_t>(JobState::kFailed),
+       static_cast<int64_t>(absl::StatusCode::kAborted),
+       std::string("the server stopped while this job ran; submit it again"),
+       NowMs(), static_cast<int64_t>(JobState::kRunning)}));
+  MS_ASSIGN_OR_RETURN(
+      auto queued,
+      m->db_->Query("SELECT id FROM jobs WHERE state = ? ORDER BY create_ms",
+                    {static_cast<int64_t>(JobState::kQueued)}));
+  for (const auto& r : queued) m->queue_.push_back(Str(r[0]));
+  for (int i = 0; i < options.workers; ++i) {
+    m->workers_.emplace_back([p = m.get()] { p->WorkerLoop(); });
+  }
+  return m;
+}
+
+JobManager::~JobManager() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    for (auto& [id, r] : running_) r.cancel->store(true);
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+absl::Status JobManager::Persist(const JobRecord& r) {
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& f : r.files) {
+    files.push_back(
+        {{"name", f.name}, {"size", f.size_bytes}, {"sha256", f.sha256}});
+  }
+  return db_->Exec(
+      absl::StrCat("INSERT OR REPLACE INTO jobs (", kColumns,
+                   ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+      {r.id, static_cast<int64_t>(r.state), r.config_yaml, r.request_digest,
+       r.create_ms, r.start_ms, r.end_ms, r.tensors_done, r.tensors_total,
+       static_cast<int64_t>(r.error_code), r.error_message, files.dump(),
+       r.result_bytes, r.seconds, r.result_dir});
+}
+
+absl::StatusOr<JobRecord> JobManager::Load(const std::string& id) const {
+  MS_ASSIGN_OR_RETURN(
+      auto rows,
+      db_->Query(absl::StrCat("SELECT ", kColumns, " FROM jobs WHERE id = ?"),
+                 {id}));
+  if (rows.empty()) {
+    return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
+  }
+  return FromRow(rows[0]);
+}
+
+absl::StatusOr<JobRecord> JobManager::Submit(const std::string& config_yaml) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (draining_) {
+      return absl::UnavailableError("the server is shutting down");
+    }
+  }
+  MS_ASSIGN_OR_RETURN(MergeConfig config,
+                      MergeConfig::FromYaml(config_yaml, options_.data_dir));
+  if (FindMethod(config.merge_method) == nullptr) {
+    return CreateMethod(config.merge_method).status();
+  }
+  // Opening the plan checks names, tensors, shapes and parameter ranges now,
+  // before the job waits in the queue.
+  MS_ASSIGN_OR_RETURN(auto plan,
+                      MergePlan::Create(config, options_.registry->Resolver()));
+  if (options_.memory_budget > 0) {
+    const int64_t need =
+        EstimateMergeMemory(*plan, Backend::kFused, options_.threads_per_job);
+    if (need > options_.memory_budget) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("this merge needs about ", need >> 20,
+                       " MiB, more than the server's memory budget of ",
+                       options_.memory_budget >> 20, " MiB"));
+    }
+  }
+  std::string lines = config_yaml + "\n--\n";
+  for (const std::string& ref : ReferencedCheckpoints(config)) {
+    MS_ASSIGN_OR_RETURN(CheckpointRecord c, options_.registry->Get(ref, false));
+    absl::StrAppend(&lines, ref, " ", c.content_digest, "\n");
+  }
+  const std::string digest = Sha256Hex(lines);
+
+  std::lock_guard<std::mutex> lock(mu_);
+  // Content addressing: an identical request over identical checkpoints
+  // returns the job that has (or is computing) that result.
+  MS_ASSIGN_OR_RETURN(
+      auto same,
+      db_->Query(
+          absl::StrCat("SELECT ", kColumns,
+                       " FROM jobs WHERE request_digest = ? AND state IN "
+                       "(?, ?, ?) ORDER BY create_ms DESC LIMIT 1"),
+          {digest, static_cast<int64_t>(JobState::kSucceeded),
+           static_cast<int64_t>(JobState::kRunning),
+           static_cast<int64_t>(JobState::kQueued)}));
+  if (!same.empty()) {
+    JobRecord existing = FromRow(same[0]);
+    auto it = running_.find(existing.id);
+    if (it != running_.end()) return it->second.record;
+    if (existing.state != JobState::kSucceeded ||
+        fs::exists(existing.result_dir)) {
+      return existing;
+    }
+  }
+  if (static_cast<int>(queue_.size()) >= options_.queue_limit) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the merge queue is full (", options_.queue_limit,
+                     " jobs waiting); try again later"));
+  }
+  JobRecord j;
+  j.id = NewId();
+  j.state = JobState::kQueued;
+  j.config_yaml = config_yaml;
+  j.request_digest = digest;
+  j.create_ms = NowMs();
+  j.tensors_total = static_cast<int64_t>(plan->tensors().size());
+  j.result_dir = options_.data_dir + "/results/" + digest;
+  MS_RETURN_IF_ERROR(Persist(j));
+  queue_.push_back(j.id);
+  cv_.notify_one();
+  return j;
+}
+
+absl::StatusOr<JobRecord> JobManager::Get(const std::string& id) const {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = running_.find(id);
+    if (it != running_.end()) return it->second.record;
+  }
+  return Load(id);
+}
+
+absl::StatusOr<std::vector<JobRecord>> JobManager::List(
+    std::optional<JobState> state) const {
+  MS_ASSIGN_OR_RETURN(
+      auto rows, db_->Query(absl::StrCat("SELECT ", kColumns,
+                                         " FROM jobs ORDER BY create_ms")));
+  std::vector<JobRecord> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& r : rows) {
+    JobRecord j = FromRow(r);
+    auto it = running_.find(j.id);
+    if (it != running_.end()) j = it->second.record;
+    if (!state || j.state == *state) out.push_back(std::move(j));
+  }
+  return out;
+}
+
+absl::StatusOr<JobRecord> JobManager::Cancel(const std::string& id) {
+  JobRecord j;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = running_.find(id);
+    if (it != running_.end()) {
+      it->second.cancel->store(true);
+      return it->second.record;  // becomes CANCELLED at the next tensor
+    }
+    MS_ASSIGN_OR_RETURN(j, Load(id));
+    if (IsFinal(j.state)) return j;
+    queue_.erase(std::remove(queue_.begin(), queue_.end(), id), queue_.end());
+    j.state = JobState::kCancelled;
+    j.error_code = static_cast<int>(absl::StatusCode::kCancelled);
+    j.error_message = "cancelled before it started";
+    j.end_ms = NowMs();
+    MS_RETURN_IF_ERROR(Persist(j));
+  }
+  Notify(j);
+  if (options_.on_finished) options_.on_finished(j);
+  return j;
+}
+
+absl::StatusOr<uint64_t> JobManager::Subscribe(const std::string& id,
+                                               Listener fn) {
+  MS_ASSIGN_OR_RETURN(JobRecord now, Get(id));
+  uint64_t sub;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sub = next_listener_++;
+    listeners_[sub] = {id, fn};
+  }
+  fn(now);
+  return sub;
+}
+
+void JobManager::Unsubscribe(uint64_t subscription) {
+  std::lock_guard<std::mutex> lock(mu_);
+  listeners_.erase(subscription);
+}
+
+void JobManager::Notify(const JobRecord& r) {
+  std::vector<Listener> fns;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [sub, entry] : listeners_) {
+      if (entry.first == r.id) fns.push_back(entry.second);
+    }
+  }
+  for (const auto& fn : fns) fn(r);
+}
+
+void JobManager::Drain(std::chrono::milliseconds grace) {
+  std::unique_lock<std::mutex> lock(mu_);
+  draining_ = true;
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  cv_.wait_until(lock, deadline, [&] { return running_.empty(); });
+  for (auto& [id, r] : running_) r.cancel->store(true);
+  cv_.wait(lock, [&] { return running_.empty(); });
+}
+
+JobStats JobManager::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return {static_cast<int64_t>(queue_.size()),
+          static_cast<int64_t>(running_.size()), memory_in_use_};
+}
+
+void JobManager::WorkerLoop() {
+  for (;;) {
+    std::string id;
+    std::shared_ptr<std::atomic<bool>> cancel;
+    JobRecord job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock,
+               [&] { return stopping_ || (!draining_ && !queue_.empty()); });
+      if (stopping_) return;
+      id = queue_.front();
+      queue_.pop_front();
+      auto loaded = Load(id);
+      if (!loaded.ok() || loaded->state != JobState::kQueued) continue;
+      job = *loaded;
+      cancel = std::make_shared<std::atomic<bool>>(false);
+      job.state = JobState::kRunning;
+      job.start_ms = NowMs();
+      running_[id] = {cancel, job};
+      (void)Persist(job);
+    }
+    Notify(job);
+    RunJob(job, cancel);
+  }
+}
+
+void JobManager::RunJob(JobRecord job,
+                        std::shared_ptr<std::atomic<bool>> cancel) {
+  absl::Status status;
+  int64_t reserved = 0;
+  MergeSummary summary;
+  auto config = MergeConfig::FromYaml(job.config_yaml, options_.data_dir);
+  std::unique_ptr<MergePlan> plan;
+  if (config.ok()) {
+    auto p = MergePlan::Create(*config, options_.registry->Resolver());
+    if (p.ok()) {
+      plan = std::move(*p);
+    } else {
+      status = p.status();
+    }
+  } else {
+    status = config.status();
+  }
+  if (status.ok() && options_.memory_budget > 0) {
+    // Wait until the shared budget has room for this job.
+    reserved =
+        EstimateMergeMemory(*plan, Backend::kFused, options_.threads_per_job);
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] {
+      return memory_in_use_ + reserved <= options_.memory_budget ||
+             memory_in_use_ == 0 || cancel->load();
+    });
+    memory_in_use_ += reserved;
+  }
+  if (status.ok() && !cancel->load()) {
+    MergeOptions mo;
+    mo.output_dir = job.result_dir;
+    mo.overwrite = true;
+    mo.threads = options_.threads_per_job;
+    mo.resolver = options_.registry->Resolver();
+    mo.cancelled = cancel.get();
+    auto last = std::chrono::steady_clock::now();
+    mo.on_progress = [&](const MergeProgress& p) {
+      JobRecord snapshot;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        JobRecord& r = running_[job.id].record;
+        r.tensors_done = p.tensors_done;
+        r.tensors_total = p.tensors_total;
+        snapshot = r;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (p.tensors_done == p.tensors_total ||
+          now - last > std::chrono::milliseconds(50)) {
+        last = now;
+        Notify(snapshot);
+      }
+    };
+    auto s = RunMerge(*config, mo);
+    if (s.ok()) {
+      summary = *s;
+    } else {
+      status = s.status();
+    }
+  } else if (status.ok()) {
+    status = absl::CancelledError("merge cancelled");
+  }
+  JobRecord done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done = running_[job.id].record;
+  }
+  done.end_ms = NowMs();
+  if (status.ok()) {
+    done.state = JobState::kSucceeded;
+    done.seconds = summary.seconds;
+    std::vector<std::string> names;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(job.result_dir, ec)) {
+      if (e.is_regular_file()) names.push_back(e.path().filename().string());
+    }
+    std::sort(names.begin(), names.end());
+    for (const std::string& n : names) {
+      const std::string path = job.result_dir + "/" + n;
+      auto h = Sha256File(path);
+      const int64_t size = static_cast<int64_t>(fs::file_size(path, ec));
+      done.files.push_back({n, size, h.ok() ? *h : ""});
+      done.result_bytes += size;
+    }
+  } else {
+    done.state = status.code() == absl::StatusCode::kCancelled
+                     ? JobState::kCancelled
+                     : JobState::kFailed;
+    done.error_code = static_cast<int>(status.code());
+    done.error_message = std::string(status.message());
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    (void)Persist(done);
+    running_.erase(job.id);
+    memory_in_use_ -= reserved;
+  }
+  cv_.notify_all();
+  Notify(done);
+  if (options_.on_finished) options_.on_finished(done);
+}
+
+}  // namespace mergeserve
