@@ -51,6 +51,7 @@ struct JobRecord {
   std::vector<ResultFileInfo> files;
   int64_t result_bytes = 0;
   double seconds = 0;
+  int64_t bytes_read = 0;  // checkpoint bytes the merge read
   std::string result_dir;  // server-side folder of the merged model
 };
 

@@ -22,6 +22,8 @@ ABSL_FLAG(
 ABSL_FLAG(std::vector<std::string>, allow_root, {},
           "folder checkpoints may be registered from (comma-separated or "
           "repeated; the data dir is always allowed)");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
+          "address of the Prometheus /metrics endpoint (empty: off)");
 ABSL_FLAG(int, workers, 1, "merges that run at once");
 ABSL_FLAG(
     int, queue_limit, 16,
@@ -82,6 +84,7 @@ int RunServeCommand(int argc, char** argv) {
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.allowed_roots = roots;
   o.workers = absl::GetFlag(FLAGS_workers);
+  o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.queue_limit = absl::GetFlag(FLAGS_queue_limit);
   auto budget = ParseByteSize(absl::GetFlag(FLAGS_memory_budget));
   if (!budget.ok()) {
@@ -96,7 +99,8 @@ int RunServeCommand(int argc, char** argv) {
                  std::string(server.status().message()).c_str());
     return ExitCodeFor(static_cast<int>(server.status().code()));
   }
-  std::printf("mergeserve: serving on port %d (data %s)\n", (*server)->port(),
+  std::printf("mergeserve: serving on port %d, metrics on port %d (data %s)\n",
+              (*server)->port(), (*server)->metrics_port(),
               (*server)->registry().data_dir().c_str());
   std::fflush(stdout);
   int sig = 0;

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpc/merge_service.h"
 #include "grpc/registry_service.h"
+#include "grpc/service_metrics.h"
 #include "mergeserve/base/status_macros.h"
 
 namespace mergeserve {
@@ -15,6 +16,8 @@ namespace mergeserve {
 absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
     Options options) {
   std::unique_ptr<MergeServer> s(new MergeServer());
+  MS_ASSIGN_OR_RETURN(s->metrics_,
+                      ServiceMetrics::Create(options.metrics_listen));
   CheckpointRegistry::Options ro;
   ro.data_dir = options.data_dir;
   ro.allowed_roots = options.allowed_roots;
@@ -26,8 +29,15 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
   jo.workers = options.workers;
   jo.queue_limit = options.queue_limit;
   jo.memory_budget = options.memory_budget;
+  ServiceMetrics* metrics = s->metrics_.get();
+  jo.on_finished = [metrics](const JobRecord& j) { metrics->RecordJob(j); };
   MS_ASSIGN_OR_RETURN(s->jobs_, JobManager::Create(jo));
-  s->merge_service_ = std::make_unique<MergeServiceImpl>(*s->jobs_);
+  metrics->WatchJobs(s->jobs_.get());
+  MergeServiceHooks hooks;
+  hooks.on_bytes_streamed = [metrics](int64_t n) {
+    metrics->AddBytesStreamed(n);
+  };
+  s->merge_service_ = std::make_unique<MergeServiceImpl>(*s->jobs_, hooks);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -37,6 +47,11 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.RegisterService(s->registry_service_.get());
   builder.RegisterService(s->merge_service_.get());
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(metrics->InterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(
@@ -47,6 +62,8 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
   health->SetServingStatus(true);
   return s;
 }
+
+int MergeServer::metrics_port() const { return metrics_->port(); }
 
 void MergeServer::Shutdown(std::chrono::milliseconds grace) {
   if (shut_down_) return;

@@ -18,6 +18,7 @@ namespace mergeserve {
 
 class RegistryServiceImpl;
 class MergeServiceImpl;
+class ServiceMetrics;
 
 class MergeServer {
  public:
@@ -27,9 +28,10 @@ class MergeServer {
     std::vector<std::string> allowed_roots;
     // Largest request message (uploads stream in chunks far below this).
     int max_message_bytes = 8 << 20;
-    int workers = 1;            // merges running at once
-    int queue_limit = 16;       // merges waiting; more: RESOURCE_EXHAUSTED
-    int64_t memory_budget = 0;  // shared by running merges; 0: unlimited
+    int workers = 1;             // merges running at once
+    int queue_limit = 16;        // merges waiting; more: RESOURCE_EXHAUSTED
+    int64_t memory_budget = 0;   // shared by running merges; 0: unlimited
+    std::string metrics_listen;  // "host:port" for /metrics; "" = off
   };
 
   // Loads the registry, then starts serving (health SERVING).
@@ -37,6 +39,8 @@ class MergeServer {
   ~MergeServer();
 
   int port() const { return port_; }
+  // Port of the Prometheus endpoint (0 when off).
+  int metrics_port() const;
   CheckpointRegistry& registry() { return *registry_; }
   JobManager& jobs() { return *jobs_; }
   // Health goes NOT_SERVING, no new jobs are taken, running merges and
@@ -45,6 +49,7 @@ class MergeServer {
 
  private:
   MergeServer() = default;
+  std::unique_ptr<ServiceMetrics> metrics_;
   std::unique_ptr<CheckpointRegistry> registry_;
   std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<RegistryServiceImpl> registry_service_;

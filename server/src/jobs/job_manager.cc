@@ -449,6 +449,7 @@ void JobManager::RunJob(JobRecord job,
   if (status.ok()) {
     done.state = JobState::kSucceeded;
     done.seconds = summary.seconds;
+    done.bytes_read = static_cast<int64_t>(summary.bytes_read);
     std::vector<std::string> names;
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(job.result_dir, ec)) {

@@ -1,0 +1,60 @@
+// Prometheus metrics of the service (prometheus-cpp), served on their own
+// port: RPCs by method and code (recorded by a server interceptor, so every
+// RPC is counted in one place), job durations, queue depth, bytes streamed,
+// task-vector cache use and merge throughput.
+#ifndef MERGESERVE_GRPC_SERVICE_METRICS_H_
+#define MERGESERVE_GRPC_SERVICE_METRICS_H_
+
+#include <grpcpp/support/server_interceptor.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "mergeserve/jobs/job_manager.h"
+
+namespace mergeserve {
+
+class ServiceMetrics {
+ public:
+  // listen: "host:port" for /metrics ("" = not exposed; still counted).
+  static absl::StatusOr<std::unique_ptr<ServiceMetrics>> Create(
+      const std::string& listen);
+  ~ServiceMetrics();
+
+  void RecordRpc(const std::string& method, int code);
+  void RecordJob(const JobRecord& job);
+  void AddBytesStreamed(int64_t bytes);
+  // Polls queue depth, running jobs and memory in use until destroyed.
+  void WatchJobs(JobManager* jobs);
+  // An interceptor factory that feeds RecordRpc.
+  std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+  InterceptorFactory();
+  int port() const;
+
+ private:
+  ServiceMetrics() = default;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Family<prometheus::Counter>* rpcs_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* job_seconds_ = nullptr;
+  prometheus::Gauge* queue_depth_ = nullptr;
+  prometheus::Gauge* running_ = nullptr;
+  prometheus::Gauge* memory_in_use_ = nullptr;
+  prometheus::Counter* bytes_streamed_ = nullptr;
+  prometheus::Counter* merged_input_bytes_ = nullptr;
+  prometheus::Gauge* throughput_ = nullptr;
+  std::atomic<bool> stop_{false};
+  std::thread poller_;
+};
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_GRPC_SERVICE_METRICS_H_
