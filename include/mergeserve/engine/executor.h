@@ -38,6 +38,11 @@ struct MergeOptions {
   // Where model references point; default: paths relative to the config.
   ModelResolver resolver;
   std::function<void(const MergeProgress&)> on_progress;
+  // Cache of trim thresholds shared across merges (the service's), keyed by
+  // content digests that `digest` returns per model reference ("" when
+  // unknown, which disables caching for that merge).
+  TaskVectorCache* cache = nullptr;
+  std::function<std::string(const std::string& ref)> digest;
   const std::atomic<bool>* cancelled = nullptr;
 };
 

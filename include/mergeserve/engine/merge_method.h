@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "mergeserve/base/thread_pool.h"
 #include "mergeserve/engine/merge_plan.h"
+#include "mergeserve/engine/task_vector_cache.h"
 
 namespace mergeserve {
 
@@ -26,6 +28,11 @@ struct ExecContext {
   const std::atomic<bool>* cancelled = nullptr;
   // Elements per chunk in fused passes. Fixed (never derived from the thread
   // count) so results do not depend on parallelism.
+  // Reusable derived data (trim thresholds), or null.
+  TaskVectorCache* cache = nullptr;
+  // Content digest per plan model and of the base ("" = unknown: no caching).
+  std::vector<std::string> model_digests;
+  std::string base_digest;
   // 16K fp32 values per model keep a worker's buffers inside L2.
   int64_t chunk_elems = int64_t{1} << 14;
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "mergeserve/engine/task_vector_cache.h"
 #include "mergeserve/registry/checkpoint_registry.h"
 #include "mergeserve/store/sqlite_database.h"
 
@@ -71,6 +72,7 @@ class JobManager {
     int queue_limit = 16;
     int64_t memory_budget = 0;  // bytes shared by running jobs; 0: no limit
     int threads_per_job = 0;    // 0: cores / workers
+    int64_t cache_budget = int64_t{1} << 30;  // task-vector cache bytes
     // Called when a job finishes (for metrics).
     std::function<void(const JobRecord&)> on_finished;
   };
@@ -96,6 +98,7 @@ class JobManager {
   // cancelled. Queued jobs stay queued for the next start.
   void Drain(std::chrono::milliseconds grace);
   JobStats stats() const;
+  CacheStats cache_stats() const { return cache_->stats(); }
 
  private:
   struct Running {
@@ -111,6 +114,7 @@ class JobManager {
 
   Options options_;
   std::unique_ptr<SqliteDatabase> db_;
+  std::unique_ptr<TaskVectorCache> cache_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::string> queue_;

@@ -30,6 +30,8 @@ ABSL_FLAG(
     "merges that may wait; beyond it CreateMergeJob is RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, memory_budget, "0",
           "memory shared by running merges, e.g. 8GiB (0: unlimited)");
+ABSL_FLAG(std::string, cache_budget, "1GiB",
+          "bytes the task-vector cache (trim thresholds) may hold");
 ABSL_FLAG(int, grace_seconds, 30,
           "on SIGTERM/SIGINT, how long running calls may take to finish");
 
@@ -93,6 +95,13 @@ int RunServeCommand(int argc, char** argv) {
     return 2;
   }
   o.memory_budget = *budget;
+  auto cache = ParseByteSize(absl::GetFlag(FLAGS_cache_budget));
+  if (!cache.ok()) {
+    std::fprintf(stderr, "mergeserve serve: --cache-budget: %s\n",
+                 std::string(cache.status().message()).c_str());
+    return 2;
+  }
+  o.cache_budget = *cache;
   auto server = MergeServer::Start(o);
   if (!server.ok()) {
     std::fprintf(stderr, "mergeserve serve: %s\n",

@@ -131,6 +131,15 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
   ctx.backend = options.backend;
   ctx.device = options.device;
   ctx.cancelled = options.cancelled;
+  if (options.cache != nullptr && options.digest) {
+    bool known = true;
+    for (const PlannedModel& m : plan->models()) {
+      ctx.model_digests.push_back(options.digest(m.ref));
+      known = known && !ctx.model_digests.back().empty();
+    }
+    if (config.base_model) ctx.base_digest = options.digest(*config.base_model);
+    if (known) ctx.cache = options.cache;
+  }
 
   MergeProgress progress;
   progress.tensors_total = static_cast<int64_t>(plan->tensors().size());

@@ -32,6 +32,7 @@ class MergeServer {
     int queue_limit = 16;        // merges waiting; more: RESOURCE_EXHAUSTED
     int64_t memory_budget = 0;   // shared by running merges; 0: unlimited
     std::string metrics_listen;  // "host:port" for /metrics; "" = off
+    int64_t cache_budget = int64_t{1} << 30;
   };
 
   // Loads the registry, then starts serving (health SERVING).

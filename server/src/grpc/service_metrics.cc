@@ -118,6 +118,22 @@ absl::StatusOr<std::unique_ptr<ServiceMetrics>> ServiceMetrics::Create(
            .Help("Input bytes per second of the last finished merge")
            .Register(reg)
            .Add({});
+  // Mirrors of the cache's own counters, refreshed by the poller.
+  m->cache_hits_ = &prometheus::BuildGauge()
+                        .Name("mergeserve_cache_hits_total")
+                        .Help("Task-vector cache hits since start")
+                        .Register(reg)
+                        .Add({});
+  m->cache_misses_ = &prometheus::BuildGauge()
+                          .Name("mergeserve_cache_misses_total")
+                          .Help("Task-vector cache misses since start")
+                          .Register(reg)
+                          .Add({});
+  m->cache_bytes_ = &prometheus::BuildGauge()
+                         .Name("mergeserve_cache_bytes")
+                         .Help("Bytes held by the task-vector cache")
+                         .Register(reg)
+                         .Add({});
   if (!listen.empty()) {
     try {
       m->exposer_ = std::make_unique<prometheus::Exposer>(listen);
@@ -169,6 +185,10 @@ void ServiceMetrics::WatchJobs(JobManager* jobs) {
       queue_depth_->Set(static_cast<double>(s.queued));
       running_->Set(static_cast<double>(s.running));
       memory_in_use_->Set(static_cast<double>(s.memory_in_use));
+      const CacheStats c = jobs->cache_stats();
+      cache_hits_->Set(static_cast<double>(c.hits));
+      cache_misses_->Set(static_cast<double>(c.misses));
+      cache_bytes_->Set(static_cast<double>(c.bytes));
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
   });

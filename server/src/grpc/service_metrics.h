@@ -51,6 +51,9 @@ class ServiceMetrics {
   prometheus::Counter* bytes_streamed_ = nullptr;
   prometheus::Counter* merged_input_bytes_ = nullptr;
   prometheus::Gauge* throughput_ = nullptr;
+  prometheus::Gauge* cache_hits_ = nullptr;
+  prometheus::Gauge* cache_misses_ = nullptr;
+  prometheus::Gauge* cache_bytes_ = nullptr;
   std::atomic<bool> stop_{false};
   std::thread poller_;
 };

@@ -127,6 +127,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
     options.threads_per_job = std::max(1, cores / options.workers);
   }
   m->options_ = options;
+  m->cache_ = std::make_unique<TaskVectorCache>(options.cache_budget);
   std::error_code ec;
   fs::create_directories(options.data_dir + "/results", ec);
   MS_ASSIGN_OR_RETURN(
@@ -414,6 +415,12 @@ void JobManager::RunJob(JobRecord job,
     mo.threads = options_.threads_per_job;
     mo.resolver = options_.registry->Resolver();
     mo.cancelled = cancel.get();
+    mo.cache = cache_.get();
+    CheckpointRegistry* registry = options_.registry;
+    mo.digest = [registry](const std::string& ref) -> std::string {
+      auto c = registry->Get(ref, false);
+      return c.ok() ? c->content_digest : std::string();
+    };
     auto last = std::chrono::steady_clock::now();
     mo.on_progress = [&](const MergeProgress& p) {
       JobRecord snapshot;

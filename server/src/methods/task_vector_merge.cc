@@ -183,6 +183,13 @@ void TrimBelow(float* __restrict x, float v, int64_t n) {
   for (int64_t j = 0; j < n; ++j) x[j] = std::fabs(x[j]) >= v ? x[j] : 0.f;
 }
 
+// Cached per-expert selections: every tensor's set (model scope), or one
+// tensor's keep and drop sets (tensor scope).
+using PerTensorSets = std::map<std::string, TopSet>;
+struct CachedTrim {
+  TopSet keep, drop;
+};
+
 }  // namespace
 
 TrimCounts ComputeTrimCounts(const TaskVectorOptions& o, double density,
@@ -334,6 +341,8 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
   std::vector<SelectionQuery> queries;
   std::vector<TopSet> sets(experts_.size());
   std::vector<int64_t> wanted(experts_.size(), 0);
+  std::vector<std::string> keys(experts_.size());
+  std::vector<std::shared_ptr<const PerTensorSets>> cached(experts_.size());
   for (size_t k = 0; k < experts_.size(); ++k) {
     const int m = experts_[k];
     double density = 1;
@@ -356,14 +365,18 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
       sets[k].kind = TopSet::kAll;
     } else {
       sets[k].kind = TopSet::kThreshold;
-      queries.push_back({m, keep});
+      if (ctx.cache != nullptr) {
+        keys[k] = CacheKey(ctx, "model-trim", m, "", keep, 0);
+        cached[k] = ctx.cache->GetAs<PerTensorSets>(keys[k]);
+      }
+      if (cached[k] == nullptr) queries.push_back({m, keep});
     }
   }
   MS_ASSIGN_OR_RETURN(auto results, selector.Select(domain, queries));
   size_t q = 0;
   std::vector<std::vector<int64_t>> chunk_ties(experts_.size());
   for (size_t k = 0; k < experts_.size(); ++k) {
-    if (sets[k].kind != TopSet::kThreshold) continue;
+    if (sets[k].kind != TopSet::kThreshold || cached[k] != nullptr) continue;
     const SelectionResult& r = results[q++];
     sets[k].value = r.value;
     const int64_t need = wanted[k] - r.count_greater;
@@ -383,13 +396,24 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
       }
     }
   }
-  // Split into per-tensor sets (chunk order matches ChunkDomain).
+  // Split into per-tensor sets (chunk order matches ChunkDomain), from the
+  // cache where it had them.
+  std::vector<std::shared_ptr<PerTensorSets>> fresh(experts_.size());
+  for (size_t k = 0; k < experts_.size(); ++k) {
+    if (sets[k].kind == TopSet::kThreshold && cached[k] == nullptr) {
+      fresh[k] = std::make_shared<PerTensorSets>();
+    }
+  }
   size_t chunk_base = 0;
   for (const PlannedTensor* t : domain) {
     const size_t nchunks =
         static_cast<size_t>((t->numel + ctx.chunk_elems - 1) / ctx.chunk_elems);
     std::vector<TopSet> per(experts_.size());
     for (size_t k = 0; k < experts_.size(); ++k) {
+      if (cached[k] != nullptr) {
+        per[k] = cached[k]->at(t->name);
+        continue;
+      }
       per[k] = sets[k];
       if (!sets[k].all_ties && sets[k].kind == TopSet::kThreshold) {
         per[k].chunk_ties.assign(
@@ -398,9 +422,21 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
         per[k].tensor_ties = 0;
         for (int64_t c : per[k].chunk_ties) per[k].tensor_ties += c;
       }
+      if (fresh[k] != nullptr) (*fresh[k])[t->name] = per[k];
     }
     model_keep_[t->name] = std::move(per);
     chunk_base += nchunks;
+  }
+  if (ctx.cache != nullptr) {
+    for (size_t k = 0; k < experts_.size(); ++k) {
+      if (fresh[k] == nullptr) continue;
+      int64_t bytes = 0;
+      for (const auto& [name, set] : *fresh[k]) {
+        bytes += static_cast<int64_t>(name.size() + sizeof(TopSet) +
+                                      8 * set.chunk_ties.size());
+      }
+      ctx.cache->Put(keys[k], fresh[k], bytes);
+    }
   }
 
   if (opts_.consensus != Consensus::kNone &&
@@ -494,36 +530,84 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
       }
     }
   }
-  if (queries.empty()) return absl::OkStatus();
-  MagnitudeSelector selector(plan, *ctx.pool, ctx.chunk_elems);
-  const std::vector<const PlannedTensor*> domain = {&t};
-  MS_ASSIGN_OR_RETURN(auto results, selector.Select(domain, queries));
-  for (size_t q = 0; q < queries.size(); ++q) {
-    const auto [k, is_drop] = owner[q];
-    TopSet& set = is_drop ? p.drop[k] : p.keep[k];
-    const int64_t want = is_drop ? drop_k[k] : keep_k[k];
-    set.value = results[q].value;
-    const int64_t need = want - results[q].count_greater;
-    const bool exact =
-        opts_.keep == KeepMode::kExact || opts_.sparsify == Sparsify::kOutliers;
-    set.all_ties = !exact || need >= results[q].count_equal || set.value == 0;
-    if (!set.all_ties) {
-      if (!results[q].chunk_equal.empty()) {
-        set.chunk_ties = results[q].chunk_equal;
-      } else {
-        MS_ASSIGN_OR_RETURN(
-            set.chunk_ties,
-            selector.CountEqualPerChunk(domain, experts_[k], set.value));
+  // Reuse selections of earlier merges of the same checkpoints.
+  std::vector<bool> from_cache(n, false);
+  if (ctx.cache != nullptr) {
+    for (size_t k = 0; k < n; ++k) {
+      if (p.density[k] >= 1) continue;
+      auto hit = ctx.cache->GetAs<CachedTrim>(CacheKey(
+          ctx, "tensor-trim", experts_[k], t.name, keep_k[k], drop_k[k]));
+      if (hit == nullptr) continue;
+      p.keep[k] = hit->keep;
+      p.drop[k] = hit->drop;
+      from_cache[k] = true;
+    }
+    std::vector<SelectionQuery> remaining;
+    std::vector<std::pair<size_t, bool>> remaining_owner;
+    for (size_t q = 0; q < queries.size(); ++q) {
+      if (from_cache[owner[q].first]) continue;
+      remaining.push_back(queries[q]);
+      remaining_owner.push_back(owner[q]);
+    }
+    queries.swap(remaining);
+    owner.swap(remaining_owner);
+  }
+  if (!queries.empty()) {
+    MagnitudeSelector selector(plan, *ctx.pool, ctx.chunk_elems);
+    const std::vector<const PlannedTensor*> domain = {&t};
+    MS_ASSIGN_OR_RETURN(auto results, selector.Select(domain, queries));
+    for (size_t q = 0; q < queries.size(); ++q) {
+      const auto [k, is_drop] = owner[q];
+      TopSet& set = is_drop ? p.drop[k] : p.keep[k];
+      const int64_t want = is_drop ? drop_k[k] : keep_k[k];
+      set.value = results[q].value;
+      const int64_t need = want - results[q].count_greater;
+      const bool exact = opts_.keep == KeepMode::kExact ||
+                         opts_.sparsify == Sparsify::kOutliers;
+      set.all_ties = !exact || need >= results[q].count_equal || set.value == 0;
+      if (!set.all_ties) {
+        if (!results[q].chunk_equal.empty()) {
+          set.chunk_ties = results[q].chunk_equal;
+        } else {
+          MS_ASSIGN_OR_RETURN(
+              set.chunk_ties,
+              selector.CountEqualPerChunk(domain, experts_[k], set.value));
+        }
+        int64_t left = need;
+        for (auto& c : set.chunk_ties) {
+          c = std::min(c, left);
+          left -= c;
+        }
+        set.tensor_ties = need;
       }
-      int64_t left = need;
-      for (auto& c : set.chunk_ties) {
-        c = std::min(c, left);
-        left -= c;
-      }
-      set.tensor_ties = need;
+    }
+  }
+  if (ctx.cache != nullptr) {
+    for (size_t k = 0; k < n; ++k) {
+      if (p.density[k] >= 1 || from_cache[k]) continue;
+      auto entry =
+          std::make_shared<CachedTrim>(CachedTrim{p.keep[k], p.drop[k]});
+      const int64_t bytes = static_cast<int64_t>(
+          sizeof(CachedTrim) +
+          8 * (entry->keep.chunk_ties.size() + entry->drop.chunk_ties.size()));
+      ctx.cache->Put(CacheKey(ctx, "tensor-trim", experts_[k], t.name,
+                              keep_k[k], drop_k[k]),
+                     entry, bytes);
     }
   }
   return absl::OkStatus();
+}
+
+std::string TaskVectorMerge::CacheKey(const ExecContext& ctx, const char* kind,
+                                      int model, const std::string& tensor,
+                                      int64_t keep, int64_t drop) const {
+  // Everything a selection depends on: the inputs' content, the tensor, the
+  // counts, how ties are kept and the chunking of tie lists.
+  return absl::StrCat(kind, "|", ctx.base_digest, "|",
+                      ctx.model_digests[static_cast<size_t>(model)], "|",
+                      tensor, "|", keep, "|", drop, "|",
+                      static_cast<int>(opts_.keep), "|",
+                      static_cast<int>(opts_.sparsify), "|", ctx.chunk_elems);
 }
 
 absl::Status TaskVectorMerge::ComputeScale(const MergePlan& plan,

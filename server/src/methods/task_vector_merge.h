@@ -120,6 +120,9 @@ class TaskVectorMerge : public MergeMethod {
                                      PassMode mode, TensorSink* out) const;
   absl::Status ComputeScale(const MergePlan& plan, const PlannedTensor& t,
                             TensorParams& p, ExecContext& ctx) const;
+  std::string CacheKey(const ExecContext& ctx, const char* kind, int model,
+                       const std::string& tensor, int64_t keep,
+                       int64_t drop) const;
   // ATen path (task_vector_merge_aten.cc).
   absl::Status MergeAten(const MergePlan& plan, const PlannedTensor& t,
                          const TensorParams& p, ExecContext& ctx,

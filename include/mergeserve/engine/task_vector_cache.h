@@ -1,0 +1,64 @@
+// An LRU cache bounded by bytes for what a merge derives from its inputs and
+// can reuse across merges of the same checkpoints: per-tensor and per-model
+// trim thresholds (the two radix-select passes of TIES/breadcrumbs), keyed by
+// the checkpoints' content digests. A sweep over λ or weights on the same
+// models then runs one streaming pass per point instead of three.
+//
+// Task vectors themselves are not kept: τ in fp32 is twice the bytes of the
+// bf16 inputs it is computed from, so reading a cached τ would cost more
+// memory traffic than recomputing it from the page-cached checkpoints.
+#ifndef MERGESERVE_ENGINE_TASK_VECTOR_CACHE_H_
+#define MERGESERVE_ENGINE_TASK_VECTOR_CACHE_H_
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+namespace mergeserve {
+
+struct CacheStats {
+  int64_t hits = 0;
+  int64_t misses = 0;
+  int64_t bytes = 0;
+  int64_t entries = 0;
+  int64_t capacity_bytes = 0;
+};
+
+class TaskVectorCache {
+ public:
+  explicit TaskVectorCache(int64_t capacity_bytes)
+      : capacity_(capacity_bytes) {}
+
+  // nullptr (and a miss) when absent.
+  std::shared_ptr<const void> Get(const std::string& key);
+  // Inserts, evicting least recently used entries beyond the capacity.
+  void Put(const std::string& key, std::shared_ptr<const void> value,
+           int64_t bytes);
+  CacheStats stats() const;
+
+  template <typename T>
+  std::shared_ptr<const T> GetAs(const std::string& key) {
+    return std::static_pointer_cast<const T>(Get(key));
+  }
+
+ private:
+  struct Entry {
+    std::string key;
+    std::shared_ptr<const void> value;
+    int64_t bytes;
+  };
+  mutable std::mutex mu_;
+  const int64_t capacity_;
+  std::list<Entry> lru_;  // front: most recent
+  std::unordered_map<std::string, std::list<Entry>::iterator> index_;
+  int64_t bytes_ = 0;
+  int64_t hits_ = 0;
+  int64_t misses_ = 0;
+};
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_ENGINE_TASK_VECTOR_CACHE_H_
