@@ -18,6 +18,7 @@ struct Args {
   std::string role, base, output;
   std::map<std::string, std::string> labels;
   bool wait = false;
+  bool upload = false;
 };
 
 // Exit codes that tell failure kinds apart (see --help).

@@ -13,7 +13,9 @@ constexpr char kUsage[] =
 
 checkpoints:
   register NAME PATH [--role base|expert|auxiliary] [--base NAME] [--label K=V]...
-                         register a server-side folder (default role: expert)
+           [--upload]    register a server-side folder (default role: expert);
+                         with --upload, PATH is a local folder streamed to the
+                         server (SHA-256 checked, resumable by re-running)
   list [--role ROLE] [--label K=V]...
   show NAME              one checkpoint with its tensors
   delete NAME
@@ -60,6 +62,8 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--json") {
       args.json = true;
+    } else if (a == "--upload") {
+      args.upload = true;
     } else if (a == "--wait") {
       args.wait = true;
     } else if (is("--server")) {

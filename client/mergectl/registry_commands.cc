@@ -1,8 +1,13 @@
 // mergectl verbs for the checkpoint registry: register, list, show, delete.
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include "cli.h"
+#include "cli/progress_bar.h"
+#include "mergeserve/base/sha256.h"
 #include "mergeserve/v1/registry.grpc.pb.h"
 #include "nlohmann/json.hpp"
 
@@ -86,6 +91,73 @@ void PrintCheckpoint(const Checkpoint& c) {
   }
 }
 
+// Streams a local folder's model files: a header with every file's size and
+// SHA-256, then 1 MiB chunks.
+grpc::Status Upload(RegistryService::Stub& stub, const Checkpoint& meta,
+                    const std::string& dir, Checkpoint* out) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (!e.is_regular_file()) continue;
+    if (n.size() > 12 && n.substr(n.size() - 12) == ".safetensors")
+      names.push_back(n);
+    for (const char* side : {"model.safetensors.index.json", "config.json",
+                             "generation_config.json", "tokenizer.json",
+                             "tokenizer_config.json", "special_tokens_map.json",
+                             "tokenizer.model", "vocab.json", "merges.txt"}) {
+      if (n == side) names.push_back(n);
+    }
+  }
+  if (ec || names.empty()) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        "no model files in local folder " + dir);
+  }
+  std::sort(names.begin(), names.end());
+  mergeserve::v1::UploadCheckpointRequest header;
+  *header.mutable_header()->mutable_checkpoint() = meta;
+  int64_t total = 0;
+  for (const std::string& n : names) {
+    auto digest = mergeserve::Sha256File(dir + "/" + n);
+    if (!digest.ok()) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          std::string(digest.status().message()));
+    }
+    auto* f = header.mutable_header()->add_files();
+    f->set_name(n);
+    f->set_size_bytes(static_cast<int64_t>(fs::file_size(dir + "/" + n)));
+    f->set_sha256(*digest);
+    total += f->size_bytes();
+  }
+  grpc::ClientContext ctx;
+  auto writer = stub.UploadCheckpoint(&ctx, out);
+  bool ok = writer->Write(header);
+  mergeserve::ProgressBar bar(stderr, "uploading " + meta.name());
+  int64_t sent = 0;
+  std::vector<char> buf(1 << 20);
+  for (size_t i = 0; ok && i < names.size(); ++i) {
+    std::ifstream in(dir + "/" + names[i], std::ios::binary);
+    int64_t offset = 0;
+    while (ok && in) {
+      in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+      const std::streamsize n = in.gcount();
+      if (n <= 0) break;
+      mergeserve::v1::UploadCheckpointRequest chunk;
+      chunk.mutable_chunk()->set_file(names[i]);
+      chunk.mutable_chunk()->set_offset(offset);
+      chunk.mutable_chunk()->set_data(buf.data(), static_cast<size_t>(n));
+      ok = writer->Write(chunk);
+      offset += n;
+      sent += n;
+      bar.Update(sent, total, names[i]);
+    }
+  }
+  bar.Finish();
+  writer->WritesDone();
+  return writer->Finish();
+}
+
 }  // namespace
 
 int RunRegistryVerb(const Args& args,
@@ -113,7 +185,9 @@ int RunRegistryVerb(const Args& args,
     c->set_base(args.base);
     for (const auto& [k, v] : args.labels) (*c->mutable_labels())[k] = v;
     Checkpoint out;
-    grpc::Status s = stub->RegisterCheckpoint(&ctx, req, &out);
+    grpc::Status s =
+        args.upload ? Upload(*stub, req.checkpoint(), args.positional[2], &out)
+                    : stub->RegisterCheckpoint(&ctx, req, &out);
     if (!s.ok()) return Fail(s, args.server);
     if (args.json) {
       std::cout << ToJson(out).dump() << std::endl;

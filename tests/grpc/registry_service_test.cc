@@ -4,11 +4,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include <filesystem>
+#include <fstream>
 #include <future>
+#include <thread>
 
 #include "gmock/gmock.h"
 #include "grpc/merge_server.h"
 #include "gtest/gtest.h"
+#include "mergeserve/base/sha256.h"
 #include "mergeserve/v1/registry.grpc.pb.h"
 #include "test_util.h"
 
@@ -177,6 +180,111 @@ TEST_F(RegistryServiceTest,
   EXPECT_EQ(stub_->GetCheckpoint(&gctx, get, &out).error_code(),
             grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(Names(), ::testing::ElementsAre("base", "math"));
+}
+
+// Sends `files` (name -> bytes) with the given declared digests; `cut`
+// drops the last N bytes of the last file; `cancel` cancels mid-stream.
+grpc::Status Upload(v1::RegistryService::Stub& stub, const std::string& name,
+                    const std::map<std::string, std::string>& files,
+                    const std::map<std::string, std::string>& digests,
+                    size_t cut = 0, bool cancel = false,
+                    v1::Checkpoint* out = nullptr) {
+  v1::Checkpoint local;
+  grpc::ClientContext ctx;
+  auto writer = stub.UploadCheckpoint(&ctx, out ? out : &local);
+  v1::UploadCheckpointRequest header;
+  header.mutable_header()->mutable_checkpoint()->set_name(name);
+  header.mutable_header()->mutable_checkpoint()->set_role(
+      v1::CHECKPOINT_ROLE_BASE);
+  for (const auto& [n, bytes] : files) {
+    auto* f = header.mutable_header()->add_files();
+    f->set_name(n);
+    f->set_size_bytes(static_cast<int64_t>(bytes.size()));
+    f->set_sha256(digests.at(n));
+  }
+  writer->Write(header);
+  size_t i = 0;
+  for (const auto& [n, bytes] : files) {
+    const bool last = ++i == files.size();
+    const std::string data = last ? bytes.substr(0, bytes.size() - cut) : bytes;
+    for (size_t off = 0; off < data.size(); off += 1000) {
+      v1::UploadCheckpointRequest chunk;
+      chunk.mutable_chunk()->set_file(n);
+      chunk.mutable_chunk()->set_offset(static_cast<int64_t>(off));
+      chunk.mutable_chunk()->set_data(data.substr(off, 1000));
+      writer->Write(chunk);
+      if (cancel) {
+        ctx.TryCancel();
+        return writer->Finish();
+      }
+    }
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+TEST_F(RegistryServiceTest, UploadsAreVerifiedAndAtomic) {
+  const std::string bytes = Slurp(models_ + "/base/model.safetensors");
+  const std::map<std::string, std::string> files = {
+      {"model.safetensors", bytes}, {"config.json", "{}"}};
+  const std::map<std::string, std::string> digests = {
+      {"model.safetensors", Sha256Hex(bytes)},
+      {"config.json", Sha256Hex("{}")}};
+  const std::string uploads = root_ + "/data/uploads";
+  auto nothing_left = [&] {
+    if (!fs::exists(uploads)) return true;
+    return fs::is_empty(uploads);
+  };
+
+  // Corrupt: a digest that does not match.
+  auto wrong = digests;
+  wrong["model.safetensors"] = std::string(64, '0');
+  grpc::Status s = Upload(*stub_, "up", files, wrong);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("does not match its SHA-256"));
+  // Short: the stream ends early.
+  s = Upload(*stub_, "up", files, digests, /*cut=*/10);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_THAT(s.error_message(), HasSubstr("stopped at"));
+  // Dropped: the client cancels mid-stream.
+  s = Upload(*stub_, "up", files, digests, 0, /*cancel=*/true);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED);
+  // Not a model file.
+  s = Upload(*stub_, "up", {{"../evil.sh", "x"}},
+             {{"../evil.sh", Sha256Hex("x")}});
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // Too large a message.
+  s = Upload(*stub_, "up", {{"model.safetensors", std::string(9 << 20, 'x')}},
+             {{"model.safetensors", Sha256Hex(std::string(9 << 20, 'x'))}});
+  EXPECT_NE(s.error_code(), grpc::StatusCode::OK);
+  for (int i = 0; i < 100 && !nothing_left(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(nothing_left()) << "partial upload left behind";
+  EXPECT_TRUE(Names().empty());
+
+  v1::Checkpoint out;
+  s = Upload(*stub_, "up", files, digests, 0, false, &out);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(out.tensor_count(), 2);
+  EXPECT_EQ(out.path(),
+            fs::canonical(root_ + "/data").string() + "/checkpoints/up");
+  auto local = CheckpointRegistry::FolderDigest(models_ + "/base");
+  ASSERT_TRUE(local.ok());
+  EXPECT_EQ(out.content_digest(), *local);
+  EXPECT_THAT(Names(), ::testing::ElementsAre("up"));
+  // Deleting an uploaded checkpoint removes its files too.
+  v1::DeleteCheckpointRequest del;
+  del.set_name("up");
+  google::protobuf::Empty empty;
+  grpc::ClientContext dctx;
+  ASSERT_TRUE(stub_->DeleteCheckpoint(&dctx, del, &empty).ok());
+  EXPECT_FALSE(fs::exists(out.path()));
 }
 
 TEST_F(RegistryServiceTest, SurvivesARestart) {

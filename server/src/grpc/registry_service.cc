@@ -4,6 +4,7 @@
 
 #include "grpc/proto_convert.h"
 #include "grpc/status_util.h"
+#include "grpc/upload_reactor.h"
 
 namespace mergeserve {
 
@@ -28,6 +29,12 @@ grpc::ServerUnaryReactor* RegistryServiceImpl::RegisterCheckpoint(
     reactor->Finish(ToGrpcStatus(status));
   }).detach();
   return reactor;
+}
+
+grpc::ServerReadReactor<v1::UploadCheckpointRequest>*
+RegistryServiceImpl::UploadCheckpoint(grpc::CallbackServerContext* ctx,
+                                      v1::Checkpoint* response) {
+  return new UploadReactor(registry_, response);
 }
 
 grpc::ServerUnaryReactor* RegistryServiceImpl::GetCheckpoint(

@@ -18,6 +18,8 @@ class RegistryServiceImpl final : public v1::RegistryService::CallbackService {
       grpc::CallbackServerContext* ctx,
       const v1::RegisterCheckpointRequest* request,
       v1::Checkpoint* response) override;
+  grpc::ServerReadReactor<v1::UploadCheckpointRequest>* UploadCheckpoint(
+      grpc::CallbackServerContext* ctx, v1::Checkpoint* response) override;
   grpc::ServerUnaryReactor* GetCheckpoint(
       grpc::CallbackServerContext* ctx, const v1::GetCheckpointRequest* request,
       v1::Checkpoint* response) override;

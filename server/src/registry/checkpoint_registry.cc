@@ -297,11 +297,16 @@ absl::Status CheckpointRegistry::Delete(const std::string& name) {
           absl::StrCat("checkpoint '", name, "' is the base of ",
                        absl::StrJoin(names, ", "), "; delete those first"));
     }
+    MS_ASSIGN_OR_RETURN(CheckpointRecord c, Get(name, false));
     MS_RETURN_IF_ERROR(
         db_->Exec("DELETE FROM checkpoints WHERE name = ?", {name}));
-    if (db_->changes() == 0) {
-      return absl::NotFoundError(
-          absl::StrCat("checkpoint '", name, "' not found"));
+    // Uploaded checkpoints live in the data dir and go with their record;
+    // folders registered from a server path are their owner's and stay.
+    const fs::path uploads = fs::path(options_.data_dir) / "checkpoints";
+    const fs::path rel = fs::path(c.path).lexically_relative(uploads);
+    if (!rel.empty() && *rel.begin() != "..") {
+      std::error_code ec;
+      fs::remove_all(c.path, ec);
     }
     return absl::OkStatus();
   });

@@ -1,0 +1,233 @@
+#include "grpc/upload_reactor.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "grpc/proto_convert.h"
+#include "grpc/status_util.h"
+
+namespace mergeserve {
+namespace fs = std::filesystem;
+
+namespace {
+constexpr int64_t kMaxFileBytes = int64_t{1} << 40;
+}
+
+bool UploadReactor::AllowedFile(const std::string& n) {
+  if (n.empty() || n.find('/') != std::string::npos || n[0] == '.')
+    return false;
+  static const char* kSide[] = {"model.safetensors.index.json",
+                                "config.json",
+                                "generation_config.json",
+                                "tokenizer.json",
+                                "tokenizer_config.json",
+                                "special_tokens_map.json",
+                                "tokenizer.model",
+                                "vocab.json",
+                                "merges.txt",
+                                "added_tokens.json",
+                                "vocab.txt"};
+  if (absl::EndsWith(n, ".safetensors")) return true;
+  for (const char* s : kSide) {
+    if (n == s) return true;
+  }
+  return false;
+}
+
+UploadReactor::UploadReactor(CheckpointRegistry& registry,
+                             v1::Checkpoint* response)
+    : registry_(registry), response_(response) {
+  StartRead(&request_);
+}
+
+UploadReactor::~UploadReactor() {
+  CloseFiles();
+  if (!temp_dir_.empty()) {
+    std::error_code ec;
+    fs::remove_all(temp_dir_, ec);
+  }
+}
+
+void UploadReactor::CloseFiles() {
+  for (auto& [name, f] : files_) {
+    if (f.fd >= 0) ::close(f.fd);
+    f.fd = -1;
+  }
+}
+
+absl::Status UploadReactor::Begin(const v1::UploadHeader& header) {
+  auto record = FromProto(header.checkpoint());
+  if (!record.ok()) return record.status();
+  record_ = *record;
+  if (!CheckpointRegistry::IsValidName(record_.name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid checkpoint name '", record_.name, "'"));
+  }
+  if (registry_.Get(record_.name, false).ok()) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("checkpoint '", record_.name, "' already exists"));
+  }
+  if (header.files_size() == 0) {
+    return absl::InvalidArgumentError("upload header lists no files");
+  }
+  std::random_device rd;
+  temp_dir_ = absl::StrFormat("%s/uploads/%s.tmp-%08x", registry_.data_dir(),
+                              record_.name, rd());
+  std::error_code ec;
+  fs::create_directories(temp_dir_, ec);
+  if (ec) return absl::InternalError("cannot create upload folder");
+  for (const v1::UploadFile& f : header.files()) {
+    if (!AllowedFile(f.name())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("upload file '", f.name(), "' is not a model file"));
+    }
+    if (f.size_bytes() < 0 || f.size_bytes() > kMaxFileBytes ||
+        f.sha256().size() != 64) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "upload file '", f.name(), "' needs a size and a SHA-256"));
+    }
+    if (files_.count(f.name())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("file '", f.name(), "' listed twice"));
+    }
+    File file;
+    file.size = f.size_bytes();
+    file.sha256 = f.sha256();
+    file.hash = std::make_unique<Sha256>();
+    file.fd = ::open((temp_dir_ + "/" + f.name()).c_str(),
+                     O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (file.fd < 0) return absl::InternalError("cannot create upload file");
+    files_[f.name()] = std::move(file);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UploadReactor::Append(const v1::UploadChunk& chunk) {
+  auto it = files_.find(chunk.file());
+  if (it == files_.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk for undeclared file '", chunk.file(), "'"));
+  }
+  File& f = it->second;
+  if (chunk.offset() != f.written) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk of '", chunk.file(), "' at offset ", chunk.offset(),
+                     ", expected ", f.written));
+  }
+  const int64_t n = static_cast<int64_t>(chunk.data().size());
+  if (f.written + n > f.size) {
+    return absl::DataLossError(absl::StrCat("file '", chunk.file(),
+                                            "' is longer than its declared ",
+                                            f.size, " bytes"));
+  }
+  const char* p = chunk.data().data();
+  int64_t left = n;
+  while (left > 0) {
+    const ssize_t w = ::write(f.fd, p, static_cast<size_t>(left));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return absl::InternalError(
+          absl::StrCat("cannot write upload of ", chunk.file()));
+    }
+    p += w;
+    left -= w;
+  }
+  f.hash->Update(chunk.data().data(), chunk.data().size());
+  f.written += n;
+  return absl::OkStatus();
+}
+
+void UploadReactor::Fail(const absl::Status& status) {
+  if (finished_) return;
+  finished_ = true;
+  Finish(ToGrpcStatus(status));
+}
+
+void UploadReactor::OnReadDone(bool ok) {
+  if (finished_) return;
+  if (!ok) {
+    Complete();  // the client closed its side
+    return;
+  }
+  absl::Status s;
+  if (!started_) {
+    if (request_.part_case() != v1::UploadCheckpointRequest::kHeader) {
+      s = absl::InvalidArgumentError("an upload must start with its header");
+    } else {
+      started_ = true;
+      s = Begin(request_.header());
+    }
+  } else if (request_.part_case() != v1::UploadCheckpointRequest::kChunk) {
+    s = absl::InvalidArgumentError("only one header per upload");
+  } else {
+    s = Append(request_.chunk());
+  }
+  if (!s.ok()) {
+    Fail(s);
+    return;
+  }
+  StartRead(&request_);
+}
+
+void UploadReactor::Complete() {
+  if (!started_) {
+    Fail(absl::InvalidArgumentError("empty upload"));
+    return;
+  }
+  for (auto& [name, f] : files_) {
+    if (f.written != f.size) {
+      Fail(absl::DataLossError(absl::StrCat("upload of '", name,
+                                            "' stopped at ", f.written, " of ",
+                                            f.size, " bytes")));
+      return;
+    }
+    const std::string got = f.hash->HexDigest();
+    if (got != f.sha256) {
+      Fail(absl::DataLossError(absl::StrCat(
+          "file '", name, "' does not match its SHA-256 (got ", got, ")")));
+      return;
+    }
+  }
+  CloseFiles();
+  // Validating and hashing the folder takes a while: not on a gRPC thread.
+  std::thread([this] {
+    const std::string final_dir =
+        absl::StrCat(registry_.data_dir(), "/checkpoints/", record_.name);
+    std::error_code ec;
+    fs::create_directories(fs::path(final_dir).parent_path(), ec);
+    fs::remove_all(final_dir, ec);  // a leftover of an earlier failed upload
+    fs::rename(temp_dir_, final_dir, ec);
+    if (ec) {
+      Fail(absl::InternalError(
+          absl::StrCat("cannot store upload: ", ec.message())));
+      return;
+    }
+    temp_dir_ = final_dir;  // removed again below if registration fails
+    record_.path = final_dir;
+    auto registered = registry_.Register(record_);
+    if (!registered.ok()) {
+      Fail(registered.status());
+      return;
+    }
+    temp_dir_.clear();  // the registry owns it now
+    ToProto(*registered, response_);
+    response_->clear_tensors();
+    finished_ = true;
+    Finish(grpc::Status::OK);
+  }).detach();
+}
+
+void UploadReactor::OnCancel() {
+  // The client went away: OnDone follows and the destructor cleans up.
+}
+
+void UploadReactor::OnDone() { delete this; }
+
+}  // namespace mergeserve

@@ -1,0 +1,60 @@
+// The server side of RegistryService.UploadCheckpoint: writes the declared
+// files into a temporary folder under the data dir while hashing them, then
+// verifies and registers the folder. A broken, short or corrupt upload
+// leaves nothing behind.
+#ifndef MERGESERVE_GRPC_UPLOAD_REACTOR_H_
+#define MERGESERVE_GRPC_UPLOAD_REACTOR_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "mergeserve/base/sha256.h"
+#include "mergeserve/registry/checkpoint_registry.h"
+#include "mergeserve/v1/registry.grpc.pb.h"
+
+namespace mergeserve {
+
+class UploadReactor
+    : public grpc::ServerReadReactor<v1::UploadCheckpointRequest> {
+ public:
+  UploadReactor(CheckpointRegistry& registry, v1::Checkpoint* response);
+  ~UploadReactor() override;
+
+  void OnReadDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+  // Which file names an upload may carry.
+  static bool AllowedFile(const std::string& name);
+
+ private:
+  struct File {
+    int64_t size = 0;
+    std::string sha256;
+    int64_t written = 0;
+    int fd = -1;
+    std::unique_ptr<Sha256> hash;
+  };
+  absl::Status Begin(const v1::UploadHeader& header);
+  absl::Status Append(const v1::UploadChunk& chunk);
+  void Complete();
+  void Fail(const absl::Status& status);
+  void CloseFiles();
+
+  CheckpointRegistry& registry_;
+  v1::Checkpoint* response_;
+  v1::UploadCheckpointRequest request_;
+  CheckpointRecord record_;
+  std::map<std::string, File> files_;
+  std::string temp_dir_;
+  bool started_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_GRPC_UPLOAD_REACTOR_H_
