@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "mergeserve/base/log.h"
 #include "mergeserve/base/sha256.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/executor.h"
@@ -259,6 +260,10 @@ absl::StatusOr<JobRecord> JobManager::Submit(const std::string& config_yaml) {
   MS_RETURN_IF_ERROR(Persist(j));
   queue_.push_back(j.id);
   cv_.notify_one();
+  LogEvent("job_queued", {{"job", j.id},
+                          {"method", config.merge_method},
+                          {"request_digest", j.request_digest.substr(0, 16)},
+                          {"queue_depth", std::to_string(queue_.size())}});
   return j;
 }
 
@@ -305,6 +310,7 @@ absl::StatusOr<JobRecord> JobManager::Cancel(const std::string& id) {
     j.end_ms = NowMs();
     MS_RETURN_IF_ERROR(Persist(j));
   }
+  LogEvent("job_cancelled", {{"job", j.id}, {"while", "queued"}});
   Notify(j);
   if (options_.on_finished) options_.on_finished(j);
   return j;
@@ -375,6 +381,7 @@ void JobManager::WorkerLoop() {
       running_[id] = {cancel, job};
       (void)Persist(job);
     }
+    LogEvent("job_started", {{"job", id}});
     Notify(job);
     RunJob(job, cancel);
   }
@@ -484,6 +491,15 @@ void JobManager::RunJob(JobRecord job,
     memory_in_use_ -= reserved;
   }
   cv_.notify_all();
+  LogEvent("job_finished",
+           {{"job", done.id},
+            {"state", done.state == JobState::kSucceeded   ? "SUCCEEDED"
+                      : done.state == JobState::kCancelled ? "CANCELLED"
+                                                           : "FAILED"},
+            {"seconds",
+             absl::StrFormat("%.3f", (done.end_ms - done.start_ms) / 1000.0)},
+            {"result_bytes", std::to_string(done.result_bytes)},
+            {"error", done.error_message}});
   Notify(done);
   if (options_.on_finished) options_.on_finished(done);
 }

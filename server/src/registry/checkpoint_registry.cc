@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "mergeserve/base/log.h"
 #include "mergeserve/base/sha256.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/format/model_folder.h"
@@ -248,6 +249,10 @@ absl::StatusOr<CheckpointRecord> CheckpointRegistry::Register(
   for (const TensorInfo* t : (*folder)->tensors()) {
     c.tensors.push_back({t->name, t->dtype, t->shape});
   }
+  LogEvent("checkpoint_registered", {{"checkpoint", c.name},
+                                     {"role", RoleName(c.role)},
+                                     {"path", c.path},
+                                     {"digest", c.content_digest}});
   return c;
 }
 
