@@ -38,6 +38,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--torch-runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--only", choices=["merge", "sweep"], default=None,
+                    help="run one part: the merge comparison or the λ sweep")
     args = ap.parse_args()
 
     model = os.path.join(args.work, "llama170m")
@@ -63,6 +65,10 @@ def main():
     }
     mergeserve = os.path.join(args.build, "mergeserve")
     threads = ["--threads", str(args.threads)] if args.threads else []
+    if args.only != "merge":
+        sweep(args, model, experts, mergeserve, threads)
+    if args.only == "sweep":
+        return
     _, bw_out = run([os.path.join(args.build, "tests", "mergeserve_membw"), "1024"])
     bandwidth = json.loads(bw_out)["read_bytes_per_second"]
 
@@ -124,6 +130,73 @@ def main():
           f"{model_wall / tensor_wall:.2f}")
     print(f"mergeserve (threshold keep) and PyTorch outputs bit-identical: "
           f"{'yes' if identical else 'NO'}")
+
+
+def sweep(args, model, experts, mergeserve, threads):
+    """A 10-point λ sweep of TIES on the same checkpoints: through the server
+    (its task-vector cache keeps the trim selections after the first point)
+    against 10 cold one-shot `mergeserve merge` runs."""
+    import shutil
+    import signal
+    import socket
+    sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+    os.environ.setdefault("MERGESERVE_PY_STUBS", os.path.join(args.build, "python"))
+    from mergeserve_client import Client
+
+    lambdas = [round(0.1 * i, 1) for i in range(1, 11)]
+    base_yaml = open(os.path.join(model, "ties.yaml")).read()
+    texts = [base_yaml.replace("lambda: 1.0", f"lambda: {lam}") for lam in lambdas]
+
+    # Page cache warm for both sides (the first cold run would otherwise read
+    # from disk).
+    run([mergeserve, "merge", os.path.join(model, "ties.yaml"),
+         os.path.join(args.work, "sweep_cold"), "--overwrite", "--quiet"] + threads)
+    cold = []
+    for i, text in enumerate(texts):
+        cfg = os.path.join(model, f"sweep_{i}.yaml")
+        with open(cfg, "w") as f:
+            f.write(text)
+        wall, _ = run([mergeserve, "merge", cfg, os.path.join(args.work, "sweep_cold"),
+                       "--overwrite", "--quiet"] + threads)
+        cold.append(wall)
+
+    data = os.path.join(args.work, "sweep_data")
+    shutil.rmtree(data, ignore_errors=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([mergeserve, "serve", f"--listen=127.0.0.1:{port}",
+                               "--metrics-listen=", f"--data-dir={data}",
+                               "--allow-root", model], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        warm = []
+        with Client(f"127.0.0.1:{port}") as c:
+            c.register("base", os.path.join(model, "base"), role="base")
+            for e in experts:
+                c.register(os.path.basename(e), e, base="base")
+            for text in texts:
+                start = time.monotonic()
+                c.merge(text)
+                warm.append(time.monotonic() - start)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait()
+    print(f"\nλ sweep, 10 points of TIES (density 0.2) on the same 4 experts:")
+    print("| run | total s | first point s | median point s |")
+    print("|---|---:|---:|---:|")
+    print(f"| 10 cold one-shot `mergeserve merge` | {sum(cold):.2f} | {cold[0]:.2f} | "
+          f"{statistics.median(cold):.2f} |")
+    print(f"| 10 jobs on one server (cache warm after the first) | {sum(warm):.2f} | "
+          f"{warm[0]:.2f} | {statistics.median(warm[1:]):.2f} |")
+    print(f"\nsweep speed-up from reuse: {sum(cold) / sum(warm):.2f}x "
+          f"(per warm point: {statistics.median(cold) / statistics.median(warm[1:]):.2f}x)")
 
 
 if __name__ == "__main__":
