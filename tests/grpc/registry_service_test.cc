@@ -188,7 +188,7 @@ grpc::Status Upload(v1::RegistryService::Stub& stub, const std::string& name,
                     const std::map<std::string, std::string>& files,
                     const std::map<std::string, std::string>& digests,
                     size_t cut = 0, bool cancel = false,
-                    v1::Checkpoint* out = nullptr) {
+                    v1::Checkpoint* out = nullptr, size_t chunk_bytes = 1000) {
   v1::Checkpoint local;
   grpc::ClientContext ctx;
   auto writer = stub.UploadCheckpoint(&ctx, out ? out : &local);
@@ -207,11 +207,11 @@ grpc::Status Upload(v1::RegistryService::Stub& stub, const std::string& name,
   for (const auto& [n, bytes] : files) {
     const bool last = ++i == files.size();
     const std::string data = last ? bytes.substr(0, bytes.size() - cut) : bytes;
-    for (size_t off = 0; off < data.size(); off += 1000) {
+    for (size_t off = 0; off < data.size(); off += chunk_bytes) {
       v1::UploadCheckpointRequest chunk;
       chunk.mutable_chunk()->set_file(n);
       chunk.mutable_chunk()->set_offset(static_cast<int64_t>(off));
-      chunk.mutable_chunk()->set_data(data.substr(off, 1000));
+      chunk.mutable_chunk()->set_data(data.substr(off, chunk_bytes));
       writer->Write(chunk);
       if (cancel) {
         ctx.TryCancel();
@@ -258,10 +258,12 @@ TEST_F(RegistryServiceTest, UploadsAreVerifiedAndAtomic) {
   s = Upload(*stub_, "up", {{"../evil.sh", "x"}},
              {{"../evil.sh", Sha256Hex("x")}});
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  // Too large a message.
+  // Too large a message (one 9 MiB chunk; the server takes up to 8 MiB).
   s = Upload(*stub_, "up", {{"model.safetensors", std::string(9 << 20, 'x')}},
-             {{"model.safetensors", Sha256Hex(std::string(9 << 20, 'x'))}});
-  EXPECT_NE(s.error_code(), grpc::StatusCode::OK);
+             {{"model.safetensors", Sha256Hex(std::string(9 << 20, 'x'))}}, 0,
+             false, nullptr, /*chunk_bytes=*/9 << 20);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << s.error_message();
   for (int i = 0; i < 100 && !nothing_left(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

@@ -376,13 +376,9 @@ void JobManager::WorkerLoop() {
       if (!loaded.ok() || loaded->state != JobState::kQueued) continue;
       job = *loaded;
       cancel = std::make_shared<std::atomic<bool>>(false);
-      job.state = JobState::kRunning;
-      job.start_ms = NowMs();
+      // Claimed (cancellable) but still QUEUED until RunJob has memory.
       running_[id] = {cancel, job};
-      (void)Persist(job);
     }
-    LogEvent("job_started", {{"job", id}});
-    Notify(job);
     RunJob(job, cancel);
   }
 }
@@ -416,6 +412,17 @@ void JobManager::RunJob(JobRecord job,
     memory_in_use_ += reserved;
   }
   if (status.ok() && !cancel->load()) {
+    JobRecord started;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      JobRecord& r = running_[job.id].record;
+      r.state = JobState::kRunning;
+      r.start_ms = NowMs();
+      (void)Persist(r);
+      started = r;
+    }
+    LogEvent("job_started", {{"job", job.id}});
+    Notify(started);
     MergeOptions mo;
     mo.output_dir = job.result_dir;
     mo.overwrite = true;
@@ -488,9 +495,7 @@ void JobManager::RunJob(JobRecord job,
     std::lock_guard<std::mutex> lock(mu_);
     (void)Persist(done);
     running_.erase(job.id);
-    memory_in_use_ -= reserved;
   }
-  cv_.notify_all();
   LogEvent("job_finished",
            {{"job", done.id},
             {"state", done.state == JobState::kSucceeded   ? "SUCCEEDED"
@@ -500,8 +505,14 @@ void JobManager::RunJob(JobRecord job,
              absl::StrFormat("%.3f", (done.end_ms - done.start_ms) / 1000.0)},
             {"result_bytes", std::to_string(done.result_bytes)},
             {"error", done.error_message}});
+  // Watchers hear of the end before the memory goes to the next job.
   Notify(done);
   if (options_.on_finished) options_.on_finished(done);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    memory_in_use_ -= reserved;
+  }
+  cv_.notify_all();
 }
 
 }  // namespace mergeserve
