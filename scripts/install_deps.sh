@@ -10,7 +10,7 @@ PKGS=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev prometheus-cpp-dev
   libsqlite3-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3 python3-numpy python3-torch python3-grpcio python3-sklearn
+  python3 python3-numpy python3-torch python3-grpcio python3-protobuf python3-sklearn
 )
 missing=()
 for p in "${PKGS[@]}"; do
