@@ -82,6 +82,9 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
   // Called with state_->mu held.
   void Offer(const JobRecord& r) {
     if (finished_ || last_sent_final_) return;
+    // Events may arrive slightly out of order across threads; the end of a
+    // job is never replaced by an older progress event.
+    if (pending_ && IsFinal(pending_->state)) return;
     pending_ = r;
     if (!writing_) SendPendingLocked();
   }

@@ -318,10 +318,18 @@ absl::StatusOr<JobRecord> JobManager::Cancel(const std::string& id) {
 
 absl::StatusOr<uint64_t> JobManager::Subscribe(const std::string& id,
                                                Listener fn) {
-  MS_ASSIGN_OR_RETURN(JobRecord now, Get(id));
+  JobRecord now;
   uint64_t sub;
   {
+    // Snapshot and registration under one lock: every later event is at
+    // least as new as the snapshot.
     std::lock_guard<std::mutex> lock(mu_);
+    auto it = running_.find(id);
+    if (it != running_.end()) {
+      now = it->second.record;
+    } else {
+      MS_ASSIGN_OR_RETURN(now, Load(id));
+    }
     sub = next_listener_++;
     listeners_[sub] = {id, fn};
   }
