@@ -4,6 +4,8 @@
 
 #include <cstdio>
 
+#include "mergeserve/base/byte_size.h"
+
 namespace mergectl {
 
 int ExitCode(const grpc::Status& s) {
@@ -45,18 +47,7 @@ int Fail(const grpc::Status& s, const std::string& server) {
   return ExitCode(s);
 }
 
-std::string HumanBytes(int64_t b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(b);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", v, units[u]);
-  return buf;
-}
+std::string HumanBytes(int64_t b) { return mergeserve::FormatBytes(b); }
 
 bool Interactive() { return isatty(2) != 0; }
 

@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "cli/progress_bar.h"
 #include "mergeserve/base/sha256.h"
+#include "mergeserve/format/model_folder.h"
 #include "mergeserve/v1/registry.grpc.pb.h"
 #include "nlohmann/json.hpp"
 
@@ -101,14 +102,7 @@ grpc::Status Upload(RegistryService::Stub& stub, const Checkpoint& meta,
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string n = e.path().filename().string();
     if (!e.is_regular_file()) continue;
-    if (n.size() > 12 && n.substr(n.size() - 12) == ".safetensors")
-      names.push_back(n);
-    for (const char* side : {"model.safetensors.index.json", "config.json",
-                             "generation_config.json", "tokenizer.json",
-                             "tokenizer_config.json", "special_tokens_map.json",
-                             "tokenizer.model", "vocab.json", "merges.txt"}) {
-      if (n == side) names.push_back(n);
-    }
+    if (mergeserve::IsModelFile(n)) names.push_back(n);
   }
   if (ec || names.empty()) {
     return grpc::Status(grpc::StatusCode::NOT_FOUND,

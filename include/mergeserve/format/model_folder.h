@@ -13,6 +13,11 @@
 
 namespace mergeserve {
 
+// Files of an HF folder that travel with the weights (config, tokenizer).
+const std::vector<std::string>& ModelSideFiles();
+// A weight file (*.safetensors, the index) or a side file; a plain name.
+bool IsModelFile(const std::string& name);
+
 class ModelFolder {
  public:
   // path is a folder (model.safetensors, an index, or a single *.safetensors

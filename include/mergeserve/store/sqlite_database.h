@@ -20,6 +20,20 @@ namespace mergeserve {
 using SqlValue = std::variant<std::nullptr_t, int64_t, double, std::string>;
 using SqlRow = std::vector<SqlValue>;
 
+// Column accessors that read NULL or a different type as empty/zero.
+inline std::string SqlString(const SqlValue& v) {
+  const auto* s = std::get_if<std::string>(&v);
+  return s ? *s : std::string();
+}
+inline int64_t SqlInt(const SqlValue& v) {
+  const auto* i = std::get_if<int64_t>(&v);
+  return i ? *i : 0;
+}
+inline double SqlReal(const SqlValue& v) {
+  if (const auto* d = std::get_if<double>(&v)) return *d;
+  return static_cast<double>(SqlInt(v));
+}
+
 class SqliteDatabase {
  public:
   // Opens (creating) the file; WAL journal so readers never block writers.

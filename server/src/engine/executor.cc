@@ -12,24 +12,13 @@
 #include "mergeserve/base/byte_size.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/method_registry.h"
+#include "mergeserve/format/model_folder.h"
 #include "mergeserve/format/safetensors_writer.h"
 #include "nlohmann/json.hpp"
 
 namespace mergeserve {
 namespace fs = std::filesystem;
 namespace {
-
-// Side files of an HF folder that travel with the weights.
-constexpr const char* kSideFiles[] = {"generation_config.json",
-                                      "tokenizer.json",
-                                      "tokenizer_config.json",
-                                      "special_tokens_map.json",
-                                      "tokenizer.model",
-                                      "vocab.json",
-                                      "merges.txt",
-                                      "added_tokens.json",
-                                      "vocab.txt",
-                                      "chat_template.jinja"};
 
 class WriterSink : public TensorSink {
  public:
@@ -78,7 +67,8 @@ absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
     }
     MS_RETURN_IF_ERROR(writer.AddFile("config.json", text));
   }
-  for (const char* name : kSideFiles) {
+  for (const std::string& name : ModelSideFiles()) {
+    if (name == "config.json") continue;  // rewritten above
     const fs::path p = dir / name;
     if (!fs::exists(p, ec)) continue;
     MS_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(p));
@@ -102,7 +92,8 @@ int64_t PeakRssBytes() {
 int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
                             int threads) {
   const MethodInfo* info = FindMethod(plan.config().merge_method);
-  const bool whole = backend == Backend::kAten || info == nullptr || !info->streams;
+  const bool whole =
+      backend == Backend::kAten || info == nullptr || !info->streams;
   int64_t largest = 0;
   for (const PlannedTensor& t : plan.tensors()) {
     if (t.merge) largest = std::max(largest, t.numel);

@@ -15,6 +15,33 @@
 namespace mergeserve {
 namespace fs = std::filesystem;
 
+const std::vector<std::string>& ModelSideFiles() {
+  static const auto* kFiles =
+      new std::vector<std::string>{"config.json",
+                                   "generation_config.json",
+                                   "tokenizer.json",
+                                   "tokenizer_config.json",
+                                   "special_tokens_map.json",
+                                   "tokenizer.model",
+                                   "vocab.json",
+                                   "merges.txt",
+                                   "added_tokens.json",
+                                   "vocab.txt",
+                                   "chat_template.jinja"};
+  return *kFiles;
+}
+
+bool IsModelFile(const std::string& n) {
+  if (n.empty() || n.find('/') != std::string::npos || n[0] == '.')
+    return false;
+  if (absl::EndsWith(n, ".safetensors") ||
+      n == "model.safetensors.index.json") {
+    return true;
+  }
+  const auto& side = ModelSideFiles();
+  return std::find(side.begin(), side.end(), n) != side.end();
+}
+
 absl::Status ModelFolder::AddShard(const std::string& file) {
   MS_ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(file));
   const size_t shard = shards_.size();

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "grpc/proto_convert.h"
 #include "grpc/status_util.h"
+#include "mergeserve/format/model_folder.h"
 
 namespace mergeserve {
 namespace fs = std::filesystem;
@@ -20,26 +21,7 @@ namespace {
 constexpr int64_t kMaxFileBytes = int64_t{1} << 40;
 }
 
-bool UploadReactor::AllowedFile(const std::string& n) {
-  if (n.empty() || n.find('/') != std::string::npos || n[0] == '.')
-    return false;
-  static const char* kSide[] = {"model.safetensors.index.json",
-                                "config.json",
-                                "generation_config.json",
-                                "tokenizer.json",
-                                "tokenizer_config.json",
-                                "special_tokens_map.json",
-                                "tokenizer.model",
-                                "vocab.json",
-                                "merges.txt",
-                                "added_tokens.json",
-                                "vocab.txt"};
-  if (absl::EndsWith(n, ".safetensors")) return true;
-  for (const char* s : kSide) {
-    if (n == s) return true;
-  }
-  return false;
-}
+bool UploadReactor::AllowedFile(const std::string& n) { return IsModelFile(n); }
 
 UploadReactor::UploadReactor(CheckpointRegistry& registry,
                              v1::Checkpoint* response)

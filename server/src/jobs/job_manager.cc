@@ -55,42 +55,29 @@ std::string NewId() {
   return absl::StrFormat("job-%012x", rng() & 0xffffffffffffull);
 }
 
-std::string Str(const SqlValue& v) {
-  const auto* s = std::get_if<std::string>(&v);
-  return s ? *s : std::string();
-}
-int64_t Int(const SqlValue& v) {
-  const auto* i = std::get_if<int64_t>(&v);
-  return i ? *i : 0;
-}
-double Real(const SqlValue& v) {
-  if (const auto* d = std::get_if<double>(&v)) return *d;
-  return static_cast<double>(Int(v));
-}
-
 JobRecord FromRow(const SqlRow& r) {
   JobRecord j;
-  j.id = Str(r[0]);
-  j.state = static_cast<JobState>(Int(r[1]));
-  j.config_yaml = Str(r[2]);
-  j.request_digest = Str(r[3]);
-  j.create_ms = Int(r[4]);
-  j.start_ms = Int(r[5]);
-  j.end_ms = Int(r[6]);
-  j.tensors_done = Int(r[7]);
-  j.tensors_total = Int(r[8]);
-  j.error_code = static_cast<int>(Int(r[9]));
-  j.error_message = Str(r[10]);
-  auto files = nlohmann::json::parse(Str(r[11]), nullptr, false);
+  j.id = SqlString(r[0]);
+  j.state = static_cast<JobState>(SqlInt(r[1]));
+  j.config_yaml = SqlString(r[2]);
+  j.request_digest = SqlString(r[3]);
+  j.create_ms = SqlInt(r[4]);
+  j.start_ms = SqlInt(r[5]);
+  j.end_ms = SqlInt(r[6]);
+  j.tensors_done = SqlInt(r[7]);
+  j.tensors_total = SqlInt(r[8]);
+  j.error_code = static_cast<int>(SqlInt(r[9]));
+  j.error_message = SqlString(r[10]);
+  auto files = nlohmann::json::parse(SqlString(r[11]), nullptr, false);
   if (files.is_array()) {
     for (const auto& f : files) {
       j.files.push_back({f.value("name", ""), f.value("size", int64_t{0}),
                          f.value("sha256", "")});
     }
   }
-  j.result_bytes = Int(r[12]);
-  j.seconds = Real(r[13]);
-  j.result_dir = Str(r[14]);
+  j.result_bytes = SqlInt(r[12]);
+  j.seconds = SqlReal(r[13]);
+  j.result_dir = SqlString(r[14]);
   return j;
 }
 
@@ -147,7 +134,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
       auto queued,
       m->db_->Query("SELECT id FROM jobs WHERE state = ? ORDER BY create_ms",
                     {static_cast<int64_t>(JobState::kQueued)}));
-  for (const auto& r : queued) m->queue_.push_back(Str(r[0]));
+  for (const auto& r : queued) m->queue_.push_back(SqlString(r[0]));
   for (int i = 0; i < options.workers; ++i) {
     m->workers_.emplace_back([p = m.get()] { p->WorkerLoop(); });
   }

@@ -35,34 +35,25 @@ constexpr char kColumns[] =
     "name, role, base, path, labels, content_digest, size_bytes, tensor_count, "
     "parameter_count, create_time_ms, tensors";
 
-std::string Str(const SqlValue& v) {
-  const auto* s = std::get_if<std::string>(&v);
-  return s ? *s : std::string();
-}
-int64_t Int(const SqlValue& v) {
-  const auto* i = std::get_if<int64_t>(&v);
-  return i ? *i : 0;
-}
-
 CheckpointRecord FromRow(const SqlRow& r, bool with_tensors) {
   CheckpointRecord c;
-  c.name = Str(r[0]);
-  c.role = static_cast<CheckpointRole>(Int(r[1]));
-  c.base = Str(r[2]);
-  c.path = Str(r[3]);
-  auto labels = nlohmann::json::parse(Str(r[4]), nullptr, false);
+  c.name = SqlString(r[0]);
+  c.role = static_cast<CheckpointRole>(SqlInt(r[1]));
+  c.base = SqlString(r[2]);
+  c.path = SqlString(r[3]);
+  auto labels = nlohmann::json::parse(SqlString(r[4]), nullptr, false);
   if (labels.is_object()) {
     for (auto it = labels.begin(); it != labels.end(); ++it) {
       if (it.value().is_string()) c.labels[it.key()] = it.value();
     }
   }
-  c.content_digest = Str(r[5]);
-  c.size_bytes = Int(r[6]);
-  c.tensor_count = Int(r[7]);
-  c.parameter_count = Int(r[8]);
-  c.create_time_ms = Int(r[9]);
+  c.content_digest = SqlString(r[5]);
+  c.size_bytes = SqlInt(r[6]);
+  c.tensor_count = SqlInt(r[7]);
+  c.parameter_count = SqlInt(r[8]);
+  c.create_time_ms = SqlInt(r[9]);
   if (with_tensors) {
-    auto tensors = nlohmann::json::parse(Str(r[10]), nullptr, false);
+    auto tensors = nlohmann::json::parse(SqlString(r[10]), nullptr, false);
     if (tensors.is_array()) {
       for (const auto& t : tensors) {
         auto dtype = DTypeFromName(t.value("dtype", ""));
@@ -297,7 +288,7 @@ absl::Status CheckpointRegistry::Delete(const std::string& name) {
                    {name}));
     if (!dependents.empty()) {
       std::vector<std::string> names;
-      for (const auto& r : dependents) names.push_back(Str(r[0]));
+      for (const auto& r : dependents) names.push_back(SqlString(r[0]));
       return absl::FailedPreconditionError(
           absl::StrCat("checkpoint '", name, "' is the base of ",
                        absl::StrJoin(names, ", "), "; delete those first"));
