@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "gmock/gmock.h"
+#include "grpc/health_check.h"
 #include "grpc/merge_server.h"
 #include "gtest/gtest.h"
 #include "mergeserve/v1/merge.grpc.pb.h"
@@ -289,6 +290,45 @@ TEST_F(MergeServiceTest,
   for (const auto& e : fs::directory_iterator(root_ + "/data/results")) {
     ADD_FAILURE() << "result folder left behind: " << e.path();
   }
+}
+
+TEST_F(MergeServiceTest,
+       DrainingIsNotServingRefusesNewJobsAndFinishesRunningOnes) {
+  SetUpModels(16384);  // about a second of merging
+  StartServer();
+  RegisterAll();
+  auto channel =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
+                          grpc::InsecureChannelCredentials());
+  EXPECT_EQ(testing::HealthStatus(channel), 1);
+  v1::MergeJob job;
+  ASSERT_TRUE(Create(Ties(0.1), &job).ok());
+  for (int i = 0; i < 400 && job.state() != v1::JOB_STATE_RUNNING; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    v1::GetMergeJobRequest get;
+    get.set_id(job.id());
+    grpc::ClientContext ctx;
+    merges_->GetMergeJob(&ctx, get, &job);
+  }
+  ASSERT_EQ(job.state(), v1::JOB_STATE_RUNNING);
+  std::thread stopper([&] { server_->Shutdown(std::chrono::seconds(30)); });
+  int health = 1;
+  for (int i = 0; i < 200 && health == 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    health = testing::HealthStatus(channel);
+  }
+  EXPECT_EQ(health, 2);  // NOT_SERVING while the running merge drains
+  v1::MergeJob refused;
+  grpc::Status s = Create(Ties(0.2), &refused);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  stopper.join();
+  server_.reset();
+  StartServer();
+  v1::GetMergeJobRequest get;
+  get.set_id(job.id());
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(merges_->GetMergeJob(&ctx, get, &job).ok());
+  EXPECT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.error_message();
 }
 
 TEST_F(MergeServiceTest, JobsSurviveARestart) {

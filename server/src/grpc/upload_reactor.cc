@@ -180,11 +180,13 @@ void UploadReactor::Complete() {
   CloseFiles();
   // Validating and hashing the folder takes a while: not on a gRPC thread.
   std::thread([this] {
-    const std::string final_dir =
-        absl::StrCat(registry_.data_dir(), "/checkpoints/", record_.name);
+    // A unique folder per upload: two uploads racing for one name never
+    // share files (the registry then accepts exactly one of them).
+    std::random_device rd;
+    const std::string final_dir = absl::StrFormat(
+        "%s/checkpoints/%s-%08x", registry_.data_dir(), record_.name, rd());
     std::error_code ec;
     fs::create_directories(fs::path(final_dir).parent_path(), ec);
-    fs::remove_all(final_dir, ec);  // a leftover of an earlier failed upload
     fs::rename(temp_dir_, final_dir, ec);
     if (ec) {
       Fail(absl::InternalError(
