@@ -174,6 +174,28 @@ TEST_F(MergeCliTest, UsageErrorsAndHelp) {
   EXPECT_THAT(r.output, HasSubstr("breadcrumbs_ties"));
 }
 
+TEST_F(MergeCliTest, AnalyzePrintsTablesJsonAndAnSvgChart) {
+  testing::WriteFile(dir_ + "/c.yaml", kTies);
+  Result r = RunCli("analyze " + dir_ + "/c.yaml --svg " + dir_ + "/chart.svg");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("conflict%"));
+  EXPECT_THAT(r.output, HasSubstr("pairwise cosine"));
+  std::ifstream svg(dir_ + "/chart.svg");
+  std::string text((std::istreambuf_iterator<char>(svg)), {});
+  EXPECT_THAT(text, HasSubstr("<svg"));
+  EXPECT_THAT(text, HasSubstr("</svg>"));
+  r = RunCli("analyze " + dir_ + "/c.yaml --json");
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("\"conflict_rate\""));
+  EXPECT_FALSE(fs::exists(dir_ + "/out"));
+  testing::WriteFile(
+      dir_ + "/s.yaml",
+      "merge_method: slerp\nbase_model: base\nmodels: [base, e0]\n"
+      "parameters: {t: 0.5}\n");
+  r = RunCli("analyze " + dir_ + "/s.yaml");
+  EXPECT_EQ(r.exit_code, 2);
+}
+
 TEST_F(MergeCliTest, ShardsTheOutput) {
   Result r = Merge(kTies, "--shard-size 20");
   ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -15,6 +15,8 @@
 
 namespace mergeserve {
 
+class DiagnosticsCollector;
+
 struct MergeProgress {
   int64_t tensors_done = 0;
   int64_t tensors_total = 0;
@@ -43,6 +45,10 @@ struct MergeOptions {
   // unknown, which disables caching for that merge).
   TaskVectorCache* cache = nullptr;
   std::function<std::string(const std::string& ref)> digest;
+  // Compute everything but write nothing (no output folder is created).
+  bool dry_run = false;
+  // Receives per-chunk diagnostic sums (task-vector methods), or null.
+  DiagnosticsCollector* diagnostics = nullptr;
   const std::atomic<bool>* cancelled = nullptr;
 };
 

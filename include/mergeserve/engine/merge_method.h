@@ -16,6 +16,8 @@
 
 namespace mergeserve {
 
+class DiagnosticsCollector;
+
 // kFused: streaming CPU kernels (chunked, bounded memory). kAten: whole-tensor
 // ATen ops on ctx.device (CPU or CUDA); methods without fused kernels always
 // use ATen.
@@ -28,6 +30,8 @@ struct ExecContext {
   const std::atomic<bool>* cancelled = nullptr;
   // Elements per chunk in fused passes. Fixed (never derived from the thread
   // count) so results do not depend on parallelism.
+  // Collects diagnostics when set (AnalyzeMerge).
+  DiagnosticsCollector* diagnostics = nullptr;
   // Reusable derived data (trim thresholds), or null.
   TaskVectorCache* cache = nullptr;
   // Content digest per plan model and of the base ("" = unknown: no caching).

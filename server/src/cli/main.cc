@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/analyze_command.h"
 #include "cli/merge_command.h"
 #ifdef MERGESERVE_WITH_SERVICE
 #include "cli/serve_command.h"
@@ -16,6 +17,9 @@ constexpr char kUsage[] = R"(usage: mergeserve COMMAND [args]
 commands:
   merge CONFIG.yaml OUTPUT_DIR   run one merge in-process (mergekit-yaml
                                  equivalent); see `mergeserve merge --help`
+  analyze CONFIG.yaml            the TIES paper's diagnostics of a merge
+                                 (kept fractions, sign conflicts, norms,
+                                 cosines); see `mergeserve analyze --help`
   methods                        list the merge methods
   serve [flags]                  run the gRPC service; see `mergeserve serve --help`
 
@@ -35,6 +39,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest(argv + 2, argv + argc);
   if (cmd == "merge") return mergeserve::RunMergeCommand(rest);
   if (cmd == "methods") return mergeserve::RunMethodsCommand(rest);
+  if (cmd == "analyze") return mergeserve::RunAnalyzeCommand(rest);
 #ifdef MERGESERVE_WITH_SERVICE
   if (cmd == "serve") return mergeserve::RunServeCommand(argc - 1, argv + 1);
 #endif

@@ -40,6 +40,14 @@ class WriterSink : public TensorSink {
   DType dtype_;
 };
 
+// Takes merged values and drops them (dry runs).
+class DiscardSink : public TensorSink {
+ public:
+  absl::Status WriteF32(int64_t, const float*, int64_t) override {
+    return absl::OkStatus();
+  }
+};
+
 absl::StatusOr<std::string> ReadSmallFile(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", p.string()));
@@ -122,6 +130,7 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
   ctx.backend = options.backend;
   ctx.device = options.device;
   ctx.cancelled = options.cancelled;
+  ctx.diagnostics = options.diagnostics;
   if (options.cache != nullptr && options.digest) {
     bool known = true;
     for (const PlannedModel& m : plan->models()) {
@@ -163,8 +172,11 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
   wo.metadata = {{"format", "pt"},
                  {"merged_by", "mergeserve"},
                  {"merge_method", config.merge_method}};
-  MS_ASSIGN_OR_RETURN(std::unique_ptr<ShardedWriter> writer,
-                      ShardedWriter::Create(wo, std::move(specs)));
+  std::unique_ptr<ShardedWriter> writer;
+  if (!options.dry_run) {
+    MS_ASSIGN_OR_RETURN(writer, ShardedWriter::Create(wo, std::move(specs)));
+  }
+  DiscardSink discard;
 
   MergeSummary summary;
   summary.method = config.merge_method;
@@ -174,15 +186,16 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
     if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
     const PlannedTensor& t = tensors[i];
     if (t.merge) {
-      WriterSink sink(*writer, i, t.out_dtype);
-      absl::Status s = method->MergeTensor(*plan, t, ctx, sink);
-      if (!s.ok()) {
-        return absl::Status(s.code(), absl::StrCat(s.message()));
+      if (writer) {
+        WriterSink sink(*writer, i, t.out_dtype);
+        MS_RETURN_IF_ERROR(method->MergeTensor(*plan, t, ctx, sink));
+      } else {
+        MS_RETURN_IF_ERROR(method->MergeTensor(*plan, t, ctx, discard));
       }
       if (t.base.data) summary.bytes_read += t.base.info->nbytes;
       for (const TensorView& v : t.models) summary.bytes_read += v.info->nbytes;
       ++summary.merged;
-    } else {
+    } else if (writer) {
       MS_RETURN_IF_ERROR(
           writer->Write(i, 0, t.reference.data, t.reference.info->nbytes));
       summary.bytes_read += t.reference.info->nbytes;
@@ -198,10 +211,12 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
     progress.tensor = t.name;
     if (options.on_progress) options.on_progress(progress);
   }
-  MS_RETURN_IF_ERROR(CopySideFiles(*plan, *writer, config));
-  summary.shards = writer->num_shards();
-  MS_RETURN_IF_ERROR(writer->Commit());
-  summary.output_dir = options.output_dir;
+  if (writer) {
+    MS_RETURN_IF_ERROR(CopySideFiles(*plan, *writer, config));
+    summary.shards = writer->num_shards();
+    MS_RETURN_IF_ERROR(writer->Commit());
+    summary.output_dir = options.output_dir;
+  }
   summary.tensors = static_cast<int64_t>(tensors.size());
   summary.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)

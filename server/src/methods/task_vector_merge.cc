@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "mergeserve/base/philox.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/diagnostics.h"
 #include "mergeserve/engine/magnitude_selector.h"
 
 namespace mergeserve {
@@ -36,6 +37,7 @@ int64_t FloorCount(double fraction, int64_t n) {
 // Chunk-local scratch of one worker.
 struct Buffers {
   std::vector<float> base, tv, rnd, mask, sum, acc, den, out;
+  std::vector<float> raw;  // untrimmed τ, only when collecting diagnostics
   void Reserve(size_t experts, size_t chunk) {
     if (base.size() >= chunk && tv.size() >= experts * chunk) return;
     base.assign(chunk, 0);
@@ -189,6 +191,55 @@ using PerTensorSets = std::map<std::string, TopSet>;
 struct CachedTrim {
   TopSet keep, drop;
 };
+
+// Diagnostic sums of one merged chunk: kept entries and sign conflicts from
+// the trimmed τ (b.tv), norms and dot products from the untrimmed (b.raw).
+DiagnosticSums ChunkDiagnostics(const Buffers& b, size_t n, int64_t chunk,
+                                int64_t cnt, const float* base,
+                                const float* out, bool use_base) {
+  DiagnosticSums d;
+  d.Resize(n);
+  d.numel = cnt;
+  const size_t stride = static_cast<size_t>(chunk);
+  for (size_t k = 0; k < n; ++k) {
+    const float* u = b.tv.data() + k * stride;
+    const float* r = b.raw.data() + k * stride;
+    int64_t kept = 0;
+    double sq = 0;
+    for (int64_t j = 0; j < cnt; ++j) {
+      kept += u[j] != 0;
+      sq += static_cast<double>(r[j]) * r[j];
+    }
+    d.kept[k] = kept;
+    d.tau_sq[k] = sq;
+  }
+  size_t p = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t k = i + 1; k < n; ++k, ++p) {
+      const float* ri = b.raw.data() + i * stride;
+      const float* rk = b.raw.data() + k * stride;
+      double dot = 0;
+      for (int64_t j = 0; j < cnt; ++j)
+        dot += static_cast<double>(ri[j]) * rk[j];
+      d.dots[p] = dot;
+    }
+  }
+  for (int64_t j = 0; j < cnt; ++j) {
+    int pos = 0, neg = 0;
+    for (size_t k = 0; k < n; ++k) {
+      const float u = b.tv[k * stride + static_cast<size_t>(j)];
+      pos += u > 0;
+      neg += u < 0;
+    }
+    if (pos + neg >= 2) {
+      ++d.multi_kept;
+      if (pos > 0 && neg > 0) ++d.conflicts;
+    }
+    const double delta = use_base ? static_cast<double>(out[j]) - base[j] : 0.0;
+    d.merged_sq += delta * delta;
+  }
+  return d;
+}
 
 }  // namespace
 
@@ -646,6 +697,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
   FirstError error;
   const bool use_base = opts_.use_base;
   const bool elect = opts_.consensus != Consensus::kNone;
+  const bool diagnose = ctx.diagnostics != nullptr && mode == PassMode::kMerge;
   // Sign that wins a tied election.
   float tie_sign = 1.f;
   if (opts_.zero_sign == ZeroSign::kMajority)
@@ -677,6 +729,13 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
             error.Set(NonFiniteError(
                 t.name, plan.models()[static_cast<size_t>(m)].ref));
             return;
+          }
+          if (diagnose) {
+            if (b.raw.size() < n * static_cast<size_t>(chunk)) {
+              b.raw.resize(n * static_cast<size_t>(chunk));
+            }
+            std::copy(tv, tv + cnt,
+                      b.raw.data() + k * static_cast<size_t>(chunk));
           }
           double all = 0;
           if (mode == PassMode::kL1) {
@@ -799,6 +858,11 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
               FinishByCount(o, base, acc, den, p.lambda, cnt);
               break;
           }
+        }
+        if (diagnose) {
+          ctx.diagnostics->Add(
+              t.name, ci,
+              ChunkDiagnostics(b, n, chunk, cnt, base, o, use_base));
         }
         absl::Status st = out->WriteF32(begin, o, cnt);
         if (!st.ok()) error.Set(std::move(st));

@@ -1,0 +1,77 @@
+// The TIES paper's diagnostics of a merge, gathered while it streams: per
+// tensor and overall, the fraction of each expert's entries the trim keeps,
+// how often kept entries disagree in sign, the norms of the task vectors and
+// of the merged one, and the pairwise cosines of the task vectors.
+#ifndef MERGESERVE_ENGINE_DIAGNOSTICS_H_
+#define MERGESERVE_ENGINE_DIAGNOSTICS_H_
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mergeserve/engine/executor.h"
+
+namespace mergeserve {
+
+// Sums that add up across chunks and tensors (fp64, combined in order).
+struct DiagnosticSums {
+  int64_t numel = 0;
+  std::vector<int64_t> kept;   // per expert: nonzero entries after the trim
+  int64_t multi_kept = 0;      // entries kept (nonzero) by >= 2 experts
+  int64_t conflicts = 0;       // ... whose kept signs disagree
+  std::vector<double> tau_sq;  // per expert: Σ τ² (before the trim)
+  std::vector<double> dots;    // pairwise Σ τ_i τ_j, i < j, row-major
+  double merged_sq = 0;        // Σ (θ_merged − θ0)²
+
+  void Resize(size_t experts);
+  void Add(const DiagnosticSums& other);
+};
+
+struct TensorDiagnostics {
+  std::string name;
+  int64_t numel = 0;
+  std::vector<double> kept_fraction;        // per expert
+  double conflict_rate = 0;                 // conflicts / multi_kept
+  std::vector<double> tau_norm;             // ‖τ_i‖₂
+  double merged_norm = 0;                   // ‖τ_m‖₂ (λ included)
+  std::vector<std::vector<double>> cosine;  // N × N, cos(τ_i, τ_j)
+};
+
+struct MergeDiagnostics {
+  std::string method;
+  std::vector<std::string> experts;
+  std::vector<TensorDiagnostics> tensors;
+  TensorDiagnostics overall;
+};
+
+// Collects per-chunk sums from a running merge (thread-safe).
+class DiagnosticsCollector {
+ public:
+  void Add(const std::string& tensor, int64_t chunk,
+           const DiagnosticSums& sums);
+  // Tensors in the order first seen; chunks of a tensor in index order.
+  MergeDiagnostics Finish(const std::string& method,
+                          const std::vector<std::string>& experts) const;
+
+ private:
+  struct Entry {
+    std::string tensor;
+    int64_t chunk;
+    DiagnosticSums sums;
+  };
+  mutable std::mutex mu_;
+  std::vector<Entry> entries_;
+};
+
+TensorDiagnostics Summarize(const std::string& name, const DiagnosticSums& s);
+
+// Runs the merge a config describes without writing anything and returns
+// its diagnostics. Supports the task-vector methods (linear excepted).
+absl::StatusOr<MergeDiagnostics> AnalyzeMerge(const MergeConfig& config,
+                                              MergeOptions options);
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_ENGINE_DIAGNOSTICS_H_

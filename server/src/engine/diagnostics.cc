@@ -1,0 +1,125 @@
+#include "mergeserve/engine/diagnostics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/method_registry.h"
+
+namespace mergeserve {
+
+void DiagnosticSums::Resize(size_t n) {
+  kept.assign(n, 0);
+  tau_sq.assign(n, 0);
+  dots.assign(n * (n - 1) / 2, 0);
+}
+
+void DiagnosticSums::Add(const DiagnosticSums& o) {
+  if (kept.size() != o.kept.size()) Resize(o.kept.size());
+  numel += o.numel;
+  for (size_t i = 0; i < kept.size(); ++i) {
+    kept[i] += o.kept[i];
+    tau_sq[i] += o.tau_sq[i];
+  }
+  for (size_t i = 0; i < dots.size(); ++i) dots[i] += o.dots[i];
+  multi_kept += o.multi_kept;
+  conflicts += o.conflicts;
+  merged_sq += o.merged_sq;
+}
+
+void DiagnosticsCollector::Add(const std::string& tensor, int64_t chunk,
+                               const DiagnosticSums& sums) {
+  std::lock_guard<std::mutex> lock(mu_);
+  entries_.push_back({tensor, chunk, sums});
+}
+
+TensorDiagnostics Summarize(const std::string& name, const DiagnosticSums& s) {
+  TensorDiagnostics d;
+  d.name = name;
+  d.numel = s.numel;
+  const size_t n = s.kept.size();
+  for (size_t i = 0; i < n; ++i) {
+    d.kept_fraction.push_back(s.numel ? static_cast<double>(s.kept[i]) / s.numel
+                                      : 0);
+    d.tau_norm.push_back(std::sqrt(s.tau_sq[i]));
+  }
+  d.conflict_rate =
+      s.multi_kept ? static_cast<double>(s.conflicts) / s.multi_kept : 0;
+  d.merged_norm = std::sqrt(s.merged_sq);
+  d.cosine.assign(n, std::vector<double>(n, 1.0));
+  size_t p = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = i + 1; j < n; ++j, ++p) {
+      const double denom = d.tau_norm[i] * d.tau_norm[j];
+      const double c = denom > 0 ? s.dots[p] / denom : 0;
+      d.cosine[i][j] = d.cosine[j][i] = c;
+    }
+  }
+  return d;
+}
+
+MergeDiagnostics DiagnosticsCollector::Finish(
+    const std::string& method, const std::vector<std::string>& experts) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Entry> sorted = entries_;
+  std::map<std::string, size_t> first_seen;
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    first_seen.emplace(entries_[i].tensor, i);
+  }
+  std::stable_sort(
+      sorted.begin(), sorted.end(), [&](const Entry& a, const Entry& b) {
+        const size_t fa = first_seen[a.tensor], fb = first_seen[b.tensor];
+        return fa != fb ? fa < fb : a.chunk < b.chunk;
+      });
+  MergeDiagnostics out;
+  out.method = method;
+  out.experts = experts;
+  DiagnosticSums total, current;
+  total.Resize(experts.size());
+  std::string name;
+  auto flush = [&] {
+    if (name.empty()) return;
+    out.tensors.push_back(Summarize(name, current));
+    total.Add(current);
+  };
+  for (const Entry& e : sorted) {
+    if (e.tensor != name) {
+      flush();
+      name = e.tensor;
+      current = DiagnosticSums();
+      current.Resize(experts.size());
+    }
+    current.Add(e.sums);
+  }
+  flush();
+  out.overall = Summarize("(all merged tensors)", total);
+  return out;
+}
+
+absl::StatusOr<MergeDiagnostics> AnalyzeMerge(const MergeConfig& config,
+                                              MergeOptions options) {
+  const MethodInfo* info = FindMethod(config.merge_method);
+  if (info == nullptr) return CreateMethod(config.merge_method).status();
+  if (!info->streams || config.merge_method == "linear") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("analyze covers the task-vector methods (task_arithmetic, "
+                     "ties, dare_*, "
+                     "breadcrumbs*), not '",
+                     config.merge_method, "'"));
+  }
+  DiagnosticsCollector collector;
+  options.dry_run = true;
+  options.backend = Backend::kFused;
+  options.diagnostics = &collector;
+  MS_RETURN_IF_ERROR(RunMerge(config, options).status());
+  std::vector<std::string> experts;
+  const std::string base = config.base_model.value_or("");
+  for (const ModelEntry& m : config.models) {
+    if (m.model != base) experts.push_back(m.model);
+  }
+  return collector.Finish(config.merge_method, experts);
+}
+
+}  // namespace mergeserve
