@@ -19,6 +19,7 @@ struct Args {
   std::map<std::string, std::string> labels;
   bool wait = false;
   bool upload = false;
+  std::string plot;  // analyze --plot FILE.svg
 };
 
 // Exit codes that tell failure kinds apart (see --help).
@@ -32,6 +33,7 @@ bool Interactive();
 
 int RunRegistryVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
 int RunJobVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
+int RunAnalyzeVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
 
 }  // namespace mergectl
 

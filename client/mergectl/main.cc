@@ -28,6 +28,10 @@ merges:
   watch JOB              follow a job's progress until it ends
   cancel JOB
   download JOB DIR       fetch a finished job's HF folder (resumable, verified)
+  analyze CONFIG.yaml [--plot FILE.svg]
+                         the TIES paper's diagnostics of a merge (kept
+                         fractions, sign conflicts, norms, cosines), computed
+                         by the server without storing the merge
 
 --server defaults to $MERGESERVE_ADDR, else localhost:50051. --json prints
 machine-readable output (one JSON document, or one per event for watch).
@@ -72,6 +76,8 @@ int main(int argc, char** argv) {
       args.role = value("--role");
     } else if (is("--base")) {
       args.base = value("--base");
+    } else if (is("--plot")) {
+      args.plot = value("--plot");
     } else if (is("--output")) {
       args.output = value("--output");
     } else if (is("--label")) {
@@ -101,6 +107,7 @@ int main(int argc, char** argv) {
       args.server, grpc::InsecureChannelCredentials(), ch_args);
   int rc = mergectl::RunRegistryVerb(args, channel);
   if (rc == -1) rc = mergectl::RunJobVerb(args, channel);
+  if (rc == -1) rc = mergectl::RunAnalyzeVerb(args, channel);
   if (rc == -1) {
     std::fprintf(stderr, "mergectl: unknown verb '%s'\n\n%s",
                  args.positional[0].c_str(), kUsage);

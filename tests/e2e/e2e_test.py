@@ -128,6 +128,11 @@ class EndToEnd(unittest.TestCase):
         self.assertSameFolder(out, self.local_merge(yaml_text, "ties"))
         jobs = self.ctl("--json", "jobs").stdout
         self.assertIn('"state":"SUCCEEDED"', jobs)
+        chart = os.path.join(self.tmp, "diag.svg")
+        table = self.ctl("analyze", cfg, "--plot", chart).stdout
+        self.assertIn("pairwise cosine", table)
+        with open(chart) as f:
+            self.assertIn("<svg", f.read())
 
     def test_2_python_client(self):
         with Client(self.server.addr) as c:

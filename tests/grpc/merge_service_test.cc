@@ -331,6 +331,38 @@ TEST_F(MergeServiceTest,
   EXPECT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.error_message();
 }
 
+TEST_F(MergeServiceTest, AnalyzeReturnsDiagnosticsWithoutStoringAResult) {
+  SetUpModels(64);
+  StartServer();
+  RegisterAll();
+  v1::AnalyzeMergeRequest req;
+  req.mutable_spec()->set_config_yaml(Ties(0.3));
+  v1::AnalyzeMergeResponse resp;
+  grpc::ClientContext ctx;
+  grpc::Status s = merges_->AnalyzeMerge(&ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.method(), "ties");
+  EXPECT_THAT(resp.experts(), ::testing::ElementsAre("e0", "e1"));
+  EXPECT_EQ(resp.tensors_size(), 4);
+  ASSERT_EQ(resp.overall().kept_fraction_size(), 2);
+  EXPECT_NEAR(resp.overall().kept_fraction(0), 0.3, 0.01);
+  EXPECT_NEAR(resp.overall().kept_fraction(1), 0.5, 0.01);
+  EXPECT_GT(resp.overall().conflict_rate(), 0);
+  EXPECT_EQ(resp.overall().cosine_size(), 4);
+  EXPECT_DOUBLE_EQ(resp.overall().cosine(0), 1.0);
+  v1::ListMergeJobsRequest list;
+  v1::ListMergeJobsResponse jobs;
+  grpc::ClientContext lctx;
+  ASSERT_TRUE(merges_->ListMergeJobs(&lctx, list, &jobs).ok());
+  EXPECT_EQ(jobs.jobs_size(), 0);  // analysis is not a job and stores nothing
+  req.mutable_spec()->set_config_yaml(
+      "merge_method: slerp\nbase_model: base\nmodels: [base, e0]\nparameters: "
+      "{t: 0.5}\n");
+  grpc::ClientContext bctx;
+  EXPECT_EQ(merges_->AnalyzeMerge(&bctx, req, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(MergeServiceTest, JobsSurviveARestart) {
   SetUpModels(16);
   StartServer();

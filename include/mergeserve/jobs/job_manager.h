@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "mergeserve/engine/diagnostics.h"
 #include "mergeserve/engine/task_vector_cache.h"
 #include "mergeserve/registry/checkpoint_registry.h"
 #include "mergeserve/store/sqlite_database.h"
@@ -87,6 +88,9 @@ class JobManager {
   // job that already holds (or computes) the same result.
   absl::StatusOr<JobRecord> Submit(const std::string& config_yaml);
   absl::StatusOr<JobRecord> Get(const std::string& id) const;
+  // Runs the merge without storing it and returns its diagnostics (uses the
+  // task-vector cache; does not take a worker).
+  absl::StatusOr<MergeDiagnostics> Analyze(const std::string& config_yaml);
   absl::StatusOr<std::vector<JobRecord>> List(
       std::optional<JobState> state) const;
   absl::StatusOr<JobRecord> Cancel(const std::string& id);

@@ -12,8 +12,9 @@
 namespace mergeserve {
 
 int RunAnalyzeCommand(const std::vector<std::string>& args);
-// The chart: sign-conflict rate per tensor and the cosine matrix.
-std::string DiagnosticsSvg(const MergeDiagnostics& d);
+struct ChartData;
+// The chart's data: conflict rate per tensor and the overall cosines.
+ChartData ToChart(const MergeDiagnostics& d);
 
 }  // namespace mergeserve
 

@@ -5,6 +5,7 @@
 
 #include <mutex>
 #include <optional>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "grpc/proto_convert.h"
@@ -284,6 +285,24 @@ grpc::ServerUnaryReactor* MergeServiceImpl::CancelMergeJob(
   auto job = jobs_.Cancel(request->id());
   if (job.ok()) ToProto(*job, response);
   reactor->Finish(ToGrpcStatus(job.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* MergeServiceImpl::AnalyzeMerge(
+    grpc::CallbackServerContext* ctx, const v1::AnalyzeMergeRequest* request,
+    v1::AnalyzeMergeResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto yaml = SpecToYaml(request->spec());
+  if (!yaml.ok()) {
+    reactor->Finish(ToGrpcStatus(yaml.status()));
+    return reactor;
+  }
+  // A full streaming pass over the checkpoints: off the gRPC thread.
+  std::thread([this, reactor, response, text = *yaml] {
+    auto d = jobs_.Analyze(text);
+    if (d.ok()) ToProto(*d, response);
+    reactor->Finish(ToGrpcStatus(d.status()));
+  }).detach();
   return reactor;
 }
 

@@ -34,6 +34,9 @@ class MergeServiceImpl final : public v1::MergeService::CallbackService {
       grpc::CallbackServerContext* ctx,
       const v1::CancelMergeJobRequest* request,
       v1::MergeJob* response) override;
+  grpc::ServerUnaryReactor* AnalyzeMerge(
+      grpc::CallbackServerContext* ctx, const v1::AnalyzeMergeRequest* request,
+      v1::AnalyzeMergeResponse* response) override;
   grpc::ServerWriteReactor<v1::JobEvent>* WatchMergeJob(
       grpc::CallbackServerContext* ctx,
       const v1::WatchMergeJobRequest* request) override;

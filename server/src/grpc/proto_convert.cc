@@ -101,6 +101,29 @@ void ToProto(const JobRecord& r, v1::MergeJob* out) {
   out->set_seconds(r.seconds);
 }
 
+namespace {
+
+void ToProto(const TensorDiagnostics& t, v1::TensorDiagnostics* out) {
+  out->set_name(t.name);
+  out->set_numel(t.numel);
+  for (double k : t.kept_fraction) out->add_kept_fraction(k);
+  out->set_conflict_rate(t.conflict_rate);
+  for (double n : t.tau_norm) out->add_tau_norm(n);
+  out->set_merged_norm(t.merged_norm);
+  for (const auto& row : t.cosine) {
+    for (double c : row) out->add_cosine(c);
+  }
+}
+
+}  // namespace
+
+void ToProto(const MergeDiagnostics& d, v1::AnalyzeMergeResponse* out) {
+  out->set_method(d.method);
+  for (const auto& e : d.experts) out->add_experts(e);
+  for (const auto& t : d.tensors) ToProto(t, out->add_tensors());
+  ToProto(d.overall, out->mutable_overall());
+}
+
 absl::StatusOr<JobState> JobStateFromProto(v1::JobState state) {
   if (state < v1::JOB_STATE_QUEUED || state > v1::JOB_STATE_CANCELLED) {
     return absl::InvalidArgumentError("unknown job state");

@@ -21,6 +21,7 @@ absl::StatusOr<JobState> JobStateFromProto(v1::JobState state);
 // The merge a request describes, as the engine's YAML vocabulary
 // (structured requests are converted; YAML is passed through).
 absl::StatusOr<std::string> SpecToYaml(const v1::MergeSpec& spec);
+void ToProto(const MergeDiagnostics& d, v1::AnalyzeMergeResponse* out);
 
 }  // namespace mergeserve
 

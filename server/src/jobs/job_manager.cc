@@ -254,6 +254,26 @@ absl::StatusOr<JobRecord> JobManager::Submit(const std::string& config_yaml) {
   return j;
 }
 
+absl::StatusOr<MergeDiagnostics> JobManager::Analyze(
+    const std::string& config_yaml) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (draining_) return absl::UnavailableError("the server is shutting down");
+  }
+  MS_ASSIGN_OR_RETURN(MergeConfig config,
+                      MergeConfig::FromYaml(config_yaml, options_.data_dir));
+  MergeOptions mo;
+  mo.resolver = options_.registry->Resolver();
+  mo.threads = options_.threads_per_job;
+  mo.cache = cache_.get();
+  CheckpointRegistry* registry = options_.registry;
+  mo.digest = [registry](const std::string& ref) -> std::string {
+    auto c = registry->Get(ref, false);
+    return c.ok() ? c->content_digest : std::string();
+  };
+  return AnalyzeMerge(config, mo);
+}
+
 absl::StatusOr<JobRecord> JobManager::Get(const std::string& id) const {
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -1,0 +1,113 @@
+// mergectl analyze: the server's diagnostics of a merge, as a table, JSON,
+// or an SVG chart (--plot).
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "cli.h"
+#include "cli/diagnostics_chart.h"
+#include "mergeserve/v1/merge.grpc.pb.h"
+#include "nlohmann/json.hpp"
+
+namespace mergectl {
+namespace {
+
+nlohmann::json ToJson(const mergeserve::v1::TensorDiagnostics& t) {
+  return {
+      {"name", t.name()},
+      {"numel", t.numel()},
+      {"kept_fraction",
+       std::vector<double>(t.kept_fraction().begin(), t.kept_fraction().end())},
+      {"conflict_rate", t.conflict_rate()},
+      {"tau_norm",
+       std::vector<double>(t.tau_norm().begin(), t.tau_norm().end())},
+      {"merged_norm", t.merged_norm()},
+      {"cosine", std::vector<double>(t.cosine().begin(), t.cosine().end())}};
+}
+
+}  // namespace
+
+int RunAnalyzeVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
+  const auto& pos = args.positional;
+  if (pos[0] != "analyze") return -1;
+  if (pos.size() != 2) {
+    std::fprintf(stderr, "mergectl analyze: expected CONFIG.yaml\n");
+    return 2;
+  }
+  std::ifstream in(pos[1]);
+  if (!in) {
+    std::fprintf(stderr, "mergectl: cannot read %s\n", pos[1].c_str());
+    return 3;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  mergeserve::v1::AnalyzeMergeRequest req;
+  req.mutable_spec()->set_config_yaml(ss.str());
+  mergeserve::v1::AnalyzeMergeResponse resp;
+  grpc::ClientContext ctx;
+  auto stub = mergeserve::v1::MergeService::NewStub(ch);
+  grpc::Status s = stub->AnalyzeMerge(&ctx, req, &resp);
+  if (!s.ok()) return Fail(s, args.server);
+  const size_t n = static_cast<size_t>(resp.experts_size());
+  if (!args.plot.empty()) {
+    mergeserve::ChartData chart;
+    chart.method = resp.method();
+    chart.experts.assign(resp.experts().begin(), resp.experts().end());
+    for (const auto& t : resp.tensors()) {
+      chart.tensors.push_back(t.name());
+      chart.conflict_rate.push_back(t.conflict_rate());
+    }
+    chart.overall_conflict_rate = resp.overall().conflict_rate();
+    chart.cosine.assign(n, std::vector<double>(n, 0));
+    for (size_t i = 0;
+         i < n * n && i < static_cast<size_t>(resp.overall().cosine_size());
+         ++i) {
+      chart.cosine[i / n][i % n] = resp.overall().cosine(static_cast<int>(i));
+    }
+    std::ofstream out(args.plot);
+    out << mergeserve::RenderDiagnosticsSvg(chart);
+    if (!out) {
+      std::fprintf(stderr, "mergectl: cannot write %s\n", args.plot.c_str());
+      return 1;
+    }
+  }
+  if (args.json) {
+    nlohmann::json j = {
+        {"method", resp.method()},
+        {"experts", std::vector<std::string>(resp.experts().begin(),
+                                             resp.experts().end())},
+        {"overall", ToJson(resp.overall())}};
+    j["tensors"] = nlohmann::json::array();
+    for (const auto& t : resp.tensors()) j["tensors"].push_back(ToJson(t));
+    std::cout << j.dump() << std::endl;
+    return 0;
+  }
+  std::printf("%-48s %-24s %9s %10s\n", "tensor", "kept % per expert",
+              "conflict%", "|tau_m|");
+  auto row = [](const mergeserve::v1::TensorDiagnostics& t) {
+    std::string kept;
+    for (double k : t.kept_fraction()) {
+      char buf[16];
+      std::snprintf(buf, sizeof buf, "%5.1f ", 100 * k);
+      kept += buf;
+    }
+    std::printf("%-48s %-24s %9.2f %10.4g\n", t.name().c_str(), kept.c_str(),
+                100 * t.conflict_rate(), t.merged_norm());
+  };
+  for (const auto& t : resp.tensors()) row(t);
+  row(resp.overall());
+  std::printf("\npairwise cosine of task vectors:\n");
+  for (size_t i = 0; i < n; ++i) {
+    std::printf("  %-16s", resp.experts(static_cast<int>(i)).c_str());
+    for (size_t j = 0; j < n; ++j) {
+      std::printf(" %7.3f", resp.overall().cosine(static_cast<int>(i * n + j)));
+    }
+    std::printf("\n");
+  }
+  if (!args.plot.empty())
+    std::printf("\nchart written to %s\n", args.plot.c_str());
+  return 0;
+}
+
+}  // namespace mergectl
