@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cli/analyze_command.h"
+#include "cli/eval_command.h"
 #include "cli/merge_command.h"
 #ifdef MERGESERVE_WITH_SERVICE
 #include "cli/serve_command.h"
@@ -20,6 +21,9 @@ commands:
   analyze CONFIG.yaml            the TIES paper's diagnostics of a merge
                                  (kept fractions, sign conflicts, norms,
                                  cosines); see `mergeserve analyze --help`
+  eval --program P --data D [--weights DIR]
+                                 accuracy of a checkpoint's program (with a
+                                 merge's weights loaded) on a dataset
   methods                        list the merge methods
   serve [flags]                  run the gRPC service; see `mergeserve serve --help`
 
@@ -40,6 +44,7 @@ int main(int argc, char** argv) {
   if (cmd == "merge") return mergeserve::RunMergeCommand(rest);
   if (cmd == "methods") return mergeserve::RunMethodsCommand(rest);
   if (cmd == "analyze") return mergeserve::RunAnalyzeCommand(rest);
+  if (cmd == "eval") return mergeserve::RunEvalCommand(rest);
 #ifdef MERGESERVE_WITH_SERVICE
   if (cmd == "serve") return mergeserve::RunServeCommand(argc - 1, argv + 1);
 #endif
