@@ -4,11 +4,13 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "mergeserve/eval/fisher_estimator.h"
 #include "nlohmann/json.hpp"
 #include "test_util.h"
 
@@ -89,6 +91,45 @@ TEST_F(ProgramEvaluatorTest, ClearErrors) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad.status().message()),
               HasSubstr("cannot load program"));
+}
+
+TEST_F(ProgramEvaluatorTest, FisherMatchesThePyTorchComputation) {
+  for (const char* mode : {"exact", "empirical"}) {
+    const std::string out = *zoo_ + "/fisher_" + mode;
+    FisherOptions options;
+    options.mode = *FisherModeFromName(mode);
+    options.max_examples = 60;
+    auto n =
+        EstimateFisher(*zoo_ + "/mod3/program.pt", "",
+                       *zoo_ + "/data/mod3_fisher.safetensors", out, options);
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(*n, 60);
+    const std::string ref = *zoo_ + "/ref_" + mode + ".safetensors";
+    const std::string cmd =
+        std::string("/usr/bin/python3 ") + MERGESERVE_SOURCE_DIR +
+        "/tests/tools/reference_fisher.py " + *zoo_ + "/mod3/program.pt " +
+        *zoo_ + "/data/mod3_fisher.safetensors " + ref + " " + mode + " 60";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    const auto got = testing::ReadModel(out);
+    const auto want = testing::ReadModel(ref);
+    ASSERT_EQ(got.size(), want.size());
+    for (const auto& [name, w] : want) {
+      float scale = 0;
+      for (float v : w) scale = std::max(scale, std::fabs(v));
+      ASSERT_GT(scale, 0) << name;
+      for (size_t j = 0; j < w.size(); ++j) {
+        EXPECT_NEAR(got.at(name)[j], w[j], 1e-5f * scale)
+            << mode << " " << name;
+      }
+    }
+  }
+  FisherOptions bad;
+  bad.mode = FisherMode::kEmpirical;
+  auto n = EstimateFisher(*zoo_ + "/mod3/program.pt", "",
+                          *zoo_ + "/data/mod3_aux.safetensors",
+                          *zoo_ + "/fisher_bad", bad);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(FisherModeFromName("diagonal").ok());
 }
 
 }  // namespace

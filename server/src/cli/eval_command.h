@@ -9,6 +9,8 @@
 namespace mergeserve {
 
 int RunEvalCommand(const std::vector<std::string>& args);
+// `mergeserve fisher` (fisher_command.cc).
+int RunFisherCommand(const std::vector<std::string>& args);
 
 }  // namespace mergeserve
 

@@ -24,6 +24,9 @@ commands:
   eval --program P --data D [--weights DIR]
                                  accuracy of a checkpoint's program (with a
                                  merge's weights loaded) on a dataset
+  fisher --program P --data D --out DIR
+                                 a program's diagonal Fisher on its task
+                                 data (exact, sampled or empirical)
   methods                        list the merge methods
   serve [flags]                  run the gRPC service; see `mergeserve serve --help`
 
@@ -45,6 +48,7 @@ int main(int argc, char** argv) {
   if (cmd == "methods") return mergeserve::RunMethodsCommand(rest);
   if (cmd == "analyze") return mergeserve::RunAnalyzeCommand(rest);
   if (cmd == "eval") return mergeserve::RunEvalCommand(rest);
+  if (cmd == "fisher") return mergeserve::RunFisherCommand(rest);
 #ifdef MERGESERVE_WITH_SERVICE
   if (cmd == "serve") return mergeserve::RunServeCommand(argc - 1, argv + 1);
 #endif
