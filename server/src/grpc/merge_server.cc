@@ -78,6 +78,8 @@ void MergeServer::Shutdown(std::chrono::milliseconds grace) {
 
 MergeServer::~MergeServer() {
   if (server_ != nullptr) Shutdown(std::chrono::milliseconds(0));
+  // The poller reads the job manager, which is destroyed before metrics_.
+  if (metrics_ != nullptr) metrics_->StopWatching();
 }
 
 }  // namespace mergeserve

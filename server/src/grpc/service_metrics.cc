@@ -146,7 +146,9 @@ absl::StatusOr<std::unique_ptr<ServiceMetrics>> ServiceMetrics::Create(
   return m;
 }
 
-ServiceMetrics::~ServiceMetrics() {
+ServiceMetrics::~ServiceMetrics() { StopWatching(); }
+
+void ServiceMetrics::StopWatching() {
   stop_ = true;
   if (poller_.joinable()) poller_.join();
 }

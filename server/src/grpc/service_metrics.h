@@ -32,8 +32,10 @@ class ServiceMetrics {
   void RecordRpc(const std::string& method, int code);
   void RecordJob(const JobRecord& job);
   void AddBytesStreamed(int64_t bytes);
-  // Polls queue depth, running jobs and memory in use until destroyed.
+  // Polls queue depth, running jobs and memory in use until StopWatching()
+  // (which must run before `jobs` is destroyed).
   void WatchJobs(JobManager* jobs);
+  void StopWatching();
   // An interceptor factory that feeds RecordRpc.
   std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
   InterceptorFactory();
