@@ -31,19 +31,10 @@ nlohmann::json ToJson(const mergeserve::v1::TensorDiagnostics& t) {
 int RunAnalyzeVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
   const auto& pos = args.positional;
   if (pos[0] != "analyze") return -1;
-  if (pos.size() != 2) {
-    std::fprintf(stderr, "mergectl analyze: expected CONFIG.yaml\n");
-    return 2;
-  }
-  std::ifstream in(pos[1]);
-  if (!in) {
-    std::fprintf(stderr, "mergectl: cannot read %s\n", pos[1].c_str());
-    return 3;
-  }
-  std::stringstream ss;
-  ss << in.rdbuf();
+  std::string yaml;
+  if (int rc = ReadConfigArg(args, "analyze", &yaml); rc != 0) return rc;
   mergeserve::v1::AnalyzeMergeRequest req;
-  req.mutable_spec()->set_config_yaml(ss.str());
+  req.mutable_spec()->set_config_yaml(yaml);
   mergeserve::v1::AnalyzeMergeResponse resp;
   grpc::ClientContext ctx;
   auto stub = mergeserve::v1::MergeService::NewStub(ch);

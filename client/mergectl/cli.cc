@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 
 #include "mergeserve/base/byte_size.h"
 
@@ -48,6 +50,23 @@ int Fail(const grpc::Status& s, const std::string& server) {
 }
 
 std::string HumanBytes(int64_t b) { return mergeserve::FormatBytes(b); }
+
+int ReadConfigArg(const Args& args, const char* verb, std::string* yaml) {
+  if (args.positional.size() != 2) {
+    std::fprintf(stderr, "mergectl %s: expected CONFIG.yaml\n", verb);
+    return 2;
+  }
+  std::ifstream in(args.positional[1]);
+  if (!in) {
+    std::fprintf(stderr, "mergectl: cannot read %s\n",
+                 args.positional[1].c_str());
+    return 3;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *yaml = ss.str();
+  return 0;
+}
 
 bool Interactive() { return isatty(2) != 0; }
 

@@ -28,6 +28,9 @@ int ExitCode(const grpc::Status& s);
 // exit code.
 int Fail(const grpc::Status& s, const std::string& server);
 std::string HumanBytes(int64_t b);
+// Reads the one CONFIG.yaml argument of `verb` (args.positional[1]) into
+// *yaml; on failure prints why and returns the exit code, else 0.
+int ReadConfigArg(const Args& args, const char* verb, std::string* yaml);
 // Whether stderr is a terminal (progress bars) or not (plain lines).
 bool Interactive();
 

@@ -225,19 +225,10 @@ int RunJobVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
   const std::string& verb = args.positional[0];
   const auto& pos = args.positional;
   if (verb == "merge") {
-    if (pos.size() != 2) {
-      std::fprintf(stderr, "mergectl merge: expected CONFIG.yaml\n");
-      return 2;
-    }
-    std::ifstream in(pos[1]);
-    if (!in) {
-      std::fprintf(stderr, "mergectl: cannot read %s\n", pos[1].c_str());
-      return 3;
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
+    std::string yaml;
+    if (int rc = ReadConfigArg(args, "merge", &yaml); rc != 0) return rc;
     mergeserve::v1::CreateMergeJobRequest req;
-    req.mutable_spec()->set_config_yaml(ss.str());
+    req.mutable_spec()->set_config_yaml(yaml);
     MergeJob job;
     grpc::ClientContext ctx;
     grpc::Status s = stub->CreateMergeJob(&ctx, req, &job);
