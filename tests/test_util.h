@@ -31,6 +31,9 @@ absl::StatusOr<std::map<std::string, std::vector<float>>> Merge(
     const std::string& dir, const std::string& yaml, MergeOptions options = {});
 // Random normal values.
 std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale = 1.f);
+// The digits zoo (tests/tools/make_zoo.py), generated once per process
+// under the test temp dir; its folder.
+const std::string& DigitsZoo();
 // Writes the file bytes verbatim.
 void WriteFile(const std::string& path, const std::string& bytes);
 

@@ -1,4 +1,8 @@
 // The engine half of test_util.h (format-only tests link without it).
+#include <unistd.h>
+
+#include <cstdlib>
+
 #include "test_util.h"
 
 namespace mergeserve::testing {
@@ -12,6 +16,24 @@ absl::StatusOr<std::map<std::string, std::vector<float>>> Merge(
   auto summary = RunMerge(*config, options);
   if (!summary.ok()) return summary.status();
   return ReadModel(options.output_dir);
+}
+
+const std::string& DigitsZoo() {
+  // One zoo per process: CTest runs each test in its own process, in
+  // parallel.
+  static const std::string* zoo = [] {
+    auto* dir =
+        new std::string(TempDir("zoo_" + std::to_string(getpid())) + "/zoo");
+    const std::string cmd = std::string("/usr/bin/python3 ") +
+                            MERGESERVE_SOURCE_DIR +
+                            "/tests/tools/make_zoo.py " + *dir + " > /dev/null";
+    if (std::system(cmd.c_str()) != 0) {
+      std::fprintf(stderr, "failed: %s\n", cmd.c_str());
+      std::abort();
+    }
+    return dir;
+  }();
+  return *zoo;
 }
 
 }  // namespace mergeserve::testing

@@ -14,6 +14,7 @@ Writes, under OUT:
   <task>/model.safetensors            backbone.* + head.*
   <task>/program.pt                   TorchScript: inputs [n, 64] -> logits,
                                       parameter names == tensor names
+  parity/program_traced.pt            the same, traced instead of scripted
   data/<task>_{eval,fisher,aux}.safetensors  inputs (f32) and labels (i64)
   zoo.json                            tasks, sizes and each expert's accuracy
 
@@ -120,6 +121,9 @@ def main():
         tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
         save_safetensors(os.path.join(args.out, name, "model.safetensors"), tensors)
         torch.jit.script(model).save(os.path.join(args.out, name, "program.pt"))
+        if name == "parity":  # a traced program too: Gram capture takes both
+            torch.jit.trace(model, x[:2]).save(
+                os.path.join(args.out, name, "program_traced.pt"))
         for split, idx in (("eval", eval_idx), ("fisher", fisher_idx)):
             save_safetensors(os.path.join(args.out, "data", f"{name}_{split}.safetensors"),
                              {"inputs": x[idx].numpy(), "labels": y[idx].numpy()})
