@@ -19,7 +19,13 @@ struct Args {
   std::map<std::string, std::string> labels;
   bool wait = false;
   bool upload = false;
-  std::string plot;  // analyze --plot FILE.svg
+  std::string plot;                 // analyze --plot FILE.svg
+  std::string program, task;        // register --program --task, dataset
+  bool eval = false;                // merge --eval
+  std::vector<std::string> tasks;   // eval/sweep --task (repeated)
+  std::string lambdas, densities;   // sweep --lambda 0.2,0.4 --density ...
+  std::vector<std::string> params;  // sweep --param NAME=v1,v2 (repeated)
+  int64_t examples = 0;             // eval/sweep --examples N per task
 };
 
 // Exit codes that tell failure kinds apart (see --help).
@@ -37,6 +43,12 @@ bool Interactive();
 int RunRegistryVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
 int RunJobVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
 int RunAnalyzeVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
+// eval, sweep.
+int RunEvalVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
+// Evaluates a job's result (after waiting for it), printing progress and a
+// per-task table; shared by `eval JOB` and `merge --eval`.
+int EvaluateJob(const Args& args, const std::shared_ptr<grpc::Channel>& ch,
+                const std::string& job_id);
 
 }  // namespace mergectl
 

@@ -73,7 +73,10 @@ nlohmann::json ToJson(const MergeJob& j) {
           {"error_message", j.error_message()},
           {"files", files},
           {"result_bytes", j.result_bytes()},
-          {"seconds", j.seconds()}};
+          {"seconds", j.seconds()},
+          {"phase", j.phase()},
+          {"metrics", std::map<std::string, double>(j.metrics().begin(),
+                                                    j.metrics().end())}};
 }
 
 // Exit code for a finished job: 0 if it succeeded, else its failure kind.
@@ -105,7 +108,12 @@ int Watch(MergeService::Stub& stub, const std::string& id, const Args& args,
       std::fprintf(stderr, "%s: %s\n", id.c_str(), StateName(shown).c_str());
     }
     if (ev.job().state() == mergeserve::v1::JOB_STATE_RUNNING) {
-      bar.Update(ev.job().tensors_done(), ev.job().tensors_total(), "");
+      const auto& job = ev.job();
+      if (!job.phase().empty() && job.phase() != "merge") {
+        bar.Update(job.phase_done(), job.phase_total(), job.phase());
+      } else {
+        bar.Update(job.tensors_done(), job.tensors_total(), "tensors");
+      }
     }
   }
   bar.Finish();
@@ -116,6 +124,9 @@ int Watch(MergeService::Stub& stub, const std::string& id, const Args& args,
       std::printf("%s SUCCEEDED in %.2f s: %d files, %s\n", id.c_str(),
                   last->seconds(), last->files_size(),
                   HumanBytes(last->result_bytes()).c_str());
+      for (const auto& [k, v] : last->metrics()) {
+        std::printf("  %s = %.6g\n", k.c_str(), v);
+      }
     } else {
       std::printf("%s %s: %s\n", id.c_str(), StateName(last->state()).c_str(),
                   last->error_message().c_str());
@@ -240,6 +251,11 @@ int RunJobVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
         std::printf("job %s %s\n", job.id().c_str(),
                     StateName(job.state()).c_str());
       }
+    }
+    if (args.eval) {
+      // One stream: the merge's progress, then the evaluation.
+      const int rc = EvaluateJob(args, ch, job.id());
+      if (rc != 0 || args.output.empty()) return rc;
     }
     if (!args.wait && args.output.empty()) return 0;
     MergeJob last = job;

@@ -13,9 +13,18 @@ constexpr char kUsage[] =
 
 checkpoints:
   register NAME PATH [--role base|expert|auxiliary] [--base NAME] [--label K=V]...
-           [--upload]    register a server-side folder (default role: expert);
+           [--program FILE.pt] [--task TASK] [--upload]
+                         register a server-side folder (default role: expert);
                          with --upload, PATH is a local folder streamed to the
-                         server (SHA-256 checked, resumable by re-running)
+                         server (SHA-256 checked). --program attaches the
+                         expert's TorchScript program (a folder's program.pt
+                         is attached without asking), --task names its task
+datasets:
+  dataset NAME FILE.safetensors --task TASK --role eval|validation|fisher|auxiliary
+           [--upload]    register task data (`inputs`, `labels`); --upload
+                         streams a local file
+  datasets [--task TASK] [--role ROLE]
+  delete-dataset NAME
   list [--role ROLE] [--label K=V]...
   show NAME              one checkpoint with its tensors
   delete NAME
@@ -28,10 +37,23 @@ merges:
   watch JOB              follow a job's progress until it ends
   cancel JOB
   download JOB DIR       fetch a finished job's HF folder (resumable, verified)
-  analyze CONFIG.yaml [--plot FILE.svg]
+  analyze CONFIG.yaml [--plot FILE.svg|FILE.png]
                          the TIES paper's diagnostics of a merge (kept
                          fractions, sign conflicts, norms, cosines), computed
                          by the server without storing the merge
+evaluation:
+  merge CONFIG.yaml --eval
+                         merge, then evaluate the result on every expert's task
+  eval TARGET [--task T]... [--examples N]
+                         accuracy and cross-entropy of a job's result or a
+                         checkpoint on its tasks' eval datasets
+  sweep CONFIG.yaml [--lambda 0.2,0.4,...] [--density 0.2,0.5,...]
+           [--param NAME=V1,V2,...]... [--task T]... [--examples N]
+                         merge and evaluate every grid point on validation
+                         data (eval data where a task has none); names the
+                         best. --param sweeps any global number (alpha=...,
+                         ridge=..., steps=...) or one model's weight
+                         (weight@MODEL=...)
 
 --server defaults to $MERGESERVE_ADDR, else localhost:50051. --json prints
 machine-readable output (one JSON document, or one per event for watch).
@@ -76,6 +98,27 @@ int main(int argc, char** argv) {
       args.role = value("--role");
     } else if (is("--base")) {
       args.base = value("--base");
+    } else if (a == "--eval") {
+      args.eval = true;
+    } else if (is("--program")) {
+      args.program = value("--program");
+    } else if (is("--task")) {
+      args.tasks.push_back(value("--task"));
+      args.task = args.tasks.back();
+    } else if (is("--lambda")) {
+      args.lambdas = value("--lambda");
+    } else if (is("--param")) {
+      args.params.push_back(value("--param"));
+    } else if (is("--density")) {
+      args.densities = value("--density");
+    } else if (is("--examples")) {
+      const std::string v = value("--examples");
+      char* end = nullptr;
+      args.examples = std::strtoll(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != 0 || args.examples < 0) {
+        std::fprintf(stderr, "mergectl: --examples takes a count\n");
+        return 2;
+      }
     } else if (is("--plot")) {
       args.plot = value("--plot");
     } else if (is("--output")) {
@@ -108,6 +151,7 @@ int main(int argc, char** argv) {
   int rc = mergectl::RunRegistryVerb(args, channel);
   if (rc == -1) rc = mergectl::RunJobVerb(args, channel);
   if (rc == -1) rc = mergectl::RunAnalyzeVerb(args, channel);
+  if (rc == -1) rc = mergectl::RunEvalVerb(args, channel);
   if (rc == -1) {
     std::fprintf(stderr, "mergectl: unknown verb '%s'\n\n%s",
                  args.positional[0].c_str(), kUsage);

@@ -52,7 +52,7 @@ nlohmann::json* ProgramEvaluatorTest::report_ = nullptr;
 TEST_F(ProgramEvaluatorTest, ReproducesPyTorchAccuracyOfEveryExpert) {
   for (const char* task : {"parity", "high", "mod3", "mirror"}) {
     const EvalResult r = Eval(task, task);
-    EXPECT_EQ(r.examples, 497);
+    EXPECT_EQ(r.examples, 297);
     EXPECT_NEAR(r.accuracy,
                 (*report_)["tasks"][task]["expert_accuracy"].get<double>(),
                 1e-6)

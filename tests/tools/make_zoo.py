@@ -15,7 +15,9 @@ Writes, under OUT:
   <task>/program.pt                   TorchScript: inputs [n, 64] -> logits,
                                       parameter names == tensor names
   parity/program_traced.pt            the same, traced instead of scripted
-  data/<task>_{eval,fisher,aux}.safetensors  inputs (f32) and labels (i64)
+  data/<task>_{eval,val,fisher}.safetensors   inputs (f32) and labels (i64):
+                                      297 eval, 200 validation, 300 fisher
+  data/<task>_aux.safetensors         200 unlabeled training inputs (RI)
   zoo.json                            tasks, sizes and each expert's accuracy
 
 Deterministic (fixed seeds); takes a few seconds on a CPU.
@@ -91,7 +93,9 @@ def main():
     d_all = torch.tensor(digits.target, dtype=torch.int64)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x_all))
-    train_idx, fisher_idx, eval_idx = order[:1000], order[1000:1300], order[1300:]
+    train_idx, fisher_idx = order[:1000], order[1000:1300]
+    # Validation picks sweep points; eval reports them (never both).
+    val_idx, eval_idx = order[1300:1500], order[1500:]
     mirrored = x_all.view(-1, 8, 8).flip(2).reshape(-1, 64)
     tasks = {
         "parity": (x_all, d_all % 2, 2),
@@ -124,7 +128,8 @@ def main():
         if name == "parity":  # a traced program too: Gram capture takes both
             torch.jit.trace(model, x[:2]).save(
                 os.path.join(args.out, name, "program_traced.pt"))
-        for split, idx in (("eval", eval_idx), ("fisher", fisher_idx)):
+        for split, idx in (("eval", eval_idx), ("val", val_idx),
+                           ("fisher", fisher_idx)):
             save_safetensors(os.path.join(args.out, "data", f"{name}_{split}.safetensors"),
                              {"inputs": x[idx].numpy(), "labels": y[idx].numpy()})
         save_safetensors(os.path.join(args.out, "data", f"{name}_aux.safetensors"),

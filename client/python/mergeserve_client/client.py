@@ -27,6 +27,10 @@ _MODEL_FILES = ("model.safetensors.index.json", "config.json",
                 "generation_config.json", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json",
                 "tokenizer.model", "vocab.json", "merges.txt")
+_DATASET_ROLES = {"eval": registry_pb2.DATASET_ROLE_EVAL,
+                  "validation": registry_pb2.DATASET_ROLE_VALIDATION,
+                  "fisher": registry_pb2.DATASET_ROLE_FISHER,
+                  "auxiliary": registry_pb2.DATASET_ROLE_AUXILIARY}
 _CHUNK = 1 << 20
 
 
@@ -68,35 +72,61 @@ class Client:
         self.close()
 
     # --- checkpoints -------------------------------------------------------
-    def register(self, name, path, role="expert", base="", labels=None, upload=False):
+    def register(self, name, path, role="expert", base="", labels=None, upload=False,
+                 program="", task=""):
         """Registers a server-side folder, or with upload=True streams a local
-        folder to the server (every file SHA-256 checked)."""
+        folder to the server (every file SHA-256 checked). `program` is the
+        expert's TorchScript program (a server path, or a local file when
+        uploading; a folder's program.pt is attached without asking) and
+        `task` the task it solves."""
         ckpt = registry_pb2.Checkpoint(name=name, role=_ROLES[role], base=base,
-                                       labels=labels or {})
+                                       labels=labels or {}, task=task)
         if not upload:
             ckpt.path = path
+            ckpt.program = program
             return self.registry.RegisterCheckpoint(
                 registry_pb2.RegisterCheckpointRequest(checkpoint=ckpt),
                 timeout=self.timeout)
-        names = sorted(n for n in os.listdir(path)
-                       if os.path.isfile(os.path.join(path, n)) and
-                       (n.endswith(".safetensors") or n in _MODEL_FILES))
+        files = [(n, os.path.join(path, n)) for n in sorted(os.listdir(path))
+                 if os.path.isfile(os.path.join(path, n)) and
+                 (n.endswith(".safetensors") or n in _MODEL_FILES or
+                  (n == "program.pt" and not program))]
+        if program:
+            files.append(("program.pt", program))
         header = registry_pb2.UploadHeader(checkpoint=ckpt)
-        for n in names:
-            full = os.path.join(path, n)
+        return self.registry.UploadCheckpoint(self._upload(header, files),
+                                              timeout=self.timeout)
+
+    def _upload(self, header, files):
+        """The request stream of an upload: the header, then 1 MiB chunks."""
+        for n, full in files:
             header.files.add(name=n, size_bytes=os.path.getsize(full), sha256=_sha256(full))
+        yield registry_pb2.UploadCheckpointRequest(header=header)
+        for n, full in files:
+            with open(full, "rb") as f:
+                offset = 0
+                for block in iter(lambda: f.read(_CHUNK), b""):
+                    yield registry_pb2.UploadCheckpointRequest(
+                        chunk=registry_pb2.UploadChunk(file=n, offset=offset, data=block))
+                    offset += len(block)
 
-        def requests():
-            yield registry_pb2.UploadCheckpointRequest(header=header)
-            for n in names:
-                with open(os.path.join(path, n), "rb") as f:
-                    offset = 0
-                    for block in iter(lambda: f.read(_CHUNK), b""):
-                        yield registry_pb2.UploadCheckpointRequest(
-                            chunk=registry_pb2.UploadChunk(file=n, offset=offset, data=block))
-                        offset += len(block)
+    # --- datasets ------------------------------------------------------------
+    def register_dataset(self, name, path, task, role, upload=False):
+        """A task's data (safetensors with `inputs` and `labels`): role is
+        eval, validation, fisher or auxiliary."""
+        ds = registry_pb2.Dataset(name=name, task=task, role=_DATASET_ROLES[role])
+        if not upload:
+            ds.path = path
+            return self.registry.RegisterDataset(
+                registry_pb2.RegisterDatasetRequest(dataset=ds), timeout=self.timeout)
+        header = registry_pb2.UploadHeader(dataset=ds)
+        return self.registry.UploadDataset(
+            self._upload(header, [(os.path.basename(path), path)]), timeout=self.timeout)
 
-        return self.registry.UploadCheckpoint(requests(), timeout=self.timeout)
+    def datasets(self, task="", role=None):
+        req = registry_pb2.ListDatasetsRequest(
+            task=task, role=_DATASET_ROLES[role] if role else 0)
+        return list(self.registry.ListDatasets(req, timeout=self.timeout).datasets)
 
     def checkpoints(self, role=None):
         req = registry_pb2.ListCheckpointsRequest(role=_ROLES[role] if role else 0)
@@ -129,6 +159,28 @@ class Client:
         if job.state != merge_pb2.JOB_STATE_SUCCEEDED:
             raise MergeError(job)
         return job
+
+    def evaluate(self, job_id=None, checkpoint=None, tasks=(), max_examples=0):
+        """Yields EvaluateEvents: the job's progress while it runs, progress
+        per batch, a TaskMetrics per task, then the summary."""
+        req = merge_pb2.EvaluateRequest(tasks=list(tasks), max_examples=max_examples)
+        if job_id:
+            req.job_id = job_id
+        else:
+            req.checkpoint = checkpoint
+        yield from self.merges.Evaluate(req)
+
+    def sweep(self, config, lambdas=(), densities=(), axes=None, tasks=()):
+        """Yields SweepEvents: a point per grid point, then the summary (the
+        best point). `axes` maps other parameters ("alpha", "weight@MODEL")
+        to their values."""
+        text = config if isinstance(config, str) else json.dumps(config)
+        req = merge_pb2.SweepRequest(spec=merge_pb2.MergeSpec(config_yaml=text),
+                                     lambdas=list(lambdas), densities=list(densities),
+                                     tasks=list(tasks))
+        for name, values in (axes or {}).items():
+            req.axes.add(parameter=name, values=list(values))
+        yield from self.merges.Sweep(req)
 
     def job(self, job_id):
         return self.merges.GetMergeJob(merge_pb2.GetMergeJobRequest(id=job_id),

@@ -30,14 +30,18 @@ class ProgramEvaluator {
   ~ProgramEvaluator();
 
   // Copies every tensor of `weights` whose name is a parameter of the
-  // program into it (shapes must match); returns the names replaced.
+  // program (and passes `filter`, when given) into it; shapes must match.
+  // Returns the names replaced.
   absl::StatusOr<std::vector<std::string>> LoadWeights(
-      const ModelFolder& weights);
+      const ModelFolder& weights,
+      const std::function<bool(const std::string&)>& filter = {});
   // Evaluates on a safetensors dataset with `inputs` (float or integer ids)
   // and `labels` (integers).
+  // `max_examples` > 0 evaluates only the first examples.
   absl::StatusOr<EvalResult> Evaluate(
       const std::string& dataset_path, int64_t batch_size = 256,
-      const std::function<void(int64_t done, int64_t total)>& progress = {});
+      const std::function<void(int64_t done, int64_t total)>& progress = {},
+      int64_t max_examples = 0);
 
  private:
   struct Impl;

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "mergeserve/engine/diagnostics.h"
 #include "mergeserve/engine/task_vector_cache.h"
+#include "mergeserve/jobs/data_aware_merge.h"
 #include "mergeserve/registry/checkpoint_registry.h"
 #include "mergeserve/store/sqlite_database.h"
 
@@ -55,6 +56,11 @@ struct JobRecord {
   double seconds = 0;
   int64_t bytes_read = 0;  // checkpoint bytes the merge read
   std::string result_dir;  // server-side folder of the merged model
+  // What a running job is doing before its tensors: "fisher math-expert"...
+  std::string phase;
+  int64_t phase_done = 0, phase_total = 0;
+  // Numbers the data-aware step reports (ri.interference_before/after...).
+  std::map<std::string, double> metrics;
 };
 
 // Counters the metrics layer reads.
@@ -74,6 +80,8 @@ class JobManager {
     int64_t memory_budget = 0;  // bytes shared by running jobs; 0: no limit
     int threads_per_job = 0;    // 0: cores / workers
     int64_t cache_budget = int64_t{1} << 30;  // task-vector cache bytes
+    // Where the data-aware step runs the experts' programs ("cpu", "cuda:0").
+    std::string device = "cpu";
     // Called when a job finishes (for metrics).
     std::function<void(const JobRecord&)> on_finished;
   };
@@ -103,6 +111,15 @@ class JobManager {
   void Drain(std::chrono::milliseconds grace);
   JobStats stats() const;
   CacheStats cache_stats() const { return cache_->stats(); }
+  // Fisher/Gram/RI results found in (hits) or added to (misses) the cache.
+  const StatsCounters& stats_counters() const { return stats_counters_; }
+  TaskVectorCache* cache() { return cache_.get(); }
+  CheckpointRegistry* registry() { return options_.registry; }
+  const Options& options() const { return options_; }
+  // The data-aware step for `config` with this manager's cache and device.
+  absl::StatusOr<PreparedMerge> Prepare(
+      const MergeConfig& config, const std::atomic<bool>* cancelled,
+      std::function<void(const std::string&, int64_t, int64_t)> progress);
 
  private:
   struct Running {
@@ -119,6 +136,7 @@ class JobManager {
   Options options_;
   std::unique_ptr<SqliteDatabase> db_;
   std::unique_ptr<TaskVectorCache> cache_;
+  StatsCounters stats_counters_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::string> queue_;

@@ -1,6 +1,8 @@
-// The checkpoint registry: named base/expert/auxiliary checkpoints on the
-// server's storage, validated when registered and persisted in SQLite. It
-// knows nothing of gRPC; the service layer converts its types and errors.
+// The registry: named base/expert/auxiliary checkpoints on the server's
+// storage (an expert may carry a TorchScript program and a task), and the
+// datasets of those tasks, validated when registered and persisted in
+// SQLite. It knows nothing of gRPC; the service layer converts its types and
+// errors.
 #ifndef MERGESERVE_REGISTRY_CHECKPOINT_REGISTRY_H_
 #define MERGESERVE_REGISTRY_CHECKPOINT_REGISTRY_H_
 
@@ -38,6 +40,44 @@ struct CheckpointRecord {
   int64_t parameter_count = 0;
   int64_t create_time_ms = 0;       // Unix epoch
   std::vector<TensorMeta> tensors;  // filled when asked for
+  // A TorchScript program mapping inputs to logits whose parameter names
+  // are this checkpoint's tensor names (data-aware methods and evaluation
+  // run it), and the task it solves. Both optional.
+  std::string program;
+  std::string program_digest;  // "sha256:<hex>" of the program file
+  std::string task;
+};
+
+enum class DatasetRole {
+  kEval = 1,
+  kFisher = 2,
+  kAuxiliary = 3,
+  kValidation = 4
+};
+std::string DatasetRoleName(DatasetRole role);
+
+// A safetensors file with `inputs` (float or integer ids) and, except for
+// auxiliary data, `labels` (one integer per example), attached to a task.
+struct DatasetRecord {
+  std::string name;
+  std::string task;
+  DatasetRole role = DatasetRole::kEval;
+  std::string path;  // canonical server-side file
+  std::string content_digest;
+  int64_t examples = 0;
+  bool has_labels = false;
+  int64_t size_bytes = 0;
+  int64_t create_time_ms = 0;
+};
+
+// What the data-aware methods need of one expert: its program and its
+// task's datasets (empty when none is registered for a role).
+struct TaskBinding {
+  std::string checkpoint;
+  std::string task;
+  std::string program;
+  std::string program_digest;
+  std::map<DatasetRole, DatasetRecord> datasets;  // the newest per role
 };
 
 class CheckpointRegistry {
@@ -62,6 +102,15 @@ class CheckpointRegistry {
       const std::map<std::string, std::string>& labels) const;
   absl::Status Delete(const std::string& name);
 
+  absl::StatusOr<DatasetRecord> RegisterDataset(const DatasetRecord& request);
+  absl::StatusOr<DatasetRecord> GetDataset(const std::string& name) const;
+  // Filters are optional (empty task: every task).
+  absl::StatusOr<std::vector<DatasetRecord>> ListDatasets(
+      const std::string& task, std::optional<DatasetRole> role) const;
+  absl::Status DeleteDataset(const std::string& name);
+  // The program and task datasets of a registered checkpoint.
+  absl::StatusOr<TaskBinding> Binding(const std::string& checkpoint) const;
+
   // Maps checkpoint names in a merge config to their folders.
   ModelResolver Resolver() const;
   const std::vector<std::string>& allowed_roots() const { return roots_; }
@@ -76,6 +125,8 @@ class CheckpointRegistry {
  private:
   CheckpointRegistry() = default;
   absl::Status CheckInsideRoots(const std::string& canonical) const;
+  absl::Status CheckProgram(CheckpointRecord& c) const;
+  absl::Status InitDatasets();  // datasets.cc
 
   Options options_;
   std::vector<std::string> roots_;  // canonical

@@ -32,6 +32,9 @@ ABSL_FLAG(std::string, memory_budget, "0",
           "memory shared by running merges, e.g. 8GiB (0: unlimited)");
 ABSL_FLAG(std::string, cache_budget, "1GiB",
           "bytes the task-vector cache (trim thresholds) may hold");
+ABSL_FLAG(std::string, device, "cpu",
+          "where Fisher, Gram, RI and evaluation run the experts' programs "
+          "(cpu, cuda, cuda:N where LibTorch has CUDA)");
 ABSL_FLAG(int, grace_seconds, 30,
           "on SIGTERM/SIGINT, how long running calls may take to finish");
 
@@ -102,6 +105,7 @@ int RunServeCommand(int argc, char** argv) {
     return 2;
   }
   o.cache_budget = *cache;
+  o.device = absl::GetFlag(FLAGS_device);
   auto server = MergeServer::Start(o);
   if (!server.ok()) {
     std::fprintf(stderr, "mergeserve serve: %s\n",

@@ -22,7 +22,10 @@ const std::set<std::string>& KnownParameters() {
       // extensions
       "semantics", "trim_scope", "keep", "sign_weighted", "consensus",
       "zero_sign", "divisor", "rescale_mode", "seed", "fisher_floor", "alpha",
-      "ridge"};
+      "ridge",
+      // data-aware steps (run by the service)
+      "fisher_mode", "examples", "batch_size", "ri_method", "steps", "lr",
+      "weight_decay"};
   return *kKeys;
 }
 

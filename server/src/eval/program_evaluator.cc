@@ -32,18 +32,21 @@ absl::StatusOr<std::unique_ptr<ProgramEvaluator>> ProgramEvaluator::Create(
 }
 
 absl::StatusOr<std::vector<std::string>> ProgramEvaluator::LoadWeights(
-    const ModelFolder& weights) {
-  return LoadWeightsInto(impl_->module, weights);
+    const ModelFolder& weights,
+    const std::function<bool(const std::string&)>& filter) {
+  return LoadWeightsInto(impl_->module, weights, filter);
 }
 
 absl::StatusOr<EvalResult> ProgramEvaluator::Evaluate(
     const std::string& dataset_path, int64_t batch_size,
-    const std::function<void(int64_t, int64_t)>& progress) {
+    const std::function<void(int64_t, int64_t)>& progress,
+    int64_t max_examples) {
   MS_ASSIGN_OR_RETURN(DatasetTensors data,
                       ReadDataset(dataset_path, /*need_labels=*/true));
   if (batch_size <= 0) batch_size = 256;
   EvalResult result;
-  const int64_t n = data.size();
+  int64_t n = data.size();
+  if (max_examples > 0) n = std::min(n, max_examples);
   double ce_sum = 0;
   int64_t correct = 0;
   absl::Status status = CatchAten("evaluating", [&]() -> absl::Status {

@@ -34,13 +34,14 @@ std::map<std::string, at::Tensor> ParametersByName(
 }
 
 absl::StatusOr<std::vector<std::string>> LoadWeightsInto(
-    torch::jit::Module& module, const ModelFolder& weights) {
+    torch::jit::Module& module, const ModelFolder& weights,
+    const std::function<bool(const std::string&)>& filter) {
   std::vector<std::string> replaced;
   torch::NoGradGuard no_grad;
   std::map<std::string, at::Tensor> params = ParametersByName(module);
   for (const TensorInfo* t : weights.tensors()) {
     auto it = params.find(t->name);
-    if (it == params.end()) continue;
+    if (it == params.end() || (filter && !filter(t->name))) continue;
     if (it->second.sizes().vec() != t->shape) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor '", t->name, "' of ", weights.path(),

@@ -6,6 +6,7 @@
 
 #include <torch/script.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -21,7 +22,8 @@ absl::StatusOr<torch::jit::Module> LoadProgram(const std::string& path,
 // Copies every tensor of `weights` that is a parameter of `module` into it
 // (shapes must match); returns the names replaced.
 absl::StatusOr<std::vector<std::string>> LoadWeightsInto(
-    torch::jit::Module& module, const ModelFolder& weights);
+    torch::jit::Module& module, const ModelFolder& weights,
+    const std::function<bool(const std::string&)>& filter = {});
 
 // The parameters of `module` by name (aliases, not copies).
 std::map<std::string, at::Tensor> ParametersByName(

@@ -30,6 +30,7 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
   jo.queue_limit = options.queue_limit;
   jo.memory_budget = options.memory_budget;
   jo.cache_budget = options.cache_budget;
+  jo.device = options.device;
   ServiceMetrics* metrics = s->metrics_.get();
   jo.on_finished = [metrics](const JobRecord& j) { metrics->RecordJob(j); };
   MS_ASSIGN_OR_RETURN(s->jobs_, JobManager::Create(jo));

@@ -33,6 +33,8 @@ class MergeServer {
     int64_t memory_budget = 0;   // shared by running merges; 0: unlimited
     std::string metrics_listen;  // "host:port" for /metrics; "" = off
     int64_t cache_budget = int64_t{1} << 30;
+    // Where data-aware merges and evaluation run programs ("cuda:0").
+    std::string device = "cpu";
   };
 
   // Loads the registry, then starts serving (health SERVING).

@@ -3,13 +3,18 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/event_stream_reactor.h"
 #include "grpc/proto_convert.h"
 #include "grpc/status_util.h"
+#include "mergeserve/base/status_macros.h"
+#include "mergeserve/jobs/sweep_runner.h"
+#include "mergeserve/jobs/task_evaluator.h"
 
 namespace mergeserve {
 namespace {
@@ -316,6 +321,154 @@ MergeServiceImpl::DownloadMergeResult(
     grpc::CallbackServerContext* ctx,
     const v1::DownloadMergeResultRequest* request) {
   return new DownloadReactor(jobs_, *request, hooks_.on_bytes_streamed);
+}
+
+namespace {
+
+// Waits for a job to end, streaming its records; returns the final one.
+absl::StatusOr<JobRecord> AwaitJob(
+    JobManager& jobs, const std::string& id,
+    EventStreamReactor<v1::EvaluateEvent>::Emitter& out) {
+  struct Latest {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<JobRecord> record;
+  };
+  auto latest = std::make_shared<Latest>();
+  auto sub = jobs.Subscribe(id, [latest](const JobRecord& r) {
+    std::lock_guard<std::mutex> lock(latest->mu);
+    latest->record = r;
+    latest->cv.notify_all();
+  });
+  if (!sub.ok()) return sub.status();
+  JobRecord now;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(latest->mu);
+      latest->cv.wait_for(lock, std::chrono::milliseconds(200),
+                          [&] { return latest->record.has_value(); });
+      if (!latest->record) {
+        if (out.cancelled()->load()) break;
+        continue;
+      }
+      now = *latest->record;
+      latest->record.reset();
+    }
+    v1::EvaluateEvent e;
+    ToProto(now, e.mutable_job());
+    out.Emit(e, /*progress=*/!IsFinal(now.state));
+    if (IsFinal(now.state) || out.cancelled()->load()) break;
+  }
+  jobs.Unsubscribe(*sub);
+  if (out.cancelled()->load()) return absl::CancelledError("cancelled");
+  if (now.state != JobState::kSucceeded) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job '", id, "' has no result to evaluate: ",
+        now.error_message.empty() ? "it did not succeed" : now.error_message));
+  }
+  return now;
+}
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::EvaluateEvent>* MergeServiceImpl::Evaluate(
+    grpc::CallbackServerContext* ctx, const v1::EvaluateRequest* request) {
+  JobManager& jobs = jobs_;
+  const v1::EvaluateRequest req = *request;
+  using Reactor = EventStreamReactor<v1::EvaluateEvent>;
+  return new Reactor([&jobs, req](Reactor::Emitter& out) -> absl::Status {
+    const auto start = std::chrono::steady_clock::now();
+    EvalTarget target;
+    target.tasks.assign(req.tasks().begin(), req.tasks().end());
+    target.batch_size = req.batch_size() > 0 ? req.batch_size() : 256;
+    target.max_examples = std::max<int64_t>(0, req.max_examples());
+    if (req.target_case() == v1::EvaluateRequest::kJobId) {
+      MS_ASSIGN_OR_RETURN(JobRecord job, AwaitJob(jobs, req.job_id(), out));
+      MS_ASSIGN_OR_RETURN(MergeConfig config,
+                          MergeConfig::FromYaml(job.config_yaml, ""));
+      for (const ModelEntry& m : config.models) {
+        if (!config.base_model || m.model != *config.base_model) {
+          target.preferred_heads.push_back(m.model);
+        }
+      }
+      target.weights_dir = job.result_dir;
+    } else if (req.target_case() == v1::EvaluateRequest::kCheckpoint) {
+      MS_ASSIGN_OR_RETURN(CheckpointRecord c,
+                          jobs.registry()->Get(req.checkpoint(), false));
+      target.checkpoint = c.name;
+      target.weights_dir = c.path;
+    } else {
+      return absl::InvalidArgumentError(
+          "evaluate needs a job_id or a checkpoint");
+    }
+    TaskEvaluator evaluator(jobs.registry(), jobs.options().device);
+    MS_ASSIGN_OR_RETURN(
+        auto tasks,
+        evaluator.Run(
+            target,
+            [&](const std::string& task, int64_t done, int64_t total) {
+              v1::EvaluateEvent e;
+              e.mutable_progress()->set_task(task);
+              e.mutable_progress()->set_done(done);
+              e.mutable_progress()->set_total(total);
+              out.Emit(e, /*progress=*/true);
+            },
+            [&](const TaskMetrics& m) {
+              v1::EvaluateEvent e;
+              ToProto(m, e.mutable_task());
+              out.Emit(e);
+            }));
+    v1::EvaluateEvent e;
+    for (const TaskMetrics& m : tasks) {
+      ToProto(m, e.mutable_summary()->add_tasks());
+    }
+    e.mutable_summary()->set_mean_accuracy(MeanAccuracy(tasks));
+    e.mutable_summary()->set_seconds(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count());
+    out.Emit(e);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerWriteReactor<v1::SweepEvent>* MergeServiceImpl::Sweep(
+    grpc::CallbackServerContext* ctx, const v1::SweepRequest* request) {
+  JobManager& jobs = jobs_;
+  const v1::SweepRequest req = *request;
+  using Reactor = EventStreamReactor<v1::SweepEvent>;
+  return new Reactor([&jobs, req](Reactor::Emitter& out) -> absl::Status {
+    MS_ASSIGN_OR_RETURN(std::string yaml, SpecToYaml(req.spec()));
+    SweepGrid grid;
+    if (req.densities_size() > 0) {
+      grid.push_back(
+          {"density", {req.densities().begin(), req.densities().end()}});
+    }
+    for (const v1::SweepAxis& a : req.axes()) {
+      grid.push_back({a.parameter(), {a.values().begin(), a.values().end()}});
+    }
+    if (req.lambdas_size() > 0) {
+      grid.push_back({"lambda", {req.lambdas().begin(), req.lambdas().end()}});
+    }
+    SweepOptions o;
+    o.tasks.assign(req.tasks().begin(), req.tasks().end());
+    o.max_examples = std::max<int64_t>(0, req.max_examples());
+    o.cancelled = out.cancelled();
+    o.on_phase = [&](const std::string& phase) {
+      v1::SweepEvent e;
+      e.set_phase(phase);
+      out.Emit(e, /*progress=*/true);
+    };
+    o.on_point = [&](const SweepPoint& p) {
+      v1::SweepEvent e;
+      ToProto(p, e.mutable_point());
+      out.Emit(e);
+    };
+    MS_ASSIGN_OR_RETURN(SweepSummary summary, RunSweep(jobs, yaml, grid, o));
+    v1::SweepEvent e;
+    ToProto(summary, e.mutable_summary());
+    out.Emit(e);
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace mergeserve

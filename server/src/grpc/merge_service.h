@@ -1,7 +1,8 @@
 // mergeserve.v1.MergeService: adapts JobManager to the callback API.
 // WatchMergeJob and DownloadMergeResult are ServerWriteReactors that keep at
 // most one message in flight: a slow client costs one event or one chunk of
-// memory, never the model.
+// memory, never the model. Evaluate and Sweep run on their own threads and
+// stream through EventStreamReactor.
 #ifndef MERGESERVE_GRPC_MERGE_SERVICE_H_
 #define MERGESERVE_GRPC_MERGE_SERVICE_H_
 
@@ -43,6 +44,12 @@ class MergeServiceImpl final : public v1::MergeService::CallbackService {
   grpc::ServerWriteReactor<v1::DownloadChunk>* DownloadMergeResult(
       grpc::CallbackServerContext* ctx,
       const v1::DownloadMergeResultRequest* request) override;
+  grpc::ServerWriteReactor<v1::EvaluateEvent>* Evaluate(
+      grpc::CallbackServerContext* ctx,
+      const v1::EvaluateRequest* request) override;
+  grpc::ServerWriteReactor<v1::SweepEvent>* Sweep(
+      grpc::CallbackServerContext* ctx,
+      const v1::SweepRequest* request) override;
 
  private:
   JobManager& jobs_;

@@ -23,6 +23,9 @@ void ToProto(const CheckpointRecord& r, v1::Checkpoint* out) {
   out->mutable_create_time()->set_seconds(r.create_time_ms / 1000);
   out->mutable_create_time()->set_nanos(
       static_cast<int32_t>((r.create_time_ms % 1000) * 1000000));
+  out->set_program(r.program);
+  out->set_task(r.task);
+  out->set_program_digest(r.program_digest);
   for (const TensorMeta& t : r.tensors) {
     v1::TensorMetadata* m = out->add_tensors();
     m->set_name(t.name);
@@ -54,7 +57,72 @@ absl::StatusOr<CheckpointRecord> FromProto(const v1::Checkpoint& p) {
   r.base = p.base();
   r.path = p.path();
   for (const auto& [k, v] : p.labels()) r.labels[k] = v;
+  r.program = p.program();
+  r.task = p.task();
   return r;
+}
+
+void ToProto(const DatasetRecord& d, v1::Dataset* out) {
+  out->set_name(d.name);
+  out->set_task(d.task);
+  out->set_role(static_cast<v1::DatasetRole>(static_cast<int>(d.role)));
+  out->set_path(d.path);
+  out->set_content_digest(d.content_digest);
+  out->set_examples(d.examples);
+  out->set_has_labels(d.has_labels);
+  out->set_size_bytes(d.size_bytes);
+  out->mutable_create_time()->set_seconds(d.create_time_ms / 1000);
+}
+
+absl::StatusOr<DatasetRole> DatasetRoleFromProto(v1::DatasetRole role) {
+  if (role >= v1::DATASET_ROLE_EVAL && role <= v1::DATASET_ROLE_VALIDATION) {
+    return static_cast<DatasetRole>(static_cast<int>(role));
+  }
+  return absl::InvalidArgumentError(
+      "dataset.role must be EVAL, VALIDATION, FISHER or AUXILIARY");
+}
+
+absl::StatusOr<DatasetRecord> FromProto(const v1::Dataset& p) {
+  DatasetRecord d;
+  d.name = p.name();
+  d.task = p.task();
+  auto role = DatasetRoleFromProto(p.role());
+  if (!role.ok()) return role.status();
+  d.role = *role;
+  d.path = p.path();
+  return d;
+}
+
+void ToProto(const TaskMetrics& m, v1::TaskMetrics* out) {
+  out->set_task(m.task);
+  out->set_dataset(m.dataset);
+  out->set_head(m.head);
+  out->set_examples(m.examples);
+  out->set_accuracy(m.accuracy);
+  out->set_mean_cross_entropy(m.mean_cross_entropy);
+}
+
+void ToProto(const SweepPoint& p, v1::SweepPoint* out) {
+  out->set_index(p.index);
+  for (const auto& [name, v] : p.values) {
+    if (name == "lambda") out->set_lambda(v);
+    if (name == "density") out->set_density(v);
+    (*out->mutable_values())[name] = v;
+  }
+  for (const TaskMetrics& m : p.tasks) ToProto(m, out->add_tasks());
+  out->set_mean_accuracy(p.mean_accuracy);
+  out->set_merge_seconds(p.merge_seconds);
+  out->set_eval_seconds(p.eval_seconds);
+}
+
+void ToProto(const SweepSummary& s, v1::SweepSummary* out) {
+  out->set_best_index(s.best_index);
+  ToProto(s.best, out->mutable_best());
+  out->set_seconds(s.seconds);
+  out->set_trim_cache_hits(s.trim_cache_hits);
+  out->set_trim_cache_misses(s.trim_cache_misses);
+  out->set_stats_hits(s.stats_hits);
+  out->set_stats_misses(s.stats_misses);
 }
 
 namespace {
@@ -99,6 +167,10 @@ void ToProto(const JobRecord& r, v1::MergeJob* out) {
   }
   out->set_result_bytes(r.result_bytes);
   out->set_seconds(r.seconds);
+  out->set_phase(r.phase);
+  out->set_phase_done(r.phase_done);
+  out->set_phase_total(r.phase_total);
+  for (const auto& [k, v] : r.metrics) (*out->mutable_metrics())[k] = v;
 }
 
 namespace {
@@ -144,11 +216,11 @@ absl::StatusOr<std::string> SpecToYaml(const v1::MergeSpec& spec) {
   }
   const v1::StructuredMerge& m = spec.structured();
   static const char* kMethods[] = {
-      "",          "linear",      "task_arithmetic",  "ties",   "dare_linear",
-      "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della",  "della_linear",
-      "slerp",     "model_stock", "fisher",           "regmean"};
+      "",          "linear",      "task_arithmetic",  "ties",    "dare_linear",
+      "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della",   "della_linear",
+      "slerp",     "model_stock", "fisher",           "regmean", "ri"};
   if (m.method() <= v1::MERGE_METHOD_UNSPECIFIED ||
-      m.method() > v1::MERGE_METHOD_REGMEAN) {
+      m.method() > v1::MERGE_METHOD_RI) {
     return absl::InvalidArgumentError("spec.structured.method is required");
   }
   if (m.models_size() == 0) {

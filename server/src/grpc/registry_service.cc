@@ -82,4 +82,68 @@ grpc::ServerUnaryReactor* RegistryServiceImpl::DeleteCheckpoint(
   return reactor;
 }
 
+grpc::ServerUnaryReactor* RegistryServiceImpl::RegisterDataset(
+    grpc::CallbackServerContext* ctx, const v1::RegisterDatasetRequest* request,
+    v1::Dataset* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  // Hashing the file takes a while: off the gRPC callback thread.
+  std::thread([this, reactor, request, response] {
+    auto record = FromProto(request->dataset());
+    absl::Status status = record.status();
+    if (record.ok()) {
+      auto registered = registry_.RegisterDataset(*record);
+      if (registered.ok()) ToProto(*registered, response);
+      status = registered.status();
+    }
+    reactor->Finish(ToGrpcStatus(status));
+  }).detach();
+  return reactor;
+}
+
+grpc::ServerReadReactor<v1::UploadCheckpointRequest>*
+RegistryServiceImpl::UploadDataset(grpc::CallbackServerContext* ctx,
+                                   v1::Dataset* response) {
+  return new UploadReactor(registry_, response);
+}
+
+grpc::ServerUnaryReactor* RegistryServiceImpl::GetDataset(
+    grpc::CallbackServerContext* ctx, const v1::GetDatasetRequest* request,
+    v1::Dataset* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto record = registry_.GetDataset(request->name());
+  if (record.ok()) ToProto(*record, response);
+  reactor->Finish(ToGrpcStatus(record.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RegistryServiceImpl::ListDatasets(
+    grpc::CallbackServerContext* ctx, const v1::ListDatasetsRequest* request,
+    v1::ListDatasetsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  std::optional<DatasetRole> role;
+  if (request->role() != v1::DATASET_ROLE_UNSPECIFIED) {
+    auto r = DatasetRoleFromProto(request->role());
+    if (!r.ok()) {
+      reactor->Finish(ToGrpcStatus(r.status()));
+      return reactor;
+    }
+    role = *r;
+  }
+  auto records = registry_.ListDatasets(request->task(), role);
+  if (records.ok()) {
+    for (const DatasetRecord& d : *records)
+      ToProto(d, response->add_datasets());
+  }
+  reactor->Finish(ToGrpcStatus(records.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RegistryServiceImpl::DeleteDataset(
+    grpc::CallbackServerContext* ctx, const v1::DeleteDatasetRequest* request,
+    google::protobuf::Empty* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(registry_.DeleteDataset(request->name())));
+  return reactor;
+}
+
 }  // namespace mergeserve

@@ -32,6 +32,22 @@ class RegistryServiceImpl final : public v1::RegistryService::CallbackService {
       const v1::DeleteCheckpointRequest* request,
       google::protobuf::Empty* response) override;
 
+  grpc::ServerUnaryReactor* RegisterDataset(
+      grpc::CallbackServerContext* ctx,
+      const v1::RegisterDatasetRequest* request,
+      v1::Dataset* response) override;
+  grpc::ServerReadReactor<v1::UploadCheckpointRequest>* UploadDataset(
+      grpc::CallbackServerContext* ctx, v1::Dataset* response) override;
+  grpc::ServerUnaryReactor* GetDataset(grpc::CallbackServerContext* ctx,
+                                       const v1::GetDatasetRequest* request,
+                                       v1::Dataset* response) override;
+  grpc::ServerUnaryReactor* ListDatasets(
+      grpc::CallbackServerContext* ctx, const v1::ListDatasetsRequest* request,
+      v1::ListDatasetsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteDataset(
+      grpc::CallbackServerContext* ctx, const v1::DeleteDatasetRequest* request,
+      google::protobuf::Empty* response) override;
+
  private:
   CheckpointRegistry& registry_;
 };

@@ -134,6 +134,14 @@ absl::StatusOr<std::unique_ptr<ServiceMetrics>> ServiceMetrics::Create(
                          .Help("Bytes held by the task-vector cache")
                          .Register(reg)
                          .Add({});
+  auto& stats = prometheus::BuildGauge()
+                    .Name("mergeserve_statistics_total")
+                    .Help(
+                        "Fisher/Gram/RI statistics found in the cache "
+                        "(result=hit) or computed (result=miss)")
+                    .Register(reg);
+  m->stats_hits_ = &stats.Add({{"result", "hit"}});
+  m->stats_misses_ = &stats.Add({{"result", "miss"}});
   if (!listen.empty()) {
     try {
       m->exposer_ = std::make_unique<prometheus::Exposer>(listen);
@@ -191,6 +199,8 @@ void ServiceMetrics::WatchJobs(JobManager* jobs) {
       cache_hits_->Set(static_cast<double>(c.hits));
       cache_misses_->Set(static_cast<double>(c.misses));
       cache_bytes_->Set(static_cast<double>(c.bytes));
+      stats_hits_->Set(static_cast<double>(jobs->stats_counters().hits));
+      stats_misses_->Set(static_cast<double>(jobs->stats_counters().misses));
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
   });

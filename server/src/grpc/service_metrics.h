@@ -56,6 +56,8 @@ class ServiceMetrics {
   prometheus::Gauge* cache_hits_ = nullptr;
   prometheus::Gauge* cache_misses_ = nullptr;
   prometheus::Gauge* cache_bytes_ = nullptr;
+  prometheus::Gauge* stats_hits_ = nullptr;
+  prometheus::Gauge* stats_misses_ = nullptr;
   std::atomic<bool> stop_{false};
   std::thread poller_;
 };

@@ -21,11 +21,19 @@ namespace {
 constexpr int64_t kMaxFileBytes = int64_t{1} << 40;
 }
 
-bool UploadReactor::AllowedFile(const std::string& n) { return IsModelFile(n); }
+bool UploadReactor::AllowedFile(const std::string& n) {
+  return IsModelFile(n) || n == "program.pt";
+}
 
 UploadReactor::UploadReactor(CheckpointRegistry& registry,
                              v1::Checkpoint* response)
     : registry_(registry), response_(response) {
+  StartRead(&request_);
+}
+
+UploadReactor::UploadReactor(CheckpointRegistry& registry,
+                             v1::Dataset* response)
+    : registry_(registry), dataset_response_(response) {
   StartRead(&request_);
 }
 
@@ -45,23 +53,41 @@ void UploadReactor::CloseFiles() {
 }
 
 absl::Status UploadReactor::Begin(const v1::UploadHeader& header) {
-  auto record = FromProto(header.checkpoint());
-  if (!record.ok()) return record.status();
-  record_ = *record;
-  if (!CheckpointRegistry::IsValidName(record_.name)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid checkpoint name '", record_.name, "'"));
+  std::string name;
+  if (dataset_response_ != nullptr) {
+    auto d = FromProto(header.dataset());
+    if (!d.ok()) return d.status();
+    dataset_ = *d;
+    name = dataset_.name;
+    if (registry_.GetDataset(name).ok()) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("dataset '", name, "' already exists"));
+    }
+    if (header.files_size() != 1 ||
+        !absl::EndsWith(header.files(0).name(), ".safetensors")) {
+      return absl::InvalidArgumentError(
+          "a dataset upload carries exactly one .safetensors file");
+    }
+  } else {
+    auto record = FromProto(header.checkpoint());
+    if (!record.ok()) return record.status();
+    record_ = *record;
+    name = record_.name;
+    if (registry_.Get(name, false).ok()) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("checkpoint '", name, "' already exists"));
+    }
   }
-  if (registry_.Get(record_.name, false).ok()) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("checkpoint '", record_.name, "' already exists"));
+  if (!CheckpointRegistry::IsValidName(name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid name '", name, "'"));
   }
   if (header.files_size() == 0) {
     return absl::InvalidArgumentError("upload header lists no files");
   }
   std::random_device rd;
   temp_dir_ = absl::StrFormat("%s/uploads/%s.tmp-%08x", registry_.data_dir(),
-                              record_.name, rd());
+                              name, rd());
   std::error_code ec;
   fs::create_directories(temp_dir_, ec);
   if (ec) return absl::InternalError("cannot create upload folder");
@@ -183,8 +209,11 @@ void UploadReactor::Complete() {
     // A unique folder per upload: two uploads racing for one name never
     // share files (the registry then accepts exactly one of them).
     std::random_device rd;
-    const std::string final_dir = absl::StrFormat(
-        "%s/checkpoints/%s-%08x", registry_.data_dir(), record_.name, rd());
+    const bool dataset = dataset_response_ != nullptr;
+    const std::string final_dir =
+        absl::StrFormat("%s/%s/%s-%08x", registry_.data_dir(),
+                        dataset ? "datasets" : "checkpoints",
+                        dataset ? dataset_.name : record_.name, rd());
     std::error_code ec;
     fs::create_directories(fs::path(final_dir).parent_path(), ec);
     fs::rename(temp_dir_, final_dir, ec);
@@ -194,15 +223,26 @@ void UploadReactor::Complete() {
       return;
     }
     temp_dir_ = final_dir;  // removed again below if registration fails
-    record_.path = final_dir;
-    auto registered = registry_.Register(record_);
-    if (!registered.ok()) {
-      Fail(registered.status());
+    absl::Status s;
+    if (dataset) {
+      dataset_.path = final_dir + "/" + files_.begin()->first;
+      auto registered = registry_.RegisterDataset(dataset_);
+      if (registered.ok()) ToProto(*registered, dataset_response_);
+      s = registered.status();
+    } else {
+      record_.path = final_dir;
+      auto registered = registry_.Register(record_);
+      if (registered.ok()) {
+        ToProto(*registered, response_);
+        response_->clear_tensors();
+      }
+      s = registered.status();
+    }
+    if (!s.ok()) {
+      Fail(s);
       return;
     }
     temp_dir_.clear();  // the registry owns it now
-    ToProto(*registered, response_);
-    response_->clear_tensors();
     finished_ = true;
     Finish(grpc::Status::OK);
   }).detach();

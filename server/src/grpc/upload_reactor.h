@@ -1,7 +1,7 @@
-// The server side of RegistryService.UploadCheckpoint: writes the declared
-// files into a temporary folder under the data dir while hashing them, then
-// verifies and registers the folder. A broken, short or corrupt upload
-// leaves nothing behind.
+// The server side of RegistryService.UploadCheckpoint and UploadDataset:
+// writes the declared files into a temporary folder under the data dir while
+// hashing them, then verifies and registers the folder (or the dataset
+// file). A broken, short or corrupt upload leaves nothing behind.
 #ifndef MERGESERVE_GRPC_UPLOAD_REACTOR_H_
 #define MERGESERVE_GRPC_UPLOAD_REACTOR_H_
 
@@ -22,6 +22,7 @@ class UploadReactor
     : public grpc::ServerReadReactor<v1::UploadCheckpointRequest> {
  public:
   UploadReactor(CheckpointRegistry& registry, v1::Checkpoint* response);
+  UploadReactor(CheckpointRegistry& registry, v1::Dataset* response);
   ~UploadReactor() override;
 
   void OnReadDone(bool ok) override;
@@ -46,7 +47,9 @@ class UploadReactor
   void CloseFiles();
 
   CheckpointRegistry& registry_;
-  v1::Checkpoint* response_;
+  v1::Checkpoint* response_ = nullptr;
+  v1::Dataset* dataset_response_ = nullptr;  // set for dataset uploads
+  DatasetRecord dataset_;
   v1::UploadCheckpointRequest request_;
   CheckpointRecord record_;
   std::map<std::string, File> files_;

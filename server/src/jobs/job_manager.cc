@@ -37,10 +37,14 @@ CREATE TABLE IF NOT EXISTS jobs (
   result_dir TEXT NOT NULL DEFAULT ''
 ))sql";
 
+// Columns added after the first release; ALTERed into older databases.
+constexpr const char* kAddedColumns[][2] = {
+    {"metrics", "TEXT NOT NULL DEFAULT '{}'"}};
+
 constexpr char kColumns[] =
     "id, state, config_yaml, request_digest, create_ms, start_ms, end_ms, "
     "tensors_done, tensors_total, error_code, error_message, files, "
-    "result_bytes, seconds, result_dir";
+    "result_bytes, seconds, result_dir, metrics";
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -78,6 +82,12 @@ JobRecord FromRow(const SqlRow& r) {
   j.result_bytes = SqlInt(r[12]);
   j.seconds = SqlReal(r[13]);
   j.result_dir = SqlString(r[14]);
+  auto metrics = nlohmann::json::parse(SqlString(r[15]), nullptr, false);
+  if (metrics.is_object()) {
+    for (auto it = metrics.begin(); it != metrics.end(); ++it) {
+      if (it.value().is_number()) j.metrics[it.key()] = it.value();
+    }
+  }
   return j;
 }
 
@@ -121,6 +131,17 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   MS_ASSIGN_OR_RETURN(
       m->db_, SqliteDatabase::Open(options.data_dir + "/mergeserve.db"));
   MS_RETURN_IF_ERROR(m->db_->Exec(kSchema));
+  MS_ASSIGN_OR_RETURN(
+      auto columns,
+      m->db_->Query("SELECT name FROM pragma_table_info('jobs')"));
+  for (const auto& [column, decl] : kAddedColumns) {
+    bool present = false;
+    for (const SqlRow& row : columns) present |= SqlString(row[0]) == column;
+    if (!present) {
+      MS_RETURN_IF_ERROR(m->db_->Exec(
+          absl::StrCat("ALTER TABLE jobs ADD COLUMN ", column, " ", decl)));
+    }
+  }
   // A job that was running when the process died has no result: fail it.
   MS_RETURN_IF_ERROR(m->db_->Exec(
       "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, end_ms = "
@@ -159,11 +180,12 @@ absl::Status JobManager::Persist(const JobRecord& r) {
   }
   return db_->Exec(
       absl::StrCat("INSERT OR REPLACE INTO jobs (", kColumns,
-                   ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                   ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
       {r.id, static_cast<int64_t>(r.state), r.config_yaml, r.request_digest,
        r.create_ms, r.start_ms, r.end_ms, r.tensors_done, r.tensors_total,
        static_cast<int64_t>(r.error_code), r.error_message, files.dump(),
-       r.result_bytes, r.seconds, r.result_dir});
+       r.result_bytes, r.seconds, r.result_dir,
+       nlohmann::json(r.metrics).dump()});
 }
 
 absl::StatusOr<JobRecord> JobManager::Load(const std::string& id) const {
@@ -186,13 +208,17 @@ absl::StatusOr<JobRecord> JobManager::Submit(const std::string& config_yaml) {
   }
   MS_ASSIGN_OR_RETURN(MergeConfig config,
                       MergeConfig::FromYaml(config_yaml, options_.data_dir));
-  if (FindMethod(config.merge_method) == nullptr) {
+  if (config.merge_method != "ri" &&
+      FindMethod(config.merge_method) == nullptr) {
     return CreateMethod(config.merge_method).status();
   }
   // Opening the plan checks names, tensors, shapes and parameter ranges now,
-  // before the job waits in the queue.
-  MS_ASSIGN_OR_RETURN(auto plan,
-                      MergePlan::Create(config, options_.registry->Resolver()));
+  // before the job waits in the queue; data-aware requests are planned with
+  // stand-ins for the statistics they will compute.
+  MS_ASSIGN_OR_RETURN(MergeConfig planning,
+                      DataAwarePlanningConfig(config, *options_.registry));
+  MS_ASSIGN_OR_RETURN(
+      auto plan, MergePlan::Create(planning, options_.registry->Resolver()));
   if (options_.memory_budget > 0) {
     const int64_t need =
         EstimateMergeMemory(*plan, Backend::kFused, options_.threads_per_job);
@@ -208,7 +234,9 @@ absl::StatusOr<JobRecord> JobManager::Submit(const std::string& config_yaml) {
     MS_ASSIGN_OR_RETURN(CheckpointRecord c, options_.registry->Get(ref, false));
     absl::StrAppend(&lines, ref, " ", c.content_digest, "\n");
   }
-  const std::string digest = Sha256Hex(lines);
+  MS_ASSIGN_OR_RETURN(std::string data_lines,
+                      DataAwareDigestLines(config, *options_.registry));
+  const std::string digest = Sha256Hex(lines + data_lines);
 
   std::lock_guard<std::mutex> lock(mu_);
   // Content addressing: an identical request over identical checkpoints
@@ -262,16 +290,26 @@ absl::StatusOr<MergeDiagnostics> JobManager::Analyze(
   }
   MS_ASSIGN_OR_RETURN(MergeConfig config,
                       MergeConfig::FromYaml(config_yaml, options_.data_dir));
+  MS_ASSIGN_OR_RETURN(PreparedMerge prepared, Prepare(config, nullptr, {}));
   MergeOptions mo;
-  mo.resolver = options_.registry->Resolver();
+  mo.resolver = prepared.resolver;
   mo.threads = options_.threads_per_job;
   mo.cache = cache_.get();
-  CheckpointRegistry* registry = options_.registry;
-  mo.digest = [registry](const std::string& ref) -> std::string {
-    auto c = registry->Get(ref, false);
-    return c.ok() ? c->content_digest : std::string();
-  };
-  return AnalyzeMerge(config, mo);
+  mo.digest = prepared.digest;
+  return AnalyzeMerge(prepared.config, mo);
+}
+
+absl::StatusOr<PreparedMerge> JobManager::Prepare(
+    const MergeConfig& config, const std::atomic<bool>* cancelled,
+    std::function<void(const std::string&, int64_t, int64_t)> progress) {
+  DataAwareOptions o;
+  o.registry = options_.registry;
+  o.stats_dir = options_.data_dir + "/stats";
+  o.device = options_.device;
+  o.counters = &stats_counters_;
+  o.progress = std::move(progress);
+  o.cancelled = cancelled;
+  return PrepareDataAware(config, o);
 }
 
 absl::StatusOr<JobRecord> JobManager::Get(const std::string& id) const {
@@ -406,7 +444,10 @@ void JobManager::RunJob(JobRecord job,
   auto config = MergeConfig::FromYaml(job.config_yaml, options_.data_dir);
   std::unique_ptr<MergePlan> plan;
   if (config.ok()) {
-    auto p = MergePlan::Create(*config, options_.registry->Resolver());
+    auto planning = DataAwarePlanningConfig(*config, *options_.registry);
+    auto p = planning.ok()
+                 ? MergePlan::Create(*planning, options_.registry->Resolver())
+                 : planning.status();
     if (p.ok()) {
       plan = std::move(*p);
     } else {
@@ -438,19 +479,42 @@ void JobManager::RunJob(JobRecord job,
     }
     LogEvent("job_started", {{"job", job.id}});
     Notify(started);
+    auto last = std::chrono::steady_clock::now();
+    // Data-aware methods first compute their statistics (or find them).
+    auto prepared = Prepare(
+        *config, cancel.get(),
+        [&](const std::string& phase, int64_t done, int64_t total) {
+          JobRecord snapshot;
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            JobRecord& r = running_[job.id].record;
+            r.phase = phase;
+            r.phase_done = done;
+            r.phase_total = total;
+            snapshot = r;
+          }
+          const auto now = std::chrono::steady_clock::now();
+          if (done == total || now - last > std::chrono::milliseconds(100)) {
+            last = now;
+            Notify(snapshot);
+          }
+        });
+    if (!prepared.ok()) status = prepared.status();
     MergeOptions mo;
     mo.output_dir = job.result_dir;
     mo.overwrite = true;
     mo.threads = options_.threads_per_job;
-    mo.resolver = options_.registry->Resolver();
     mo.cancelled = cancel.get();
     mo.cache = cache_.get();
-    CheckpointRegistry* registry = options_.registry;
-    mo.digest = [registry](const std::string& ref) -> std::string {
-      auto c = registry->Get(ref, false);
-      return c.ok() ? c->content_digest : std::string();
-    };
-    auto last = std::chrono::steady_clock::now();
+    if (prepared.ok()) {
+      mo.resolver = prepared->resolver;
+      mo.digest = prepared->digest;
+      std::lock_guard<std::mutex> lock(mu_);
+      JobRecord& r = running_[job.id].record;
+      r.metrics = prepared->metrics;
+      r.phase = "merge";
+      r.phase_done = r.phase_total = 0;
+    }
     mo.on_progress = [&](const MergeProgress& p) {
       JobRecord snapshot;
       {
@@ -467,11 +531,20 @@ void JobManager::RunJob(JobRecord job,
         Notify(snapshot);
       }
     };
-    auto s = RunMerge(*config, mo);
-    if (s.ok()) {
-      summary = *s;
-    } else {
-      status = s.status();
+    if (status.ok()) {
+      auto s = RunMerge(prepared->config, mo);
+      if (s.ok()) {
+        summary = *s;
+      } else {
+        status = s.status();
+      }
+    }
+    if (status.ok() && prepared->ri != nullptr) {
+      auto xi = prepared->ri->Interference(job.result_dir);
+      if (xi.ok()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        running_[job.id].record.metrics["ri.interference_after"] = *xi;
+      }
     }
   } else if (status.ok()) {
     status = absl::CancelledError("merge cancelled");
@@ -482,6 +555,7 @@ void JobManager::RunJob(JobRecord job,
     done = running_[job.id].record;
   }
   done.end_ms = NowMs();
+  done.phase.clear();
   if (status.ok()) {
     done.state = JobState::kSucceeded;
     done.seconds = summary.seconds;

@@ -8,7 +8,7 @@
 #include <ATen/ops/diag_embed.h>
 #include <ATen/ops/eye.h>
 #include <ATen/ops/linalg_cholesky_ex.h>
-#include <ATen/ops/linalg_solve.h>
+#include <ATen/ops/linalg_solve_ex.h>
 
 #include "absl/strings/str_cat.h"
 #include "engine/aten_util.h"
@@ -104,7 +104,14 @@ class RegMeanMethod : public MergeMethod {
       if (info.item<int64_t>() == 0) {
         solution = at::cholesky_solve(rhs, chol);
       } else {
-        solution = at::linalg_solve(lhs, rhs);
+        auto [lu_solution, lu_info] = at::linalg_solve_ex(lhs, rhs);
+        if (lu_info.item<int64_t>() != 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "regmean: the summed Gram matrix of tensor '", t.name,
+              "' is singular (some inputs never vary, e.g. constant pixels "
+              "or padding); set a ridge, e.g. ridge: 0.001"));
+        }
+        solution = lu_solution;
       }
       return WriteToSink(solution.t().contiguous(), out);
     });

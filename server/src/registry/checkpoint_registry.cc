@@ -31,9 +31,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   tensors TEXT NOT NULL
 ))sql";
 
+// Columns added after the first release; ALTERed into older databases.
+constexpr const char* kAddedColumns[][2] = {
+    {"program", "TEXT NOT NULL DEFAULT ''"},
+    {"program_digest", "TEXT NOT NULL DEFAULT ''"},
+    {"task", "TEXT NOT NULL DEFAULT ''"}};
+
 constexpr char kColumns[] =
     "name, role, base, path, labels, content_digest, size_bytes, tensor_count, "
-    "parameter_count, create_time_ms, tensors";
+    "parameter_count, create_time_ms, tensors, program, program_digest, task";
 
 CheckpointRecord FromRow(const SqlRow& r, bool with_tensors) {
   CheckpointRecord c;
@@ -52,6 +58,9 @@ CheckpointRecord FromRow(const SqlRow& r, bool with_tensors) {
   c.tensor_count = SqlInt(r[7]);
   c.parameter_count = SqlInt(r[8]);
   c.create_time_ms = SqlInt(r[9]);
+  c.program = SqlString(r[11]);
+  c.program_digest = SqlString(r[12]);
+  c.task = SqlString(r[13]);
   if (with_tensors) {
     auto tensors = nlohmann::json::parse(SqlString(r[10]), nullptr, false);
     if (tensors.is_array()) {
@@ -115,6 +124,18 @@ absl::StatusOr<std::unique_ptr<CheckpointRegistry>> CheckpointRegistry::Create(
   MS_ASSIGN_OR_RETURN(
       r->db_, SqliteDatabase::Open(options.data_dir + "/mergeserve.db"));
   MS_RETURN_IF_ERROR(r->db_->Exec(kSchema));
+  MS_ASSIGN_OR_RETURN(auto columns,
+                      r->db_->Query("SELECT name FROM pragma_table_info("
+                                    "'checkpoints')"));
+  for (const auto& [column, decl] : kAddedColumns) {
+    bool present = false;
+    for (const SqlRow& row : columns) present |= SqlString(row[0]) == column;
+    if (!present) {
+      MS_RETURN_IF_ERROR(r->db_->Exec(absl::StrCat(
+          "ALTER TABLE checkpoints ADD COLUMN ", column, " ", decl)));
+    }
+  }
+  MS_RETURN_IF_ERROR(r->InitDatasets());
   return r;
 }
 
@@ -127,6 +148,40 @@ absl::Status CheckpointRegistry::CheckInsideRoots(
   return absl::PermissionDeniedError(
       absl::StrCat("path ", canonical, " is outside the storage roots (",
                    absl::StrJoin(roots_, ", "), ")"));
+}
+
+absl::Status CheckpointRegistry::CheckProgram(CheckpointRecord& c) const {
+  std::error_code ec;
+  if (c.program.empty()) {
+    // A folder's own program.pt is attached without asking.
+    if (fs::is_regular_file(fs::path(c.path) / "program.pt", ec)) {
+      c.program = (fs::path(c.path) / "program.pt").string();
+    } else {
+      c.program_digest.clear();
+      return absl::OkStatus();
+    }
+  }
+  const fs::path canonical = fs::weakly_canonical(c.program, ec);
+  MS_RETURN_IF_ERROR(CheckInsideRoots(canonical.string()));
+  if (!fs::is_regular_file(canonical, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("program ", canonical.string(), " not found"));
+  }
+  // TorchScript archives are zip files; anything else is refused now rather
+  // than when a merge first runs it.
+  char magic[4] = {};
+  FILE* f = std::fopen(canonical.c_str(), "rb");
+  const size_t got = f ? std::fread(magic, 1, 4, f) : 0;
+  if (f) std::fclose(f);
+  if (got != 4 || std::string(magic, 4) != std::string("PK\x03\x04", 4)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("program ", canonical.string(),
+                     " is not a TorchScript archive (torch.jit.save)"));
+  }
+  c.program = canonical.string();
+  MS_ASSIGN_OR_RETURN(std::string h, Sha256File(c.program));
+  c.program_digest = "sha256:" + h;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> CheckpointRegistry::FolderDigest(
@@ -216,6 +271,11 @@ absl::StatusOr<CheckpointRecord> CheckpointRegistry::Register(
     c.parameter_count += t->numel();
   }
   c.size_bytes = static_cast<int64_t>((*folder)->total_bytes());
+  MS_RETURN_IF_ERROR(CheckProgram(c));
+  if (!c.task.empty() && !IsValidName(c.task)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid task name '", c.task, "'"));
+  }
   MS_ASSIGN_OR_RETURN(c.content_digest, FolderDigest(c.path));
   c.create_time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                          std::chrono::system_clock::now().time_since_epoch())
@@ -231,10 +291,11 @@ absl::StatusOr<CheckpointRecord> CheckpointRegistry::Register(
     }
     return db_->Exec(
         absl::StrCat("INSERT INTO checkpoints (", kColumns,
-                     ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                     ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
         {c.name, static_cast<int64_t>(c.role), c.base, c.path, labels.dump(),
          c.content_digest, c.size_bytes, c.tensor_count, c.parameter_count,
-         c.create_time_ms, tensors.dump()});
+         c.create_time_ms, tensors.dump(), c.program, c.program_digest,
+         c.task});
   });
   MS_RETURN_IF_ERROR(s);
   for (const TensorInfo* t : (*folder)->tensors()) {
@@ -243,6 +304,8 @@ absl::StatusOr<CheckpointRecord> CheckpointRegistry::Register(
   LogEvent("checkpoint_registered", {{"checkpoint", c.name},
                                      {"role", RoleName(c.role)},
                                      {"path", c.path},
+                                     {"program", c.program},
+                                     {"task", c.task},
                                      {"digest", c.content_digest}});
   return c;
 }

@@ -1,0 +1,62 @@
+// Sweeps: one merge request over a grid (lambda × density × any other
+// global number, e.g. alpha or ridge, × per-model weights), each point
+// merged into a scratch folder and evaluated on the tasks' validation data
+// (eval data where a task has none). Points share the job manager's
+// task-vector cache and data-aware statistics, so only what changes is
+// recomputed.
+#ifndef MERGESERVE_JOBS_SWEEP_RUNNER_H_
+#define MERGESERVE_JOBS_SWEEP_RUNNER_H_
+
+#include <atomic>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mergeserve/jobs/job_manager.h"
+#include "mergeserve/jobs/task_evaluator.h"
+
+namespace mergeserve {
+
+// One axis of the grid: a global parameter ("lambda", "density", "alpha",
+// ...) or "weight@MODEL" for one model's weight.
+struct SweepAxis {
+  std::string parameter;
+  std::vector<double> values;
+};
+using SweepGrid = std::vector<SweepAxis>;
+
+struct SweepPoint {
+  int index = 0;
+  std::vector<std::pair<std::string, double>> values;  // one per axis
+  std::vector<TaskMetrics> tasks;
+  double mean_accuracy = 0;
+  double merge_seconds = 0;  // including the data-aware step
+  double eval_seconds = 0;
+};
+
+struct SweepSummary {
+  int best_index = -1;
+  SweepPoint best;
+  double seconds = 0;
+  int64_t trim_cache_hits = 0, trim_cache_misses = 0;
+  int64_t stats_hits = 0, stats_misses = 0;
+};
+
+struct SweepOptions {
+  std::vector<std::string> tasks;  // empty: the experts' tasks
+  int64_t max_examples = 0;        // per task
+  std::function<void(const std::string& phase)> on_phase;
+  std::function<void(const SweepPoint&)> on_point;
+  const std::atomic<bool>* cancelled = nullptr;
+};
+
+absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
+                                      const std::string& config_yaml,
+                                      const SweepGrid& grid,
+                                      const SweepOptions& options);
+
+}  // namespace mergeserve
+
+#endif  // MERGESERVE_JOBS_SWEEP_RUNNER_H_

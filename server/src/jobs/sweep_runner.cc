@@ -1,0 +1,185 @@
+#include "mergeserve/jobs/sweep_runner.h"
+
+#include <chrono>
+#include <filesystem>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "mergeserve/base/log.h"
+#include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/executor.h"
+#include "mergeserve/engine/method_registry.h"
+
+namespace mergeserve {
+namespace fs = std::filesystem;
+namespace {
+
+double Since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t)
+      .count();
+}
+
+}  // namespace
+
+absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
+                                      const std::string& config_yaml,
+                                      const SweepGrid& grid,
+                                      const SweepOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string data_dir = jobs.options().data_dir;
+  MS_ASSIGN_OR_RETURN(MergeConfig config,
+                      MergeConfig::FromYaml(config_yaml, data_dir));
+  if (config.merge_method != "ri" &&
+      FindMethod(config.merge_method) == nullptr) {
+    return CreateMethod(config.merge_method).status();
+  }
+  // Validate the whole request before the first point runs.
+  MS_ASSIGN_OR_RETURN(MergeConfig planning,
+                      DataAwarePlanningConfig(config, *jobs.registry()));
+  MS_RETURN_IF_ERROR(
+      MergePlan::Create(planning, jobs.registry()->Resolver()).status());
+  size_t points = 1;
+  for (const SweepAxis& axis : grid) {
+    if (axis.values.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sweep: axis '", axis.parameter, "' has no values"));
+    }
+    const bool weight = axis.parameter.rfind("weight@", 0) == 0;
+    if (!weight && (!IsKnownParameter(axis.parameter) ||
+                    IsPerModelOnlyParameter(axis.parameter))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sweep: '", axis.parameter,
+                       "' is not a numeric merge parameter (or weight@MODEL)"));
+    }
+    if (weight) {
+      const std::string model = axis.parameter.substr(7);
+      bool found = false;
+      for (const ModelEntry& m : config.models) found |= m.model == model;
+      if (!found) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sweep: '", axis.parameter, "' names no model of the request"));
+      }
+    }
+    points *= axis.values.size();
+  }
+  if (points > 10000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sweep: ", points, " points is more than 10000"));
+  }
+  std::vector<std::string> experts;
+  for (const ModelEntry& m : config.models) {
+    if (!config.base_model || m.model != *config.base_model) {
+      experts.push_back(m.model);
+    }
+  }
+  TaskEvaluator evaluator(jobs.registry(), jobs.options().device);
+  {
+    EvalTarget probe;
+    probe.preferred_heads = experts;
+    probe.tasks = options.tasks;
+    MS_RETURN_IF_ERROR(evaluator.Plan(probe).status());
+  }
+
+  const CacheStats cache_before = jobs.cache_stats();
+  const int64_t stats_hits = jobs.stats_counters().hits;
+  const int64_t stats_misses = jobs.stats_counters().misses;
+  SweepSummary summary;
+  std::random_device rd;
+  const std::string scratch =
+      absl::StrFormat("%s/scratch/sweep-%08x", data_dir, rd());
+  for (size_t index = 0; index < points; ++index) {
+    {
+      if (options.cancelled && options.cancelled->load()) {
+        return absl::CancelledError("sweep cancelled");
+      }
+      SweepPoint point;
+      point.index = static_cast<int>(index);
+      MergeConfig c = config;
+      // The last axis varies fastest.
+      size_t rest = index;
+      std::vector<std::pair<std::string, double>> values(grid.size());
+      for (size_t k = grid.size(); k-- > 0;) {
+        const SweepAxis& axis = grid[k];
+        const double v = axis.values[rest % axis.values.size()];
+        rest /= axis.values.size();
+        values[k] = {axis.parameter, v};
+        if (axis.parameter.rfind("weight@", 0) == 0) {
+          for (ModelEntry& m : c.models) {
+            if (m.model == axis.parameter.substr(7)) {
+              m.parameters["weight"] = ParamValue::Number(v);
+            }
+          }
+        } else {
+          c.parameters[axis.parameter] = ParamValue::Number(v);
+          // The swept global value must win over per-model overrides.
+          for (ModelEntry& m : c.models) m.parameters.erase(axis.parameter);
+        }
+      }
+      point.values = values;
+      if (options.on_phase) {
+        options.on_phase(absl::StrCat("point ", point.index, ": merge"));
+      }
+      auto t0 = std::chrono::steady_clock::now();
+      MS_ASSIGN_OR_RETURN(
+          PreparedMerge prepared,
+          jobs.Prepare(
+              c, options.cancelled,
+              [&](const std::string& phase, int64_t done, int64_t total) {
+                if (options.on_phase && done == total) {
+                  options.on_phase(absl::StrCat(phase, " done"));
+                }
+              }));
+      MergeOptions mo;
+      mo.output_dir = scratch;
+      mo.overwrite = true;
+      mo.threads = jobs.options().threads_per_job;
+      mo.resolver = prepared.resolver;
+      mo.digest = prepared.digest;
+      mo.cache = jobs.cache();
+      mo.cancelled = options.cancelled;
+      absl::Status merged = RunMerge(prepared.config, mo).status();
+      point.merge_seconds = Since(t0);
+      if (merged.ok()) {
+        t0 = std::chrono::steady_clock::now();
+        EvalTarget target;
+        target.weights_dir = scratch;
+        target.preferred_heads = experts;
+        target.tasks = options.tasks;
+        target.role = DatasetRole::kValidation;
+        target.max_examples = options.max_examples;
+        auto tasks = evaluator.Run(target);
+        if (tasks.ok()) {
+          point.tasks = *tasks;
+        } else {
+          merged = tasks.status();
+        }
+        point.eval_seconds = Since(t0);
+      }
+      std::error_code ec;
+      fs::remove_all(scratch, ec);
+      MS_RETURN_IF_ERROR(merged);
+      point.mean_accuracy = MeanAccuracy(point.tasks);
+      if (summary.best_index < 0 ||
+          point.mean_accuracy > summary.best.mean_accuracy) {
+        summary.best_index = point.index;
+        summary.best = point;
+      }
+      if (options.on_point) options.on_point(point);
+    }
+  }
+  const CacheStats cache_after = jobs.cache_stats();
+  summary.trim_cache_hits = cache_after.hits - cache_before.hits;
+  summary.trim_cache_misses = cache_after.misses - cache_before.misses;
+  summary.stats_hits = jobs.stats_counters().hits - stats_hits;
+  summary.stats_misses = jobs.stats_counters().misses - stats_misses;
+  summary.seconds = Since(start);
+  LogEvent("sweep_finished",
+           {{"method", config.merge_method},
+            {"points", std::to_string(points)},
+            {"best", std::to_string(summary.best_index)},
+            {"seconds", absl::StrFormat("%.3f", summary.seconds)}});
+  return summary;
+}
+
+}  // namespace mergeserve

@@ -1,0 +1,139 @@
+#include "mergeserve/jobs/task_evaluator.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "mergeserve/base/status_macros.h"
+#include "mergeserve/eval/program_evaluator.h"
+
+namespace mergeserve {
+namespace {
+
+bool Runnable(const CheckpointRecord& c, const std::string& task) {
+  return c.task == task && !c.program.empty();
+}
+
+}  // namespace
+
+double MeanAccuracy(const std::vector<TaskMetrics>& tasks) {
+  double sum = 0;
+  for (const TaskMetrics& t : tasks) sum += t.accuracy;
+  return tasks.empty() ? 0 : sum / static_cast<double>(tasks.size());
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
+TaskEvaluator::Plan(const EvalTarget& target) const {
+  std::vector<CheckpointRecord> preferred;
+  for (const std::string& h : target.preferred_heads) {
+    MS_ASSIGN_OR_RETURN(CheckpointRecord c, registry_->Get(h, false));
+    preferred.push_back(c);
+  }
+  std::vector<std::string> tasks = target.tasks;
+  if (tasks.empty()) {
+    std::set<std::string> seen;
+    for (const CheckpointRecord& c : preferred) {
+      if (!c.task.empty() && seen.insert(c.task).second)
+        tasks.push_back(c.task);
+    }
+    if (tasks.empty()) {
+      MS_ASSIGN_OR_RETURN(auto all,
+                          registry_->ListDatasets("", DatasetRole::kEval));
+      for (const DatasetRecord& d : all) {
+        if (seen.insert(d.task).second) tasks.push_back(d.task);
+      }
+    }
+  }
+  if (tasks.empty()) {
+    return absl::FailedPreconditionError(
+        "nothing to evaluate on: no task has an eval dataset (mergectl "
+        "dataset NAME FILE --task T --role eval)");
+  }
+  std::optional<CheckpointRecord> self;
+  if (!target.checkpoint.empty()) {
+    MS_ASSIGN_OR_RETURN(self, registry_->Get(target.checkpoint, false));
+  }
+  MS_ASSIGN_OR_RETURN(auto experts,
+                      registry_->List(CheckpointRole::kExpert, {}));
+  std::vector<std::pair<std::string, std::string>> plan;
+  for (const std::string& task : tasks) {
+    std::string head;
+    for (const CheckpointRecord& c : preferred) {
+      if (head.empty() && Runnable(c, task)) head = c.name;
+    }
+    if (head.empty() && self && Runnable(*self, task)) head = self->name;
+    for (const CheckpointRecord& c : experts) {
+      if (head.empty() && Runnable(c, task)) head = c.name;
+    }
+    if (head.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("task '", task,
+                       "' has no registered expert with a program to "
+                       "evaluate with (register one with --program --task)"));
+    }
+    plan.push_back({task, head});
+  }
+  return plan;
+}
+
+absl::StatusOr<std::vector<TaskMetrics>> TaskEvaluator::Run(
+    const EvalTarget& target,
+    const std::function<void(const std::string&, int64_t, int64_t)>& progress,
+    const std::function<void(const TaskMetrics&)>& on_task) const {
+  MS_ASSIGN_OR_RETURN(auto plan, Plan(target));
+  MS_ASSIGN_OR_RETURN(auto weights, ModelFolder::Open(target.weights_dir));
+  std::vector<TaskMetrics> out;
+  for (const auto& [task, head_name] : plan) {
+    MS_ASSIGN_OR_RETURN(auto datasets, registry_->ListDatasets(task, {}));
+    const DatasetRecord* data = nullptr;
+    for (DatasetRole role : {target.role, DatasetRole::kEval}) {
+      for (const DatasetRecord& d : datasets) {
+        if (d.role == role) data = &d;  // the newest
+      }
+      if (data != nullptr) break;
+    }
+    if (data == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "task '", task, "' has no ", DatasetRoleName(target.role),
+          " dataset (mergectl dataset NAME FILE --task ", task,
+          " --role eval)"));
+    }
+    MS_ASSIGN_OR_RETURN(CheckpointRecord head,
+                        registry_->Get(head_name, false));
+    MS_ASSIGN_OR_RETURN(auto ev,
+                        ProgramEvaluator::Create(head.program, device_));
+    MS_ASSIGN_OR_RETURN(auto head_weights, ModelFolder::Open(head.path));
+    MS_RETURN_IF_ERROR((*ev).LoadWeights(*head_weights).status());
+    if (head.name != target.checkpoint) {
+      // Only the shared (merged) part replaces the head expert's weights.
+      std::set<std::string> shared;
+      if (!head.base.empty()) {
+        MS_ASSIGN_OR_RETURN(CheckpointRecord base,
+                            registry_->Get(head.base, true));
+        for (const TensorMeta& t : base.tensors) shared.insert(t.name);
+      }
+      MS_ASSIGN_OR_RETURN(auto loaded,
+                          ev->LoadWeights(*weights, [&](const std::string& n) {
+                            return shared.empty() || shared.count(n) > 0;
+                          }));
+      if (loaded.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "no tensor of ", target.weights_dir,
+            " is a parameter of the program of '", head.name, "'"));
+      }
+    }
+    MS_ASSIGN_OR_RETURN(EvalResult r,
+                        ev->Evaluate(
+                            data->path, target.batch_size,
+                            [&, task = task](int64_t done, int64_t total) {
+                              if (progress) progress(task, done, total);
+                            },
+                            target.max_examples));
+    TaskMetrics m{task,       data->name, head.name,
+                  r.examples, r.accuracy, r.mean_cross_entropy};
+    if (on_task) on_task(m);
+    out.push_back(m);
+  }
+  return out;
+}
+
+}  // namespace mergeserve
