@@ -1,0 +1,297 @@
+// The data-aware step inside the job manager, on the digits zoo: a Fisher or
+// RegMean request computes the same statistics as the standalone estimators
+// and gives a bit-identical result to a one-shot merge that names them; the
+// statistics are cached by content; missing programs and data are named.
+#include "mergeserve/jobs/data_aware_merge.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "mergeserve/eval/fisher_estimator.h"
+#include "mergeserve/eval/gram_estimator.h"
+#include "mergeserve/jobs/job_manager.h"
+#include "mergeserve/jobs/sweep_runner.h"
+#include "test_util.h"
+
+namespace mergeserve {
+namespace {
+using ::testing::HasSubstr;
+
+const char* const kTasks[] = {"parity", "high", "mod3", "mirror"};
+
+class DataAwareMergeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    zoo_ = testing::DigitsZoo();
+    CheckpointRegistry::Options ro;
+    ro.data_dir = testing::TempDir("data");
+    ro.allowed_roots = {zoo_};
+    auto r = CheckpointRegistry::Create(ro);
+    ASSERT_TRUE(r.ok()) << r.status();
+    registry_ = std::move(*r);
+    CheckpointRecord base;
+    base.name = "base";
+    base.role = CheckpointRole::kBase;
+    base.path = zoo_ + "/base";
+    ASSERT_TRUE(registry_->Register(base).ok());
+    for (const char* t : kTasks) {
+      CheckpointRecord e;
+      e.name = t;
+      e.role = CheckpointRole::kExpert;
+      e.base = "base";
+      e.path = zoo_ + "/" + t;
+      e.task = t;  // program.pt in the folder is attached
+      auto reg = registry_->Register(e);
+      ASSERT_TRUE(reg.ok()) << reg.status();
+      EXPECT_EQ(reg->program, zoo_ + "/" + t + "/program.pt");
+      EXPECT_EQ(reg->program_digest.substr(0, 7), "sha256:");
+      for (auto [split, role] :
+           {std::pair{"eval", DatasetRole::kEval},
+            std::pair{"val", DatasetRole::kValidation},
+            std::pair{"fisher", DatasetRole::kFisher},
+            std::pair{"aux", DatasetRole::kAuxiliary}}) {
+        DatasetRecord d;
+        d.name = std::string(t) + "_" + split;
+        d.task = t;
+        d.role = role;
+        d.path = zoo_ + "/data/" + t + "_" + split + ".safetensors";
+        auto dr = registry_->RegisterDataset(d);
+        ASSERT_TRUE(dr.ok()) << dr.status();
+      }
+    }
+    JobManager::Options o;
+    o.data_dir = registry_->data_dir();
+    o.registry = registry_.get();
+    auto jobs = JobManager::Create(o);
+    ASSERT_TRUE(jobs.ok()) << jobs.status();
+    jobs_ = std::move(*jobs);
+  }
+
+  JobRecord Run(const std::string& yaml) {
+    auto j = jobs_->Submit(yaml);
+    EXPECT_TRUE(j.ok()) << j.status();
+    if (!j.ok()) return {};
+    for (int i = 0; i < 6000; ++i) {
+      auto now = jobs_->Get(j->id);
+      if (now.ok() && IsFinal(now->state)) return *now;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ADD_FAILURE() << "job did not finish";
+    return {};
+  }
+
+  static std::string Yaml(const std::string& method, const std::string& params,
+                          const std::string& per_model = "") {
+    std::string y = "merge_method: " + method +
+                    "\nbase_model: base\nparameters: {" + params +
+                    "}\nmodels:\n";
+    for (const char* t : kTasks) {
+      y += std::string("  - model: ") + t + "\n";
+      if (!per_model.empty()) {
+        y += "    parameters: {" + per_model + ": " + zoo_dir_ + "/stats_" +
+             t + "}\n";
+      }
+    }
+    return y;
+  }
+
+  std::string zoo_;
+  static inline std::string zoo_dir_;
+  std::unique_ptr<CheckpointRegistry> registry_;
+  std::unique_ptr<JobManager> jobs_;
+};
+
+TEST_F(DataAwareMergeTest, FisherInsideTheRequestEqualsTheStandaloneEstimate) {
+  JobRecord job = Run(Yaml("fisher", "normalize: true, examples: 64"));
+  ASSERT_EQ(job.state, JobState::kSucceeded) << job.error_message;
+  EXPECT_EQ(jobs_->stats_counters().misses, 4);
+  // The same Fishers computed outside, named in a one-shot merge.
+  zoo_dir_ = testing::TempDir("standalone");
+  for (const char* t : kTasks) {
+    FisherOptions fo;
+    fo.max_examples = 64;
+    ASSERT_TRUE(EstimateFisher(zoo_ + "/" + t + "/program.pt", zoo_ + "/" + t,
+                               zoo_ + "/data/" + t + "_fisher.safetensors",
+                               zoo_dir_ + "/stats_" + t, fo)
+                    .ok());
+  }
+  auto config = MergeConfig::FromYaml(
+      Yaml("fisher", "normalize: true", "fisher"), zoo_);
+  ASSERT_TRUE(config.ok()) << config.status();
+  MergeOptions mo;
+  mo.output_dir = zoo_dir_ + "/out";
+  ASSERT_TRUE(RunMerge(*config, mo).ok());
+  EXPECT_EQ(testing::ReadModel(job.result_dir), testing::ReadModel(mo.output_dir));
+
+  // Another request over the same experts and data reuses the statistics.
+  JobRecord again = Run(Yaml("fisher", "normalize: false, examples: 64"));
+  ASSERT_EQ(again.state, JobState::kSucceeded) << again.error_message;
+  EXPECT_EQ(jobs_->stats_counters().misses, 4);
+  EXPECT_EQ(jobs_->stats_counters().hits, 4);
+  // Different settings are different statistics.
+  JobRecord other = Run(Yaml("fisher", "examples: 32"));
+  ASSERT_EQ(other.state, JobState::kSucceeded) << other.error_message;
+  EXPECT_EQ(jobs_->stats_counters().misses, 8);
+}
+
+TEST_F(DataAwareMergeTest, RegMeanInsideTheRequestEqualsTheStandaloneGrams) {
+  JobRecord job = Run(Yaml("regmean", "alpha: 0.9, ridge: 0.001"));
+  ASSERT_EQ(job.state, JobState::kSucceeded) << job.error_message;
+  zoo_dir_ = testing::TempDir("standalone");
+  for (const char* t : kTasks) {
+    GramOptions go;
+    go.max_examples = 256;  // the request's default
+    ASSERT_TRUE(EstimateGrams(zoo_ + "/" + t + "/program.pt", zoo_ + "/" + t,
+                              zoo_ + "/data/" + t + "_fisher.safetensors",
+                              zoo_dir_ + "/stats_" + t, go)
+                    .ok());
+  }
+  auto config = MergeConfig::FromYaml(
+      Yaml("regmean", "alpha: 0.9, ridge: 0.001", "gram"), zoo_);
+  ASSERT_TRUE(config.ok()) << config.status();
+  MergeOptions mo;
+  mo.output_dir = zoo_dir_ + "/out";
+  ASSERT_TRUE(RunMerge(*config, mo).ok());
+  EXPECT_EQ(testing::ReadModel(job.result_dir), testing::ReadModel(mo.output_dir));
+}
+
+TEST_F(DataAwareMergeTest, RiReportsInterferenceBeforeAndAfter) {
+  JobRecord job = Run(Yaml("ri", "ri_method: ties, density: 0.5, steps: 40"));
+  ASSERT_EQ(job.state, JobState::kSucceeded) << job.error_message;
+  ASSERT_TRUE(job.metrics.count("ri.interference_before"));
+  ASSERT_TRUE(job.metrics.count("ri.interference_after"));
+  EXPECT_LT(job.metrics.at("ri.interference_after"),
+            job.metrics.at("ri.interference_before"));
+  // Persisted with the job.
+  auto reloaded = jobs_->Get(job.id);
+  ASSERT_TRUE(reloaded.ok());
+  EXPECT_EQ(reloaded->metrics, job.metrics);
+}
+
+TEST_F(DataAwareMergeTest, SweepReusesStatisticsAndPicksTheBestPoint) {
+  SweepGrid grid = {{"lambda", {0.5, 1.0}}, {"weight@mod3", {1, 2}}};
+  std::vector<SweepPoint> points;
+  SweepOptions so;
+  so.on_point = [&](const SweepPoint& p) { points.push_back(p); };
+  auto s = RunSweep(*jobs_, Yaml("fisher", "examples: 32"), grid, so);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(points.size(), 4u);
+  EXPECT_EQ(s->stats_misses, 4);
+  EXPECT_EQ(s->stats_hits, 12);
+  // The last axis varies fastest.
+  EXPECT_EQ(points[1].values[0], (std::pair<std::string, double>{"lambda", 0.5}));
+  EXPECT_EQ(points[1].values[1],
+            (std::pair<std::string, double>{"weight@mod3", 2}));
+  double best = 0;
+  for (const SweepPoint& p : points) {
+    ASSERT_EQ(p.tasks.size(), 4u);
+    EXPECT_EQ(p.tasks[0].dataset, "parity_val");  // validation data
+    best = std::max(best, p.mean_accuracy);
+  }
+  EXPECT_EQ(s->best.mean_accuracy, best);
+  // Fisher ignores lambda: points differing only in lambda agree.
+  EXPECT_EQ(points[0].mean_accuracy, points[2].mean_accuracy);
+}
+
+TEST_F(DataAwareMergeTest, MissingProgramsDataAndBadSettingsAreNamed) {
+  CheckpointRecord bare;
+  bare.name = "bare";
+  bare.role = CheckpointRole::kExpert;
+  bare.base = "base";
+  // Only the data dir is a root besides the zoo: copy the weights there.
+  bare.path = registry_->data_dir() + "/bare";
+  std::filesystem::create_directories(bare.path);
+  std::filesystem::copy_file(zoo_ + "/parity/model.safetensors",
+                             bare.path + "/model.safetensors");
+  ASSERT_TRUE(registry_->Register(bare).ok());
+  auto j = jobs_->Submit(
+      "merge_method: fisher\nbase_model: base\nmodels:\n  - model: parity\n"
+      "  - model: bare\n");
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(j.status().message()),
+              HasSubstr("expert 'bare' has no program"));
+  j = jobs_->Submit(Yaml("fisher", "fisher_mode: fast"));
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(j.status().message()), HasSubstr("'fast'"));
+  j = jobs_->Submit(Yaml("ri", "ri_method: ri"));
+  EXPECT_THAT(std::string(j.status().message()), HasSubstr("ri_method 'ri'"));
+  // No auxiliary data for a task: RI names the task and the role.
+  ASSERT_TRUE(registry_->DeleteDataset("mod3_aux").ok());
+  j = jobs_->Submit(Yaml("ri", "ri_method: ties"));
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(j.status().message()),
+              HasSubstr("task 'mod3' of expert 'mod3' has no dataset with "
+                        "role auxiliary"));
+  // The dataset file registered from the zoo was not the registry's to
+  // remove.
+  EXPECT_TRUE(std::filesystem::exists(zoo_ + "/data/mod3_aux.safetensors"));
+}
+
+TEST_F(DataAwareMergeTest, DatasetAndProgramValidation) {
+  DatasetRecord d;
+  d.name = "unlabeled_eval";
+  d.task = "parity";
+  d.role = DatasetRole::kEval;
+  d.path = zoo_ + "/data/parity_aux.safetensors";
+  auto r = registry_->RegisterDataset(d);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("no 'labels'"));
+  d.path = "/etc/hostname";
+  EXPECT_EQ(registry_->RegisterDataset(d).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  d.path = zoo_ + "/parity/model.safetensors";  // no `inputs`
+  d.role = DatasetRole::kAuxiliary;
+  r = registry_->RegisterDataset(d);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("'inputs'"));
+  d.path = zoo_ + "/data/parity_aux.safetensors";
+  d.name = "parity_eval";
+  EXPECT_EQ(registry_->RegisterDataset(d).status().code(),
+            absl::StatusCode::kAlreadyExists);
+
+  CheckpointRecord c;
+  c.name = "not_a_program";
+  c.role = CheckpointRole::kExpert;
+  c.path = zoo_ + "/parity";
+  c.program = zoo_ + "/parity/model.safetensors";
+  auto reg = registry_->Register(c);
+  EXPECT_EQ(reg.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(reg.status().message()),
+              HasSubstr("not a TorchScript archive"));
+  EXPECT_FALSE(registry_->Get("not_a_program", false).ok());
+}
+
+TEST_F(DataAwareMergeTest, OlderDatabasesGainTheNewColumns) {
+  // A registry and job table as the first release wrote them.
+  const std::string dir = testing::TempDir("old_db");
+  {
+    auto db = SqliteDatabase::Open(dir + "/mergeserve.db");
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec(
+                         "CREATE TABLE checkpoints (name TEXT PRIMARY KEY, "
+                         "role INTEGER NOT NULL, base TEXT NOT NULL DEFAULT '', "
+                         "path TEXT NOT NULL, labels TEXT NOT NULL DEFAULT "
+                         "'{}', content_digest TEXT NOT NULL, size_bytes "
+                         "INTEGER NOT NULL, tensor_count INTEGER NOT NULL, "
+                         "parameter_count INTEGER NOT NULL, create_time_ms "
+                         "INTEGER NOT NULL, tensors TEXT NOT NULL)")
+                    .ok());
+    ASSERT_TRUE((*db)->Exec("INSERT INTO checkpoints VALUES ('old', 1, '', "
+                            "'/x', '{}', 'sha256:0', 1, 1, 1, 1, '[]')")
+                    .ok());
+  }
+  CheckpointRegistry::Options ro;
+  ro.data_dir = dir;
+  auto r = CheckpointRegistry::Create(ro);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto old = (*r)->Get("old", false);
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->program, "");
+  EXPECT_EQ(old->task, "");
+}
+
+}  // namespace
+}  // namespace mergeserve
