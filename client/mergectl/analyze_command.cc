@@ -1,5 +1,5 @@
 // mergectl analyze: the server's diagnostics of a merge, as a table, JSON,
-// or an SVG chart (--plot).
+// or an SVG or PNG chart (--plot FILE.svg / FILE.png).
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -56,8 +56,8 @@ int RunAnalyzeVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
          ++i) {
       chart.cosine[i / n][i % n] = resp.overall().cosine(static_cast<int>(i));
     }
-    std::ofstream out(args.plot);
-    out << mergeserve::RenderDiagnosticsSvg(chart);
+    std::ofstream out(args.plot, std::ios::binary);
+    out << mergeserve::RenderDiagnosticsChart(chart, args.plot);
     if (!out) {
       std::fprintf(stderr, "mergectl: cannot write %s\n", args.plot.c_str());
       return 1;

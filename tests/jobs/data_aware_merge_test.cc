@@ -49,11 +49,10 @@ class DataAwareMergeTest : public ::testing::Test {
       ASSERT_TRUE(reg.ok()) << reg.status();
       EXPECT_EQ(reg->program, zoo_ + "/" + t + "/program.pt");
       EXPECT_EQ(reg->program_digest.substr(0, 7), "sha256:");
-      for (auto [split, role] :
-           {std::pair{"eval", DatasetRole::kEval},
-            std::pair{"val", DatasetRole::kValidation},
-            std::pair{"fisher", DatasetRole::kFisher},
-            std::pair{"aux", DatasetRole::kAuxiliary}}) {
+      for (auto [split, role] : {std::pair{"eval", DatasetRole::kEval},
+                                 std::pair{"val", DatasetRole::kValidation},
+                                 std::pair{"fisher", DatasetRole::kFisher},
+                                 std::pair{"aux", DatasetRole::kAuxiliary}}) {
         DatasetRecord d;
         d.name = std::string(t) + "_" + split;
         d.task = t;
@@ -92,8 +91,8 @@ class DataAwareMergeTest : public ::testing::Test {
     for (const char* t : kTasks) {
       y += std::string("  - model: ") + t + "\n";
       if (!per_model.empty()) {
-        y += "    parameters: {" + per_model + ": " + zoo_dir_ + "/stats_" +
-             t + "}\n";
+        y += "    parameters: {" + per_model + ": " + zoo_dir_ + "/stats_" + t +
+             "}\n";
       }
     }
     return y;
@@ -119,13 +118,14 @@ TEST_F(DataAwareMergeTest, FisherInsideTheRequestEqualsTheStandaloneEstimate) {
                                zoo_dir_ + "/stats_" + t, fo)
                     .ok());
   }
-  auto config = MergeConfig::FromYaml(
-      Yaml("fisher", "normalize: true", "fisher"), zoo_);
+  auto config =
+      MergeConfig::FromYaml(Yaml("fisher", "normalize: true", "fisher"), zoo_);
   ASSERT_TRUE(config.ok()) << config.status();
   MergeOptions mo;
   mo.output_dir = zoo_dir_ + "/out";
   ASSERT_TRUE(RunMerge(*config, mo).ok());
-  EXPECT_EQ(testing::ReadModel(job.result_dir), testing::ReadModel(mo.output_dir));
+  EXPECT_EQ(testing::ReadModel(job.result_dir),
+            testing::ReadModel(mo.output_dir));
 
   // Another request over the same experts and data reuses the statistics.
   JobRecord again = Run(Yaml("fisher", "normalize: false, examples: 64"));
@@ -156,7 +156,8 @@ TEST_F(DataAwareMergeTest, RegMeanInsideTheRequestEqualsTheStandaloneGrams) {
   MergeOptions mo;
   mo.output_dir = zoo_dir_ + "/out";
   ASSERT_TRUE(RunMerge(*config, mo).ok());
-  EXPECT_EQ(testing::ReadModel(job.result_dir), testing::ReadModel(mo.output_dir));
+  EXPECT_EQ(testing::ReadModel(job.result_dir),
+            testing::ReadModel(mo.output_dir));
 }
 
 TEST_F(DataAwareMergeTest, RiReportsInterferenceBeforeAndAfter) {
@@ -183,7 +184,8 @@ TEST_F(DataAwareMergeTest, SweepReusesStatisticsAndPicksTheBestPoint) {
   EXPECT_EQ(s->stats_misses, 4);
   EXPECT_EQ(s->stats_hits, 12);
   // The last axis varies fastest.
-  EXPECT_EQ(points[1].values[0], (std::pair<std::string, double>{"lambda", 0.5}));
+  EXPECT_EQ(points[1].values[0],
+            (std::pair<std::string, double>{"lambda", 0.5}));
   EXPECT_EQ(points[1].values[1],
             (std::pair<std::string, double>{"weight@mod3", 2}));
   double best = 0;
@@ -270,17 +272,19 @@ TEST_F(DataAwareMergeTest, OlderDatabasesGainTheNewColumns) {
   {
     auto db = SqliteDatabase::Open(dir + "/mergeserve.db");
     ASSERT_TRUE(db.ok());
-    ASSERT_TRUE((*db)->Exec(
-                         "CREATE TABLE checkpoints (name TEXT PRIMARY KEY, "
-                         "role INTEGER NOT NULL, base TEXT NOT NULL DEFAULT '', "
-                         "path TEXT NOT NULL, labels TEXT NOT NULL DEFAULT "
-                         "'{}', content_digest TEXT NOT NULL, size_bytes "
-                         "INTEGER NOT NULL, tensor_count INTEGER NOT NULL, "
-                         "parameter_count INTEGER NOT NULL, create_time_ms "
-                         "INTEGER NOT NULL, tensors TEXT NOT NULL)")
-                    .ok());
-    ASSERT_TRUE((*db)->Exec("INSERT INTO checkpoints VALUES ('old', 1, '', "
-                            "'/x', '{}', 'sha256:0', 1, 1, 1, 1, '[]')")
+    ASSERT_TRUE(
+        (*db)
+            ->Exec("CREATE TABLE checkpoints (name TEXT PRIMARY KEY, "
+                   "role INTEGER NOT NULL, base TEXT NOT NULL DEFAULT '', "
+                   "path TEXT NOT NULL, labels TEXT NOT NULL DEFAULT "
+                   "'{}', content_digest TEXT NOT NULL, size_bytes "
+                   "INTEGER NOT NULL, tensor_count INTEGER NOT NULL, "
+                   "parameter_count INTEGER NOT NULL, create_time_ms "
+                   "INTEGER NOT NULL, tensors TEXT NOT NULL)")
+            .ok());
+    ASSERT_TRUE((*db)
+                    ->Exec("INSERT INTO checkpoints VALUES ('old', 1, '', "
+                           "'/x', '{}', 'sha256:0', 1, 1, 1, 1, '[]')")
                     .ok());
   }
   CheckpointRegistry::Options ro;

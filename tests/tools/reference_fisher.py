@@ -8,6 +8,7 @@ label (empirical), averaged; float64 sums. Writes OUT.safetensors.
 import json
 import struct
 import sys
+import time
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ def main():
     y = torch.tensor(d["labels"].copy()) if "labels" in d else None
     n = len(x) if not limit else min(limit, len(x))
     sums = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
+    start = time.perf_counter()
     for i in range(n):
         logp = m(x[i:i + 1]).log_softmax(1)[0]
         p = logp.exp().detach()
@@ -48,6 +50,7 @@ def main():
                                         retain_graph=t + 1 < len(targets))
             for (k, _), g in zip(params.items(), grads):
                 sums[k] += g.double() ** 2 * w
+    print(f"seconds {time.perf_counter() - start:.6f}")
     header, blobs, off = {}, [], 0
     for k in sorted(sums):
         a = (sums[k] / n).float().numpy()

@@ -15,14 +15,15 @@ namespace mergeserve {
 namespace {
 
 constexpr char kUsage[] =
-    R"(usage: mergeserve analyze CONFIG.yaml [--json] [--svg FILE] [--threads N]
+    R"(usage: mergeserve analyze CONFIG.yaml [--json] [--plot FILE] [--threads N]
 
 Runs the merge a config describes without writing it and reports, per tensor
 and overall: the fraction of each expert's entries the trim keeps, the
 sign-conflict rate among entries kept by two or more experts, the norms of
 the task vectors and of the merged one, and the pairwise cosines of the task
-vectors (the TIES paper's diagnostics). --svg saves a chart of the conflict
-rate per tensor and the cosine matrix. Covers the task-vector methods.
+vectors (the TIES paper's diagnostics). --plot saves a chart of the conflict
+rate per tensor and the cosine matrix, as PNG for FILE.png and SVG
+otherwise (--svg FILE is the same). Covers the task-vector methods.
 )";
 
 nlohmann::json ToJson(const TensorDiagnostics& t) {
@@ -61,8 +62,9 @@ int RunAnalyzeCommand(const std::vector<std::string>& args) {
       return 0;
     } else if (a == "--json") {
       json = true;
-    } else if ((a == "--svg" || a == "--threads") && i + 1 < args.size()) {
-      if (a == "--svg") {
+    } else if ((a == "--svg" || a == "--plot" || a == "--threads") &&
+               i + 1 < args.size()) {
+      if (a == "--svg" || a == "--plot") {
         svg = args[++i];
       } else if (!absl::SimpleAtoi(args[++i], &options.threads) ||
                  options.threads < 1) {
@@ -97,8 +99,8 @@ int RunAnalyzeCommand(const std::vector<std::string>& args) {
     return ExitCodeFor(static_cast<int>(d.status().code()));
   }
   if (!svg.empty()) {
-    std::ofstream out(svg);
-    out << RenderDiagnosticsSvg(ToChart(*d));
+    std::ofstream out(svg, std::ios::binary);
+    out << RenderDiagnosticsChart(ToChart(*d), svg);
     if (!out) {
       std::fprintf(stderr, "mergeserve: error: cannot write %s\n", svg.c_str());
       return 1;

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "cli/png_canvas.h"
 
 namespace mergeserve {
 namespace {
@@ -90,6 +92,75 @@ std::string RenderDiagnosticsSvg(const ChartData& d) {
   }
   s += "</svg>\n";
   return s;
+}
+
+std::string RenderDiagnosticsPng(const ChartData& d) {
+  // The SVG's layout at twice the font size: 14 px glyphs.
+  const int k = 2, row = 22, top = 80, cell = 72;
+  int label_w = 0;
+  for (const auto& t : d.tensors) {
+    label_w = std::max(label_w, PngCanvas::TextWidth(t, k));
+  }
+  for (const auto& e : d.experts) {
+    label_w = std::max(label_w, PngCanvas::TextWidth(e, k));
+  }
+  label_w += 24;
+  const int bar_w = 480;
+  const int n = static_cast<int>(d.tensors.size());
+  const int e = static_cast<int>(d.experts.size());
+  const int width = std::max(label_w + bar_w + 140, label_w + e * cell + 20);
+  const int height = top + (n + 1) * row + 70 + e * cell + 30;
+  PngCanvas c(std::max(width, 900), height);
+  const Rgb ink{0, 0, 0}, red{217, 83, 79}, grey{153, 153, 153};
+  c.DrawText(12, 12,
+             absl::StrFormat("%s: sign conflicts among kept entries "
+                             "(overall %.1f%%)",
+                             d.method, 100 * d.overall_conflict_rate),
+             ink, k);
+  std::string experts;
+  for (const auto& name : d.experts) {
+    absl::StrAppend(&experts, experts.empty() ? "" : ", ", name);
+  }
+  c.DrawText(12, 44, "experts: " + experts, ink, k);
+  for (int i = 0; i < n; ++i) {
+    const double rate = d.conflict_rate[static_cast<size_t>(i)];
+    const int y = top + i * row;
+    const std::string& name = d.tensors[static_cast<size_t>(i)];
+    c.DrawText(label_w - 12 - PngCanvas::TextWidth(name, k), y + 4, name, ink,
+               k);
+    const int w = static_cast<int>(bar_w * rate);
+    c.FillRect(label_w, y + 2, w, row - 4, red);
+    c.DrawText(label_w + w + 8, y + 4, absl::StrFormat("%.1f%%", 100 * rate),
+               ink, k);
+  }
+  const int my = top + (n + 1) * row + 50;
+  c.DrawText(12, my - 34,
+             "pairwise cosine of task vectors (all merged tensors)", ink, k);
+  for (int i = 0; i < e; ++i) {
+    const std::string& name = d.experts[static_cast<size_t>(i)];
+    c.DrawText(label_w - 12 - PngCanvas::TextWidth(name, k),
+               my + i * cell + cell / 2 - 7, name, ink, k);
+    for (int j = 0; j < e; ++j) {
+      const double v = d.cosine[static_cast<size_t>(i)][static_cast<size_t>(j)];
+      const auto shade =
+          static_cast<uint8_t>(255 * (1 - std::min(1.0, std::abs(v))));
+      const Rgb fill = v >= 0 ? Rgb{shade, shade, 255} : Rgb{255, shade, shade};
+      const int x = label_w + j * cell, y = my + i * cell;
+      c.FillRect(x, y, cell, cell, fill);
+      c.StrokeRect(x, y, cell, cell, grey);
+      const std::string label = absl::StrFormat("%.2f", v);
+      c.DrawText(x + (cell - PngCanvas::TextWidth(label, k)) / 2,
+                 y + cell / 2 - 7, label,
+                 shade < 110 ? Rgb{255, 255, 255} : ink, k);
+    }
+  }
+  return c.EncodePng();
+}
+
+std::string RenderDiagnosticsChart(const ChartData& d,
+                                   const std::string& file_name) {
+  return absl::EndsWithIgnoreCase(file_name, ".png") ? RenderDiagnosticsPng(d)
+                                                     : RenderDiagnosticsSvg(d);
 }
 
 }  // namespace mergeserve

@@ -1,5 +1,5 @@
-// An SVG chart of merge diagnostics: the sign-conflict rate per tensor and
-// the cosine matrix of the task vectors. Shared by `mergeserve analyze` and
+// An SVG or PNG chart of merge diagnostics: the sign-conflict rate per tensor
+// and the cosine matrix of the task vectors. Shared by `mergeserve analyze` and
 // `mergectl analyze --plot`.
 #ifndef MERGESERVE_CLI_DIAGNOSTICS_CHART_H_
 #define MERGESERVE_CLI_DIAGNOSTICS_CHART_H_
@@ -19,6 +19,11 @@ struct ChartData {
 };
 
 std::string RenderDiagnosticsSvg(const ChartData& d);
+// The same chart as PNG bytes (built-in bitmap font, upper-case labels).
+std::string RenderDiagnosticsPng(const ChartData& d);
+// SVG or PNG by the file name's extension (.png, else SVG).
+std::string RenderDiagnosticsChart(const ChartData& d,
+                                   const std::string& file_name);
 
 }  // namespace mergeserve
 

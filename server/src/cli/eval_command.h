@@ -9,8 +9,9 @@
 namespace mergeserve {
 
 int RunEvalCommand(const std::vector<std::string>& args);
-// `mergeserve fisher` (fisher_command.cc).
+// `mergeserve fisher` and `mergeserve gram` (statistics_command.cc).
 int RunFisherCommand(const std::vector<std::string>& args);
+int RunGramCommand(const std::vector<std::string>& args);
 
 }  // namespace mergeserve
 

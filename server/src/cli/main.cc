@@ -27,6 +27,9 @@ commands:
   fisher --program P --data D --out DIR
                                  a program's diagonal Fisher on its task
                                  data (exact, sampled or empirical)
+  gram --program P --data D --out DIR
+                                 RegMean's Gram matrices of every linear
+                                 layer's input (found in the program's graph)
   methods                        list the merge methods
   serve [flags]                  run the gRPC service; see `mergeserve serve --help`
 
@@ -49,6 +52,7 @@ int main(int argc, char** argv) {
   if (cmd == "analyze") return mergeserve::RunAnalyzeCommand(rest);
   if (cmd == "eval") return mergeserve::RunEvalCommand(rest);
   if (cmd == "fisher") return mergeserve::RunFisherCommand(rest);
+  if (cmd == "gram") return mergeserve::RunGramCommand(rest);
 #ifdef MERGESERVE_WITH_SERVICE
   if (cmd == "serve") return mergeserve::RunServeCommand(argc - 1, argv + 1);
 #endif
