@@ -2,7 +2,10 @@
 # The main job, end to end on a fresh machine: install dependencies, build,
 # generate a small Llama-shaped base + 3 experts, start `mergeserve serve` on
 # its embedded defaults (SQLite + local disk), and drive a TIES merge through
-# `mergectl`: register, merge, download. Prints every step.
+# `mergectl`: register, merge, download. Then the data-aware part on the
+# digits zoo (real data): experts with programs and tasks, datasets, a TIES
+# sweep, a Fisher merge computed by the server and evaluated. Prints every
+# step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
@@ -15,6 +18,7 @@ mkdir -p "$DEMO"
 DEMO=$(cd "$DEMO" && pwd)
 /usr/bin/python3 tests/tools/make_model.py "$DEMO/models" --hidden 256 --layers 4 \
   --intermediate 688 --vocab 8000 --experts 3 --shards 2
+/usr/bin/python3 tests/tools/make_zoo.py "$DEMO/zoo" >/dev/null
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
@@ -23,7 +27,8 @@ export MERGESERVE_ADDR=127.0.0.1:$PORT
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
 build/mergeserve serve --listen "$MERGESERVE_ADDR" --metrics-listen "127.0.0.1:$METRICS" \
-  --data-dir "$DEMO/data" --allow-root "$DEMO/models" 2>"$DEMO/server.log" &
+  --data-dir "$DEMO/data" --allow-root "$DEMO/models" --allow-root "$DEMO/zoo" \
+  2>"$DEMO/server.log" &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -64,3 +69,31 @@ for line in text.splitlines():
         print(line)
 PY
 echo; echo "--- server log (JSON lines)"; tail -n 4 "$DEMO/server.log"
+
+echo; echo "=== data-aware merging on the digits zoo ($DEMO/zoo)"
+Z="$DEMO/zoo"
+step build/mergectl register digits "$Z/base" --role base
+for t in parity high mod3 mirror; do
+  # program.pt in the folder is attached; --task names what it solves.
+  build/mergectl register "$t" "$Z/$t" --base digits --task "$t" >/dev/null
+  for split in eval:eval val:validation fisher:fisher aux:auxiliary; do
+    build/mergectl dataset "${t}_${split%%:*}" "$Z/data/${t}_${split%%:*}.safetensors" \
+      --task "$t" --role "${split##*:}" >/dev/null
+  done
+done
+step build/mergectl datasets --task mod3
+step build/mergectl eval digits
+cat > "$DEMO/zoo_ties.yaml" <<'YAML'
+merge_method: ties
+base_model: digits
+models: [{model: parity}, {model: high}, {model: mod3}, {model: mirror}]
+YAML
+step build/mergectl sweep "$DEMO/zoo_ties.yaml" --lambda 0.4,0.6,0.8,1.0 --density 0.2,0.5
+cat > "$DEMO/zoo_fisher.yaml" <<'YAML'
+merge_method: fisher
+base_model: digits
+parameters: {normalize: true, fisher_mode: exact, examples: 256}
+models: [{model: parity}, {model: high}, {model: mod3}, {model: mirror}]
+YAML
+step build/mergectl merge "$DEMO/zoo_fisher.yaml" --eval
+step build/mergectl analyze "$DEMO/zoo_ties.yaml" --plot "$DEMO/zoo_ties.png"

@@ -297,5 +297,23 @@ TEST_F(DataAwareMergeTest, OlderDatabasesGainTheNewColumns) {
   EXPECT_EQ(old->task, "");
 }
 
+TEST_F(DataAwareMergeTest, MergeTensorsRegexChoosesWhatIsMerged) {
+  const std::string yaml =
+      "merge_method: task_arithmetic\nbase_model: base\n"
+      "parameters: {lambda: 0.5, merge_tensors: '^backbone\\.0\\.'}\n"
+      "models:\n  - model: parity\n  - model: high\n";
+  auto merged = testing::Merge(zoo_, yaml);
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  const auto base = testing::ReadModel(zoo_ + "/base");
+  EXPECT_NE(merged->at("backbone.0.weight"), base.at("backbone.0.weight"));
+  EXPECT_EQ(merged->at("backbone.2.weight"), base.at("backbone.2.weight"));
+  EXPECT_EQ(merged->at("backbone.2.bias"), base.at("backbone.2.bias"));
+  auto bad = testing::Merge(
+      zoo_, "merge_method: task_arithmetic\nbase_model: base\n"
+            "parameters: {merge_tensors: '('}\nmodels:\n  - model: parity\n");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("merge_tensors"));
+}
+
 }  // namespace
 }  // namespace mergeserve

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "mergeserve/engine/merge_config.h"
 #include "mergeserve/registry/checkpoint_registry.h"
 
 namespace mergeserve {
@@ -32,6 +33,9 @@ struct EvalTarget {
   // Experts to take heads from first (a merge's experts), else any
   // registered expert of the task with a program.
   std::vector<std::string> preferred_heads;
+  // The request's `merge_tensors` regex: only the merged tensors replace
+  // the head expert's ("" = every tensor the base has).
+  std::string merged_regex;
   std::vector<std::string> tasks;  // empty: preferred heads' tasks, else all
   // Dataset role to read: kValidation falls back to kEval.
   DatasetRole role = DatasetRole::kEval;
@@ -59,6 +63,8 @@ class TaskEvaluator {
 };
 
 double MeanAccuracy(const std::vector<TaskMetrics>& tasks);
+// The `merge_tensors` regex of a merge config ("" when not set).
+std::string MergedTensorsRegex(const MergeConfig& config);
 
 }  // namespace mergeserve
 

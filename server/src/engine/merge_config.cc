@@ -25,7 +25,10 @@ const std::set<std::string>& KnownParameters() {
       "ridge",
       // data-aware steps (run by the service)
       "fisher_mode", "examples", "batch_size", "ri_method", "steps", "lr",
-      "weight_decay"};
+      "weight_decay",
+      // which tensors are merged (a regex; default: every floating tensor
+      // of the base)
+      "merge_tensors"};
   return *kKeys;
 }
 

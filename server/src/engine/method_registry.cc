@@ -25,9 +25,9 @@ const std::vector<MethodInfo>& AllMethods() {
       {"slerp", "spherical interpolation of two models", NewSlerpMethod},
       {"model_stock", "geometric interpolation towards the base",
        NewModelStockMethod},
-      {"fisher", "Fisher-weighted average (client-supplied diagonals)",
+      {"fisher", "Fisher-weighted average (diagonals from the server or client)",
        NewFisherMethod},
-      {"regmean", "closed-form regression mean (client-supplied Grams)",
+      {"regmean", "closed-form regression mean (Grams from the server or client)",
        NewRegMeanMethod},
   };
   return *kMethods;

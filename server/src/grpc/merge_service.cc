@@ -392,6 +392,7 @@ grpc::ServerWriteReactor<v1::EvaluateEvent>* MergeServiceImpl::Evaluate(
         }
       }
       target.weights_dir = job.result_dir;
+      target.merged_regex = MergedTensorsRegex(config);
     } else if (req.target_case() == v1::EvaluateRequest::kCheckpoint) {
       MS_ASSIGN_OR_RETURN(CheckpointRecord c,
                           jobs.registry()->Get(req.checkpoint(), false));

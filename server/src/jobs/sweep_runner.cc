@@ -145,6 +145,7 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
         EvalTarget target;
         target.weights_dir = scratch;
         target.preferred_heads = experts;
+        target.merged_regex = MergedTensorsRegex(config);
         target.tasks = options.tasks;
         target.role = DatasetRole::kValidation;
         target.max_examples = options.max_examples;

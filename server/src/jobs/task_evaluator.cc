@@ -1,5 +1,7 @@
 #include "mergeserve/jobs/task_evaluator.h"
 
+#include <optional>
+#include <regex>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +16,13 @@ bool Runnable(const CheckpointRecord& c, const std::string& task) {
 }
 
 }  // namespace
+
+std::string MergedTensorsRegex(const MergeConfig& config) {
+  auto it = config.parameters.find("merge_tensors");
+  if (it == config.parameters.end()) return "";
+  auto s = it->second.AsString("merge_tensors");
+  return s.ok() ? *s : "";
+}
 
 double MeanAccuracy(const std::vector<TaskMetrics>& tasks) {
   double sum = 0;
