@@ -29,10 +29,17 @@ from mergeserve.v1 import merge_pb2  # noqa: E402
 import grpc  # noqa: E402
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """n distinct free ports (all held open while choosing, so the kernel
+    cannot hand out the same one twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Server:
@@ -41,7 +48,7 @@ class Server:
         self.proc = None
 
     def start(self):
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port = free_ports(2)
         args = [MERGESERVE, "serve", f"--listen=127.0.0.1:{self.port}",
                 f"--metrics-listen=127.0.0.1:{self.metrics_port}",
                 f"--data-dir={self.data}", "--grace-seconds=10"]
