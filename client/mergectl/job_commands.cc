@@ -250,6 +250,7 @@ int RunJobVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
       } else {
         std::printf("job %s %s\n", job.id().c_str(),
                     StateName(job.state()).c_str());
+        std::fflush(stdout);
       }
     }
     if (args.eval) {

@@ -309,8 +309,9 @@ TEST_F(DataAwareMergeTest, MergeTensorsRegexChoosesWhatIsMerged) {
   EXPECT_EQ(merged->at("backbone.2.weight"), base.at("backbone.2.weight"));
   EXPECT_EQ(merged->at("backbone.2.bias"), base.at("backbone.2.bias"));
   auto bad = testing::Merge(
-      zoo_, "merge_method: task_arithmetic\nbase_model: base\n"
-            "parameters: {merge_tensors: '('}\nmodels:\n  - model: parity\n");
+      zoo_,
+      "merge_method: task_arithmetic\nbase_model: base\n"
+      "parameters: {merge_tensors: '('}\nmodels:\n  - model: parity\n");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("merge_tensors"));
 }

@@ -16,11 +16,19 @@ void ProgressBar::Update(int64_t done, int64_t total,
   if (total <= 0) return;
   const double frac = std::clamp(static_cast<double>(done) / total, 0.0, 1.0);
   if (!tty_) {
+    // Plain lines: one per tenth, and a fresh series when the detail (a
+    // phase or file name) changes.
+    if (detail != last_detail_) {
+      last_detail_ = detail;
+      last_decile_ = -1;
+    }
     const int decile = static_cast<int>(frac * 10);
     if (decile == last_decile_) return;
     last_decile_ = decile;
-    std::fprintf(out_, "%s: %3d%% (%lld/%lld)\n", label_.c_str(), decile * 10,
-                 static_cast<long long>(done), static_cast<long long>(total));
+    std::fprintf(out_, "%s: %3d%% (%lld/%lld)%s%s\n", label_.c_str(),
+                 decile * 10, static_cast<long long>(done),
+                 static_cast<long long>(total), detail.empty() ? "" : " ",
+                 detail.c_str());
     std::fflush(out_);
     return;
   }

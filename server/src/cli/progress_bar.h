@@ -24,6 +24,7 @@ class ProgressBar {
   bool tty_;
   bool finished_ = false;
   int last_decile_ = -1;
+  std::string last_detail_;  // a new detail (phase) restarts the lines
   std::chrono::steady_clock::time_point last_draw_;
 };
 

@@ -93,7 +93,8 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
   // per-task parts the base also has): a regex, default all floating ones.
   std::optional<std::regex> merged;
   if (auto it = c.parameters.find("merge_tensors"); it != c.parameters.end()) {
-    MS_ASSIGN_OR_RETURN(std::string pattern, it->second.AsString("merge_tensors"));
+    MS_ASSIGN_OR_RETURN(std::string pattern,
+                        it->second.AsString("merge_tensors"));
     try {
       merged.emplace(pattern, std::regex::ECMAScript);
     } catch (const std::regex_error& e) {
