@@ -40,6 +40,12 @@ METHODS = [
 ]
 
 
+def c_sweep_request(yaml, lambdas):
+    from mergeserve.v1 import merge_pb2
+    return merge_pb2.SweepRequest(spec=merge_pb2.MergeSpec(config_yaml=yaml),
+                                  lambdas=lambdas)
+
+
 def yaml_for(method, params):
     lines = [f"merge_method: {method}", "base_model: base", "parameters:"]
     for k, v in params.items():
@@ -204,6 +210,25 @@ class ZooTest(unittest.TestCase):
             self.assertTrue(any(e.HasField("progress") for e in events))
             ds = c.datasets(task="mirror", role="eval")
             self.assertEqual([d.examples for d in ds], [297])
+
+    def test_cancelled_streams_leave_the_server_serving(self):
+        import grpc
+        with Client(self.z.server.addr) as c:
+            stream = c.merges.Sweep(c_sweep_request(yaml_for("ri", {
+                "ri_method": "ties", "steps": 50, "seed": 7}), [0.2, 0.4, 0.6, 0.8]))
+            first = next(stream)  # a phase or the first point
+            self.assertTrue(first.HasField("phase") or first.HasField("point"))
+            stream.cancel()
+            with self.assertRaises(grpc.RpcError) as err:
+                for _ in stream:
+                    pass
+            self.assertEqual(err.exception.code(), grpc.StatusCode.CANCELLED)
+            # Neither target: INVALID_ARGUMENT, on a server that still serves.
+            with self.assertRaises(grpc.RpcError) as err:
+                list(c.evaluate())
+            self.assertEqual(err.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            events = list(c.evaluate(checkpoint="parity", tasks=["parity"]))
+            self.assertEqual(events[-1].summary.tasks[0].task, "parity")
 
     def test_clear_errors(self):
         # An expert without a program cannot take part in a Fisher merge.

@@ -166,7 +166,7 @@ class Client:
         req = merge_pb2.EvaluateRequest(tasks=list(tasks), max_examples=max_examples)
         if job_id:
             req.job_id = job_id
-        else:
+        elif checkpoint:
             req.checkpoint = checkpoint
         yield from self.merges.Evaluate(req)
 
