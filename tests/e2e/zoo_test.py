@@ -191,6 +191,15 @@ class ZooTest(unittest.TestCase):
         after = ri["metrics"]["ri.interference_after"]
         self.assertGreater(before, 0)
         self.assertLess(after, before)
+        # Diagnostics of the RI merge name the experts as the request does,
+        # and adaptation makes the task vectors less alike.
+        ri_diag = self.z.events("analyze", os.path.join(self.z.tmp, "ri_best.yaml"))[0]
+        ties_diag = self.z.events("analyze", os.path.join(self.z.tmp, "ties_best.yaml"))[0]
+        self.assertEqual(ri_diag["experts"], TASKS)
+        def mean_cos(d):  # the matrix comes flattened, row-major
+            c, n = d["overall"]["cosine"], len(TASKS)
+            return sum(c[i * n + j] for i in range(n) for j in range(n) if i != j) / (n * n - n)
+        self.assertLess(mean_cos(ri_diag), mean_cos(ties_diag))
 
     def test_python_client_sweeps_and_evaluates(self):
         with Client(self.z.server.addr) as c:

@@ -290,13 +290,29 @@ absl::StatusOr<MergeDiagnostics> JobManager::Analyze(
   }
   MS_ASSIGN_OR_RETURN(MergeConfig config,
                       MergeConfig::FromYaml(config_yaml, options_.data_dir));
-  MS_ASSIGN_OR_RETURN(PreparedMerge prepared, Prepare(config, nullptr, {}));
+  // Diagnostics cover task-vector methods: of the data-aware ones only RI
+  // (diagnostics of the adapted experts) is prepared; Fisher and RegMean
+  // fail fast in AnalyzeMerge instead of first computing statistics.
+  const bool ri = config.merge_method == "ri";
+  MS_ASSIGN_OR_RETURN(PreparedMerge prepared,
+                      Prepare(ri ? config : MergeConfig{}, nullptr, {}));
+  if (!ri) prepared.config = config;
   MergeOptions mo;
   mo.resolver = prepared.resolver;
   mo.threads = options_.threads_per_job;
   mo.cache = cache_.get();
   mo.digest = prepared.digest;
-  return AnalyzeMerge(prepared.config, mo);
+  MS_ASSIGN_OR_RETURN(MergeDiagnostics d, AnalyzeMerge(prepared.config, mo));
+  // Adapted experts are reported under the names the request used.
+  std::map<std::string, std::string> names;
+  for (size_t i = 0; i < config.models.size(); ++i) {
+    names[prepared.config.models[i].model] = config.models[i].model;
+  }
+  for (std::string& e : d.experts) {
+    auto it = names.find(e);
+    if (it != names.end()) e = it->second;
+  }
+  return d;
 }
 
 absl::StatusOr<PreparedMerge> JobManager::Prepare(
