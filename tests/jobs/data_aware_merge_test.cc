@@ -221,6 +221,20 @@ TEST_F(DataAwareMergeTest, MissingProgramsDataAndBadSettingsAreNamed) {
   EXPECT_THAT(std::string(j.status().message()), HasSubstr("'fast'"));
   j = jobs_->Submit(Yaml("ri", "ri_method: ri"));
   EXPECT_THAT(std::string(j.status().message()), HasSubstr("ri_method 'ri'"));
+  // An unlabeled fisher split (the newest one wins) serves the exact Fisher
+  // but not the empirical one.
+  DatasetRecord unlabeled;
+  unlabeled.name = "parity_fisher_unlabeled";
+  unlabeled.task = "parity";
+  unlabeled.role = DatasetRole::kFisher;
+  unlabeled.path = zoo_ + "/data/parity_aux.safetensors";
+  ASSERT_TRUE(registry_->RegisterDataset(unlabeled).ok());
+  j = jobs_->Submit(Yaml("fisher", "fisher_mode: empirical"));
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(j.status().message()),
+              HasSubstr("dataset 'parity_fisher_unlabeled' of task 'parity' "
+                        "has none"));
+  EXPECT_TRUE(jobs_->Submit(Yaml("fisher", "fisher_mode: exact")).ok());
   // No auxiliary data for a task: RI names the task and the role.
   ASSERT_TRUE(registry_->DeleteDataset("mod3_aux").ok());
   j = jobs_->Submit(Yaml("ri", "ri_method: ties"));

@@ -51,7 +51,16 @@ absl::StatusOr<std::string> String(const MergeConfig& c, const std::string& key,
 
 // Which dataset each step reads: Fisher and Grams the task's statistics
 // split (fisher, else auxiliary), RI the unlabeled auxiliary inputs.
-absl::StatusOr<DatasetRecord> DatasetFor(Need need, const TaskBinding& b) {
+// The empirical Fisher needs labels; the other statistics do not.
+bool NeedsLabels(const MergeConfig& c) {
+  auto it = c.parameters.find("fisher_mode");
+  if (it == c.parameters.end()) return false;
+  auto mode = it->second.AsString("fisher_mode");
+  return mode.ok() && *mode == "empirical";
+}
+
+absl::StatusOr<DatasetRecord> DatasetFor(Need need, const TaskBinding& b,
+                                         bool need_labels) {
   const char* what = need == Need::kFisher ? "fisher"
                      : need == Need::kGram ? "regmean"
                                            : "ri";
@@ -72,7 +81,11 @@ absl::StatusOr<DatasetRecord> DatasetFor(Need need, const TaskBinding& b) {
   for (DatasetRole r : roles) {
     auto it = b.datasets.find(r);
     if (it != b.datasets.end()) {
-      if (need == Need::kFisher && !it->second.has_labels) continue;
+      if (need_labels && !it->second.has_labels) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("the empirical Fisher needs labels, and dataset '",
+                         it->second.name, "' of task '", b.task, "' has none"));
+      }
       return it->second;
     }
   }
@@ -148,7 +161,9 @@ absl::StatusOr<MergeConfig> DataAwarePlanningConfig(
   for (ModelEntry& m : stand_in.models) {
     if (config.base_model && m.model == *config.base_model) continue;
     MS_ASSIGN_OR_RETURN(TaskBinding b, registry.Binding(m.model));
-    MS_RETURN_IF_ERROR(DatasetFor(need, b).status());
+    MS_RETURN_IF_ERROR(
+        DatasetFor(need, b, need == Need::kFisher && NeedsLabels(config))
+            .status());
     // The expert's own folder has the Fisher's tensor names; enough to plan.
     if (need == Need::kFisher) {
       m.parameters["fisher"] = ParamValue::String(m.model);
@@ -170,7 +185,7 @@ absl::StatusOr<std::string> DataAwareDigestLines(
   std::string lines;
   for (const std::string& e : Experts(config)) {
     MS_ASSIGN_OR_RETURN(TaskBinding b, registry.Binding(e));
-    MS_ASSIGN_OR_RETURN(DatasetRecord d, DatasetFor(need, b));
+    MS_ASSIGN_OR_RETURN(DatasetRecord d, DatasetFor(need, b, false));
     absl::StrAppend(&lines, e, " program ", b.program_digest, " data ",
                     d.content_digest, "\n");
   }
@@ -214,7 +229,9 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
   std::vector<std::string> folders;
   for (const std::string& e : experts) {
     MS_ASSIGN_OR_RETURN(TaskBinding b, registry->Binding(e));
-    MS_ASSIGN_OR_RETURN(DatasetRecord d, DatasetFor(need, b));
+    MS_ASSIGN_OR_RETURN(
+        DatasetRecord d,
+        DatasetFor(need, b, need == Need::kFisher && NeedsLabels(config)));
     MS_ASSIGN_OR_RETURN(CheckpointRecord c, registry->Get(e, false));
     bindings.push_back(b);
     data.push_back(d);
