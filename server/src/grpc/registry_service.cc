@@ -1,19 +1,24 @@
 #include "grpc/registry_service.h"
 
-#include <thread>
-
 #include "grpc/proto_convert.h"
 #include "grpc/status_util.h"
 #include "grpc/upload_reactor.h"
 
 namespace mergeserve {
 
+namespace {
+absl::Status Busy() {
+  return absl::ResourceExhaustedError(
+      "too many registrations are being validated; try again later");
+}
+}  // namespace
+
 grpc::ServerUnaryReactor* RegistryServiceImpl::RegisterCheckpoint(
     grpc::CallbackServerContext* ctx,
     const v1::RegisterCheckpointRequest* request, v1::Checkpoint* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   // Validation hashes the whole folder: do it off the gRPC callback thread.
-  std::thread([this, reactor, request, response] {
+  const bool queued = validators_.TrySubmit([this, reactor, request, response] {
     absl::Status status;
     auto record = FromProto(request->checkpoint());
     if (!record.ok()) {
@@ -27,14 +32,15 @@ grpc::ServerUnaryReactor* RegistryServiceImpl::RegisterCheckpoint(
       status = registered.status();
     }
     reactor->Finish(ToGrpcStatus(status));
-  }).detach();
+  });
+  if (!queued) reactor->Finish(ToGrpcStatus(Busy()));
   return reactor;
 }
 
 grpc::ServerReadReactor<v1::UploadCheckpointRequest>*
 RegistryServiceImpl::UploadCheckpoint(grpc::CallbackServerContext* ctx,
                                       v1::Checkpoint* response) {
-  return new UploadReactor(registry_, response);
+  return new UploadReactor(registry_, validators_, response);
 }
 
 grpc::ServerUnaryReactor* RegistryServiceImpl::GetCheckpoint(
@@ -87,7 +93,7 @@ grpc::ServerUnaryReactor* RegistryServiceImpl::RegisterDataset(
     v1::Dataset* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   // Hashing the file takes a while: off the gRPC callback thread.
-  std::thread([this, reactor, request, response] {
+  const bool queued = validators_.TrySubmit([this, reactor, request, response] {
     auto record = FromProto(request->dataset());
     absl::Status status = record.status();
     if (record.ok()) {
@@ -96,14 +102,15 @@ grpc::ServerUnaryReactor* RegistryServiceImpl::RegisterDataset(
       status = registered.status();
     }
     reactor->Finish(ToGrpcStatus(status));
-  }).detach();
+  });
+  if (!queued) reactor->Finish(ToGrpcStatus(Busy()));
   return reactor;
 }
 
 grpc::ServerReadReactor<v1::UploadCheckpointRequest>*
 RegistryServiceImpl::UploadDataset(grpc::CallbackServerContext* ctx,
                                    v1::Dataset* response) {
-  return new UploadReactor(registry_, response);
+  return new UploadReactor(registry_, validators_, response);
 }
 
 grpc::ServerUnaryReactor* RegistryServiceImpl::GetDataset(

@@ -3,7 +3,7 @@
 #ifndef MERGESERVE_GRPC_REGISTRY_SERVICE_H_
 #define MERGESERVE_GRPC_REGISTRY_SERVICE_H_
 
-#include "mergeserve/base/thread_pool.h"
+#include "mergeserve/base/background_executor.h"
 #include "mergeserve/registry/checkpoint_registry.h"
 #include "mergeserve/v1/registry.grpc.pb.h"
 
@@ -13,6 +13,9 @@ class RegistryServiceImpl final : public v1::RegistryService::CallbackService {
  public:
   explicit RegistryServiceImpl(CheckpointRegistry& registry)
       : registry_(registry) {}
+  // Waits for the validations already accepted (the server has stopped
+  // taking calls by then).
+  ~RegistryServiceImpl() override = default;
 
   grpc::ServerUnaryReactor* RegisterCheckpoint(
       grpc::CallbackServerContext* ctx,
@@ -50,6 +53,9 @@ class RegistryServiceImpl final : public v1::RegistryService::CallbackService {
 
  private:
   CheckpointRegistry& registry_;
+  // Registrations hash whole folders: two at a time, a bounded backlog,
+  // never on gRPC's callback threads.
+  BackgroundExecutor validators_{2, 64};
 };
 
 }  // namespace mergeserve

@@ -5,7 +5,6 @@
 
 #include <filesystem>
 #include <random>
-#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -26,14 +25,18 @@ bool UploadReactor::AllowedFile(const std::string& n) {
 }
 
 UploadReactor::UploadReactor(CheckpointRegistry& registry,
+                             BackgroundExecutor& validators,
                              v1::Checkpoint* response)
-    : registry_(registry), response_(response) {
+    : registry_(registry), validators_(validators), response_(response) {
   StartRead(&request_);
 }
 
 UploadReactor::UploadReactor(CheckpointRegistry& registry,
+                             BackgroundExecutor& validators,
                              v1::Dataset* response)
-    : registry_(registry), dataset_response_(response) {
+    : registry_(registry),
+      validators_(validators),
+      dataset_response_(response) {
   StartRead(&request_);
 }
 
@@ -205,7 +208,7 @@ void UploadReactor::Complete() {
   }
   CloseFiles();
   // Validating and hashing the folder takes a while: not on a gRPC thread.
-  std::thread([this] {
+  const bool queued = validators_.TrySubmit([this] {
     // A unique folder per upload: two uploads racing for one name never
     // share files (the registry then accepts exactly one of them).
     std::random_device rd;
@@ -245,7 +248,11 @@ void UploadReactor::Complete() {
     temp_dir_.clear();  // the registry owns it now
     finished_ = true;
     Finish(grpc::Status::OK);
-  }).detach();
+  });
+  if (!queued) {
+    Fail(absl::ResourceExhaustedError(
+        "too many registrations are being validated; try again later"));
+  }
 }
 
 void UploadReactor::OnCancel() {

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "mergeserve/base/background_executor.h"
 #include "mergeserve/base/sha256.h"
 #include "mergeserve/registry/checkpoint_registry.h"
 #include "mergeserve/v1/registry.grpc.pb.h"
@@ -21,8 +22,11 @@ namespace mergeserve {
 class UploadReactor
     : public grpc::ServerReadReactor<v1::UploadCheckpointRequest> {
  public:
-  UploadReactor(CheckpointRegistry& registry, v1::Checkpoint* response);
-  UploadReactor(CheckpointRegistry& registry, v1::Dataset* response);
+  // `validators` runs the final validation and registration.
+  UploadReactor(CheckpointRegistry& registry, BackgroundExecutor& validators,
+                v1::Checkpoint* response);
+  UploadReactor(CheckpointRegistry& registry, BackgroundExecutor& validators,
+                v1::Dataset* response);
   ~UploadReactor() override;
 
   void OnReadDone(bool ok) override;
@@ -47,6 +51,7 @@ class UploadReactor
   void CloseFiles();
 
   CheckpointRegistry& registry_;
+  BackgroundExecutor& validators_;
   v1::Checkpoint* response_ = nullptr;
   v1::Dataset* dataset_response_ = nullptr;  // set for dataset uploads
   DatasetRecord dataset_;
