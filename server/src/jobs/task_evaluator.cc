@@ -111,7 +111,7 @@ absl::StatusOr<std::vector<TaskMetrics>> TaskEvaluator::Run(
     MS_ASSIGN_OR_RETURN(auto ev,
                         ProgramEvaluator::Create(head.program, device_));
     MS_ASSIGN_OR_RETURN(auto head_weights, ModelFolder::Open(head.path));
-    MS_RETURN_IF_ERROR((*ev).LoadWeights(*head_weights).status());
+    MS_RETURN_IF_ERROR(ev->LoadWeights(*head_weights).status());
     if (head.name != target.checkpoint) {
       // Only the shared (merged) part replaces the head expert's weights.
       std::set<std::string> shared;
