@@ -122,7 +122,7 @@ void PngCanvas::DrawText(int x, int y, const std::string& text, Rgb c,
     const int gx = x + static_cast<int>(i) * 6 * scale;
     for (int row = 0; row < 7; ++row) {
       for (int col = 0; col < 5; ++col) {
-        if (g[static_cast<size_t>(row * 5 + col)] == '#') {
+        if (g[static_cast<size_t>(row) * 5 + static_cast<size_t>(col)] == '#') {
           FillRect(gx + col * scale, y + row * scale, scale, scale, c);
         }
       }
