@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -50,6 +51,11 @@ class SqliteDatabase {
                     const std::vector<SqlValue>& args = {});
   // Runs fn inside BEGIN IMMEDIATE / COMMIT, rolling back on error.
   absl::Status Transaction(const std::function<absl::Status()>& fn);
+  // Schema upgrades: ALTERs each (name, declaration) column into `table`
+  // unless a database written by an earlier release already has it.
+  absl::Status AddMissingColumns(
+      const std::string& table,
+      const std::vector<std::pair<std::string, std::string>>& columns);
   // Rows changed by the last statement.
   int64_t changes() const;
 

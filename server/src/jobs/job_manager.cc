@@ -37,10 +37,6 @@ CREATE TABLE IF NOT EXISTS jobs (
   result_dir TEXT NOT NULL DEFAULT ''
 ))sql";
 
-// Columns added after the first release; ALTERed into older databases.
-constexpr const char* kAddedColumns[][2] = {
-    {"metrics", "TEXT NOT NULL DEFAULT '{}'"}};
-
 constexpr char kColumns[] =
     "id, state, config_yaml, request_digest, create_ms, start_ms, end_ms, "
     "tensors_done, tensors_total, error_code, error_message, files, "
@@ -131,17 +127,9 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   MS_ASSIGN_OR_RETURN(
       m->db_, SqliteDatabase::Open(options.data_dir + "/mergeserve.db"));
   MS_RETURN_IF_ERROR(m->db_->Exec(kSchema));
-  MS_ASSIGN_OR_RETURN(
-      auto columns,
-      m->db_->Query("SELECT name FROM pragma_table_info('jobs')"));
-  for (const auto& [column, decl] : kAddedColumns) {
-    bool present = false;
-    for (const SqlRow& row : columns) present |= SqlString(row[0]) == column;
-    if (!present) {
-      MS_RETURN_IF_ERROR(m->db_->Exec(
-          absl::StrCat("ALTER TABLE jobs ADD COLUMN ", column, " ", decl)));
-    }
-  }
+  // Columns added after the first release.
+  MS_RETURN_IF_ERROR(m->db_->AddMissingColumns(
+      "jobs", {{"metrics", "TEXT NOT NULL DEFAULT '{}'"}}));
   // A job that was running when the process died has no result: fail it.
   MS_RETURN_IF_ERROR(m->db_->Exec(
       "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, end_ms = "

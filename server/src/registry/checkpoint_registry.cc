@@ -31,12 +31,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   tensors TEXT NOT NULL
 ))sql";
 
-// Columns added after the first release; ALTERed into older databases.
-constexpr const char* kAddedColumns[][2] = {
-    {"program", "TEXT NOT NULL DEFAULT ''"},
-    {"program_digest", "TEXT NOT NULL DEFAULT ''"},
-    {"task", "TEXT NOT NULL DEFAULT ''"}};
-
 constexpr char kColumns[] =
     "name, role, base, path, labels, content_digest, size_bytes, tensor_count, "
     "parameter_count, create_time_ms, tensors, program, program_digest, task";
@@ -124,17 +118,11 @@ absl::StatusOr<std::unique_ptr<CheckpointRegistry>> CheckpointRegistry::Create(
   MS_ASSIGN_OR_RETURN(
       r->db_, SqliteDatabase::Open(options.data_dir + "/mergeserve.db"));
   MS_RETURN_IF_ERROR(r->db_->Exec(kSchema));
-  MS_ASSIGN_OR_RETURN(auto columns,
-                      r->db_->Query("SELECT name FROM pragma_table_info("
-                                    "'checkpoints')"));
-  for (const auto& [column, decl] : kAddedColumns) {
-    bool present = false;
-    for (const SqlRow& row : columns) present |= SqlString(row[0]) == column;
-    if (!present) {
-      MS_RETURN_IF_ERROR(r->db_->Exec(absl::StrCat(
-          "ALTER TABLE checkpoints ADD COLUMN ", column, " ", decl)));
-    }
-  }
+  // Columns added after the first release.
+  MS_RETURN_IF_ERROR(r->db_->AddMissingColumns(
+      "checkpoints", {{"program", "TEXT NOT NULL DEFAULT ''"},
+                      {"program_digest", "TEXT NOT NULL DEFAULT ''"},
+                      {"task", "TEXT NOT NULL DEFAULT ''"}}));
   MS_RETURN_IF_ERROR(r->InitDatasets());
   return r;
 }

@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include "absl/strings/str_cat.h"
+#include "mergeserve/base/status_macros.h"
 
 namespace mergeserve {
 namespace {
@@ -116,5 +117,23 @@ absl::Status SqliteDatabase::Transaction(
 }
 
 int64_t SqliteDatabase::changes() const { return sqlite3_changes(db_); }
+
+absl::Status SqliteDatabase::AddMissingColumns(
+    const std::string& table,
+    const std::vector<std::pair<std::string, std::string>>& columns) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  MS_ASSIGN_OR_RETURN(
+      auto present,
+      QueryLocked("SELECT name FROM pragma_table_info(?)", {table}));
+  for (const auto& [column, declaration] : columns) {
+    bool found = false;
+    for (const SqlRow& row : present) found |= SqlString(row[0]) == column;
+    if (!found) {
+      MS_RETURN_IF_ERROR(Exec(absl::StrCat(
+          "ALTER TABLE ", table, " ADD COLUMN ", column, " ", declaration)));
+    }
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace mergeserve
