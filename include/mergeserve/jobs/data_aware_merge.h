@@ -50,6 +50,9 @@ struct DataAwareOptions {
   std::string stats_dir;  // the cache
   std::string device = "cpu";
   StatsCounters* counters = nullptr;
+  // RI: report ξ before (an extra merge of the unadapted experts) and keep
+  // the adapter to measure ξ after. Sweeps and diagnostics turn it off.
+  bool measure_interference = true;
   // phase: "fisher <model>", "gram <model>", "ri <model>".
   std::function<void(const std::string& phase, int64_t done, int64_t total)>
       progress;
@@ -62,7 +65,7 @@ struct PreparedMerge {
   // Content digests for the task-vector cache ("stats:<key>" → its key).
   std::function<std::string(const std::string& ref)> digest;
   std::map<std::string, double> metrics;  // e.g. ri.interference_before
-  std::unique_ptr<RiAdapter> ri;          // measures ξ of the result
+  std::unique_ptr<RiAdapter> ri;  // measures ξ of the result, when asked
 };
 
 // A plain request passes through unchanged (with the registry's resolver).

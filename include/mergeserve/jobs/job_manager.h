@@ -119,7 +119,8 @@ class JobManager {
   // The data-aware step for `config` with this manager's cache and device.
   absl::StatusOr<PreparedMerge> Prepare(
       const MergeConfig& config, const std::atomic<bool>* cancelled,
-      std::function<void(const std::string&, int64_t, int64_t)> progress);
+      std::function<void(const std::string&, int64_t, int64_t)> progress,
+      bool measure_interference = true);
 
  private:
   struct Running {

@@ -315,8 +315,19 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
                     "\n");
   }
   const std::string key = Sha256Hex(key_text);
-  MS_ASSIGN_OR_RETURN(std::string base_dir, names(*config.base_model));
-  MS_ASSIGN_OR_RETURN(p.ri, RiAdapter::Create(base_dir, ri_experts, ro));
+  // The adapter (every program, and the reference outputs on the pool) is
+  // built only to adapt an expert not in the cache or to measure ξ; a sweep
+  // over cached adaptations skips it.
+  bool all_cached = true;
+  for (size_t i = 0; i < experts.size(); ++i) {
+    std::error_code ec;
+    all_cached &=
+        fs::is_directory(absl::StrCat(o.stats_dir, "/", key, "-", i), ec);
+  }
+  if (!all_cached || o.measure_interference) {
+    MS_ASSIGN_OR_RETURN(std::string base_dir, names(*config.base_model));
+    MS_ASSIGN_OR_RETURN(p.ri, RiAdapter::Create(base_dir, ri_experts, ro));
+  }
   std::map<std::string, std::string> adapted;
   for (size_t i = 0; i < experts.size(); ++i) {
     if (cancelled()) return absl::CancelledError("merge cancelled");
@@ -336,24 +347,28 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
     }));
     adapted[experts[i]] = kStatsPrefix + k;
   }
-  // ξ before: the same merge of the unadapted experts, into a scratch folder.
-  MergeConfig plain = config;
-  plain.merge_method = inner;
-  MergeOptions mo;
-  std::random_device rd;
-  mo.output_dir = absl::StrFormat("%s/scratch-%08x", o.stats_dir, rd());
-  mo.overwrite = true;
-  mo.resolver = p.resolver;
-  mo.cancelled = o.cancelled;
-  auto merged = RunMerge(plain, mo);
-  if (merged.ok()) {
-    auto xi = p.ri->Interference(mo.output_dir);
-    if (xi.ok()) p.metrics["ri.interference_before"] = *xi;
-  }
-  std::error_code ec;
-  fs::remove_all(mo.output_dir, ec);
-  MS_RETURN_IF_ERROR(merged.status());
   p.config.merge_method = inner;
+  if (!o.measure_interference) {
+    p.ri.reset();  // nothing to measure after the merge either
+  } else {
+    // ξ before: the same merge of the unadapted experts, in a scratch folder.
+    MergeConfig plain = config;
+    plain.merge_method = inner;
+    MergeOptions mo;
+    std::random_device rd;
+    mo.output_dir = absl::StrFormat("%s/scratch-%08x", o.stats_dir, rd());
+    mo.overwrite = true;
+    mo.resolver = p.resolver;
+    mo.cancelled = o.cancelled;
+    auto merged = RunMerge(plain, mo);
+    if (merged.ok()) {
+      auto xi = p.ri->Interference(mo.output_dir);
+      if (xi.ok()) p.metrics["ri.interference_before"] = *xi;
+    }
+    std::error_code ec;
+    fs::remove_all(mo.output_dir, ec);
+    MS_RETURN_IF_ERROR(merged.status());
+  }
   for (ModelEntry& m : p.config.models) {
     auto it = adapted.find(m.model);
     if (it != adapted.end()) m.model = it->second;

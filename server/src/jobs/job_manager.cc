@@ -283,7 +283,8 @@ absl::StatusOr<MergeDiagnostics> JobManager::Analyze(
   // fail fast in AnalyzeMerge instead of first computing statistics.
   const bool ri = config.merge_method == "ri";
   MS_ASSIGN_OR_RETURN(PreparedMerge prepared,
-                      Prepare(ri ? config : MergeConfig{}, nullptr, {}));
+                      Prepare(ri ? config : MergeConfig{}, nullptr, {},
+                              /*measure_interference=*/false));
   if (!ri) prepared.config = config;
   MergeOptions mo;
   mo.resolver = prepared.resolver;
@@ -305,8 +306,10 @@ absl::StatusOr<MergeDiagnostics> JobManager::Analyze(
 
 absl::StatusOr<PreparedMerge> JobManager::Prepare(
     const MergeConfig& config, const std::atomic<bool>* cancelled,
-    std::function<void(const std::string&, int64_t, int64_t)> progress) {
+    std::function<void(const std::string&, int64_t, int64_t)> progress,
+    bool measure_interference) {
   DataAwareOptions o;
+  o.measure_interference = measure_interference;
   o.registry = options_.registry;
   o.stats_dir = options_.data_dir + "/stats";
   o.device = options_.device;

@@ -129,7 +129,8 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
                 if (options.on_phase && done == total) {
                   options.on_phase(absl::StrCat(phase, " done"));
                 }
-              }));
+              },
+              /*measure_interference=*/false));
       MergeOptions mo;
       mo.output_dir = scratch;
       mo.overwrite = true;
