@@ -33,6 +33,7 @@ BIN = os.path.join(ROOT, "build", "mergeserve")
 sys.path.insert(0, os.path.join(ROOT, "tests", "tools"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 from make_zoo import save_safetensors  # noqa: E402
+from reference_gram import hook_grams  # noqa: E402
 
 
 class Mlp(torch.nn.Module):
@@ -50,23 +51,6 @@ class Mlp(torch.nn.Module):
 def seconds_of(out):
     m = re.search(r"\(([\d.]+) s,", out) or re.search(r"seconds ([\d.]+)", out)
     return float(m.group(1))
-
-
-def torch_grams(model, x, batch):
-    sums, rows = {}, {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            def hook(_m, inp, name=name):
-                a = inp[0].reshape(-1, inp[0].shape[-1])
-                sums[name] = sums.get(name, 0) + a.T @ a
-                rows[name] = rows.get(name, 0) + a.shape[0]
-            mod.register_forward_pre_hook(hook)
-    start = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            model(x[i:i + batch])
-    grams = {k: sums[k] / rows[k] for k in sums}
-    return time.perf_counter() - start, grams
 
 
 def main():
@@ -92,7 +76,7 @@ def main():
                               "--out", os.path.join(tmp, "g"), "--batch-size", "256"],
                              check=True, capture_output=True, text=True).stdout
         ours.append(seconds_of(out))
-        theirs.append(torch_grams(Mlp().eval(), x, 256)[0])
+        theirs.append(hook_grams(Mlp().eval(), x, 256)[0])
     g_ours, g_theirs = statistics.median(ours), statistics.median(theirs)
     # 2. Fisher.
     zoo = os.path.join(tmp, "zoo")

@@ -35,7 +35,6 @@ absl::StatusOr<int64_t> EstimateFisher(const std::string& program_path,
     MS_ASSIGN_OR_RETURN(auto weights, ModelFolder::Open(weights_dir));
     MS_RETURN_IF_ERROR(LoadWeightsInto(module, *weights).status());
   }
-  std::vector<std::string> names;
   std::vector<TensorSpec> specs;
   std::vector<at::Tensor> sums;
   int64_t n = data.size();
@@ -45,7 +44,6 @@ absl::StatusOr<int64_t> EstimateFisher(const std::string& program_path,
     std::vector<at::Tensor> params;
     for (const auto& p : module.named_parameters(/*recurse=*/true)) {
       p.value.set_requires_grad(true);
-      names.push_back(p.name);
       params.push_back(p.value);
       sums.push_back(at::zeros_like(p.value, at::kDouble));
       specs.push_back({p.name, DType::kF32, p.value.sizes().vec()});

@@ -14,7 +14,6 @@ namespace mergeserve {
 struct ProgramEvaluator::Impl {
   torch::jit::Module module;
   at::Device device{at::kCPU};
-  std::string path;
 };
 
 ProgramEvaluator::ProgramEvaluator(std::unique_ptr<Impl> impl)
@@ -24,7 +23,6 @@ ProgramEvaluator::~ProgramEvaluator() = default;
 absl::StatusOr<std::unique_ptr<ProgramEvaluator>> ProgramEvaluator::Create(
     const std::string& program_path, const std::string& device) {
   auto impl = std::make_unique<Impl>();
-  impl->path = program_path;
   MS_ASSIGN_OR_RETURN(impl->module, LoadProgram(program_path, device));
   impl->device = at::Device(device);
   return std::unique_ptr<ProgramEvaluator>(

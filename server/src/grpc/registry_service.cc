@@ -6,13 +6,6 @@
 
 namespace mergeserve {
 
-namespace {
-absl::Status Busy() {
-  return absl::ResourceExhaustedError(
-      "too many registrations are being validated; try again later");
-}
-}  // namespace
-
 grpc::ServerUnaryReactor* RegistryServiceImpl::RegisterCheckpoint(
     grpc::CallbackServerContext* ctx,
     const v1::RegisterCheckpointRequest* request, v1::Checkpoint* response) {
@@ -33,7 +26,7 @@ grpc::ServerUnaryReactor* RegistryServiceImpl::RegisterCheckpoint(
     }
     reactor->Finish(ToGrpcStatus(status));
   });
-  if (!queued) reactor->Finish(ToGrpcStatus(Busy()));
+  if (!queued) reactor->Finish(ToGrpcStatus(ValidatorsBusy()));
   return reactor;
 }
 
@@ -103,7 +96,7 @@ grpc::ServerUnaryReactor* RegistryServiceImpl::RegisterDataset(
     }
     reactor->Finish(ToGrpcStatus(status));
   });
-  if (!queued) reactor->Finish(ToGrpcStatus(Busy()));
+  if (!queued) reactor->Finish(ToGrpcStatus(ValidatorsBusy()));
   return reactor;
 }
 

@@ -20,6 +20,11 @@ namespace {
 constexpr int64_t kMaxFileBytes = int64_t{1} << 40;
 }
 
+absl::Status ValidatorsBusy() {
+  return absl::ResourceExhaustedError(
+      "too many registrations are being validated; try again later");
+}
+
 bool UploadReactor::AllowedFile(const std::string& n) {
   return IsModelFile(n) || n == "program.pt";
 }
@@ -249,10 +254,7 @@ void UploadReactor::Complete() {
     finished_ = true;
     Finish(grpc::Status::OK);
   });
-  if (!queued) {
-    Fail(absl::ResourceExhaustedError(
-        "too many registrations are being validated; try again later"));
-  }
+  if (!queued) Fail(ValidatorsBusy());
 }
 
 void UploadReactor::OnCancel() {

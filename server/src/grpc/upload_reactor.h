@@ -19,6 +19,9 @@
 
 namespace mergeserve {
 
+// What a registration gets when the validators' backlog is full.
+absl::Status ValidatorsBusy();
+
 class UploadReactor
     : public grpc::ServerReadReactor<v1::UploadCheckpointRequest> {
  public:
