@@ -13,8 +13,10 @@
 #include "gtest/gtest.h"
 #include "mergeserve/eval/fisher_estimator.h"
 #include "mergeserve/eval/gram_estimator.h"
+#include "mergeserve/eval/program_evaluator.h"
 #include "mergeserve/jobs/job_manager.h"
 #include "mergeserve/jobs/sweep_runner.h"
+#include "mergeserve/jobs/task_evaluator.h"
 #include "test_util.h"
 
 namespace mergeserve {
@@ -322,6 +324,31 @@ TEST_F(DataAwareMergeTest, MergeTensorsRegexChoosesWhatIsMerged) {
   EXPECT_NE(merged->at("backbone.0.weight"), base.at("backbone.0.weight"));
   EXPECT_EQ(merged->at("backbone.2.weight"), base.at("backbone.2.weight"));
   EXPECT_EQ(merged->at("backbone.2.bias"), base.at("backbone.2.bias"));
+  // Evaluation follows the regex: the head expert keeps what was not merged.
+  EvalTarget target;
+  target.weights_dir = zoo_ + "/out";
+  target.preferred_heads = {"parity"};
+  target.tasks = {"parity"};
+  TaskEvaluator evaluator(registry_.get(), "cpu");
+  auto everything = evaluator.Run(target);
+  target.merged_regex = "^backbone\\.0\\.";
+  auto only_merged = evaluator.Run(target);
+  ASSERT_TRUE(everything.ok() && only_merged.ok());
+  auto ev = ProgramEvaluator::Create(zoo_ + "/parity/program.pt");
+  ASSERT_TRUE(ev.ok());
+  ASSERT_TRUE((*ev)->LoadWeights(**ModelFolder::Open(zoo_ + "/parity")).ok());
+  ASSERT_TRUE((*ev)
+                  ->LoadWeights(**ModelFolder::Open(zoo_ + "/out"),
+                                [](const std::string& n) {
+                                  return n.rfind("backbone.0.", 0) == 0;
+                                })
+                  .ok());
+  auto want = (*ev)->Evaluate(zoo_ + "/data/parity_eval.safetensors");
+  ASSERT_TRUE(want.ok());
+  EXPECT_EQ((*only_merged)[0].accuracy, want->accuracy);
+  EXPECT_EQ((*only_merged)[0].mean_cross_entropy, want->mean_cross_entropy);
+  EXPECT_NE((*everything)[0].mean_cross_entropy, want->mean_cross_entropy);
+
   auto bad = testing::Merge(
       zoo_,
       "merge_method: task_arithmetic\nbase_model: base\n"

@@ -120,9 +120,21 @@ absl::StatusOr<std::vector<TaskMetrics>> TaskEvaluator::Run(
                             registry_->Get(head.base, true));
         for (const TensorMeta& t : base.tensors) shared.insert(t.name);
       }
+      // With merge_tensors, the rest of the result is a copy of the base:
+      // the head expert keeps its own.
+      std::optional<std::regex> merged;
+      if (!target.merged_regex.empty()) {
+        try {
+          merged.emplace(target.merged_regex, std::regex::ECMAScript);
+        } catch (const std::regex_error&) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "merge_tensors '", target.merged_regex, "' is not a regex"));
+        }
+      }
       MS_ASSIGN_OR_RETURN(auto loaded,
                           ev->LoadWeights(*weights, [&](const std::string& n) {
-                            return shared.empty() || shared.count(n) > 0;
+                            return (shared.empty() || shared.count(n) > 0) &&
+                                   (!merged || std::regex_search(n, *merged));
                           }));
       if (loaded.empty()) {
         return absl::InvalidArgumentError(absl::StrCat(
