@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "mergeserve/engine/merge_config.h"
@@ -24,6 +25,9 @@
 #include "mergeserve/registry/checkpoint_registry.h"
 
 namespace mergeserve {
+
+// The model entries of a request that are not its base: the experts.
+std::vector<std::string> ExpertsOf(const MergeConfig& config);
 
 // True when the request needs the data-aware step.
 bool IsDataAware(const MergeConfig& config);

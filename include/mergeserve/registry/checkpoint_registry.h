@@ -74,6 +74,7 @@ struct DatasetRecord {
 // task's datasets (empty when none is registered for a role).
 struct TaskBinding {
   std::string checkpoint;
+  std::string path;  // the checkpoint's folder
   std::string task;
   std::string program;
   std::string program_digest;

@@ -13,6 +13,7 @@
 #include "grpc/proto_convert.h"
 #include "grpc/status_util.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/jobs/data_aware_merge.h"
 #include "mergeserve/jobs/sweep_runner.h"
 #include "mergeserve/jobs/task_evaluator.h"
 
@@ -386,11 +387,7 @@ grpc::ServerWriteReactor<v1::EvaluateEvent>* MergeServiceImpl::Evaluate(
       MS_ASSIGN_OR_RETURN(JobRecord job, AwaitJob(jobs, req.job_id(), out));
       MS_ASSIGN_OR_RETURN(MergeConfig config,
                           MergeConfig::FromYaml(job.config_yaml, ""));
-      for (const ModelEntry& m : config.models) {
-        if (!config.base_model || m.model != *config.base_model) {
-          target.preferred_heads.push_back(m.model);
-        }
-      }
+      target.preferred_heads = ExpertsOf(config);
       target.weights_dir = job.result_dir;
       target.merged_regex = MergedTensorsRegex(config);
     } else if (req.target_case() == v1::EvaluateRequest::kCheckpoint) {

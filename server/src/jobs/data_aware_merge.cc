@@ -96,15 +96,6 @@ absl::StatusOr<DatasetRecord> DatasetFor(Need need, const TaskBinding& b,
                    b.task, " --role ", DatasetRoleName(roles[0])));
 }
 
-// The experts the step runs: every model entry except the base.
-std::vector<std::string> Experts(const MergeConfig& c) {
-  std::vector<std::string> out;
-  for (const ModelEntry& m : c.models) {
-    if (!c.base_model || m.model != *c.base_model) out.push_back(m.model);
-  }
-  return out;
-}
-
 absl::StatusOr<std::string> InnerMethod(const MergeConfig& c) {
   MS_ASSIGN_OR_RETURN(std::string inner, String(c, "ri_method", "ties"));
   if (inner == "ri" || FindMethod(inner) == nullptr) {
@@ -146,6 +137,14 @@ absl::Status Cached(
 
 }  // namespace
 
+std::vector<std::string> ExpertsOf(const MergeConfig& c) {
+  std::vector<std::string> out;
+  for (const ModelEntry& m : c.models) {
+    if (!c.base_model || m.model != *c.base_model) out.push_back(m.model);
+  }
+  return out;
+}
+
 bool IsDataAware(const MergeConfig& config) {
   return NeedOf(config) != Need::kNone;
 }
@@ -183,7 +182,7 @@ absl::StatusOr<std::string> DataAwareDigestLines(
   const Need need = NeedOf(config);
   if (need == Need::kNone) return std::string();
   std::string lines;
-  for (const std::string& e : Experts(config)) {
+  for (const std::string& e : ExpertsOf(config)) {
     MS_ASSIGN_OR_RETURN(TaskBinding b, registry.Binding(e));
     MS_ASSIGN_OR_RETURN(DatasetRecord d, DatasetFor(need, b, false));
     absl::StrAppend(&lines, e, " program ", b.program_digest, " data ",
@@ -223,7 +222,7 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
     return absl::InvalidArgumentError(
         "examples must be >= 0 (0: all) and batch_size >= 1");
   }
-  std::vector<std::string> experts = Experts(config);
+  std::vector<std::string> experts = ExpertsOf(config);
   std::vector<TaskBinding> bindings;
   std::vector<DatasetRecord> data;
   std::vector<std::string> folders;
@@ -232,10 +231,9 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
     MS_ASSIGN_OR_RETURN(
         DatasetRecord d,
         DatasetFor(need, b, need == Need::kFisher && NeedsLabels(config)));
-    MS_ASSIGN_OR_RETURN(CheckpointRecord c, registry->Get(e, false));
+    folders.push_back(b.path);
     bindings.push_back(b);
     data.push_back(d);
-    folders.push_back(c.path);
   }
 
   if (need == Need::kFisher || need == Need::kGram) {

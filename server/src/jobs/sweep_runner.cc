@@ -67,108 +67,97 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
     return absl::InvalidArgumentError(
         absl::StrCat("sweep: ", points, " points is more than 10000"));
   }
-  std::vector<std::string> experts;
-  for (const ModelEntry& m : config.models) {
-    if (!config.base_model || m.model != *config.base_model) {
-      experts.push_back(m.model);
-    }
-  }
+  std::random_device rd;
+  const std::string scratch =
+      absl::StrFormat("%s/scratch/sweep-%08x", data_dir, rd());
+  // Every point is evaluated the same way, on its scratch merge; a task
+  // without a head or data fails the sweep before the first point.
   TaskEvaluator evaluator(jobs.registry(), jobs.options().device);
-  {
-    EvalTarget probe;
-    probe.preferred_heads = experts;
-    probe.tasks = options.tasks;
-    MS_RETURN_IF_ERROR(evaluator.Plan(probe).status());
-  }
+  EvalTarget target;
+  target.weights_dir = scratch;
+  target.preferred_heads = ExpertsOf(config);
+  target.merged_regex = MergedTensorsRegex(config);
+  target.tasks = options.tasks;
+  target.role = DatasetRole::kValidation;
+  target.max_examples = options.max_examples;
+  MS_RETURN_IF_ERROR(evaluator.Plan(target).status());
 
   const CacheStats cache_before = jobs.cache_stats();
   const int64_t stats_hits = jobs.stats_counters().hits;
   const int64_t stats_misses = jobs.stats_counters().misses;
   SweepSummary summary;
-  std::random_device rd;
-  const std::string scratch =
-      absl::StrFormat("%s/scratch/sweep-%08x", data_dir, rd());
   for (size_t index = 0; index < points; ++index) {
-    {
-      if (options.cancelled && options.cancelled->load()) {
-        return absl::CancelledError("sweep cancelled");
-      }
-      SweepPoint point;
-      point.index = static_cast<int>(index);
-      MergeConfig c = config;
-      // The last axis varies fastest.
-      size_t rest = index;
-      std::vector<std::pair<std::string, double>> values(grid.size());
-      for (size_t k = grid.size(); k-- > 0;) {
-        const SweepAxis& axis = grid[k];
-        const double v = axis.values[rest % axis.values.size()];
-        rest /= axis.values.size();
-        values[k] = {axis.parameter, v};
-        if (axis.parameter.rfind("weight@", 0) == 0) {
-          for (ModelEntry& m : c.models) {
-            if (m.model == axis.parameter.substr(7)) {
-              m.parameters["weight"] = ParamValue::Number(v);
-            }
-          }
-        } else {
-          c.parameters[axis.parameter] = ParamValue::Number(v);
-          // The swept global value must win over per-model overrides.
-          for (ModelEntry& m : c.models) m.parameters.erase(axis.parameter);
-        }
-      }
-      point.values = values;
-      if (options.on_phase) {
-        options.on_phase(absl::StrCat("point ", point.index, ": merge"));
-      }
-      auto t0 = std::chrono::steady_clock::now();
-      MS_ASSIGN_OR_RETURN(
-          PreparedMerge prepared,
-          jobs.Prepare(
-              c, options.cancelled,
-              [&](const std::string& phase, int64_t done, int64_t total) {
-                if (options.on_phase && done == total) {
-                  options.on_phase(absl::StrCat(phase, " done"));
-                }
-              },
-              /*measure_interference=*/false));
-      MergeOptions mo;
-      mo.output_dir = scratch;
-      mo.overwrite = true;
-      mo.threads = jobs.options().threads_per_job;
-      mo.resolver = prepared.resolver;
-      mo.digest = prepared.digest;
-      mo.cache = jobs.cache();
-      mo.cancelled = options.cancelled;
-      absl::Status merged = RunMerge(prepared.config, mo).status();
-      point.merge_seconds = Since(t0);
-      if (merged.ok()) {
-        t0 = std::chrono::steady_clock::now();
-        EvalTarget target;
-        target.weights_dir = scratch;
-        target.preferred_heads = experts;
-        target.merged_regex = MergedTensorsRegex(config);
-        target.tasks = options.tasks;
-        target.role = DatasetRole::kValidation;
-        target.max_examples = options.max_examples;
-        auto tasks = evaluator.Run(target);
-        if (tasks.ok()) {
-          point.tasks = *tasks;
-        } else {
-          merged = tasks.status();
-        }
-        point.eval_seconds = Since(t0);
-      }
-      std::error_code ec;
-      fs::remove_all(scratch, ec);
-      MS_RETURN_IF_ERROR(merged);
-      point.mean_accuracy = MeanAccuracy(point.tasks);
-      if (summary.best_index < 0 ||
-          point.mean_accuracy > summary.best.mean_accuracy) {
-        summary.best_index = point.index;
-        summary.best = point;
-      }
-      if (options.on_point) options.on_point(point);
+    if (options.cancelled && options.cancelled->load()) {
+      return absl::CancelledError("sweep cancelled");
     }
+    SweepPoint point;
+    point.index = static_cast<int>(index);
+    MergeConfig c = config;
+    // The last axis varies fastest.
+    size_t rest = index;
+    std::vector<std::pair<std::string, double>> values(grid.size());
+    for (size_t k = grid.size(); k-- > 0;) {
+      const SweepAxis& axis = grid[k];
+      const double v = axis.values[rest % axis.values.size()];
+      rest /= axis.values.size();
+      values[k] = {axis.parameter, v};
+      if (axis.parameter.rfind("weight@", 0) == 0) {
+        for (ModelEntry& m : c.models) {
+          if (m.model == axis.parameter.substr(7)) {
+            m.parameters["weight"] = ParamValue::Number(v);
+          }
+        }
+      } else {
+        c.parameters[axis.parameter] = ParamValue::Number(v);
+        // The swept global value must win over per-model overrides.
+        for (ModelEntry& m : c.models) m.parameters.erase(axis.parameter);
+      }
+    }
+    point.values = values;
+    if (options.on_phase) {
+      options.on_phase(absl::StrCat("point ", point.index, ": merge"));
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    MS_ASSIGN_OR_RETURN(
+        PreparedMerge prepared,
+        jobs.Prepare(
+            c, options.cancelled,
+            [&](const std::string& phase, int64_t done, int64_t total) {
+              if (options.on_phase && done == total) {
+                options.on_phase(absl::StrCat(phase, " done"));
+              }
+            },
+            /*measure_interference=*/false));
+    MergeOptions mo;
+    mo.output_dir = scratch;
+    mo.overwrite = true;
+    mo.threads = jobs.options().threads_per_job;
+    mo.resolver = prepared.resolver;
+    mo.digest = prepared.digest;
+    mo.cache = jobs.cache();
+    mo.cancelled = options.cancelled;
+    absl::Status merged = RunMerge(prepared.config, mo).status();
+    point.merge_seconds = Since(t0);
+    if (merged.ok()) {
+      t0 = std::chrono::steady_clock::now();
+      auto tasks = evaluator.Run(target);
+      if (tasks.ok()) {
+        point.tasks = *tasks;
+      } else {
+        merged = tasks.status();
+      }
+      point.eval_seconds = Since(t0);
+    }
+    std::error_code ec;
+    fs::remove_all(scratch, ec);
+    MS_RETURN_IF_ERROR(merged);
+    point.mean_accuracy = MeanAccuracy(point.tasks);
+    if (summary.best_index < 0 ||
+        point.mean_accuracy > summary.best.mean_accuracy) {
+      summary.best_index = point.index;
+      summary.best = point;
+    }
+    if (options.on_point) options.on_point(point);
   }
   const CacheStats cache_after = jobs.cache_stats();
   summary.trim_cache_hits = cache_after.hits - cache_before.hits;

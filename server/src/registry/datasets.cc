@@ -202,6 +202,7 @@ absl::StatusOr<TaskBinding> CheckpointRegistry::Binding(
   MS_ASSIGN_OR_RETURN(CheckpointRecord c, Get(checkpoint, false));
   TaskBinding b;
   b.checkpoint = c.name;
+  b.path = c.path;
   b.task = c.task;
   b.program = c.program;
   b.program_digest = c.program_digest;
