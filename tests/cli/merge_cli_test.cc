@@ -154,7 +154,7 @@ TEST_F(MergeCliTest, NanInputIsRefused) {
 
 TEST_F(MergeCliTest, MemoryBudgetRefusesWholeTensorPaths) {
   Result r = Merge(std::string(kTies), "--backend aten --memory-budget 16");
-  EXPECT_EQ(r.exit_code, 6);
+  EXPECT_EQ(r.exit_code, 9);  // RESOURCE_EXHAUSTED, as in mergectl
   EXPECT_THAT(r.output, HasSubstr("memory budget"));
 }
 

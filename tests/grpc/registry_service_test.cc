@@ -247,7 +247,8 @@ TEST_F(RegistryServiceTest, UploadsAreVerifiedAndAtomic) {
   wrong["model.safetensors"] = std::string(64, '0');
   grpc::Status s = Upload(*stub_, "up", files, wrong);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
-  EXPECT_THAT(s.error_message(), HasSubstr("does not match its SHA-256"));
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("does not match its declared SHA-256"));
   // Short: the stream ends early.
   s = Upload(*stub_, "up", files, digests, /*cut=*/10);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS);
@@ -275,20 +276,30 @@ TEST_F(RegistryServiceTest, UploadsAreVerifiedAndAtomic) {
   s = Upload(*stub_, "up", files, digests, 0, false, &out);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(out.tensor_count(), 2);
-  EXPECT_THAT(out.path(),
-              ::testing::StartsWith(fs::canonical(root_ + "/data").string() +
-                                    "/checkpoints/up-"));
-  auto local = CheckpointRegistry::FolderDigest(models_ + "/base");
-  ASSERT_TRUE(local.ok());
-  EXPECT_EQ(out.content_digest(), *local);
-  EXPECT_THAT(Names(), ::testing::ElementsAre("up"));
+  // The server does not say where it keeps uploads.
+  EXPECT_TRUE(out.uploaded());
+  EXPECT_EQ(out.path(), "");
+  std::vector<fs::path> stored;
+  for (const auto& e : fs::directory_iterator(root_ + "/data/checkpoints")) {
+    stored.push_back(e.path());
+  }
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_THAT(stored[0].filename().string(), ::testing::StartsWith("up-"));
+  // The same bytes registered from a path have the same digest.
+  v1::Checkpoint from_path;
+  ASSERT_TRUE(Register("base", models_ + "/base", v1::CHECKPOINT_ROLE_BASE, "",
+                       &from_path)
+                  .ok());
+  EXPECT_EQ(out.content_digest(), from_path.content_digest());
+  EXPECT_THAT(Names(), ::testing::ElementsAre("base", "up"));
   // Deleting an uploaded checkpoint removes its files too.
   v1::DeleteCheckpointRequest del;
   del.set_name("up");
   google::protobuf::Empty empty;
   grpc::ClientContext dctx;
   ASSERT_TRUE(stub_->DeleteCheckpoint(&dctx, del, &empty).ok());
-  EXPECT_FALSE(fs::exists(out.path()));
+  EXPECT_FALSE(fs::exists(stored[0]));
+  EXPECT_TRUE(fs::exists(models_ + "/base/model.safetensors"));
 }
 
 TEST_F(RegistryServiceTest, SurvivesARestart) {

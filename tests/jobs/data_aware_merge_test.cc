@@ -11,6 +11,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "jobs_test_util.h"
 #include "mergeserve/eval/fisher_estimator.h"
 #include "mergeserve/eval/gram_estimator.h"
 #include "mergeserve/eval/program_evaluator.h"
@@ -39,7 +40,7 @@ class DataAwareMergeTest : public ::testing::Test {
     base.name = "base";
     base.role = CheckpointRole::kBase;
     base.path = zoo_ + "/base";
-    ASSERT_TRUE(registry_->Register(base).ok());
+    ASSERT_TRUE(registry_->Register(kDefaultTenant, base).ok());
     for (const char* t : kTasks) {
       CheckpointRecord e;
       e.name = t;
@@ -47,7 +48,7 @@ class DataAwareMergeTest : public ::testing::Test {
       e.base = "base";
       e.path = zoo_ + "/" + t;
       e.task = t;  // program.pt in the folder is attached
-      auto reg = registry_->Register(e);
+      auto reg = registry_->Register(kDefaultTenant, e);
       ASSERT_TRUE(reg.ok()) << reg.status();
       EXPECT_EQ(reg->program, zoo_ + "/" + t + "/program.pt");
       EXPECT_EQ(reg->program_digest.substr(0, 7), "sha256:");
@@ -60,7 +61,7 @@ class DataAwareMergeTest : public ::testing::Test {
         d.task = t;
         d.role = role;
         d.path = zoo_ + "/data/" + t + "_" + split + ".safetensors";
-        auto dr = registry_->RegisterDataset(d);
+        auto dr = registry_->RegisterDataset(kDefaultTenant, d);
         ASSERT_TRUE(dr.ok()) << dr.status();
       }
     }
@@ -73,11 +74,11 @@ class DataAwareMergeTest : public ::testing::Test {
   }
 
   JobRecord Run(const std::string& yaml) {
-    auto j = jobs_->Submit(yaml);
+    auto j = jobs_->Submit(testing::Request(yaml));
     EXPECT_TRUE(j.ok()) << j.status();
     if (!j.ok()) return {};
     for (int i = 0; i < 6000; ++i) {
-      auto now = jobs_->Get(j->id);
+      auto now = jobs_->Get(kDefaultTenant, j->id);
       if (now.ok() && IsFinal(now->state)) return *now;
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
@@ -170,7 +171,7 @@ TEST_F(DataAwareMergeTest, RiReportsInterferenceBeforeAndAfter) {
   EXPECT_LT(job.metrics.at("ri.interference_after"),
             job.metrics.at("ri.interference_before"));
   // Persisted with the job.
-  auto reloaded = jobs_->Get(job.id);
+  auto reloaded = jobs_->Get(kDefaultTenant, job.id);
   ASSERT_TRUE(reloaded.ok());
   EXPECT_EQ(reloaded->metrics, job.metrics);
 }
@@ -180,7 +181,8 @@ TEST_F(DataAwareMergeTest, SweepReusesStatisticsAndPicksTheBestPoint) {
   std::vector<SweepPoint> points;
   SweepOptions so;
   so.on_point = [&](const SweepPoint& p) { points.push_back(p); };
-  auto s = RunSweep(*jobs_, Yaml("fisher", "examples: 32"), grid, so);
+  auto s = RunSweep(*jobs_, testing::Request(Yaml("fisher", "examples: 32")),
+                    grid, so);
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_EQ(points.size(), 4u);
   EXPECT_EQ(s->stats_misses, 4);
@@ -206,22 +208,22 @@ TEST_F(DataAwareMergeTest, MissingProgramsDataAndBadSettingsAreNamed) {
   bare.name = "bare";
   bare.role = CheckpointRole::kExpert;
   bare.base = "base";
-  // Only the data dir is a root besides the zoo: copy the weights there.
-  bare.path = registry_->data_dir() + "/bare";
+  // The zoo is the only root: copy the weights there, without the program.
+  bare.path = zoo_ + "/bare";
   std::filesystem::create_directories(bare.path);
   std::filesystem::copy_file(zoo_ + "/parity/model.safetensors",
                              bare.path + "/model.safetensors");
-  ASSERT_TRUE(registry_->Register(bare).ok());
-  auto j = jobs_->Submit(
+  ASSERT_TRUE(registry_->Register(kDefaultTenant, bare).ok());
+  auto j = jobs_->Submit(testing::Request(
       "merge_method: fisher\nbase_model: base\nmodels:\n  - model: parity\n"
-      "  - model: bare\n");
+      "  - model: bare\n"));
   EXPECT_EQ(j.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(j.status().message()),
               HasSubstr("expert 'bare' has no program"));
-  j = jobs_->Submit(Yaml("fisher", "fisher_mode: fast"));
+  j = jobs_->Submit(testing::Request(Yaml("fisher", "fisher_mode: fast")));
   EXPECT_EQ(j.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(j.status().message()), HasSubstr("'fast'"));
-  j = jobs_->Submit(Yaml("ri", "ri_method: ri"));
+  j = jobs_->Submit(testing::Request(Yaml("ri", "ri_method: ri")));
   EXPECT_THAT(std::string(j.status().message()), HasSubstr("ri_method 'ri'"));
   // An unlabeled fisher split (the newest one wins) serves the exact Fisher
   // but not the empirical one.
@@ -230,16 +232,18 @@ TEST_F(DataAwareMergeTest, MissingProgramsDataAndBadSettingsAreNamed) {
   unlabeled.task = "parity";
   unlabeled.role = DatasetRole::kFisher;
   unlabeled.path = zoo_ + "/data/parity_aux.safetensors";
-  ASSERT_TRUE(registry_->RegisterDataset(unlabeled).ok());
-  j = jobs_->Submit(Yaml("fisher", "fisher_mode: empirical"));
+  ASSERT_TRUE(registry_->RegisterDataset(kDefaultTenant, unlabeled).ok());
+  j = jobs_->Submit(testing::Request(Yaml("fisher", "fisher_mode: empirical")));
   EXPECT_EQ(j.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(j.status().message()),
               HasSubstr("dataset 'parity_fisher_unlabeled' of task 'parity' "
                         "has none"));
-  EXPECT_TRUE(jobs_->Submit(Yaml("fisher", "fisher_mode: exact")).ok());
+  EXPECT_TRUE(
+      jobs_->Submit(testing::Request(Yaml("fisher", "fisher_mode: exact")))
+          .ok());
   // No auxiliary data for a task: RI names the task and the role.
-  ASSERT_TRUE(registry_->DeleteDataset("mod3_aux").ok());
-  j = jobs_->Submit(Yaml("ri", "ri_method: ties"));
+  ASSERT_TRUE(registry_->DeleteDataset(kDefaultTenant, "mod3_aux").ok());
+  j = jobs_->Submit(testing::Request(Yaml("ri", "ri_method: ties")));
   EXPECT_EQ(j.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(j.status().message()),
               HasSubstr("task 'mod3' of expert 'mod3' has no dataset with "
@@ -255,19 +259,19 @@ TEST_F(DataAwareMergeTest, DatasetAndProgramValidation) {
   d.task = "parity";
   d.role = DatasetRole::kEval;
   d.path = zoo_ + "/data/parity_aux.safetensors";
-  auto r = registry_->RegisterDataset(d);
+  auto r = registry_->RegisterDataset(kDefaultTenant, d);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("no 'labels'"));
   d.path = "/etc/hostname";
-  EXPECT_EQ(registry_->RegisterDataset(d).status().code(),
+  EXPECT_EQ(registry_->RegisterDataset(kDefaultTenant, d).status().code(),
             absl::StatusCode::kPermissionDenied);
   d.path = zoo_ + "/parity/model.safetensors";  // no `inputs`
   d.role = DatasetRole::kAuxiliary;
-  r = registry_->RegisterDataset(d);
+  r = registry_->RegisterDataset(kDefaultTenant, d);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("'inputs'"));
   d.path = zoo_ + "/data/parity_aux.safetensors";
   d.name = "parity_eval";
-  EXPECT_EQ(registry_->RegisterDataset(d).status().code(),
+  EXPECT_EQ(registry_->RegisterDataset(kDefaultTenant, d).status().code(),
             absl::StatusCode::kAlreadyExists);
 
   CheckpointRecord c;
@@ -275,11 +279,11 @@ TEST_F(DataAwareMergeTest, DatasetAndProgramValidation) {
   c.role = CheckpointRole::kExpert;
   c.path = zoo_ + "/parity";
   c.program = zoo_ + "/parity/model.safetensors";
-  auto reg = registry_->Register(c);
+  auto reg = registry_->Register(kDefaultTenant, c);
   EXPECT_EQ(reg.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(reg.status().message()),
               HasSubstr("not a TorchScript archive"));
-  EXPECT_FALSE(registry_->Get("not_a_program", false).ok());
+  EXPECT_FALSE(registry_->Get(kDefaultTenant, "not_a_program", false).ok());
 }
 
 TEST_F(DataAwareMergeTest, OlderDatabasesGainTheNewColumns) {
@@ -307,7 +311,7 @@ TEST_F(DataAwareMergeTest, OlderDatabasesGainTheNewColumns) {
   ro.data_dir = dir;
   auto r = CheckpointRegistry::Create(ro);
   ASSERT_TRUE(r.ok()) << r.status();
-  auto old = (*r)->Get("old", false);
+  auto old = (*r)->Get(kDefaultTenant, "old", false);
   ASSERT_TRUE(old.ok()) << old.status();
   EXPECT_EQ(old->program, "");
   EXPECT_EQ(old->task, "");
@@ -326,6 +330,7 @@ TEST_F(DataAwareMergeTest, MergeTensorsRegexChoosesWhatIsMerged) {
   EXPECT_EQ(merged->at("backbone.2.bias"), base.at("backbone.2.bias"));
   // Evaluation follows the regex: the head expert keeps what was not merged.
   EvalTarget target;
+  target.tenant = kDefaultTenant;
   target.weights_dir = zoo_ + "/out";
   target.preferred_heads = {"parity"};
   target.tasks = {"parity"};

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "gtest/gtest.h"
+#include "jobs_test_util.h"
 #include "mergeserve/engine/executor.h"
 #include "test_util.h"
 
@@ -34,13 +35,13 @@ class JobManagerTest : public ::testing::Test {
     base_rec.name = "base";
     base_rec.role = CheckpointRole::kBase;
     base_rec.path = root_ + "/models/base";
-    ASSERT_TRUE(registry_->Register(base_rec).ok());
+    ASSERT_TRUE(registry_->Register(kDefaultTenant, base_rec).ok());
     CheckpointRecord e0 = base_rec;
     e0.name = "e0";
     e0.role = CheckpointRole::kExpert;
     e0.base = "base";
     e0.path = root_ + "/models/e0";
-    ASSERT_TRUE(registry_->Register(e0).ok());
+    ASSERT_TRUE(registry_->Register(kDefaultTenant, e0).ok());
   }
 
   // Runs 4 distinct merges with 2 workers; returns the most that ran at once.
@@ -56,13 +57,13 @@ class JobManagerTest : public ::testing::Test {
     std::atomic<int> running{0}, most{0}, done{0};
     std::vector<std::string> ids;
     for (int i = 0; i < 4; ++i) {
-      auto j = (*jobs)->Submit(
+      auto j = (*jobs)->Submit(testing::Request(
           "merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n"
           "    parameters: {density: 0." +
           std::to_string(i + 1) +
           "}\n"
           "parameters: {lambda: " +
-          lambda + "}\n");
+          lambda + "}\n"));
       EXPECT_TRUE(j.ok()) << j.status();
       ids.push_back(j->id);
     }
@@ -70,19 +71,21 @@ class JobManagerTest : public ::testing::Test {
     std::map<std::string, JobState> last;
     std::vector<uint64_t> subs;
     for (const std::string& id : ids) {
-      auto sub = (*jobs)->Subscribe(id, [&, id](const JobRecord& r) {
-        std::lock_guard<std::mutex> lock(mu);
-        const JobState before = last.count(id) ? last[id] : JobState::kQueued;
-        last[id] = r.state;
-        if (before != JobState::kRunning && r.state == JobState::kRunning) {
-          most = std::max(most.load(), ++running);
-        } else if (before == JobState::kRunning && IsFinal(r.state)) {
-          --running;
-          ++done;
-        } else if (before == JobState::kQueued && IsFinal(r.state)) {
-          ++done;
-        }
-      });
+      auto sub =
+          (*jobs)->Subscribe(kDefaultTenant, id, [&, id](const JobRecord& r) {
+            std::lock_guard<std::mutex> lock(mu);
+            const JobState before =
+                last.count(id) ? last[id] : JobState::kQueued;
+            last[id] = r.state;
+            if (before != JobState::kRunning && r.state == JobState::kRunning) {
+              most = std::max(most.load(), ++running);
+            } else if (before == JobState::kRunning && IsFinal(r.state)) {
+              --running;
+              ++done;
+            } else if (before == JobState::kQueued && IsFinal(r.state)) {
+              ++done;
+            }
+          });
       EXPECT_TRUE(sub.ok());
       subs.push_back(*sub);
     }
@@ -104,7 +107,7 @@ TEST_F(JobManagerTest, MemoryBudgetLimitsConcurrentMerges) {
   auto config = MergeConfig::FromYaml(
       "merge_method: ties\nbase_model: base\nmodels: [e0]\n", root_);
   ASSERT_TRUE(config.ok());
-  auto plan = MergePlan::Create(*config, registry_->Resolver());
+  auto plan = MergePlan::Create(*config, registry_->Resolver(kDefaultTenant));
   ASSERT_TRUE(plan.ok());
   const int64_t one = EstimateMergeMemory(**plan, Backend::kFused, 1);
   EXPECT_EQ(MaxConcurrent(one, "0.9"), 1);

@@ -12,6 +12,8 @@ namespace mergeserve {
 using LogFields = std::vector<std::pair<std::string, std::string>>;
 
 void LogEvent(const std::string& event, const LogFields& fields);
+// The current UTC time as "2026-11-23T05:13:02.120Z".
+std::string TimestampNow();
 // Turns logging off (tests) or on; on by default.
 void SetLogEnabled(bool enabled);
 

@@ -69,8 +69,16 @@ TensorDiagnostics Summarize(const std::string& name, const DiagnosticSums& s);
 
 // Runs the merge a config describes without writing anything and returns
 // its diagnostics. Supports the task-vector methods (linear excepted).
+// Whether diagnostics cover `method` (the streaming task-vector methods),
+// and the error that says they do not.
+bool IsAnalyzable(const std::string& method);
+absl::Status AnalyzableError(const std::string& method);
+
 absl::StatusOr<MergeDiagnostics> AnalyzeMerge(const MergeConfig& config,
                                               MergeOptions options);
+// The same on a plan already made.
+absl::StatusOr<MergeDiagnostics> AnalyzeMergePlan(
+    std::unique_ptr<MergePlan> plan, MergeOptions options);
 
 }  // namespace mergeserve
 

@@ -47,6 +47,9 @@ struct MergeOptions {
   std::function<std::string(const std::string& ref)> digest;
   // Compute everything but write nothing (no output folder is created).
   bool dry_run = false;
+  // Fail (OUT_OF_RANGE, naming the tensor) instead of writing a NaN or an
+  // infinity, e.g. from overflowing weights. The server always sets it.
+  bool reject_non_finite = false;
   // Receives per-chunk diagnostic sums (task-vector methods), or null.
   DiagnosticsCollector* diagnostics = nullptr;
   const std::atomic<bool>* cancelled = nullptr;
@@ -63,15 +66,22 @@ struct MergeSummary {
   uint64_t bytes_written = 0;  // tensor bytes written
   double seconds = 0;
   int64_t peak_rss_bytes = 0;  // of the whole process
+  // EstimateMergeMemory for this merge: the bound the server reserves.
+  int64_t memory_estimate_bytes = 0;
 };
 
 absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
                                       const MergeOptions& options);
+// The same on a plan already made and checked (the service plans a request
+// once, when it is submitted). options.resolver is not used.
+absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
+                                          const MergeOptions& options);
 
 // Memory a merge will need beyond the mapped inputs: whole-tensor methods
 // hold every model's copy of the largest tensor plus temporaries; streaming
 // ones a few chunks per thread.
-int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend, int threads);
+int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
+                            int threads);
 
 // Peak resident set size of this process so far.
 int64_t PeakRssBytes();

@@ -53,6 +53,11 @@ class MagnitudeSelector {
       const std::vector<const PlannedTensor*>& domain,
       const std::vector<SelectionQuery>& queries) const;
 
+  // Most memory one Select over `models` models, `workers` threads and a
+  // domain of `chunks` chunks can hold (histograms per worker and model,
+  // bucket member lists, per-chunk tie counts), for the memory budget.
+  static int64_t MemoryBound(int64_t models, int workers, int64_t chunks);
+
   // Entries with magnitude == value per chunk of ChunkDomain(domain), for
   // breaking ties by flat index.
   absl::StatusOr<std::vector<int64_t>> CountEqualPerChunk(

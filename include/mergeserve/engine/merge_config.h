@@ -12,6 +12,17 @@
 
 namespace mergeserve {
 
+// Bounds on what one config may cost to parse and plan, checked before any
+// work starts (a request over them is INVALID_ARGUMENT naming the bound).
+// YAML aliases are counted every time they are expanded, so one anchored
+// list aliased a thousand times costs what a thousand copies cost.
+struct ConfigLimits {
+  size_t max_text_bytes = 1 << 20;  // the document itself
+  size_t max_models = 128;          // entries under models:
+  size_t max_list_values = 1024;    // points of one gradient or filter list
+  int64_t max_values = 100000;      // scalars read, aliases expanded
+};
+
 struct ModelEntry {
   std::string model;  // a folder path (one-shot mode) or a registered name
   ParamMap parameters;
@@ -29,10 +40,18 @@ struct MergeConfig {
   // The YAML text it was parsed from (saved next to the merged model).
   std::string source_text;
 
-  // Rejects unknown keys, naming them.
-  static absl::StatusOr<MergeConfig> FromYaml(const std::string& text,
-                                              const std::string& source_dir);
-  static absl::StatusOr<MergeConfig> FromYamlFile(const std::string& path);
+  // Rejects unknown keys, naming them, and anything over `limits`.
+  static absl::StatusOr<MergeConfig> FromYaml(
+      const std::string& text, const std::string& source_dir,
+      const ConfigLimits& limits = ConfigLimits());
+  static absl::StatusOr<MergeConfig> FromYamlFile(
+      const std::string& path, const ConfigLimits& limits = ConfigLimits());
+
+  // The config in a canonical YAML form (keys sorted, no comments, numbers
+  // that round-trip exactly): what the server stores, hashes for content
+  // addressing and saves next to a merged model. FromYaml(ToYaml()) gives
+  // back the same config.
+  std::string ToYaml() const;
 };
 
 // Parameter keys the engine understands (mergekit's, then extensions).

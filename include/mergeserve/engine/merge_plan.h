@@ -17,9 +17,17 @@
 
 namespace mergeserve {
 
-// Maps a model reference in the config to a folder path.
+// Where a model reference points: a folder path, and (optionally) the check
+// every file opened from it must pass (the service's storage roots).
+struct ModelLocation {
+  ModelLocation(std::string p, FileCheck c = nullptr)  // NOLINT: implicit
+      : path(std::move(p)), check(std::move(c)) {}
+  std::string path;
+  FileCheck check;
+};
+// Maps a model reference in the config to its location.
 using ModelResolver =
-    std::function<absl::StatusOr<std::string>(const std::string& ref)>;
+    std::function<absl::StatusOr<ModelLocation>(const std::string& ref)>;
 // One-shot mode: paths, relative ones against the config's folder.
 ModelResolver LocalPathResolver(const std::string& source_dir);
 
@@ -62,6 +70,9 @@ class MergePlan {
   int num_layers() const { return num_layers_; }
   // Bytes of all input files.
   uint64_t input_bytes() const;
+  // DATA_LOSS naming the model and file when an input was truncated or
+  // modified since the plan opened it.
+  absl::Status CheckInputsUnchanged() const;
 
   // Parameter lookup: the model's own value, else the global one, else
   // `fallback`. model < 0 reads only the global value.
@@ -86,6 +97,7 @@ class MergePlan {
 
   MergeConfig config_;
   std::vector<std::unique_ptr<ModelFolder>> folders_;
+  std::vector<std::string> folder_refs_;  // the reference that opened each
   const ModelFolder* base_ = nullptr;
   const ModelFolder* reference_ = nullptr;
   std::vector<PlannedModel> models_;

@@ -17,6 +17,8 @@ struct MethodInfo {
   std::unique_ptr<MergeMethod> (*create)();
   // Streams fixed chunks on the fused backend (else holds whole tensors).
   bool streams = false;
+  // Ranks task-vector magnitudes (MagnitudeSelector) before merging.
+  bool selects = false;
 };
 // nullptr if unknown.
 const MethodInfo* FindMethod(const std::string& name);

@@ -48,6 +48,12 @@ class ParamValue {
                                        const std::string& tensor_name,
                                        double t) const;
   absl::StatusOr<bool> AsBool(const std::string& key) const;
+  // The points of a gradient / the entries of a filter list (the value must
+  // be one).
+  const std::vector<double>& gradient() const {
+    return std::get<Gradient>(v_).points;
+  }
+  const FilterList& filters() const { return std::get<FilterList>(v_); }
   absl::StatusOr<std::string> AsString(const std::string& key) const;
   std::string DebugString() const;
 

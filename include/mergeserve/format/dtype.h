@@ -68,6 +68,12 @@ void LoadAsF32(DType src_type, const void* src, int64_t count, float* dst);
 // nearest even.
 void StoreFromF32(const float* src, int64_t count, DType dst_type, void* dst);
 
+// Index of the first NaN or infinity among `count` values of a floating
+// dtype stored at `data` (after rounding to that dtype, so a value that
+// overflows float16 counts), or -1 when all are finite or the dtype is not
+// floating.
+int64_t FindNonFinite(const void* data, int64_t count, DType dtype);
+
 }  // namespace mergeserve
 
 #endif  // MERGESERVE_FORMAT_DTYPE_H_

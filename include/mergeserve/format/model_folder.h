@@ -3,6 +3,7 @@
 #ifndef MERGESERVE_FORMAT_MODEL_FOLDER_H_
 #define MERGESERVE_FORMAT_MODEL_FOLDER_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,12 +19,18 @@ const std::vector<std::string>& ModelSideFiles();
 // A weight file (*.safetensors, the index) or a side file; a plain name.
 bool IsModelFile(const std::string& name);
 
+// Vets the real path (symlinks resolved, read back from the opened file
+// descriptor, so a link swapped after a check cannot escape it) of every
+// file a folder opens; an error refuses the file.
+using FileCheck = std::function<absl::Status(const std::string& real_path)>;
+
 class ModelFolder {
  public:
   // path is a folder (model.safetensors, an index, or a single *.safetensors
-  // file inside) or a .safetensors file.
+  // file inside) or a .safetensors file. `check` (optional) vets every file
+  // opened, now and by ReadSideFile.
   static absl::StatusOr<std::unique_ptr<ModelFolder>> Open(
-      const std::string& path);
+      const std::string& path, FileCheck check = nullptr);
 
   const std::string& path() const { return path_; }
   // All tensors, in name order.
@@ -36,11 +43,20 @@ class ModelFolder {
   }
   uint64_t total_bytes() const;
 
+  // DATA_LOSS naming the file when a weight file was truncated or modified
+  // since it was opened (see MappedFile::CheckUnchanged).
+  absl::Status CheckUnchanged() const;
+  // A side file of the folder (config.json, tokenizer files; at most
+  // `max_bytes`), vetted like the weights. NOT_FOUND when absent.
+  absl::StatusOr<std::string> ReadSideFile(const std::string& name,
+                                           size_t max_bytes = 64 << 20) const;
+
  private:
   ModelFolder() = default;
   absl::Status AddShard(const std::string& file);
 
   std::string path_;
+  FileCheck check_;
   std::vector<std::unique_ptr<SafetensorsReader>> shards_;
   std::vector<const TensorInfo*> tensors_;
   // name -> (shard index, tensor)

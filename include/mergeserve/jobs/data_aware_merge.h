@@ -37,12 +37,14 @@ bool IsDataAware(const MergeConfig& config);
 // missing), and returns a stand-in config the engine can plan to validate
 // the rest of the request.
 absl::StatusOr<MergeConfig> DataAwarePlanningConfig(
-    const MergeConfig& config, const CheckpointRegistry& registry);
+    const MergeConfig& config, const CheckpointRegistry& registry,
+    const std::string& tenant);
 
 // Lines naming the programs and datasets the step reads, with their content
 // digests, for a request's content address ("" when not data-aware).
 absl::StatusOr<std::string> DataAwareDigestLines(
-    const MergeConfig& config, const CheckpointRegistry& registry);
+    const MergeConfig& config, const CheckpointRegistry& registry,
+    const std::string& tenant);
 
 struct StatsCounters {
   std::atomic<int64_t> hits{0};
@@ -51,6 +53,8 @@ struct StatsCounters {
 
 struct DataAwareOptions {
   const CheckpointRegistry* registry = nullptr;
+  std::string tenant;     // whose checkpoints and datasets the names are
+  int threads = 0;        // for the extra merge that measures ξ
   std::string stats_dir;  // the cache
   std::string device = "cpu";
   StatsCounters* counters = nullptr;

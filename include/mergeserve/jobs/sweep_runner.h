@@ -52,8 +52,15 @@ struct SweepOptions {
   const std::atomic<bool>* cancelled = nullptr;
 };
 
+// Validates the request and the grid (every point's config, the tasks'
+// heads and data) and returns the memory a point may hold (merge or
+// evaluation), without running anything.
+absl::StatusOr<int64_t> PlanSweep(JobManager& jobs, const MergeRequest& request,
+                                  const SweepGrid& grid,
+                                  const SweepOptions& options);
+
 absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
-                                      const std::string& config_yaml,
+                                      const MergeRequest& request,
                                       const SweepGrid& grid,
                                       const SweepOptions& options);
 

@@ -4,6 +4,7 @@
 #ifndef MERGESERVE_JOBS_TASK_EVALUATOR_H_
 #define MERGESERVE_JOBS_TASK_EVALUATOR_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -25,7 +26,9 @@ struct TaskMetrics {
 };
 
 struct EvalTarget {
+  std::string tenant;       // whose checkpoints, tasks and datasets
   std::string weights_dir;  // folder of the weights under test
+  FileCheck weights_check;  // what its files must pass
   // When the target is a registered checkpoint: it is run whole on its own
   // task, and on other tasks only its tensors shared with the head's base
   // replace the head expert's.
@@ -41,6 +44,8 @@ struct EvalTarget {
   DatasetRole role = DatasetRole::kEval;
   int64_t batch_size = 256;
   int64_t max_examples = 0;
+  // Checked between tasks.
+  const std::atomic<bool>* cancelled = nullptr;
 };
 
 class TaskEvaluator {

@@ -35,9 +35,19 @@ inline double SqlReal(const SqlValue& v) {
   return static_cast<double>(SqlInt(v));
 }
 
+// One step of a component's schema: applied once, in order, inside the
+// transaction that records its version.
+struct Migration {
+  int version;
+  const char* description;
+  std::function<absl::Status()> apply;
+};
+
 class SqliteDatabase {
  public:
   // Opens (creating) the file; WAL journal so readers never block writers.
+  // A file that is not a database, or fails SQLite's quick integrity check,
+  // is DATA_LOSS naming the file.
   static absl::StatusOr<std::unique_ptr<SqliteDatabase>> Open(
       const std::string& path);
   ~SqliteDatabase();
@@ -49,6 +59,8 @@ class SqliteDatabase {
       const std::string& sql, const std::vector<SqlValue>& args = {});
   absl::Status Exec(const std::string& sql,
                     const std::vector<SqlValue>& args = {});
+  // Runs several `;`-separated statements without parameters (schemas).
+  absl::Status ExecScript(const std::string& sql);
   // Runs fn inside BEGIN IMMEDIATE / COMMIT, rolling back on error.
   absl::Status Transaction(const std::function<absl::Status()>& fn);
   // Schema upgrades: ALTERs each (name, declaration) column into `table`
@@ -58,6 +70,16 @@ class SqliteDatabase {
       const std::vector<std::pair<std::string, std::string>>& columns);
   // Rows changed by the last statement.
   int64_t changes() const;
+  // Brings `component`'s tables to the newest of `steps` (sorted by
+  // version): each step not yet recorded in schema_versions runs under one
+  // write lock with the version update, so concurrent openers apply it once.
+  // Step 1 of each component creates its tables with IF NOT EXISTS, which
+  // also adopts databases written before versions were recorded.
+  absl::Status Migrate(const std::string& component,
+                       const std::vector<Migration>& steps);
+  // The version recorded for a component (0: none yet).
+  absl::StatusOr<int> SchemaVersion(const std::string& component);
+  const std::string& path() const { return path_; }
 
  private:
   SqliteDatabase() = default;

@@ -15,8 +15,7 @@ std::atomic<bool> g_enabled{true};
 
 void SetLogEnabled(bool enabled) { g_enabled = enabled; }
 
-void LogEvent(const std::string& event, const LogFields& fields) {
-  if (!g_enabled) return;
+std::string TimestampNow() {
   const auto now = std::chrono::system_clock::now();
   const std::time_t t = std::chrono::system_clock::to_time_t(now);
   const int ms =
@@ -26,17 +25,25 @@ void LogEvent(const std::string& event, const LogFields& fields) {
                        1000);
   std::tm tm;
   gmtime_r(&t, &tm);
-  char ts[40];
+  char ts[64];
   std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
                 tm.tm_min, tm.tm_sec, ms);
+  return ts;
+}
+
+void LogEvent(const std::string& event, const LogFields& fields) {
+  if (!g_enabled) return;
   nlohmann::ordered_json j;
-  j["ts"] = ts;
+  j["ts"] = TimestampNow();
   j["event"] = event;
   for (const auto& [k, v] : fields) j[k] = v;
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
-  std::fprintf(stderr, "%s\n", j.dump().c_str());
+  // A name or message with invalid UTF-8 must not throw.
+  std::fprintf(
+      stderr, "%s\n",
+      j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
 }
 
 }  // namespace mergeserve

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "cli/diagnostics_chart.h"
 #include "cli/merge_command.h"
+#include "mergeserve/base/exit_codes.h"
 #include "nlohmann/json.hpp"
 
 namespace mergeserve {

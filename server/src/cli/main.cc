@@ -9,6 +9,7 @@
 #include "cli/merge_command.h"
 #ifdef MERGESERVE_WITH_SERVICE
 #include "cli/serve_command.h"
+#include "cli/token_command.h"
 #endif
 
 namespace {
@@ -32,6 +33,8 @@ commands:
                                  layer's input (found in the program's graph)
   methods                        list the merge methods
   serve [flags]                  run the gRPC service; see `mergeserve serve --help`
+  token create|list|revoke --data-dir DIR
+                                 administer the service's API tokens
 
 See README.md for the config vocabulary and the methods' options.
 )";
@@ -55,6 +58,7 @@ int main(int argc, char** argv) {
   if (cmd == "gram") return mergeserve::RunGramCommand(rest);
 #ifdef MERGESERVE_WITH_SERVICE
   if (cmd == "serve") return mergeserve::RunServeCommand(argc - 1, argv + 1);
+  if (cmd == "token") return mergeserve::RunTokenCommand(rest);
 #endif
   std::fprintf(stderr, "mergeserve: unknown command '%s'\n\n%s", cmd.c_str(),
                kUsage);

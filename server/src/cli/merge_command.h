@@ -10,8 +10,6 @@ namespace mergeserve {
 // Returns the process exit code.
 int RunMergeCommand(const std::vector<std::string>& args);
 int RunMethodsCommand(const std::vector<std::string>& args);
-// Exit code for a failed absl::Status code (see README, "Exit codes").
-int ExitCodeFor(int status_code);
 
 }  // namespace mergeserve
 

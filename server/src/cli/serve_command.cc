@@ -11,42 +11,94 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "cli/merge_command.h"
+#include "absl/strings/str_cat.h"
 #include "grpc/merge_server.h"
+#include "mergeserve/auth/token_store.h"
 #include "mergeserve/base/byte_size.h"
+#include "mergeserve/base/exit_codes.h"
+#include "mergeserve/base/system_memory.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address to listen on");
-ABSL_FLAG(
-    std::string, data_dir, "mergeserve-data",
-    "folder for the SQLite registry (mergeserve.db), uploads and results");
+ABSL_FLAG(std::string, listen, "",
+          "gRPC address (default 127.0.0.1:50051; 0.0.0.0:50051 with "
+          "--auth token)");
+ABSL_FLAG(std::string, data_dir, "mergeserve-data",
+          "folder for the SQLite database (mergeserve.db), uploads, results "
+          "and the audit log");
 ABSL_FLAG(std::vector<std::string>, allow_root, {},
-          "folder checkpoints may be registered from (comma-separated or "
-          "repeated; the data dir is always allowed)");
-ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
+          "folder clients may register checkpoints and datasets from "
+          "(repeatable; never the data dir, which only holds uploads)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "address of the Prometheus /metrics endpoint (empty: off)");
-ABSL_FLAG(int, workers, 1, "merges that run at once");
-ABSL_FLAG(
-    int, queue_limit, 16,
-    "merges that may wait; beyond it CreateMergeJob is RESOURCE_EXHAUSTED");
-ABSL_FLAG(std::string, memory_budget, "0",
-          "memory shared by running merges, e.g. 8GiB (0: unlimited)");
+ABSL_FLAG(int, workers, 1,
+          "merges, analyses, evaluations and sweeps that run at once");
+ABSL_FLAG(int, queue_limit, 16,
+          "work items that may wait; beyond it calls are RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, memory_budget, "auto",
+          "memory shared by running work, e.g. 8GiB; auto: half of the "
+          "container's limit (or the RAM); 0: unlimited");
 ABSL_FLAG(std::string, cache_budget, "1GiB",
           "bytes the task-vector cache (trim thresholds) may hold");
 ABSL_FLAG(std::string, device, "cpu",
           "where Fisher, Gram, RI and evaluation run the experts' programs "
           "(cpu, cuda, cuda:N where LibTorch has CUDA)");
 ABSL_FLAG(int, grace_seconds, 30,
-          "on SIGTERM/SIGINT, how long running calls may take to finish");
+          "on SIGTERM/SIGINT, how long running work and calls may take to "
+          "finish");
+ABSL_FLAG(
+    std::string, auth, "none",
+    "none (development mode: loopback only, every caller is an admin of "
+    "tenant 'default') or token (bearer tokens: mergeserve token create)");
+ABSL_FLAG(std::string, tls_cert, "", "server certificate chain (PEM)");
+ABSL_FLAG(std::string, tls_key, "", "its private key (PEM)");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "CA bundle (PEM): clients must present a certificate it signed "
+          "(mutual TLS)");
+ABSL_FLAG(int, tls_refresh_seconds, 60,
+          "how often the TLS files are re-read (rotation without restart)");
+ABSL_FLAG(bool, insecure, false,
+          "serve off loopback without TLS and tokens (e.g. behind a mesh "
+          "that terminates TLS)");
+ABSL_FLAG(std::string, audit_log, "",
+          "JSON-lines audit log of mutating and denied calls (default "
+          "DATA_DIR/audit.log; - for stderr)");
+ABSL_FLAG(std::string, job_retention, "30d",
+          "finished jobs older than this are deleted with their results (0: "
+          "keep them)");
+ABSL_FLAG(int, upload_idle_seconds, 60,
+          "an upload that sends nothing for this long is ended");
+ABSL_FLAG(int, max_upload_files, 1024, "files one upload may carry");
+ABSL_FLAG(std::string, max_upload_bytes, "1TiB", "bytes one upload may carry");
+ABSL_FLAG(int, quota_jobs, 64,
+          "default per-tenant limit of queued + running jobs (0: none)");
+ABSL_FLAG(std::string, quota_stored_bytes, "0",
+          "default per-tenant limit of stored uploads and results (0: none)");
+ABSL_FLAG(std::string, quota_upload_bytes, "0",
+          "default per-tenant limit of one upload (0: --max-upload-bytes)");
+ABSL_FLAG(int, quota_streams, 32,
+          "default per-tenant limit of streaming calls open at once (0: none)");
+ABSL_FLAG(std::string, max_config_bytes, "1MiB",
+          "largest merge config a request may carry");
+ABSL_FLAG(int, max_models, 128, "most model entries one merge may name");
 
 namespace mergeserve {
+namespace {
+
+int Usage(const std::string& msg) {
+  std::fprintf(stderr, "mergeserve serve: %s\n", msg.c_str());
+  return 2;
+}
+
+}  // namespace
 
 int RunServeCommand(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "mergeserve serve [--listen ADDR] [--data-dir DIR] [--allow-root "
-      "DIR]...\n"
-      "Runs the gRPC merge service (RegistryService, grpc.health.v1.Health,\n"
-      "server reflection). SIGTERM drains: health goes NOT_SERVING, new calls\n"
-      "are refused and running ones get --grace-seconds to finish.");
+      "mergeserve serve [--auth token --tls-cert F --tls-key F] "
+      "[--listen ADDR] [--data-dir DIR] [--allow-root DIR]...\n"
+      "Runs the gRPC merge service (RegistryService, MergeService,\n"
+      "AdminService, grpc.health.v1.Health, authenticated reflection).\n"
+      "Without --auth token it is a development server on loopback.\n"
+      "SIGTERM drains: health goes NOT_SERVING, new work is refused and\n"
+      "running work gets --grace-seconds to finish.");
   // Flags are spelled with dashes (--data-dir); absl names use '_'.
   std::vector<std::string> storage;
   for (int i = 0; i < argc; ++i) {
@@ -91,30 +143,78 @@ int RunServeCommand(int argc, char** argv) {
   o.workers = absl::GetFlag(FLAGS_workers);
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.queue_limit = absl::GetFlag(FLAGS_queue_limit);
-  auto budget = ParseByteSize(absl::GetFlag(FLAGS_memory_budget));
-  if (!budget.ok()) {
-    std::fprintf(stderr, "mergeserve serve: --memory-budget: %s\n",
-                 std::string(budget.status().message()).c_str());
-    return 2;
+  const std::string budget_flag = absl::GetFlag(FLAGS_memory_budget);
+  if (budget_flag == "auto") {
+    o.memory_budget = UsableMemoryBytes() / 2;
+  } else {
+    auto budget = ParseByteSize(budget_flag);
+    if (!budget.ok()) {
+      return Usage(
+          absl::StrCat("--memory-budget: ", budget.status().message()));
+    }
+    o.memory_budget = *budget;
   }
-  o.memory_budget = *budget;
   auto cache = ParseByteSize(absl::GetFlag(FLAGS_cache_budget));
   if (!cache.ok()) {
-    std::fprintf(stderr, "mergeserve serve: --cache-budget: %s\n",
-                 std::string(cache.status().message()).c_str());
-    return 2;
+    return Usage(absl::StrCat("--cache-budget: ", cache.status().message()));
   }
   o.cache_budget = *cache;
   o.device = absl::GetFlag(FLAGS_device);
+  const std::string auth = absl::GetFlag(FLAGS_auth);
+  if (auth != "none" && auth != "token") {
+    return Usage("--auth must be none or token");
+  }
+  o.auth_tokens = auth == "token";
+  o.tls.cert = absl::GetFlag(FLAGS_tls_cert);
+  o.tls.key = absl::GetFlag(FLAGS_tls_key);
+  o.tls.client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  o.tls.refresh_seconds = absl::GetFlag(FLAGS_tls_refresh_seconds);
+  o.insecure = absl::GetFlag(FLAGS_insecure);
+  o.audit_log = absl::GetFlag(FLAGS_audit_log);
+  auto retention = ParseDurationMs(absl::GetFlag(FLAGS_job_retention));
+  if (!retention.ok()) {
+    return Usage(
+        absl::StrCat("--job-retention: ", retention.status().message()));
+  }
+  o.job_retention_ms = *retention;
+  o.uploads.idle_timeout = std::chrono::milliseconds(
+      int64_t{1000} * std::max(1, absl::GetFlag(FLAGS_upload_idle_seconds)));
+  o.uploads.max_files = absl::GetFlag(FLAGS_max_upload_files);
+  auto upload_bytes = ParseByteSize(absl::GetFlag(FLAGS_max_upload_bytes));
+  auto stored = ParseByteSize(absl::GetFlag(FLAGS_quota_stored_bytes));
+  auto upload_quota = ParseByteSize(absl::GetFlag(FLAGS_quota_upload_bytes));
+  auto config_bytes = ParseByteSize(absl::GetFlag(FLAGS_max_config_bytes));
+  for (const auto* v : {&upload_bytes, &stored, &upload_quota, &config_bytes}) {
+    if (!v->ok()) return Usage(std::string(v->status().message()));
+  }
+  o.uploads.max_bytes = *upload_bytes;
+  o.default_quota.max_jobs = absl::GetFlag(FLAGS_quota_jobs);
+  o.default_quota.max_stored_bytes = *stored;
+  o.default_quota.max_upload_bytes = *upload_quota;
+  o.default_quota.max_streams = absl::GetFlag(FLAGS_quota_streams);
+  o.config_limits.max_text_bytes = static_cast<size_t>(*config_bytes);
+  o.config_limits.max_models =
+      static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_max_models)));
+
   auto server = MergeServer::Start(o);
   if (!server.ok()) {
     std::fprintf(stderr, "mergeserve serve: %s\n",
                  std::string(server.status().message()).c_str());
-    return ExitCodeFor(static_cast<int>(server.status().code()));
+    return ExitCodeFor(server.status().code());
   }
-  std::printf("mergeserve: serving on port %d, metrics on port %d (data %s)\n",
-              (*server)->port(), (*server)->metrics_port(),
-              (*server)->registry().data_dir().c_str());
+  if (!(*server)->degraded().empty()) {
+    std::printf("mergeserve: NOT SERVING on port %d: %s\n", (*server)->port(),
+                (*server)->degraded().c_str());
+  } else {
+    std::printf(
+        "mergeserve: serving on %s (port %d), mode %s%s; metrics on port %d; "
+        "data %s; memory budget %s\n",
+        (*server)->listen().c_str(), (*server)->port(),
+        (*server)->mode().c_str(), o.auth_tokens ? "" : ", loopback only",
+        (*server)->metrics_port(), (*server)->data_dir().c_str(),
+        o.memory_budget > 0 ? FormatBytes(o.memory_budget).c_str()
+                            : "unlimited");
+  }
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stop, &sig);

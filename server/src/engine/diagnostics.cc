@@ -98,22 +98,43 @@ MergeDiagnostics DiagnosticsCollector::Finish(
   return out;
 }
 
+bool IsAnalyzable(const std::string& method) {
+  const MethodInfo* info = FindMethod(method);
+  return info != nullptr && info->streams && method != "linear";
+}
+
+absl::Status AnalyzableError(const std::string& method) {
+  if (FindMethod(method) == nullptr) return CreateMethod(method).status();
+  return absl::InvalidArgumentError(
+      absl::StrCat("analyze covers the task-vector methods (task_arithmetic, "
+                   "ties, dare_*, breadcrumbs*), not '",
+                   method, "'"));
+}
+
 absl::StatusOr<MergeDiagnostics> AnalyzeMerge(const MergeConfig& config,
                                               MergeOptions options) {
-  const MethodInfo* info = FindMethod(config.merge_method);
-  if (info == nullptr) return CreateMethod(config.merge_method).status();
-  if (!info->streams || config.merge_method == "linear") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("analyze covers the task-vector methods (task_arithmetic, "
-                     "ties, dare_*, "
-                     "breadcrumbs*), not '",
-                     config.merge_method, "'"));
+  if (!IsAnalyzable(config.merge_method)) {
+    return AnalyzableError(config.merge_method);
+  }
+  ModelResolver resolver = options.resolver
+                               ? options.resolver
+                               : LocalPathResolver(config.source_dir);
+  MS_ASSIGN_OR_RETURN(std::unique_ptr<MergePlan> plan,
+                      MergePlan::Create(config, resolver));
+  return AnalyzeMergePlan(std::move(plan), std::move(options));
+}
+
+absl::StatusOr<MergeDiagnostics> AnalyzeMergePlan(
+    std::unique_ptr<MergePlan> plan, MergeOptions options) {
+  const MergeConfig config = plan->config();
+  if (!IsAnalyzable(config.merge_method)) {
+    return AnalyzableError(config.merge_method);
   }
   DiagnosticsCollector collector;
   options.dry_run = true;
   options.backend = Backend::kFused;
   options.diagnostics = &collector;
-  MS_RETURN_IF_ERROR(RunMerge(config, options).status());
+  MS_RETURN_IF_ERROR(RunMergePlan(std::move(plan), options).status());
   std::vector<std::string> experts;
   const std::string base = config.base_model.value_or("");
   for (const ModelEntry& m : config.models) {

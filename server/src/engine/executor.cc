@@ -5,12 +5,11 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "mergeserve/base/byte_size.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/magnitude_selector.h"
 #include "mergeserve/engine/method_registry.h"
 #include "mergeserve/format/model_folder.h"
 #include "mergeserve/format/safetensors_writer.h"
@@ -22,14 +21,31 @@ namespace {
 
 class WriterSink : public TensorSink {
  public:
-  WriterSink(ShardedWriter& writer, size_t index, DType dtype)
-      : writer_(writer), index_(index), dtype_(dtype) {}
+  WriterSink(ShardedWriter& writer, size_t index, const PlannedTensor& tensor,
+             bool reject_non_finite)
+      : writer_(writer),
+        index_(index),
+        tensor_(tensor),
+        reject_non_finite_(reject_non_finite) {}
   absl::Status WriteF32(int64_t begin, const float* values,
                         int64_t count) override {
     thread_local std::vector<unsigned char> buf;
-    const size_t es = DTypeSize(dtype_);
+    const DType dtype = tensor_.out_dtype;
+    const size_t es = DTypeSize(dtype);
     buf.resize(static_cast<size_t>(count) * es);
-    StoreFromF32(values, count, dtype_, buf.data());
+    StoreFromF32(values, count, dtype, buf.data());
+    if (reject_non_finite_) {
+      // Checked after rounding, so a value that overflows float16 counts.
+      const int64_t bad = FindNonFinite(buf.data(), count, dtype);
+      if (bad >= 0) {
+        return absl::OutOfRangeError(absl::StrCat(
+            "merged tensor '", tensor_.name, "' holds a non-finite value (",
+            values[bad], " at element ", begin + bad, " in ",
+            std::string(DTypeName(dtype)),
+            "); check the weights, lambda and the inputs for overflow or "
+            "NaN"));
+      }
+    }
     return writer_.Write(index_, static_cast<uint64_t>(begin) * es, buf.data(),
                          buf.size());
   }
@@ -37,7 +53,8 @@ class WriterSink : public TensorSink {
  private:
   ShardedWriter& writer_;
   size_t index_;
-  DType dtype_;
+  const PlannedTensor& tensor_;
+  bool reject_non_finite_;
 };
 
 // Takes merged values and drops them (dry runs).
@@ -48,24 +65,14 @@ class DiscardSink : public TensorSink {
   }
 };
 
-absl::StatusOr<std::string> ReadSmallFile(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", p.string()));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // Copies config.json (with torch_dtype updated) and tokenizer files from the
-// reference model's folder.
+// reference model's folder, through its file check like the weights.
 absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
                            const MergeConfig& config) {
-  std::error_code ec;
-  fs::path dir(plan.reference().path());
-  if (!fs::is_directory(dir, ec)) return absl::OkStatus();
-  const fs::path cfg = dir / "config.json";
-  if (fs::exists(cfg, ec)) {
-    MS_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(cfg));
+  const ModelFolder& ref = plan.reference();
+  auto cfg = ref.ReadSideFile("config.json");
+  if (cfg.ok()) {
+    std::string text = *cfg;
     auto j = nlohmann::json::parse(text, nullptr, false);
     if (!j.is_discarded() && j.is_object()) {
       std::optional<DType> out =
@@ -74,13 +81,15 @@ absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
       text = j.dump(2) + "\n";
     }
     MS_RETURN_IF_ERROR(writer.AddFile("config.json", text));
+  } else if (!absl::IsNotFound(cfg.status())) {
+    return cfg.status();
   }
   for (const std::string& name : ModelSideFiles()) {
     if (name == "config.json") continue;  // rewritten above
-    const fs::path p = dir / name;
-    if (!fs::exists(p, ec)) continue;
-    MS_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(p));
-    MS_RETURN_IF_ERROR(writer.AddFile(name, text));
+    auto text = ref.ReadSideFile(name);
+    if (absl::IsNotFound(text.status())) continue;
+    MS_RETURN_IF_ERROR(text.status());
+    MS_RETURN_IF_ERROR(writer.AddFile(name, *text));
   }
   if (!config.source_text.empty()) {
     MS_RETURN_IF_ERROR(
@@ -102,26 +111,53 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
   const MethodInfo* info = FindMethod(plan.config().merge_method);
   const bool whole =
       backend == Backend::kAten || info == nullptr || !info->streams;
-  int64_t largest = 0;
-  for (const PlannedTensor& t : plan.tensors()) {
-    if (t.merge) largest = std::max(largest, t.numel);
-  }
-  const int64_t models = static_cast<int64_t>(plan.models().size()) + 1;
-  if (whole) return (models + 4) * largest * 4;
   const int64_t chunk = ExecContext().chunk_elems;
-  return std::max(threads, 1) * (models + 8) * chunk * 4;
+  const int64_t workers = std::max(threads, 1);
+  const int64_t models = static_cast<int64_t>(plan.models().size());
+  int64_t largest = 0, chunks = 0, tensors = 0;
+  for (const PlannedTensor& t : plan.tensors()) {
+    ++tensors;
+    if (!t.merge) continue;
+    largest = std::max(largest, t.numel);
+    chunks += (t.numel + chunk - 1) / chunk;
+  }
+  // Always: the plan's tensor tables (names, shapes, views per model), the
+  // writer's index, thread stacks and allocator slack.
+  int64_t need = (int64_t{64} << 20) + tensors * (models + 2) * 256;
+  if (whole) {
+    // Every model's copy of the largest tensor in fp32 plus temporaries.
+    need += (models + 5) * largest * 4;
+  } else {
+    // Per worker: base, τ per model (twice with diagnostics), mask, random,
+    // sums, output and its conversion buffer, one chunk each.
+    need += workers * (10 + 2 * models) * chunk * 4;
+    // Per model and chunk: keep sets of a whole-model trim (tie counts).
+    need += models * chunks * 16;
+  }
+  if (info != nullptr && info->selects) {
+    need += MagnitudeSelector::MemoryBound(models, static_cast<int>(workers),
+                                           chunks);
+  }
+  return need;
 }
 
 absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
                                       const MergeOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
   ModelResolver resolver = options.resolver
                                ? options.resolver
                                : LocalPathResolver(config.source_dir);
-  MS_ASSIGN_OR_RETURN(std::unique_ptr<MergeMethod> method,
-                      CreateMethod(config.merge_method));
+  MS_RETURN_IF_ERROR(CreateMethod(config.merge_method).status());
   MS_ASSIGN_OR_RETURN(std::unique_ptr<MergePlan> plan,
                       MergePlan::Create(config, resolver));
+  return RunMergePlan(std::move(plan), options);
+}
+
+absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
+                                          const MergeOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  const MergeConfig& config = plan->config();
+  MS_ASSIGN_OR_RETURN(std::unique_ptr<MergeMethod> method,
+                      CreateMethod(config.merge_method));
 
   ThreadPool pool(options.threads);
   at::set_num_threads(pool.num_threads());
@@ -180,6 +216,8 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
 
   MergeSummary summary;
   summary.method = config.merge_method;
+  summary.memory_estimate_bytes =
+      EstimateMergeMemory(*plan, options.backend, pool.num_threads());
   progress.phase = "merge";
   const auto& tensors = plan->tensors();
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -187,7 +225,7 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
     const PlannedTensor& t = tensors[i];
     if (t.merge) {
       if (writer) {
-        WriterSink sink(*writer, i, t.out_dtype);
+        WriterSink sink(*writer, i, t, options.reject_non_finite);
         MS_RETURN_IF_ERROR(method->MergeTensor(*plan, t, ctx, sink));
       } else {
         MS_RETURN_IF_ERROR(method->MergeTensor(*plan, t, ctx, discard));
@@ -201,6 +239,9 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
       summary.bytes_read += t.reference.info->nbytes;
       ++summary.copied;
     }
+    // A checkpoint re-saved under the merge fails it (DATA_LOSS) rather
+    // than committing a mix of old and new bytes.
+    MS_RETURN_IF_ERROR(plan->CheckInputsUnchanged());
     // Inputs of this tensor are consumed: keep RSS bounded.
     ReleaseView(t.reference);
     if (t.base.data) ReleaseView(t.base);
@@ -213,6 +254,7 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
   }
   if (writer) {
     MS_RETURN_IF_ERROR(CopySideFiles(*plan, *writer, config));
+    MS_RETURN_IF_ERROR(plan->CheckInputsUnchanged());
     summary.shards = writer->num_shards();
     MS_RETURN_IF_ERROR(writer->Commit());
     summary.output_dir = options.output_dir;

@@ -1,5 +1,6 @@
 #include "mergeserve/engine/magnitude_selector.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -36,6 +37,21 @@ class ErrorSlot {
 };
 
 }  // namespace
+
+int64_t MagnitudeSelector::MemoryBound(int64_t models, int workers,
+                                       int64_t chunks) {
+  const int64_t w = std::max(workers, 1);
+  const int64_t bins = static_cast<int64_t>(kBins);
+  // Pass 1: two uint32 histograms per (worker, model), uint64 totals.
+  const int64_t pass1 = w * 2 * bins * 4 + bins * 8;
+  // Pass 2, for up to two wanted buckets per model (keep and drop): uint64
+  // totals, a uint32 histogram per worker or a member list of at most
+  // kMaxListed uint16 values spread over per-chunk vectors.
+  const int64_t per_slot =
+      bins * 8 + std::max<int64_t>(w * bins * 4, kMaxListed * 2) + chunks * 32;
+  // Results: a tie count per chunk per query.
+  return models * (pass1 + 2 * per_slot + 2 * chunks * 8);
+}
 
 std::vector<DomainChunk> ChunkDomain(
     const std::vector<const PlannedTensor*>& domain, int64_t chunk_elems) {

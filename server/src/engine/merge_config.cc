@@ -1,5 +1,8 @@
 #include "mergeserve/engine/merge_config.h"
 
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -8,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "mergeserve/base/errors.h"
 #include "mergeserve/base/status_macros.h"
 #include "yaml-cpp/yaml.h"
 
@@ -36,10 +40,27 @@ absl::Status Invalid(const std::string& msg) {
   return absl::InvalidArgumentError(absl::StrCat("config: ", msg));
 }
 
+// What one parse may still read; aliases are charged each time they are
+// walked, so the cost of a document is what its expansion costs.
+struct Budget {
+  const ConfigLimits& limits;
+  int64_t values_left;
+  absl::Status Charge(int64_t n) {
+    values_left -= n;
+    if (values_left < 0) {
+      return Invalid(absl::StrCat(
+          "the document expands to more than ", limits.max_values,
+          " values (YAML aliases count every time they are used)"));
+    }
+    return absl::OkStatus();
+  }
+};
+
 // yaml-cpp reports errors by exception; they stop here.
 absl::StatusOr<ParamValue> ParseValue(const YAML::Node& node,
-                                      const std::string& key) {
+                                      const std::string& key, Budget& budget) {
   try {
+    MS_RETURN_IF_ERROR(budget.Charge(1));
     if (node.IsScalar()) {
       const std::string s = node.Scalar();
       if (node.Tag() != "!" && node.Tag() != "tag:yaml.org,2002:str") {
@@ -51,14 +72,24 @@ absl::StatusOr<ParamValue> ParseValue(const YAML::Node& node,
           }
         }
         double d;
-        if (YAML::convert<double>::decode(node, d))
+        if (YAML::convert<double>::decode(node, d)) {
+          if (!std::isfinite(d)) {
+            return Invalid(absl::StrCat("'", key, "' must be finite, got ", s));
+          }
           return ParamValue::Number(d);
+        }
       }
       return ParamValue::String(s);
     }
     if (node.IsSequence()) {
       if (node.size() == 0)
         return Invalid(absl::StrCat("'", key, "' is an empty list"));
+      if (node.size() > budget.limits.max_list_values) {
+        return Invalid(
+            absl::StrCat("'", key, "' has ", node.size(), " entries; at most ",
+                         budget.limits.max_list_values, " are allowed"));
+      }
+      MS_RETURN_IF_ERROR(budget.Charge(static_cast<int64_t>(node.size())));
       if (node[0].IsMap()) {
         ParamValue::FilterList filters;
         for (const auto& item : node) {
@@ -75,7 +106,8 @@ absl::StatusOr<ParamValue> ParseValue(const YAML::Node& node,
             }
           }
           if (item["filter"]) e.filter = item["filter"].as<std::string>();
-          MS_ASSIGN_OR_RETURN(ParamValue v, ParseValue(item["value"], key));
+          MS_ASSIGN_OR_RETURN(ParamValue v,
+                              ParseValue(item["value"], key, budget));
           if (v.is_filters()) {
             return Invalid(absl::StrCat("'", key, "': nested filter lists"));
           }
@@ -91,6 +123,9 @@ absl::StatusOr<ParamValue> ParseValue(const YAML::Node& node,
           return Invalid(
               absl::StrCat("'", key, "': a gradient is a list of numbers"));
         }
+        if (!std::isfinite(d)) {
+          return Invalid(absl::StrCat("'", key, "' must be finite"));
+        }
         points.push_back(d);
       }
       return ParamValue::OfGradient(std::move(points));
@@ -102,15 +137,17 @@ absl::StatusOr<ParamValue> ParseValue(const YAML::Node& node,
 }
 
 absl::StatusOr<ParamMap> ParseParams(const YAML::Node& node,
-                                     const std::string& where, bool per_model) {
+                                     const std::string& where, bool per_model,
+                                     Budget& budget) {
   ParamMap out;
   if (!node || node.IsNull()) return out;
   if (!node.IsMap()) return Invalid(where + " parameters must be a mapping");
   for (const auto& kv : node) {
+    MS_RETURN_IF_ERROR(budget.Charge(1));
     const std::string key = kv.first.as<std::string>();
     if (!IsKnownParameter(key)) {
       return Invalid(absl::StrCat(
-          "unknown parameter '", key, "' in ", where,
+          "unknown parameter '", Abbreviate(key), "' in ", where,
           " (known: ", absl::StrJoin(KnownParameters(), ", "), ")"));
     }
     if (!per_model && IsPerModelOnlyParameter(key)) {
@@ -118,7 +155,7 @@ absl::StatusOr<ParamMap> ParseParams(const YAML::Node& node,
                                   "' names a checkpoint and must be given per "
                                   "model"));
     }
-    MS_ASSIGN_OR_RETURN(out[key], ParseValue(kv.second, key));
+    MS_ASSIGN_OR_RETURN(out[key], ParseValue(kv.second, key, budget));
   }
   return out;
 }
@@ -127,7 +164,7 @@ absl::StatusOr<DType> ParseDType(const YAML::Node& node, const char* key) {
   const std::string s = node.as<std::string>();
   auto d = DTypeFromConfigName(s);
   if (!d) {
-    return Invalid(absl::StrCat("'", key, "': unknown dtype '", s,
+    return Invalid(absl::StrCat("'", key, "': unknown dtype '", Abbreviate(s),
                                 "' (use bfloat16, float16, float32 or "
                                 "float64)"));
   }
@@ -135,7 +172,8 @@ absl::StatusOr<DType> ParseDType(const YAML::Node& node, const char* key) {
 }
 
 absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
-                                        const std::string& source_dir) {
+                                        const std::string& source_dir,
+                                        Budget& budget) {
   if (!root.IsMap()) return Invalid("the document must be a mapping");
   static const std::set<std::string> kTop = {"merge_method", "base_model",
                                              "models",       "parameters",
@@ -148,7 +186,7 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
       if (key == "tokenizer_source" || key == "tokenizer") {
         hint = " (tokenizer files are copied from the base model)";
       }
-      return Invalid(absl::StrCat("unknown key '", key, "'", hint));
+      return Invalid(absl::StrCat("unknown key '", Abbreviate(key), "'", hint));
     }
   }
   MergeConfig c;
@@ -169,13 +207,19 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
                         ParseDType(root["out_dtype"], "out_dtype"));
   }
   MS_ASSIGN_OR_RETURN(c.parameters,
-                      ParseParams(root["parameters"], "global", false));
+                      ParseParams(root["parameters"], "global", false, budget));
   const YAML::Node models = root["models"];
   if (!models || !models.IsSequence() || models.size() == 0) {
     return Invalid("models must be a non-empty list");
   }
+  if (models.size() > budget.limits.max_models) {
+    return Invalid(absl::StrCat("models lists ", models.size(),
+                                " entries; at most ", budget.limits.max_models,
+                                " are allowed"));
+  }
   for (size_t i = 0; i < models.size(); ++i) {
     const YAML::Node m = models[i];
+    MS_RETURN_IF_ERROR(budget.Charge(1));
     ModelEntry e;
     if (m.IsScalar()) {
       e.model = m.as<std::string>();
@@ -183,8 +227,8 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
       for (const auto& kv : m) {
         const std::string key = kv.first.as<std::string>();
         if (key != "model" && key != "parameters") {
-          return Invalid(
-              absl::StrCat("unknown key '", key, "' in models[", i, "]"));
+          return Invalid(absl::StrCat("unknown key '", Abbreviate(key),
+                                      "' in models[", i, "]"));
         }
       }
       if (!m["model"] || !m["model"].IsScalar()) {
@@ -194,8 +238,9 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
       e.model = m["model"].as<std::string>();
       MS_ASSIGN_OR_RETURN(
           e.parameters,
-          ParseParams(m["parameters"], absl::StrCat("model '", e.model, "'"),
-                      true));
+          ParseParams(m["parameters"],
+                      absl::StrCat("model '", Abbreviate(e.model), "'"), true,
+                      budget));
     } else {
       return Invalid(absl::StrCat("models[", i, "] must be a mapping"));
     }
@@ -214,10 +259,17 @@ bool IsPerModelOnlyParameter(const std::string& key) {
   return key == "fisher" || key == "gram";
 }
 
-absl::StatusOr<MergeConfig> MergeConfig::FromYaml(
-    const std::string& text, const std::string& source_dir) {
+absl::StatusOr<MergeConfig> MergeConfig::FromYaml(const std::string& text,
+                                                  const std::string& source_dir,
+                                                  const ConfigLimits& limits) {
+  if (text.size() > limits.max_text_bytes) {
+    return Invalid(absl::StrCat("the document is ", text.size(),
+                                " bytes; at most ", limits.max_text_bytes,
+                                " are allowed"));
+  }
+  Budget budget{limits, limits.max_values};
   try {
-    auto c = ParseConfig(YAML::Load(text), source_dir);
+    auto c = ParseConfig(YAML::Load(text), source_dir, budget);
     if (c.ok()) c->source_text = text;
     return c;
   } catch (const YAML::Exception& e) {
@@ -225,7 +277,8 @@ absl::StatusOr<MergeConfig> MergeConfig::FromYaml(
   }
 }
 
-absl::StatusOr<MergeConfig> MergeConfig::FromYamlFile(const std::string& path) {
+absl::StatusOr<MergeConfig> MergeConfig::FromYamlFile(
+    const std::string& path, const ConfigLimits& limits) {
   std::ifstream in(path);
   if (!in) {
     return absl::NotFoundError(absl::StrCat("cannot read config ", path));
@@ -233,7 +286,115 @@ absl::StatusOr<MergeConfig> MergeConfig::FromYamlFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   auto parent = std::filesystem::path(path).parent_path();
-  return FromYaml(ss.str(), parent.empty() ? "." : parent.string());
+  return FromYaml(ss.str(), parent.empty() ? "." : parent.string(), limits);
+}
+
+namespace {
+
+// The shortest decimal that reads back as exactly `v`.
+std::string ExactNumber(double v) {
+  char buf[40];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  std::string s = buf;
+  // Keep it a float for YAML readers that care ("1" reads as an int).
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
+}
+
+std::string Quoted(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(static_cast<char>(c));
+    } else if (c < 0x20 || c == 0x7f) {
+      char esc[8];
+      std::snprintf(esc, sizeof esc, "\\x%02x", c);
+      out += esc;
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out + "\"";
+}
+
+// A string as YAML: plain when it reads back as the same string, quoted
+// otherwise (numbers, booleans, nulls and anything with syntax in it).
+std::string Scalar(const std::string& s) {
+  static const std::set<std::string> kSpecial = {
+      "true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"};
+  bool plain = !s.empty() &&
+               (std::isalpha(static_cast<unsigned char>(s[0])) || s[0] == '_');
+  for (char c : s) {
+    plain = plain && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' ||
+                      c == '-' || c == '.' || c == '/');
+  }
+  std::string lower = s;
+  for (char& c : lower) c = static_cast<char>(std::tolower(c));
+  if (plain && !kSpecial.count(lower)) return s;
+  return Quoted(s);
+}
+
+std::string ValueYaml(const ParamValue& v) {
+  if (v.is_number()) return ExactNumber(*v.ResolveNumber("", "", 0));
+  if (v.is_bool()) return *v.AsBool("") ? "true" : "false";
+  if (v.is_string()) return Scalar(*v.AsString(""));
+  if (v.is_gradient()) {
+    std::string out = "[";
+    const auto& points = v.gradient();
+    for (size_t i = 0; i < points.size(); ++i) {
+      absl::StrAppend(&out, i ? ", " : "", ExactNumber(points[i]));
+    }
+    return out + "]";
+  }
+  std::string out = "[";
+  const auto& filters = v.filters();
+  for (size_t i = 0; i < filters.size(); ++i) {
+    absl::StrAppend(&out, i ? ", " : "", "{");
+    if (filters[i].filter) {
+      absl::StrAppend(&out, "filter: ", Scalar(*filters[i].filter), ", ");
+    }
+    absl::StrAppend(&out, "value: ", ValueYaml(filters[i].value[0]), "}");
+  }
+  return out + "]";
+}
+
+void AppendParams(const ParamMap& params, const std::string& indent,
+                  std::string* out) {
+  for (const auto& [key, value] : params) {
+    absl::StrAppend(out, indent, key, ": ", ValueYaml(value), "\n");
+  }
+}
+
+}  // namespace
+
+std::string MergeConfig::ToYaml() const {
+  std::string out = absl::StrCat("merge_method: ", Scalar(merge_method), "\n");
+  if (base_model) {
+    absl::StrAppend(&out, "base_model: ", Scalar(*base_model), "\n");
+  }
+  if (dtype)
+    absl::StrAppend(&out, "dtype: ", std::string(TorchDTypeName(*dtype)), "\n");
+  if (out_dtype) {
+    absl::StrAppend(
+        &out, "out_dtype: ", std::string(TorchDTypeName(*out_dtype)), "\n");
+  }
+  if (!parameters.empty()) {
+    absl::StrAppend(&out, "parameters:\n");
+    AppendParams(parameters, "  ", &out);
+  }
+  absl::StrAppend(&out, "models:\n");
+  for (const ModelEntry& m : models) {
+    absl::StrAppend(&out, "  - model: ", Scalar(m.model), "\n");
+    if (!m.parameters.empty()) {
+      absl::StrAppend(&out, "    parameters:\n");
+      AppendParams(m.parameters, "      ", &out);
+    }
+  }
+  return out;
 }
 
 }  // namespace mergeserve

@@ -12,6 +12,10 @@
 
 namespace mergeserve {
 namespace fs = std::filesystem;
+namespace {
+// Largest magnitude accepted for a weight, lambda or similar scale.
+constexpr double kMaxScale = 1e6;
+}  // namespace
 
 ModelResolver LocalPathResolver(const std::string& source_dir) {
   return [source_dir](const std::string& ref) -> absl::StatusOr<std::string> {
@@ -50,16 +54,18 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
   std::map<std::string, const ModelFolder*> opened;  // by resolved path
   auto open =
       [&](const std::string& ref) -> absl::StatusOr<const ModelFolder*> {
-    MS_ASSIGN_OR_RETURN(std::string path, resolver(ref));
+    MS_ASSIGN_OR_RETURN(ModelLocation where, resolver(ref));
+    const std::string& path = where.path;
     auto it = opened.find(path);
     if (it != opened.end()) return it->second;
-    auto folder = ModelFolder::Open(path);
+    auto folder = ModelFolder::Open(path, std::move(where.check));
     if (!folder.ok()) {
       return absl::Status(
           folder.status().code(),
           absl::StrCat("model '", ref, "': ", folder.status().message()));
     }
     plan->folders_.push_back(*std::move(folder));
+    plan->folder_refs_.push_back(ref);
     opened[path] = plan->folders_.back().get();
     return plan->folders_.back().get();
   };
@@ -167,36 +173,58 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     plan->tensors_.push_back(std::move(t));
   }
 
-  // Range checks that hold for every method, per tensor (values may vary).
+  // Range checks that hold for every method. A per-tensor value is always
+  // one of the numbers written (a filter entry's value, or a point between
+  // two gradient points), so checking every number written bounds every
+  // value a tensor can get, at a cost independent of the tensor count.
   struct Range {
     const char* key;
     double lo, hi;
   };
-  static constexpr Range kRanges[] = {
-      {"density", 0, 1}, {"gamma", 0, 1}, {"epsilon", 0, 1}, {"t", 0, 1}};
-  for (const PlannedTensor& t : plan->tensors_) {
-    if (!t.merge) continue;
-    for (int m = -1; m < static_cast<int>(plan->models_.size()); ++m) {
-      for (const Range& r : kRanges) {
-        if (!plan->Find(r.key, m)) continue;
-        MS_ASSIGN_OR_RETURN(double v, plan->Number(r.key, m, t, 0));
+  // Numbers that scale the weights must also stay of a size no real merge
+  // needs, so overflow (weight: 1e308) is refused up front.
+  static constexpr Range kRanges[] = {{"density", 0, 1},
+                                      {"gamma", 0, 1},
+                                      {"epsilon", 0, 1},
+                                      {"t", 0, 1},
+                                      {"weight", -kMaxScale, kMaxScale},
+                                      {"lambda", -kMaxScale, kMaxScale},
+                                      {"alpha", -kMaxScale, kMaxScale},
+                                      {"ridge", 0, kMaxScale},
+                                      {"fisher_floor", 0, kMaxScale}};
+  auto check = [&](const ParamMap& params,
+                   const std::string& where) -> absl::Status {
+    for (const Range& r : kRanges) {
+      auto it = params.find(r.key);
+      if (it == params.end()) continue;
+      std::vector<double> numbers;
+      std::vector<const ParamValue*> todo = {&it->second};
+      while (!todo.empty()) {
+        const ParamValue* v = todo.back();
+        todo.pop_back();
+        if (v->is_number()) {
+          numbers.push_back(*v->ResolveNumber(r.key, "", 0));
+        } else if (v->is_gradient()) {
+          numbers.insert(numbers.end(), v->gradient().begin(),
+                         v->gradient().end());
+        } else if (v->is_filters()) {
+          for (const auto& e : v->filters()) todo.push_back(&e.value[0]);
+        }
+        // Bools and strings fail with a clearer message when resolved.
+      }
+      for (double v : numbers) {
         if (!(v >= r.lo && v <= r.hi)) {
           return absl::InvalidArgumentError(absl::StrCat(
-              r.key, " must be in [", r.lo, ", ", r.hi, "], got ", v,
-              m >= 0 ? absl::StrCat(" for model '", plan->models_[m].ref, "'")
-                     : std::string(" (global)"),
-              " at tensor '", t.name, "'"));
-        }
-      }
-      for (const char* key : {"weight", "lambda"}) {
-        if (!plan->Find(key, m)) continue;
-        MS_ASSIGN_OR_RETURN(double v, plan->Number(key, m, t, 0));
-        if (!std::isfinite(v)) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(key, " must be finite at tensor '", t.name, "'"));
+              r.key, " must be in [", r.lo, ", ", r.hi, "], got ", v, where));
         }
       }
     }
+    return absl::OkStatus();
+  };
+  MS_RETURN_IF_ERROR(check(c.parameters, " (global)"));
+  for (const PlannedModel& m : plan->models_) {
+    MS_RETURN_IF_ERROR(
+        check(m.parameters, absl::StrCat(" for model '", m.ref, "'")));
   }
   return plan;
 }
@@ -264,6 +292,17 @@ absl::StatusOr<TensorView> MergePlan::Aux(int model, const std::string& kind,
                      " checkpoint of model '", m.ref, "'"));
   }
   return it->second->View(*info);
+}
+
+absl::Status MergePlan::CheckInputsUnchanged() const {
+  for (size_t i = 0; i < folders_.size(); ++i) {
+    absl::Status s = folders_[i]->CheckUnchanged();
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("model '", folder_refs_[i],
+                                                 "': ", s.message()));
+    }
+  }
+  return absl::OkStatus();
 }
 
 uint64_t MergePlan::input_bytes() const {

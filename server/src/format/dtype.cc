@@ -181,4 +181,37 @@ void StoreFromF32(const float* src, int64_t count, DType dst_type, void* dst) {
   }
 }
 
+int64_t FindNonFinite(const void* data, int64_t count, DType dtype) {
+  // All-ones exponent means infinity or NaN in every IEEE-like format.
+  auto scan16 = [&](uint16_t mask) -> int64_t {
+    const auto* p = static_cast<const uint16_t*>(data);
+    for (int64_t i = 0; i < count; ++i) {
+      if ((p[i] & mask) == mask) return i;
+    }
+    return -1;
+  };
+  switch (dtype) {
+    case DType::kBF16:
+      return scan16(0x7f80);
+    case DType::kF16:
+      return scan16(0x7c00);
+    case DType::kF32: {
+      const auto* p = static_cast<const uint32_t*>(data);
+      for (int64_t i = 0; i < count; ++i) {
+        if ((p[i] & 0x7f800000u) == 0x7f800000u) return i;
+      }
+      return -1;
+    }
+    case DType::kF64: {
+      const auto* p = static_cast<const uint64_t*>(data);
+      for (int64_t i = 0; i < count; ++i) {
+        if ((p[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull) return i;
+      }
+      return -1;
+    }
+    default:
+      return -1;
+  }
+}
+
 }  // namespace mergeserve

@@ -1,19 +1,61 @@
 #include "mergeserve/format/model_folder.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "mergeserve/base/errors.h"
 #include "mergeserve/base/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace mergeserve {
 namespace fs = std::filesystem;
+namespace {
+
+// Reads a small file through one descriptor whose real path `check` vets.
+absl::StatusOr<std::string> ReadChecked(const std::string& path,
+                                        const FileCheck& check,
+                                        size_t max_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open ", path));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  if (check) {
+    char link[64];
+    std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    char real[4096];
+    const ssize_t n = ::readlink(link, real, sizeof real - 1);
+    MS_RETURN_IF_ERROR(
+        check(n > 0 ? std::string(real, static_cast<size_t>(n)) : path));
+  }
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    const ssize_t r = ::read(fd, buf, sizeof buf);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("cannot read ", path));
+    }
+    if (r == 0) break;
+    out.append(buf, static_cast<size_t>(r));
+    if (out.size() > max_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, " is larger than ", max_bytes, " bytes"));
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 const std::vector<std::string>& ModelSideFiles() {
   static const auto* kFiles =
@@ -44,6 +86,7 @@ bool IsModelFile(const std::string& n) {
 
 absl::Status ModelFolder::AddShard(const std::string& file) {
   MS_ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(file));
+  if (check_) MS_RETURN_IF_ERROR(check_(reader->file().real_path()));
   const size_t shard = shards_.size();
   for (const TensorInfo& t : reader->tensors()) {
     auto [it, inserted] = index_.emplace(t.name, std::make_pair(shard, &t));
@@ -58,9 +101,10 @@ absl::Status ModelFolder::AddShard(const std::string& file) {
 }
 
 absl::StatusOr<std::unique_ptr<ModelFolder>> ModelFolder::Open(
-    const std::string& path) {
+    const std::string& path, FileCheck check) {
   std::unique_ptr<ModelFolder> m(new ModelFolder());
   m->path_ = path;
+  m->check_ = std::move(check);
   std::error_code ec;
   if (!fs::exists(path, ec)) {
     return absl::NotFoundError(absl::StrCat("model path not found: ", path));
@@ -72,10 +116,9 @@ absl::StatusOr<std::unique_ptr<ModelFolder>> ModelFolder::Open(
     const fs::path index = dir / "model.safetensors.index.json";
     const fs::path single = dir / "model.safetensors";
     if (fs::exists(index, ec)) {
-      std::ifstream in(index);
-      std::stringstream ss;
-      ss << in.rdbuf();
-      auto j = nlohmann::json::parse(ss.str(), nullptr, false);
+      MS_ASSIGN_OR_RETURN(std::string text,
+                          ReadChecked(index.string(), m->check_, 64 << 20));
+      auto j = nlohmann::json::parse(text, nullptr, false);
       if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
           !j["weight_map"].is_object()) {
         return absl::DataLossError(
@@ -147,6 +190,25 @@ const TensorInfo* ModelFolder::Find(const std::string& name) const {
 TensorView ModelFolder::View(const TensorInfo& info) const {
   auto it = index_.find(info.name);
   return shards_[it->second.first]->View(info);
+}
+
+absl::Status ModelFolder::CheckUnchanged() const {
+  for (const auto& s : shards_) MS_RETURN_IF_ERROR(s->file().CheckUnchanged());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ModelFolder::ReadSideFile(const std::string& name,
+                                                      size_t max_bytes) const {
+  std::error_code ec;
+  const fs::path dir(path_);
+  if (!IsModelFile(name) || !fs::is_directory(dir, ec)) {
+    return absl::NotFoundError(absl::StrCat("no side file ", name));
+  }
+  if (!fs::exists(dir / name, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("no side file ", name, " in ", path_));
+  }
+  return ReadChecked((dir / name).string(), check_, max_bytes);
 }
 
 uint64_t ModelFolder::total_bytes() const {

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "mergeserve/base/errors.h"
 #include "mergeserve/base/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -18,9 +19,9 @@ namespace mergeserve {
 namespace fs = std::filesystem;
 namespace {
 
+// A full disk is RESOURCE_EXHAUSTED, not INTERNAL.
 absl::Status IoError(const std::string& what, const std::string& path) {
-  return absl::InternalError(
-      absl::StrCat(what, " ", path, ": ", strerror(errno)));
+  return ErrnoStatus(errno, absl::StrCat(what, " ", path));
 }
 
 absl::Status WriteAll(int fd, const void* data, uint64_t size, uint64_t offset,
@@ -74,8 +75,8 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
       out.parent_path().empty() ? fs::path(".") : out.parent_path();
   fs::create_directories(parent, ec);
   if (ec) {
-    return absl::InternalError(
-        absl::StrCat("cannot create ", parent.string(), ": ", ec.message()));
+    return ErrnoStatus(ec.value(),
+                       absl::StrCat("cannot create ", parent.string()));
   }
   std::unique_ptr<ShardedWriter> w(new ShardedWriter());
   options.output_dir = out.string();
@@ -85,8 +86,9 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
   w->temp_dir_ =
       absl::StrFormat("%s%s%d-%08x", out.string(), kTempSuffix, getpid(), rd());
   if (!fs::create_directory(w->temp_dir_, ec)) {
-    return absl::InternalError(absl::StrCat("cannot create temporary folder ",
-                                            w->temp_dir_, ": ", ec.message()));
+    return ErrnoStatus(
+        ec.value(),
+        absl::StrCat("cannot create temporary folder ", w->temp_dir_));
   }
 
   // Assign tensors to shards in order.
@@ -140,7 +142,15 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
       len[b] = static_cast<unsigned char>(hl >> (8 * b));
     MS_RETURN_IF_ERROR(WriteAll(shard.fd, len, 8, 0, path));
     MS_RETURN_IF_ERROR(WriteAll(shard.fd, text.data(), text.size(), 8, path));
-    if (::ftruncate(shard.fd, static_cast<off_t>(shard.size)) != 0) {
+    // Reserve the whole shard now, so a disk too small fails before the
+    // merge starts (file systems without fallocate get a sparse file).
+    const int rc =
+        ::posix_fallocate(shard.fd, 0, static_cast<off_t>(shard.size));
+    if (rc == ENOSPC || rc == EDQUOT || rc == EFBIG) {
+      errno = rc;
+      return IoError("cannot reserve space for", path);
+    }
+    if (rc != 0 && ::ftruncate(shard.fd, static_cast<off_t>(shard.size)) != 0) {
       return IoError("cannot size", path);
     }
   }

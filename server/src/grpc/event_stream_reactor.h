@@ -1,9 +1,11 @@
-// A server stream fed by a long computation (evaluation, sweeps): the
-// producer runs on its own thread and emits events; the reactor keeps one
-// write in flight and queues the rest (progress events replace an unsent
-// progress event, so a slow reader gets fewer, fresher ones). The call ends
-// with the producer's status once every event is written. A cancelled call
-// asks the producer to stop (emit returns false, cancelled() turns true).
+// A server stream fed from outside gRPC's threads: by a work item on the
+// executor (evaluation, sweep) or by job listeners. Producers emit events
+// through a shared Emitter and call Done(status) once when nothing more will
+// come; the reactor keeps one write in flight and queues the rest (progress
+// events replace an unsent progress event, so a slow reader gets fewer,
+// fresher ones), then finishes with that status. A cancelled call tells the
+// producer (cancelled() turns true, on_cancel runs). The reactor owns no
+// thread.
 #ifndef MERGESERVE_GRPC_EVENT_STREAM_REACTOR_H_
 #define MERGESERVE_GRPC_EVENT_STREAM_REACTOR_H_
 
@@ -14,22 +16,27 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <thread>
+#include <string>
 
 #include "absl/status/status.h"
+#include "grpc/authorizer.h"
 #include "grpc/status_util.h"
 
 namespace mergeserve {
 
 template <typename Event>
 class EventStreamReactor : public grpc::ServerWriteReactor<Event> {
+ private:
+  struct State;
+
  public:
   class Emitter {
    public:
+    explicit Emitter(std::shared_ptr<State> s) : state_(std::move(s)) {}
     // Queues an event; `progress` events may be replaced by a newer one.
     bool Emit(const Event& e, bool progress = false) {
       std::lock_guard<std::mutex> lock(state_->mu);
-      if (state_->cancelled) return false;
+      if (state_->cancelled || state_->done) return false;
       if (progress && !state_->queue.empty() && state_->queue.back().second) {
         state_->queue.back().first = e;
       } else {
@@ -38,41 +45,78 @@ class EventStreamReactor : public grpc::ServerWriteReactor<Event> {
       if (state_->reactor != nullptr) state_->reactor->PumpLocked();
       return true;
     }
+    // No more events; the call ends with `status` once the queue is sent.
+    // Only the first call counts.
+    void Done(const absl::Status& status) {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      if (state_->done) return;
+      state_->done = true;
+      state_->status = state_->cancelled
+                           ? absl::CancelledError("the client went away")
+                           : status;
+      if (state_->reactor != nullptr) state_->reactor->PumpLocked();
+    }
     const std::atomic<bool>* cancelled() const { return &state_->cancelled; }
+    bool done() const {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      return state_->done;
+    }
+    // Runs when the client cancels (before Done), e.g. to cancel the work.
+    void OnCancel(std::function<void()> fn) {
+      bool now = false;
+      {
+        std::lock_guard<std::mutex> lock(state_->mu);
+        if (state_->cancelled) {
+          now = true;
+        } else {
+          state_->on_cancel = std::move(fn);
+        }
+      }
+      if (now && fn) fn();
+    }
 
    private:
-    friend class EventStreamReactor;
-    explicit Emitter(std::shared_ptr<typename EventStreamReactor::State> s)
-        : state_(std::move(s)) {}
-    std::shared_ptr<typename EventStreamReactor::State> state_;
+    std::shared_ptr<State> state_;
   };
-  using Producer = std::function<absl::Status(Emitter&)>;
 
-  explicit EventStreamReactor(Producer producer)
-      : state_(std::make_shared<State>()) {
+  // `resource` names what the stream is about in the audit log.
+  EventStreamReactor(Authorizer& auth, Caller caller, StreamSlot slot,
+                     std::string resource)
+      : auth_(auth),
+        caller_(std::move(caller)),
+        slot_(std::move(slot)),
+        resource_(std::move(resource)),
+        state_(std::make_shared<State>()) {
     state_->reactor = this;
-    std::thread([state = state_, producer = std::move(producer)] {
-      Emitter emitter(state);
-      absl::Status status = producer(emitter);
-      std::lock_guard<std::mutex> lock(state->mu);
-      state->done = true;
-      state->status = state->cancelled
-                          ? absl::CancelledError("the client went away")
-                          : status;
-      if (state->reactor != nullptr) state->reactor->PumpLocked();
-    }).detach();
+  }
+  std::shared_ptr<Emitter> emitter() {
+    return std::make_shared<Emitter>(state_);
   }
 
   void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    state_->writing = false;
-    if (!ok) state_->cancelled = true;
-    PumpLocked();
+    std::function<void()> cancel;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      state_->writing = false;
+      if (!ok && !state_->cancelled) {
+        state_->cancelled = true;
+        cancel = std::move(state_->on_cancel);
+      }
+      PumpLocked();
+    }
+    if (cancel) cancel();
   }
   void OnCancel() override {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    state_->cancelled = true;
-    PumpLocked();
+    std::function<void()> cancel;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      if (!state_->cancelled) {
+        state_->cancelled = true;
+        cancel = std::move(state_->on_cancel);
+      }
+      PumpLocked();
+    }
+    if (cancel) cancel();
   }
   void OnDone() override {
     {
@@ -84,10 +128,11 @@ class EventStreamReactor : public grpc::ServerWriteReactor<Event> {
 
  private:
   struct State {
-    std::mutex mu;
+    mutable std::mutex mu;
     EventStreamReactor* reactor = nullptr;
     std::deque<std::pair<Event, bool>> queue;
     std::atomic<bool> cancelled{false};
+    std::function<void()> on_cancel;
     bool writing = false;
     bool done = false;
     bool finished = false;
@@ -106,12 +151,27 @@ class EventStreamReactor : public grpc::ServerWriteReactor<Event> {
     }
     if (state_->done) {
       state_->finished = true;
+      auth_.Finished(caller_, resource_, state_->status);
       this->Finish(ToGrpcStatus(state_->status));
     }
   }
 
+  Authorizer& auth_;
+  Caller caller_;
+  StreamSlot slot_;
+  std::string resource_;
   std::shared_ptr<State> state_;
   Event current_;
+};
+
+// A stream refused before it began.
+template <typename Event>
+class RefusedStream : public grpc::ServerWriteReactor<Event> {
+ public:
+  explicit RefusedStream(const absl::Status& s) {
+    this->Finish(ToGrpcStatus(s));
+  }
+  void OnDone() override { delete this; }
 };
 
 }  // namespace mergeserve

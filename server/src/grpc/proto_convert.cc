@@ -1,5 +1,6 @@
 #include "grpc/proto_convert.h"
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -12,9 +13,12 @@ v1::TensorDType ToProto(DType dtype) {
 
 void ToProto(const CheckpointRecord& r, v1::Checkpoint* out) {
   out->set_name(r.name);
+  out->set_tenant(r.tenant);
+  out->set_uploaded(r.owned);
+  out->set_published(r.published);
   out->set_role(static_cast<v1::CheckpointRole>(static_cast<int>(r.role)));
   out->set_base(r.base);
-  out->set_path(r.path);
+  if (!r.owned) out->set_path(r.path);
   for (const auto& [k, v] : r.labels) (*out->mutable_labels())[k] = v;
   out->set_content_digest(r.content_digest);
   out->set_size_bytes(r.size_bytes);
@@ -23,7 +27,11 @@ void ToProto(const CheckpointRecord& r, v1::Checkpoint* out) {
   out->mutable_create_time()->set_seconds(r.create_time_ms / 1000);
   out->mutable_create_time()->set_nanos(
       static_cast<int32_t>((r.create_time_ms % 1000) * 1000000));
-  out->set_program(r.program);
+  if (!r.owned) {
+    out->set_program(r.program);
+  } else if (!r.program.empty()) {
+    out->set_program("program.pt");
+  }
   out->set_task(r.task);
   out->set_program_digest(r.program_digest);
   for (const TensorMeta& t : r.tensors) {
@@ -64,9 +72,11 @@ absl::StatusOr<CheckpointRecord> FromProto(const v1::Checkpoint& p) {
 
 void ToProto(const DatasetRecord& d, v1::Dataset* out) {
   out->set_name(d.name);
+  out->set_tenant(d.tenant);
+  out->set_uploaded(d.owned);
   out->set_task(d.task);
   out->set_role(static_cast<v1::DatasetRole>(static_cast<int>(d.role)));
-  out->set_path(d.path);
+  if (!d.owned) out->set_path(d.path);
   out->set_content_digest(d.content_digest);
   out->set_examples(d.examples);
   out->set_has_labels(d.has_labels);
@@ -133,22 +143,12 @@ void SetTime(int64_t ms, google::protobuf::Timestamp* t) {
   t->set_nanos(static_cast<int32_t>((ms % 1000) * 1000000));
 }
 
-// YAML double-quoted scalar.
-std::string Quote(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  return out + "\"";
-}
-
-std::string Num(double v) { return absl::StrCat(v); }
-
 }  // namespace
 
 void ToProto(const JobRecord& r, v1::MergeJob* out) {
   out->set_id(r.id);
+  out->set_tenant(r.tenant);
+  out->set_method(r.method);
   out->set_state(static_cast<v1::JobState>(static_cast<int>(r.state)));
   out->set_config_yaml(r.config_yaml);
   out->set_request_digest("sha256:" + r.request_digest);
@@ -203,94 +203,150 @@ absl::StatusOr<JobState> JobStateFromProto(v1::JobState state) {
   return static_cast<JobState>(static_cast<int>(state));
 }
 
-absl::StatusOr<std::string> SpecToYaml(const v1::MergeSpec& spec) {
+std::string MethodName(v1::MergeMethod method) {
+  std::string name = v1::MergeMethod_Name(method);
+  const std::string prefix = "MERGE_METHOD_";
+  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
+  return absl::AsciiStrToLower(name);
+}
+
+PageRequest PageFromProto(int32_t page_size, const std::string& page_token) {
+  return {ClampPageSize(page_size, 100, 1000), page_token};
+}
+
+namespace {
+
+void SetIf(bool has, double v, const char* key, ParamMap* params) {
+  if (has) (*params)[key] = ParamValue::Number(v);
+}
+
+}  // namespace
+
+absl::StatusOr<MergeConfig> SpecToConfig(const v1::MergeSpec& spec,
+                                         const ConfigLimits& limits) {
   if (spec.spec_case() == v1::MergeSpec::kConfigYaml) {
     if (spec.config_yaml().empty()) {
       return absl::InvalidArgumentError("spec.config_yaml is empty");
     }
-    return spec.config_yaml();
+    return MergeConfig::FromYaml(spec.config_yaml(), "", limits);
   }
   if (spec.spec_case() != v1::MergeSpec::kStructured) {
     return absl::InvalidArgumentError(
         "spec needs either structured or config_yaml");
   }
   const v1::StructuredMerge& m = spec.structured();
-  static const char* kMethods[] = {
-      "",          "linear",      "task_arithmetic",  "ties",    "dare_linear",
-      "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della",   "della_linear",
-      "slerp",     "model_stock", "fisher",           "regmean", "ri"};
-  if (m.method() <= v1::MERGE_METHOD_UNSPECIFIED ||
-      m.method() > v1::MERGE_METHOD_RI) {
+  if (m.method() == v1::MERGE_METHOD_UNSPECIFIED ||
+      !v1::MergeMethod_IsValid(m.method())) {
     return absl::InvalidArgumentError("spec.structured.method is required");
   }
   if (m.models_size() == 0) {
     return absl::InvalidArgumentError("spec.structured.models is empty");
   }
-  std::string y = absl::StrCat("merge_method: ", kMethods[m.method()], "\n");
-  if (!m.base_model().empty()) {
-    absl::StrAppend(&y, "base_model: ", Quote(m.base_model()), "\n");
+  if (static_cast<size_t>(m.models_size()) > limits.max_models) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: models lists ", m.models_size(),
+                     " entries; at most ", limits.max_models, " are allowed"));
   }
-  absl::StrAppend(&y, "models:\n");
+  MergeConfig c;
+  c.merge_method = MethodName(m.method());
+  if (!m.base_model().empty()) c.base_model = m.base_model();
   for (const v1::ModelSpec& ms : m.models()) {
-    absl::StrAppend(&y, "  - model: ", Quote(ms.checkpoint()), "\n");
-    std::vector<std::string> params;
-    if (ms.has_weight()) params.push_back("weight: " + Num(ms.weight()));
-    if (ms.has_density()) params.push_back("density: " + Num(ms.density()));
-    if (ms.has_gamma()) params.push_back("gamma: " + Num(ms.gamma()));
-    if (ms.has_epsilon()) params.push_back("epsilon: " + Num(ms.epsilon()));
-    if (!ms.fisher().empty()) params.push_back("fisher: " + Quote(ms.fisher()));
-    if (!ms.gram().empty()) params.push_back("gram: " + Quote(ms.gram()));
-    if (!params.empty()) {
-      absl::StrAppend(&y, "    parameters: {", absl::StrJoin(params, ", "),
-                      "}\n");
+    ModelEntry e;
+    e.model = ms.checkpoint();
+    SetIf(ms.has_weight(), ms.weight(), "weight", &e.parameters);
+    SetIf(ms.has_density(), ms.density(), "density", &e.parameters);
+    SetIf(ms.has_gamma(), ms.gamma(), "gamma", &e.parameters);
+    SetIf(ms.has_epsilon(), ms.epsilon(), "epsilon", &e.parameters);
+    if (!ms.fisher().empty()) {
+      e.parameters["fisher"] = ParamValue::String(ms.fisher());
     }
+    if (!ms.gram().empty())
+      e.parameters["gram"] = ParamValue::String(ms.gram());
+    c.models.push_back(std::move(e));
   }
-  std::vector<std::string> global;
-  if (m.has_lambda()) global.push_back("lambda: " + Num(m.lambda()));
+  SetIf(m.has_lambda(), m.lambda(), "lambda", &c.parameters);
+  SetIf(m.has_t(), m.t(), "t", &c.parameters);
   if (m.has_normalize())
-    global.push_back(m.normalize() ? "normalize: true" : "normalize: false");
-  if (m.has_t()) global.push_back("t: " + Num(m.t()));
-  if (m.has_seed()) global.push_back(absl::StrCat("seed: ", m.seed()));
+    c.parameters["normalize"] = ParamValue::Bool(m.normalize());
+  if (m.has_seed()) {
+    c.parameters["seed"] = ParamValue::Number(static_cast<double>(m.seed()));
+  }
   switch (m.semantics()) {
     case v1::SEMANTICS_MERGEKIT:
-      global.push_back("semantics: mergekit");
+      c.parameters["semantics"] = ParamValue::String("mergekit");
       break;
     case v1::SEMANTICS_PAPER:
-      global.push_back("semantics: paper");
+      c.parameters["semantics"] = ParamValue::String("paper");
       break;
     case v1::SEMANTICS_PEFT:
-      global.push_back("semantics: peft");
+      c.parameters["semantics"] = ParamValue::String("peft");
       break;
     default:
       break;
   }
   switch (m.trim_scope()) {
     case v1::TRIM_SCOPE_TENSOR:
-      global.push_back("trim_scope: tensor");
+      c.parameters["trim_scope"] = ParamValue::String("tensor");
       break;
     case v1::TRIM_SCOPE_MODEL:
-      global.push_back("trim_scope: model");
+      c.parameters["trim_scope"] = ParamValue::String("model");
       break;
     default:
       break;
-  }
-  if (!global.empty()) {
-    absl::StrAppend(&y, "parameters: {", absl::StrJoin(global, ", "), "}\n");
   }
   switch (m.out_dtype()) {
     case v1::OUTPUT_DTYPE_BFLOAT16:
-      absl::StrAppend(&y, "out_dtype: bfloat16\n");
+      c.out_dtype = DType::kBF16;
       break;
     case v1::OUTPUT_DTYPE_FLOAT16:
-      absl::StrAppend(&y, "out_dtype: float16\n");
+      c.out_dtype = DType::kF16;
       break;
     case v1::OUTPUT_DTYPE_FLOAT32:
-      absl::StrAppend(&y, "out_dtype: float32\n");
+      c.out_dtype = DType::kF32;
       break;
     default:
       break;
   }
-  return y;
+  return c;
+}
+
+void ToProto(const TokenRecord& t, v1::Token* out) {
+  out->set_id(t.id);
+  out->set_tenant(t.tenant);
+  out->set_role(static_cast<v1::Role>(static_cast<int>(t.role)));
+  out->set_description(t.description);
+  SetTime(t.create_ms, out->mutable_create_time());
+  if (t.expire_ms != 0) SetTime(t.expire_ms, out->mutable_expire_time());
+  if (t.revoke_ms != 0) SetTime(t.revoke_ms, out->mutable_revoke_time());
+}
+
+absl::StatusOr<Role> RoleFromProto(v1::Role role) {
+  switch (role) {
+    case v1::ROLE_READER:
+      return Role::kReader;
+    case v1::ROLE_WRITER:
+      return Role::kWriter;
+    case v1::ROLE_ADMIN:
+      return Role::kAdmin;
+    default:
+      return absl::InvalidArgumentError("role must be READER, WRITER or ADMIN");
+  }
+}
+
+void ToProto(const Quota& q, v1::Quota* out) {
+  out->set_max_jobs(q.max_jobs);
+  out->set_max_stored_bytes(q.max_stored_bytes);
+  out->set_max_upload_bytes(q.max_upload_bytes);
+  out->set_max_streams(q.max_streams);
+}
+
+QuotaOverride FromProto(const v1::Quota& q) {
+  QuotaOverride o;
+  if (q.has_max_jobs()) o.max_jobs = q.max_jobs();
+  if (q.has_max_stored_bytes()) o.max_stored_bytes = q.max_stored_bytes();
+  if (q.has_max_upload_bytes()) o.max_upload_bytes = q.max_upload_bytes();
+  if (q.has_max_streams()) o.max_streams = q.max_streams();
+  return o;
 }
 
 }  // namespace mergeserve

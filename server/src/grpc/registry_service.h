@@ -1,8 +1,13 @@
 // mergeserve.v1.RegistryService: a thin callback-API adapter over
-// CheckpointRegistry. It converts messages and statuses and nothing else.
+// CheckpointRegistry. It authorizes (grpc/call.h), converts messages and
+// statuses, and runs slow validation off gRPC's threads.
 #ifndef MERGESERVE_GRPC_REGISTRY_SERVICE_H_
 #define MERGESERVE_GRPC_REGISTRY_SERVICE_H_
 
+#include <functional>
+
+#include "grpc/authorizer.h"
+#include "grpc/upload_reactor.h"
 #include "mergeserve/base/background_executor.h"
 #include "mergeserve/registry/checkpoint_registry.h"
 #include "mergeserve/v1/registry.grpc.pb.h"
@@ -11,11 +16,14 @@ namespace mergeserve {
 
 class RegistryServiceImpl final : public v1::RegistryService::CallbackService {
  public:
-  explicit RegistryServiceImpl(CheckpointRegistry& registry)
-      : registry_(registry) {}
-  // Waits for the validations already accepted (the server has stopped
-  // taking calls by then).
-  ~RegistryServiceImpl() override = default;
+  // `control` validates registrations (hashing whole folders) off gRPC's
+  // threads; `uploads` watches uploads for idleness and holds their limits.
+  RegistryServiceImpl(CheckpointRegistry& registry, Authorizer& auth,
+                      BackgroundExecutor& control, UploadGuard& uploads)
+      : registry_(registry),
+        auth_(auth),
+        control_(control),
+        uploads_(uploads) {}
 
   grpc::ServerUnaryReactor* RegisterCheckpoint(
       grpc::CallbackServerContext* ctx,
@@ -52,10 +60,14 @@ class RegistryServiceImpl final : public v1::RegistryService::CallbackService {
       google::protobuf::Empty* response) override;
 
  private:
+  grpc::ServerReadReactor<v1::UploadCheckpointRequest>* Upload(
+      grpc::CallbackServerContext* ctx, const char* method,
+      v1::Checkpoint* checkpoint, v1::Dataset* dataset);
+
   CheckpointRegistry& registry_;
-  // Registrations hash whole folders: two at a time, a bounded backlog,
-  // never on gRPC's callback threads.
-  BackgroundExecutor validators_{2, 64};
+  Authorizer& auth_;
+  BackgroundExecutor& control_;
+  UploadGuard& uploads_;
 };
 
 }  // namespace mergeserve

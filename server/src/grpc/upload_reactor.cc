@@ -3,71 +3,171 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <filesystem>
-#include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "grpc/proto_convert.h"
 #include "grpc/status_util.h"
+#include "mergeserve/base/byte_size.h"
+#include "mergeserve/base/errors.h"
+#include "mergeserve/base/secure_random.h"
+#include "mergeserve/base/status_macros.h"
 #include "mergeserve/format/model_folder.h"
 
 namespace mergeserve {
 namespace fs = std::filesystem;
 
 namespace {
-constexpr int64_t kMaxFileBytes = int64_t{1} << 40;
+
+// Ends the call at once (a refused upload).
+class RefusedUpload
+    : public grpc::ServerReadReactor<v1::UploadCheckpointRequest> {
+ public:
+  explicit RefusedUpload(const absl::Status& s) { Finish(ToGrpcStatus(s)); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+// --- UploadGuard -------------------------------------------------------------
+
+UploadGuard::UploadGuard(
+    UploadLimits limits, const TenantQuotas* quotas,
+    std::function<absl::StatusOr<int64_t>(const std::string&)> stored_bytes)
+    : limits_(limits), quotas_(quotas), stored_bytes_(std::move(stored_bytes)) {
+  watchdog_ = std::thread([this] { Loop(); });
 }
 
-absl::Status ValidatorsBusy() {
-  return absl::ResourceExhaustedError(
-      "too many registrations are being validated; try again later");
+UploadGuard::~UploadGuard() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  watchdog_.join();
 }
+
+absl::Status UploadGuard::Admit(const std::string& tenant, int64_t files,
+                                int64_t bytes) const {
+  if (files > limits_.max_files) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("an upload may carry at most ", limits_.max_files,
+                     " files; this one declares ", files));
+  }
+  if (bytes > limits_.max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "an upload may carry at most ", FormatBytes(limits_.max_bytes),
+        "; this one declares ", FormatBytes(bytes)));
+  }
+  if (quotas_ == nullptr) return absl::OkStatus();
+  auto q = quotas_->Get(tenant);
+  if (!q.ok()) return q.status();
+  absl::Status s =
+      CheckQuota(tenant, "max_upload_bytes", q->max_upload_bytes, 0, bytes);
+  if (!s.ok()) return s;
+  if (q->max_stored_bytes > 0 && stored_bytes_) {
+    auto stored = stored_bytes_(tenant);
+    if (!stored.ok()) return stored.status();
+    return CheckQuota(tenant, "max_stored_bytes", q->max_stored_bytes, *stored,
+                      bytes);
+  }
+  return absl::OkStatus();
+}
+
+void UploadGuard::Watch(UploadReactor* r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  watched_.insert(r);
+}
+
+void UploadGuard::Unwatch(UploadReactor* r) {
+  // Waits for a check in progress: it holds mu_ while it looks at `r`.
+  std::lock_guard<std::mutex> lock(mu_);
+  watched_.erase(r);
+}
+
+void UploadGuard::Loop() {
+  const auto period =
+      std::clamp(limits_.idle_timeout / 4, std::chrono::milliseconds(50),
+                 std::chrono::milliseconds(1000));
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    cv_.wait_for(lock, period, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_;
+    });
+    const auto now = std::chrono::steady_clock::now();
+    for (UploadReactor* r : watched_) r->ExpireIfIdle(now);
+  }
+}
+
+// --- UploadReactor
+// -------------------------------------------------------------
 
 bool UploadReactor::AllowedFile(const std::string& n) {
   return IsModelFile(n) || n == "program.pt";
 }
 
-UploadReactor::UploadReactor(CheckpointRegistry& registry,
-                             BackgroundExecutor& validators,
-                             v1::Checkpoint* response)
-    : registry_(registry), validators_(validators), response_(response) {
-  StartRead(&request_);
+grpc::ServerReadReactor<v1::UploadCheckpointRequest>* UploadReactor::Refuse(
+    const absl::Status& status) {
+  return new RefusedUpload(status);
 }
 
-UploadReactor::UploadReactor(CheckpointRegistry& registry,
-                             BackgroundExecutor& validators,
-                             v1::Dataset* response)
-    : registry_(registry),
-      validators_(validators),
-      dataset_response_(response) {
+UploadReactor::UploadReactor(Context c, Caller caller, StreamSlot slot,
+                             grpc::CallbackServerContext* ctx,
+                             v1::Checkpoint* checkpoint, v1::Dataset* dataset)
+    : c_(c),
+      caller_(std::move(caller)),
+      slot_(std::move(slot)),
+      response_(checkpoint),
+      dataset_response_(dataset) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    last_activity_ = std::chrono::steady_clock::now();
+  }
+  c_.guard.Watch(this);
   StartRead(&request_);
 }
 
 UploadReactor::~UploadReactor() {
-  CloseFiles();
+  if (current_fd_ >= 0) ::close(current_fd_);
   if (!temp_dir_.empty()) {
     std::error_code ec;
     fs::remove_all(temp_dir_, ec);
   }
 }
 
-void UploadReactor::CloseFiles() {
-  for (auto& [name, f] : files_) {
-    if (f.fd >= 0) ::close(f.fd);
-    f.fd = -1;
-  }
+void UploadReactor::FinishLocked(const absl::Status& status) {
+  if (finished_) return;
+  finished_ = true;
+  c_.auth.Finished(caller_, resource_, status);
+  Finish(ToGrpcStatus(status));
+}
+
+void UploadReactor::ExpireIfIdle(std::chrono::steady_clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_ || completing_) return;
+  const auto idle = now - last_activity_;
+  if (idle < c_.guard.limits().idle_timeout) return;
+  FinishLocked(absl::DeadlineExceededError(absl::StrCat(
+      "upload sent nothing for ",
+      std::chrono::duration_cast<std::chrono::seconds>(idle).count(),
+      " s (the server's idle limit is ",
+      c_.guard.limits().idle_timeout.count() / 1000.0,
+      " s); nothing was kept")));
 }
 
 absl::Status UploadReactor::Begin(const v1::UploadHeader& header) {
   std::string name;
+  const std::string& tenant = caller_.tenant();
   if (dataset_response_ != nullptr) {
     auto d = FromProto(header.dataset());
     if (!d.ok()) return d.status();
     dataset_ = *d;
     name = dataset_.name;
-    if (registry_.GetDataset(name).ok()) {
+    resource_ = "datasets/" + name;
+    MS_RETURN_IF_ERROR(CheckpointRegistry::CheckName("dataset", name));
+    if (c_.registry.GetDataset(tenant, name).ok()) {
       return absl::AlreadyExistsError(
           absl::StrCat("dataset '", name, "' already exists"));
     }
@@ -80,32 +180,26 @@ absl::Status UploadReactor::Begin(const v1::UploadHeader& header) {
     auto record = FromProto(header.checkpoint());
     if (!record.ok()) return record.status();
     record_ = *record;
+    record_.program.clear();  // an upload's program is its program.pt
     name = record_.name;
-    if (registry_.Get(name, false).ok()) {
+    resource_ = "checkpoints/" + name;
+    MS_RETURN_IF_ERROR(CheckpointRegistry::CheckName("checkpoint", name));
+    auto existing = c_.registry.Get(tenant, name, false);
+    if (existing.ok() && existing->tenant == tenant) {
       return absl::AlreadyExistsError(
           absl::StrCat("checkpoint '", name, "' already exists"));
     }
   }
-  if (!CheckpointRegistry::IsValidName(name)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid name '", name, "'"));
-  }
   if (header.files_size() == 0) {
     return absl::InvalidArgumentError("upload header lists no files");
   }
-  std::random_device rd;
-  temp_dir_ = absl::StrFormat("%s/uploads/%s.tmp-%08x", registry_.data_dir(),
-                              name, rd());
-  std::error_code ec;
-  fs::create_directories(temp_dir_, ec);
-  if (ec) return absl::InternalError("cannot create upload folder");
+  int64_t total = 0;
   for (const v1::UploadFile& f : header.files()) {
     if (!AllowedFile(f.name())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("upload file '", f.name(), "' is not a model file"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "upload file '", Abbreviate(f.name()), "' is not a model file"));
     }
-    if (f.size_bytes() < 0 || f.size_bytes() > kMaxFileBytes ||
-        f.sha256().size() != 64) {
+    if (f.size_bytes() < 0 || f.sha256().size() != 64) {
       return absl::InvalidArgumentError(absl::StrCat(
           "upload file '", f.name(), "' needs a size and a SHA-256"));
     }
@@ -113,25 +207,71 @@ absl::Status UploadReactor::Begin(const v1::UploadHeader& header) {
       return absl::InvalidArgumentError(
           absl::StrCat("file '", f.name(), "' listed twice"));
     }
+    if (f.size_bytes() > (int64_t{1} << 50) - total) {
+      return absl::InvalidArgumentError("upload sizes overflow");
+    }
+    total += f.size_bytes();
     File file;
     file.size = f.size_bytes();
     file.sha256 = f.sha256();
     file.hash = std::make_unique<Sha256>();
-    file.fd = ::open((temp_dir_ + "/" + f.name()).c_str(),
-                     O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (file.fd < 0) return absl::InternalError("cannot create upload file");
     files_[f.name()] = std::move(file);
+    // Checked as we go, so a header of a million files stops early.
+    if (static_cast<int64_t>(files_.size()) > c_.guard.limits().max_files) {
+      return c_.guard.Admit(tenant, header.files_size(), total);
+    }
   }
+  MS_RETURN_IF_ERROR(c_.guard.Admit(tenant, header.files_size(), total));
+  MS_ASSIGN_OR_RETURN(std::string hex, SecureRandomHex(4));
+  temp_dir_ =
+      absl::StrCat(c_.registry.data_dir(), "/uploads/", name, ".tmp-", hex);
+  std::error_code ec;
+  fs::create_directories(temp_dir_, ec);
+  if (ec) {
+    return ErrnoStatus(ec.value(), "cannot create an upload folder");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UploadReactor::CloseCurrent() {
+  if (current_.empty()) return absl::OkStatus();
+  File& f = files_[current_];
+  if (current_fd_ >= 0 && ::close(current_fd_) != 0) {
+    current_fd_ = -1;
+    return ErrnoStatus(errno, absl::StrCat("cannot write ", current_));
+  }
+  current_fd_ = -1;
+  if (f.written != f.size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "file '", current_, "' stopped at ", f.written, " of ", f.size,
+        " bytes before the next file began (send each file whole, in turn)"));
+  }
+  f.done = true;
+  current_.clear();
   return absl::OkStatus();
 }
 
 absl::Status UploadReactor::Append(const v1::UploadChunk& chunk) {
   auto it = files_.find(chunk.file());
   if (it == files_.end()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("chunk for undeclared file '", chunk.file(), "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk for undeclared file '", Abbreviate(chunk.file()), "'"));
   }
   File& f = it->second;
+  if (chunk.file() != current_) {
+    // One file open at a time: the previous one must be complete.
+    MS_RETURN_IF_ERROR(CloseCurrent());
+    if (f.done) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("file '", chunk.file(), "' was already sent"));
+    }
+    current_fd_ = ::open((temp_dir_ + "/" + chunk.file()).c_str(),
+                         O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (current_fd_ < 0) {
+      return ErrnoStatus(errno, absl::StrCat("cannot store ", chunk.file()));
+    }
+    current_ = chunk.file();
+  }
   if (chunk.offset() != f.written) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk of '", chunk.file(), "' at offset ", chunk.offset(),
@@ -146,11 +286,10 @@ absl::Status UploadReactor::Append(const v1::UploadChunk& chunk) {
   const char* p = chunk.data().data();
   int64_t left = n;
   while (left > 0) {
-    const ssize_t w = ::write(f.fd, p, static_cast<size_t>(left));
+    const ssize_t w = ::write(current_fd_, p, static_cast<size_t>(left));
     if (w < 0) {
       if (errno == EINTR) continue;
-      return absl::InternalError(
-          absl::StrCat("cannot write upload of ", chunk.file()));
+      return ErrnoStatus(errno, absl::StrCat("cannot store ", chunk.file()));
     }
     p += w;
     left -= w;
@@ -160,16 +299,50 @@ absl::Status UploadReactor::Append(const v1::UploadChunk& chunk) {
   return absl::OkStatus();
 }
 
-void UploadReactor::Fail(const absl::Status& status) {
-  if (finished_) return;
-  finished_ = true;
-  Finish(ToGrpcStatus(status));
-}
-
 void UploadReactor::OnReadDone(bool ok) {
+  std::lock_guard<std::mutex> lock(mu_);
   if (finished_) return;
+  last_activity_ = std::chrono::steady_clock::now();
   if (!ok) {
-    Complete();  // the client closed its side
+    // The client closed its side (or the call broke: then nothing is
+    // sent back and the destructor cleans up).
+    if (!started_) {
+      FinishLocked(absl::InvalidArgumentError("empty upload"));
+      return;
+    }
+    absl::Status s;
+    for (auto& [name, f] : files_) {
+      if (!s.ok()) break;
+      if (f.written != f.size) {
+        s = absl::DataLossError(absl::StrCat("upload of '", name,
+                                             "' stopped at ", f.written, " of ",
+                                             f.size, " bytes"));
+      } else if (f.hash->HexDigest() != f.sha256) {
+        s = absl::DataLossError(absl::StrCat(
+            "file '", name, "' does not match its declared SHA-256"));
+      } else if (name == current_) {
+        s = CloseCurrent();
+      } else if (f.size == 0 && !f.done) {
+        // Empty files get no chunks.
+        const int fd = ::open((temp_dir_ + "/" + name).c_str(),
+                              O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0) {
+          s = ErrnoStatus(errno, absl::StrCat("cannot store ", name));
+        } else {
+          ::close(fd);
+        }
+      }
+    }
+    if (!s.ok()) {
+      FinishLocked(s);
+      return;
+    }
+    completing_ = true;
+    // Validating and hashing the folder takes a while: not on a gRPC thread.
+    if (!c_.control.TrySubmit([this] { Complete(); })) {
+      FinishLocked(absl::ResourceExhaustedError(
+          "too many registrations are being validated; try again later"));
+    }
     return;
   }
   absl::Status s;
@@ -186,81 +359,58 @@ void UploadReactor::OnReadDone(bool ok) {
     s = Append(request_.chunk());
   }
   if (!s.ok()) {
-    Fail(s);
+    FinishLocked(s);
     return;
   }
   StartRead(&request_);
 }
 
 void UploadReactor::Complete() {
-  if (!started_) {
-    Fail(absl::InvalidArgumentError("empty upload"));
-    return;
-  }
-  for (auto& [name, f] : files_) {
-    if (f.written != f.size) {
-      Fail(absl::DataLossError(absl::StrCat("upload of '", name,
-                                            "' stopped at ", f.written, " of ",
-                                            f.size, " bytes")));
-      return;
-    }
-    const std::string got = f.hash->HexDigest();
-    if (got != f.sha256) {
-      Fail(absl::DataLossError(absl::StrCat(
-          "file '", name, "' does not match its SHA-256 (got ", got, ")")));
-      return;
-    }
-  }
-  CloseFiles();
-  // Validating and hashing the folder takes a while: not on a gRPC thread.
-  const bool queued = validators_.TrySubmit([this] {
-    // A unique folder per upload: two uploads racing for one name never
-    // share files (the registry then accepts exactly one of them).
-    std::random_device rd;
-    const bool dataset = dataset_response_ != nullptr;
-    const std::string final_dir =
-        absl::StrFormat("%s/%s/%s-%08x", registry_.data_dir(),
-                        dataset ? "datasets" : "checkpoints",
-                        dataset ? dataset_.name : record_.name, rd());
-    std::error_code ec;
-    fs::create_directories(fs::path(final_dir).parent_path(), ec);
-    fs::rename(temp_dir_, final_dir, ec);
-    if (ec) {
-      Fail(absl::InternalError(
-          absl::StrCat("cannot store upload: ", ec.message())));
-      return;
-    }
+  // A unique folder per upload: two uploads racing for one name never share
+  // files (the registry then accepts exactly one of them).
+  const bool dataset = dataset_response_ != nullptr;
+  absl::Status s;
+  auto hex = SecureRandomHex(4);
+  const std::string final_dir = absl::StrCat(
+      c_.registry.data_dir(), dataset ? "/datasets/" : "/checkpoints/",
+      dataset ? dataset_.name : record_.name, "-", hex.ok() ? *hex : "0");
+  std::error_code ec;
+  fs::create_directories(fs::path(final_dir).parent_path(), ec);
+  fs::rename(temp_dir_, final_dir, ec);
+  if (ec) {
+    s = ErrnoStatus(ec.value(), "cannot store the upload");
+  } else {
     temp_dir_ = final_dir;  // removed again below if registration fails
-    absl::Status s;
     if (dataset) {
       dataset_.path = final_dir + "/" + files_.begin()->first;
-      auto registered = registry_.RegisterDataset(dataset_);
+      auto registered =
+          c_.registry.RegisterDatasetUpload(caller_.tenant(), dataset_);
       if (registered.ok()) ToProto(*registered, dataset_response_);
       s = registered.status();
     } else {
       record_.path = final_dir;
-      auto registered = registry_.Register(record_);
+      auto registered = c_.registry.RegisterUpload(caller_.tenant(), record_);
       if (registered.ok()) {
         ToProto(*registered, response_);
         response_->clear_tensors();
       }
       s = registered.status();
     }
-    if (!s.ok()) {
-      Fail(s);
-      return;
-    }
-    temp_dir_.clear();  // the registry owns it now
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (s.ok()) temp_dir_.clear();  // the registry owns it now
     finished_ = true;
-    Finish(grpc::Status::OK);
-  });
-  if (!queued) Fail(ValidatorsBusy());
+  }
+  // Not a reaction: OnDone (and delete) may follow Finish at once, so
+  // Finish is the last thing that touches this object.
+  c_.auth.Finished(caller_, resource_, s);
+  Finish(ToGrpcStatus(s));
 }
 
-void UploadReactor::OnCancel() {
-  // The client went away: OnDone follows and the destructor cleans up.
+void UploadReactor::OnDone() {
+  c_.guard.Unwatch(this);
+  delete this;
 }
-
-void UploadReactor::OnDone() { delete this; }
 
 }  // namespace mergeserve

@@ -150,7 +150,8 @@ bool IsDataAware(const MergeConfig& config) {
 }
 
 absl::StatusOr<MergeConfig> DataAwarePlanningConfig(
-    const MergeConfig& config, const CheckpointRegistry& registry) {
+    const MergeConfig& config, const CheckpointRegistry& registry,
+    const std::string& tenant) {
   const Need need = NeedOf(config);
   if (need == Need::kNone) return config;
   MergeConfig stand_in = config;
@@ -159,7 +160,7 @@ absl::StatusOr<MergeConfig> DataAwarePlanningConfig(
   }
   for (ModelEntry& m : stand_in.models) {
     if (config.base_model && m.model == *config.base_model) continue;
-    MS_ASSIGN_OR_RETURN(TaskBinding b, registry.Binding(m.model));
+    MS_ASSIGN_OR_RETURN(TaskBinding b, registry.Binding(tenant, m.model));
     MS_RETURN_IF_ERROR(
         DatasetFor(need, b, need == Need::kFisher && NeedsLabels(config))
             .status());
@@ -178,12 +179,13 @@ absl::StatusOr<MergeConfig> DataAwarePlanningConfig(
 }
 
 absl::StatusOr<std::string> DataAwareDigestLines(
-    const MergeConfig& config, const CheckpointRegistry& registry) {
+    const MergeConfig& config, const CheckpointRegistry& registry,
+    const std::string& tenant) {
   const Need need = NeedOf(config);
   if (need == Need::kNone) return std::string();
   std::string lines;
   for (const std::string& e : ExpertsOf(config)) {
-    MS_ASSIGN_OR_RETURN(TaskBinding b, registry.Binding(e));
+    MS_ASSIGN_OR_RETURN(TaskBinding b, registry.Binding(tenant, e));
     MS_ASSIGN_OR_RETURN(DatasetRecord d, DatasetFor(need, b, false));
     absl::StrAppend(&lines, e, " program ", b.program_digest, " data ",
                     d.content_digest, "\n");
@@ -196,19 +198,25 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
   const CheckpointRegistry* registry = o.registry;
   PreparedMerge p;
   p.config = config;
-  const ModelResolver names = registry->Resolver();
+  const std::string tenant = o.tenant;
+  const ModelResolver names = registry->Resolver(tenant);
   const std::string stats_dir = o.stats_dir;
   p.resolver = [names, stats_dir](
-                   const std::string& ref) -> absl::StatusOr<std::string> {
+                   const std::string& ref) -> absl::StatusOr<ModelLocation> {
     if (absl::StartsWith(ref, kStatsPrefix)) {
-      return stats_dir + "/" + ref.substr(sizeof(kStatsPrefix) - 1);
+      const std::string dir =
+          stats_dir + "/" + ref.substr(sizeof(kStatsPrefix) - 1);
+      return ModelLocation(dir, StorageRoots::OwnedFileCheck(dir));
     }
     return names(ref);
   };
-  p.digest = [registry](const std::string& ref) -> std::string {
+  // Digests key the task-vector cache and the statistics; they carry the
+  // tenant, so neither ever answers one tenant with another's results.
+  p.digest = [registry, tenant](const std::string& ref) -> std::string {
     if (absl::StartsWith(ref, kStatsPrefix)) return ref;
-    auto c = registry->Get(ref, false);
-    return c.ok() ? c->content_digest : std::string();
+    auto c = registry->Get(tenant, ref, false);
+    return c.ok() ? absl::StrCat(tenant, "/", c->content_digest)
+                  : std::string();
   };
   const Need need = NeedOf(config);
   if (need == Need::kNone) return p;
@@ -227,10 +235,13 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
   std::vector<DatasetRecord> data;
   std::vector<std::string> folders;
   for (const std::string& e : experts) {
-    MS_ASSIGN_OR_RETURN(TaskBinding b, registry->Binding(e));
+    MS_ASSIGN_OR_RETURN(TaskBinding b, registry->Binding(tenant, e));
     MS_ASSIGN_OR_RETURN(
         DatasetRecord d,
         DatasetFor(need, b, need == Need::kFisher && NeedsLabels(config)));
+    // The statistics read the folder through LibTorch: vet its files (by
+    // real path) against the storage rules first.
+    MS_RETURN_IF_ERROR(ModelFolder::Open(b.path, b.check).status());
     folders.push_back(b.path);
     bindings.push_back(b);
     data.push_back(d);
@@ -323,8 +334,9 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
         fs::is_directory(absl::StrCat(o.stats_dir, "/", key, "-", i), ec);
   }
   if (!all_cached || o.measure_interference) {
-    MS_ASSIGN_OR_RETURN(std::string base_dir, names(*config.base_model));
-    MS_ASSIGN_OR_RETURN(p.ri, RiAdapter::Create(base_dir, ri_experts, ro));
+    MS_ASSIGN_OR_RETURN(ModelLocation base, names(*config.base_model));
+    MS_RETURN_IF_ERROR(ModelFolder::Open(base.path, base.check).status());
+    MS_ASSIGN_OR_RETURN(p.ri, RiAdapter::Create(base.path, ri_experts, ro));
   }
   std::map<std::string, std::string> adapted;
   for (size_t i = 0; i < experts.size(); ++i) {
@@ -358,6 +370,7 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
     mo.overwrite = true;
     mo.resolver = p.resolver;
     mo.cancelled = o.cancelled;
+    mo.threads = o.threads;
     auto merged = RunMerge(plain, mo);
     if (merged.ok()) {
       auto xi = p.ri->Interference(mo.output_dir);

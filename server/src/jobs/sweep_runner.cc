@@ -1,15 +1,18 @@
 #include "mergeserve/jobs/sweep_runner.h"
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
-#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "mergeserve/base/errors.h"
 #include "mergeserve/base/log.h"
+#include "mergeserve/base/secure_random.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/executor.h"
 #include "mergeserve/engine/method_registry.h"
+#include "mergeserve/registry/storage_roots.h"
 
 namespace mergeserve {
 namespace fs = std::filesystem;
@@ -22,34 +25,21 @@ double Since(std::chrono::steady_clock::time_point t) {
 
 }  // namespace
 
-absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
-                                      const std::string& config_yaml,
-                                      const SweepGrid& grid,
-                                      const SweepOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
-  const std::string data_dir = jobs.options().data_dir;
-  MS_ASSIGN_OR_RETURN(MergeConfig config,
-                      MergeConfig::FromYaml(config_yaml, data_dir));
-  if (config.merge_method != "ri" &&
-      FindMethod(config.merge_method) == nullptr) {
-    return CreateMethod(config.merge_method).status();
-  }
-  // Validate the whole request before the first point runs.
-  MS_ASSIGN_OR_RETURN(MergeConfig planning,
-                      DataAwarePlanningConfig(config, *jobs.registry()));
-  MS_RETURN_IF_ERROR(
-      MergePlan::Create(planning, jobs.registry()->Resolver()).status());
+namespace {
+
+absl::StatusOr<size_t> CheckGrid(const MergeConfig& config,
+                                 const SweepGrid& grid) {
   size_t points = 1;
   for (const SweepAxis& axis : grid) {
     if (axis.values.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sweep: axis '", axis.parameter, "' has no values"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sweep: axis '", Abbreviate(axis.parameter), "' has no values"));
     }
     const bool weight = axis.parameter.rfind("weight@", 0) == 0;
     if (!weight && (!IsKnownParameter(axis.parameter) ||
                     IsPerModelOnlyParameter(axis.parameter))) {
       return absl::InvalidArgumentError(
-          absl::StrCat("sweep: '", axis.parameter,
+          absl::StrCat("sweep: '", Abbreviate(axis.parameter),
                        "' is not a numeric merge parameter (or weight@MODEL)"));
     }
     if (weight) {
@@ -57,29 +47,75 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
       bool found = false;
       for (const ModelEntry& m : config.models) found |= m.model == model;
       if (!found) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sweep: '", Abbreviate(axis.parameter),
+                         "' names no model of the request"));
+      }
+    }
+    for (double v : axis.values) {
+      if (!std::isfinite(v)) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "sweep: '", axis.parameter, "' names no model of the request"));
+            "sweep: axis '", axis.parameter, "' has a non-finite value"));
       }
     }
     points *= axis.values.size();
+    if (points > 10000) {
+      return absl::InvalidArgumentError("sweep: more than 10000 points");
+    }
   }
-  if (points > 10000) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sweep: ", points, " points is more than 10000"));
-  }
-  std::random_device rd;
-  const std::string scratch =
-      absl::StrFormat("%s/scratch/sweep-%08x", data_dir, rd());
-  // Every point is evaluated the same way, on its scratch merge; a task
-  // without a head or data fails the sweep before the first point.
-  TaskEvaluator evaluator(jobs.registry(), jobs.options().device);
+  return points;
+}
+
+// Every point is evaluated the same way; a task without a head or data
+// fails the sweep before the first point.
+EvalTarget TargetOf(const MergeRequest& request, const SweepOptions& options,
+                    const std::string& scratch) {
   EvalTarget target;
+  target.tenant = request.tenant;
   target.weights_dir = scratch;
-  target.preferred_heads = ExpertsOf(config);
-  target.merged_regex = MergedTensorsRegex(config);
+  target.weights_check = StorageRoots::OwnedFileCheck(scratch);
+  target.preferred_heads = ExpertsOf(request.config);
+  target.merged_regex = MergedTensorsRegex(request.config);
   target.tasks = options.tasks;
   target.role = DatasetRole::kValidation;
   target.max_examples = options.max_examples;
+  target.cancelled = options.cancelled;
+  return target;
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> PlanSweep(JobManager& jobs, const MergeRequest& request,
+                                  const SweepGrid& grid,
+                                  const SweepOptions& options) {
+  MS_RETURN_IF_ERROR(CheckGrid(request.config, grid).status());
+  // Validate the whole request (and its memory) before the first point.
+  MS_ASSIGN_OR_RETURN(
+      PlannedMerge planned,
+      PlanMerge(request, *jobs.registry(), jobs.options().threads_per_job));
+  TaskEvaluator evaluator(jobs.registry(), jobs.options().device);
+  MS_ASSIGN_OR_RETURN(auto heads,
+                      evaluator.Plan(TargetOf(request, options, "")));
+  std::vector<std::string> names;
+  for (const auto& [task, head] : heads) names.push_back(head);
+  MS_ASSIGN_OR_RETURN(
+      int64_t eval_memory,
+      EstimateEvaluationMemory(*jobs.registry(), request.tenant, names));
+  return std::max(planned.memory, eval_memory);
+}
+
+absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
+                                      const MergeRequest& request,
+                                      const SweepGrid& grid,
+                                      const SweepOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string data_dir = jobs.options().data_dir;
+  const MergeConfig& config = request.config;
+  MS_ASSIGN_OR_RETURN(const size_t points, CheckGrid(config, grid));
+  MS_ASSIGN_OR_RETURN(std::string hex, SecureRandomHex(4));
+  const std::string scratch = absl::StrCat(data_dir, "/scratch/sweep-", hex);
+  TaskEvaluator evaluator(jobs.registry(), jobs.options().device);
+  const EvalTarget target = TargetOf(request, options, scratch);
   MS_RETURN_IF_ERROR(evaluator.Plan(target).status());
 
   const CacheStats cache_before = jobs.cache_stats();
@@ -121,7 +157,7 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
     MS_ASSIGN_OR_RETURN(
         PreparedMerge prepared,
         jobs.Prepare(
-            c, options.cancelled,
+            request.tenant, c, options.cancelled,
             [&](const std::string& phase, int64_t done, int64_t total) {
               if (options.on_phase && done == total) {
                 options.on_phase(absl::StrCat(phase, " done"));
@@ -136,6 +172,7 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
     mo.digest = prepared.digest;
     mo.cache = jobs.cache();
     mo.cancelled = options.cancelled;
+    mo.reject_non_finite = true;
     absl::Status merged = RunMerge(prepared.config, mo).status();
     point.merge_seconds = Since(t0);
     if (merged.ok()) {

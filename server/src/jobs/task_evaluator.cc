@@ -34,7 +34,8 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
 TaskEvaluator::Plan(const EvalTarget& target) const {
   std::vector<CheckpointRecord> preferred;
   for (const std::string& h : target.preferred_heads) {
-    MS_ASSIGN_OR_RETURN(CheckpointRecord c, registry_->Get(h, false));
+    MS_ASSIGN_OR_RETURN(CheckpointRecord c,
+                        registry_->Get(target.tenant, h, false));
     preferred.push_back(c);
   }
   std::vector<std::string> tasks = target.tasks;
@@ -45,9 +46,9 @@ TaskEvaluator::Plan(const EvalTarget& target) const {
         tasks.push_back(c.task);
     }
     if (tasks.empty()) {
-      MS_ASSIGN_OR_RETURN(auto all,
-                          registry_->ListDatasets("", DatasetRole::kEval));
-      for (const DatasetRecord& d : all) {
+      MS_ASSIGN_OR_RETURN(auto all, registry_->ListDatasets(
+                                        target.tenant, "", DatasetRole::kEval));
+      for (const DatasetRecord& d : all.items) {
         if (seen.insert(d.task).second) tasks.push_back(d.task);
       }
     }
@@ -59,10 +60,12 @@ TaskEvaluator::Plan(const EvalTarget& target) const {
   }
   std::optional<CheckpointRecord> self;
   if (!target.checkpoint.empty()) {
-    MS_ASSIGN_OR_RETURN(self, registry_->Get(target.checkpoint, false));
+    MS_ASSIGN_OR_RETURN(
+        self, registry_->Get(target.tenant, target.checkpoint, false));
   }
-  MS_ASSIGN_OR_RETURN(auto experts,
-                      registry_->List(CheckpointRole::kExpert, {}));
+  MS_ASSIGN_OR_RETURN(
+      auto listed, registry_->List(target.tenant, CheckpointRole::kExpert, {}));
+  const std::vector<CheckpointRecord>& experts = listed.items;
   std::vector<std::pair<std::string, std::string>> plan;
   for (const std::string& task : tasks) {
     std::string head;
@@ -89,13 +92,18 @@ absl::StatusOr<std::vector<TaskMetrics>> TaskEvaluator::Run(
     const std::function<void(const std::string&, int64_t, int64_t)>& progress,
     const std::function<void(const TaskMetrics&)>& on_task) const {
   MS_ASSIGN_OR_RETURN(auto plan, Plan(target));
-  MS_ASSIGN_OR_RETURN(auto weights, ModelFolder::Open(target.weights_dir));
+  MS_ASSIGN_OR_RETURN(auto weights, ModelFolder::Open(target.weights_dir,
+                                                      target.weights_check));
   std::vector<TaskMetrics> out;
   for (const auto& [task, head_name] : plan) {
-    MS_ASSIGN_OR_RETURN(auto datasets, registry_->ListDatasets(task, {}));
+    if (target.cancelled != nullptr && target.cancelled->load()) {
+      return absl::CancelledError("evaluation cancelled");
+    }
+    MS_ASSIGN_OR_RETURN(auto datasets,
+                        registry_->ListDatasets(target.tenant, task, {}));
     const DatasetRecord* data = nullptr;
     for (DatasetRole role : {target.role, DatasetRole::kEval}) {
-      for (const DatasetRecord& d : datasets) {
+      for (const DatasetRecord& d : datasets.items) {
         if (d.role == role) data = &d;  // the newest
       }
       if (data != nullptr) break;
@@ -107,17 +115,19 @@ absl::StatusOr<std::vector<TaskMetrics>> TaskEvaluator::Run(
           " --role eval)"));
     }
     MS_ASSIGN_OR_RETURN(CheckpointRecord head,
-                        registry_->Get(head_name, false));
+                        registry_->Get(target.tenant, head_name, false));
     MS_ASSIGN_OR_RETURN(auto ev,
                         ProgramEvaluator::Create(head.program, device_));
-    MS_ASSIGN_OR_RETURN(auto head_weights, ModelFolder::Open(head.path));
+    MS_ASSIGN_OR_RETURN(
+        auto head_weights,
+        ModelFolder::Open(head.path, registry_->FileCheckFor(head)));
     MS_RETURN_IF_ERROR(ev->LoadWeights(*head_weights).status());
     if (head.name != target.checkpoint) {
       // Only the shared (merged) part replaces the head expert's weights.
       std::set<std::string> shared;
       if (!head.base.empty()) {
         MS_ASSIGN_OR_RETURN(CheckpointRecord base,
-                            registry_->Get(head.base, true));
+                            registry_->Get(target.tenant, head.base, true));
         for (const TensorMeta& t : base.tensors) shared.insert(t.name);
       }
       // With merge_tensors, the rest of the result is a copy of the base:
@@ -138,8 +148,9 @@ absl::StatusOr<std::vector<TaskMetrics>> TaskEvaluator::Run(
                           }));
       if (loaded.empty()) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "no tensor of ", target.weights_dir,
-            " is a parameter of the program of '", head.name, "'"));
+            "no tensor of the weights under test is a parameter of the "
+            "program of '",
+            head.name, "'"));
       }
     }
     MS_ASSIGN_OR_RETURN(EvalResult r,

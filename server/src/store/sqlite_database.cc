@@ -9,8 +9,22 @@ namespace mergeserve {
 namespace {
 
 absl::Status SqlError(sqlite3* db, const std::string& what) {
-  return absl::InternalError(
-      absl::StrCat("sqlite: ", what, ": ", db ? sqlite3_errmsg(db) : "no db"));
+  const int code = db ? (sqlite3_errcode(db) & 0xff) : SQLITE_ERROR;
+  const std::string msg =
+      absl::StrCat("sqlite: ", what, ": ", db ? sqlite3_errmsg(db) : "no db");
+  switch (code) {
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return absl::DataLossError(msg);
+    case SQLITE_FULL:
+      return absl::ResourceExhaustedError(
+          absl::StrCat(msg, " (the server's disk is full)"));
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return absl::UnavailableError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
 }
 
 }  // namespace
@@ -26,6 +40,20 @@ absl::StatusOr<std::unique_ptr<SqliteDatabase>> SqliteDatabase::Open(
     return SqlError(d->db_, absl::StrCat("cannot open ", path));
   }
   sqlite3_busy_timeout(d->db_, 5000);
+  // A corrupt or foreign file must stop the server from claiming to serve:
+  // check before anything else touches it.
+  auto check = d->Query("PRAGMA quick_check");
+  if (!check.ok()) {
+    return absl::DataLossError(absl::StrCat("database ", path,
+                                            " is unreadable or not a SQLite "
+                                            "database: ",
+                                            check.status().message()));
+  }
+  if (check->empty() || SqlString((*check)[0][0]) != "ok") {
+    return absl::DataLossError(absl::StrCat(
+        "database ", path, " is corrupt (quick_check: ",
+        check->empty() ? "no answer" : SqlString((*check)[0][0]), ")"));
+  }
   if (auto s = d->Exec("PRAGMA journal_mode=WAL"); !s.ok()) return s;
   if (auto s = d->Exec("PRAGMA synchronous=FULL"); !s.ok()) return s;
   if (auto s = d->Exec("PRAGMA foreign_keys=ON"); !s.ok()) return s;
@@ -102,6 +130,17 @@ absl::Status SqliteDatabase::Exec(const std::string& sql,
   return Query(sql, args).status();
 }
 
+absl::Status SqliteDatabase::ExecScript(const std::string& sql) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  char* error = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
+    absl::Status s = SqlError(db_, "script");
+    sqlite3_free(error);
+    return s;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SqliteDatabase::Transaction(
     const std::function<absl::Status()>& fn) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
@@ -132,6 +171,45 @@ absl::Status SqliteDatabase::AddMissingColumns(
       MS_RETURN_IF_ERROR(Exec(absl::StrCat(
           "ALTER TABLE ", table, " ADD COLUMN ", column, " ", declaration)));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> SqliteDatabase::SchemaVersion(
+    const std::string& component) {
+  MS_RETURN_IF_ERROR(
+      Exec("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT "
+           "PRIMARY KEY, version INTEGER NOT NULL)"));
+  MS_ASSIGN_OR_RETURN(
+      auto rows,
+      Query("SELECT version FROM schema_versions WHERE component = ?",
+            {component}));
+  return rows.empty() ? 0 : static_cast<int>(SqlInt(rows[0][0]));
+}
+
+absl::Status SqliteDatabase::Migrate(const std::string& component,
+                                     const std::vector<Migration>& steps) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  MS_ASSIGN_OR_RETURN(int current, SchemaVersion(component));
+  for (const Migration& step : steps) {
+    if (step.version <= current) continue;
+    MS_RETURN_IF_ERROR(Transaction([&]() -> absl::Status {
+      // Another process may have applied it since we looked.
+      MS_ASSIGN_OR_RETURN(int now, SchemaVersion(component));
+      if (now >= step.version) return absl::OkStatus();
+      absl::Status s = step.apply();
+      if (!s.ok()) {
+        return absl::Status(
+            s.code(),
+            absl::StrCat("schema migration ", component, " v", step.version,
+                         " (", step.description, "): ", s.message()));
+      }
+      return Exec(
+          "INSERT OR REPLACE INTO schema_versions (component, version) "
+          "VALUES (?, ?)",
+          {component, static_cast<int64_t>(step.version)});
+    }));
+    current = step.version;
   }
   return absl::OkStatus();
 }

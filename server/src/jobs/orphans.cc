@@ -1,0 +1,42 @@
+#include "mergeserve/jobs/orphans.h"
+
+#include <filesystem>
+
+#include "mergeserve/base/log.h"
+#include "mergeserve/format/safetensors_writer.h"
+
+namespace mergeserve {
+namespace fs = std::filesystem;
+
+std::vector<std::string> CollectOrphanedTemporaries(
+    const std::string& data_dir) {
+  // (folder, marker in an entry's name; "" = every entry)
+  const std::vector<std::pair<std::string, std::string>> places = {
+      {"uploads", ""},           // in-flight uploads
+      {"scratch", ""},           // sweep points
+      {"results", kTempSuffix},  // merges being written
+      {"checkpoints", kTempSuffix},
+      {"stats", ".tmp-"},     // statistics being computed
+      {"stats", "scratch-"},  // RI's unadapted merge
+  };
+  std::vector<std::string> removed;
+  for (const auto& [folder, marker] : places) {
+    std::error_code ec;
+    const fs::path dir = fs::path(data_dir) / folder;
+    std::vector<fs::path> doomed;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (marker.empty() || name.find(marker) != std::string::npos) {
+        doomed.push_back(e.path());
+      }
+    }
+    for (const fs::path& p : doomed) {
+      fs::remove_all(p, ec);
+      removed.push_back(p.string());
+      LogEvent("orphan_removed", {{"path", p.string()}});
+    }
+  }
+  return removed;
+}
+
+}  // namespace mergeserve
