@@ -9,7 +9,7 @@ PKGS=(
   libtorch-dev libabsl-dev libyaml-cpp-dev nlohmann-json3-dev
   zlib1g-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev prometheus-cpp-dev
-  libsqlite3-dev libssl-dev
+  libsqlite3-dev libssl-dev openssl
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy python3-torch python3-grpcio python3-protobuf python3-sklearn
 )

@@ -14,6 +14,14 @@ namespace mergectl {
 struct Args {
   std::string server;
   bool json = false;
+  // Identity and transport (--token, --tls, --ca-cert, --cert, --key,
+  // --tenant; $MERGESERVE_TOKEN, $MERGESERVE_CA_CERT).
+  std::string token, ca_cert, cert, key, tenant;
+  bool tls = false;
+  // token / quota / publish verbs.
+  std::string expires, description;
+  std::map<std::string, std::string> quota;  // --max-jobs N ...
+  bool unpublish = false;
   std::vector<std::string> positional;  // verb first
   std::string role, base, output;
   std::map<std::string, std::string> labels;
@@ -28,8 +36,12 @@ struct Args {
   int64_t examples = 0;             // eval/sweep --examples N per task
 };
 
-// Exit codes that tell failure kinds apart (see --help).
+// Exit codes that tell failure kinds apart: mergeserve's one table.
 int ExitCode(const grpc::Status& s);
+// The channel to the server: TLS when asked for (CA, client certificate),
+// every call carrying the token and the acting tenant. Prints and returns
+// nullptr when a certificate file cannot be read.
+std::shared_ptr<grpc::Channel> Connect(const Args& args);
 // Prints the error (naming the server when it is unreachable); returns the
 // exit code.
 int Fail(const grpc::Status& s, const std::string& server);
@@ -43,6 +55,8 @@ bool Interactive();
 int RunRegistryVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
 int RunJobVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
 int RunAnalyzeVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
+// token, quota, publish (AdminService).
+int RunAdminVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
 // eval, sweep.
 int RunEvalVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch);
 // Evaluates a job's result (after waiting for it), printing progress and a

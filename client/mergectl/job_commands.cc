@@ -3,7 +3,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "cli.h"
 #include "cli/progress_bar.h"
@@ -43,17 +42,7 @@ bool Final(JobState s) {
 }
 
 std::string MethodOf(const MergeJob& j) {
-  std::istringstream in(j.config_yaml());
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("merge_method:", 0) == 0) {
-      std::string m = line.substr(13);
-      m.erase(0, m.find_first_not_of(" \t\""));
-      m.erase(m.find_last_not_of(" \t\"\r") + 1);
-      return m;
-    }
-  }
-  return "?";
+  return j.method().empty() ? "?" : j.method();
 }
 
 nlohmann::json ToJson(const MergeJob& j) {
@@ -64,6 +53,7 @@ nlohmann::json ToJson(const MergeJob& j) {
                      {"sha256", f.sha256()}});
   }
   return {{"id", j.id()},
+          {"tenant", j.tenant()},
           {"state", StateName(j.state())},
           {"method", MethodOf(j)},
           {"request_digest", j.request_digest()},
@@ -273,11 +263,18 @@ int RunJobVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
     return Download(*stub, last, args.output, args);
   }
   if (verb == "jobs") {
-    mergeserve::v1::ListMergeJobsRequest req;
+    // Every page, in order.
     mergeserve::v1::ListMergeJobsResponse resp;
-    grpc::ClientContext ctx;
-    grpc::Status s = stub->ListMergeJobs(&ctx, req, &resp);
-    if (!s.ok()) return Fail(s, args.server);
+    mergeserve::v1::ListMergeJobsRequest req;
+    req.set_page_size(1000);
+    do {
+      mergeserve::v1::ListMergeJobsResponse page;
+      grpc::ClientContext ctx;
+      grpc::Status s = stub->ListMergeJobs(&ctx, req, &page);
+      if (!s.ok()) return Fail(s, args.server);
+      for (auto& j : *page.mutable_jobs()) *resp.add_jobs() = std::move(j);
+      req.set_page_token(page.next_page_token());
+    } while (!req.page_token().empty());
     if (args.json) {
       nlohmann::json j = nlohmann::json::array();
       for (const auto& job : resp.jobs()) j.push_back(ToJson(job));
@@ -293,6 +290,24 @@ int RunJobVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
                   static_cast<long long>(job.tensors_total()),
                   HumanBytes(job.result_bytes()).c_str(),
                   job.error_message().c_str());
+    }
+    return 0;
+  }
+  if (verb == "delete-job") {
+    if (pos.size() != 2) {
+      std::fprintf(stderr, "mergectl delete-job: expected JOB\n");
+      return 2;
+    }
+    mergeserve::v1::DeleteMergeJobRequest req;
+    req.set_id(pos[1]);
+    google::protobuf::Empty out;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->DeleteMergeJob(&ctx, req, &out);
+    if (!s.ok()) return Fail(s, args.server);
+    if (args.json) {
+      std::cout << nlohmann::json({{"deleted", pos[1]}}).dump() << std::endl;
+    } else {
+      std::printf("deleted job %s and its result\n", pos[1].c_str());
     }
     return 0;
   }

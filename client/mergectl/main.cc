@@ -5,11 +5,12 @@
 #include <cstdlib>
 
 #include "cli.h"
+#include "mergeserve/base/exit_codes.h"
 
 namespace {
 
 constexpr char kUsage[] =
-    R"(usage: mergectl [--server HOST:PORT] [--json] VERB [args]
+    R"(usage: mergectl [--server HOST:PORT] [--token T] [--ca-cert F] [--json] VERB [args]
 
 checkpoints:
   register NAME PATH [--role base|expert|auxiliary] [--base NAME] [--label K=V]...
@@ -36,6 +37,7 @@ merges:
   jobs                   list jobs
   watch JOB              follow a job's progress until it ends
   cancel JOB
+  delete-job JOB         forget a finished job and remove its result
   download JOB DIR       fetch a finished job's HF folder (resumable, verified)
   analyze CONFIG.yaml [--plot FILE.svg|FILE.png]
                          the TIES paper's diagnostics of a merge (kept
@@ -55,12 +57,29 @@ evaluation:
                          ridge=..., steps=...) or one model's weight
                          (weight@MODEL=...)
 
---server defaults to $MERGESERVE_ADDR, else localhost:50051. --json prints
-machine-readable output (one JSON document, or one per event for watch).
-Progress bars are drawn on a terminal, plain lines otherwise.
-Exit codes: 0 ok, 2 invalid argument, 3 not found, 4 data loss or a failed
-checksum, 5 already exists, 6 permission denied, 7 failed precondition,
-8 server unavailable, 9 queue full / over budget, 10 cancelled, 1 other.
+administration (admin tokens):
+  token create --role reader|writer|admin [--tenant T] [--expires 30d]
+           [--description TEXT]
+                         a new API token, printed alone on the last line
+                         (shown once; the server keeps only its hash)
+  token list [TENANT] | token revoke ID
+  quota get [TENANT]     a tenant's limits and usage
+  quota set [TENANT] [--max-jobs N] [--max-stored-bytes SIZE]
+           [--max-upload-bytes SIZE] [--max-streams N]   (0: unlimited)
+  publish NAME [--unpublish]
+                         show a checkpoint (e.g. an organisation's base model)
+                         to every tenant; only admins can delete it then
+
+connection:
+  --server HOST:PORT     default $MERGESERVE_ADDR, else localhost:50051
+  --token T              bearer token (default $MERGESERVE_TOKEN)
+  --ca-cert FILE         CA that signed the server's certificate: use TLS
+                         (default $MERGESERVE_CA_CERT); --tls uses the
+                         system's CAs instead
+  --cert FILE --key FILE client certificate for mutual TLS
+  --tenant T             act in tenant T (admins only)
+--json prints machine-readable output (one JSON document, or one per event
+for watch). Progress bars are drawn on a terminal, plain lines otherwise.
 )";
 
 }  // namespace
@@ -69,6 +88,8 @@ int main(int argc, char** argv) {
   mergectl::Args args;
   const char* env = std::getenv("MERGESERVE_ADDR");
   args.server = env ? env : "localhost:50051";
+  if (const char* t = std::getenv("MERGESERVE_TOKEN")) args.token = t;
+  if (const char* c = std::getenv("MERGESERVE_CA_CERT")) args.ca_cert = c;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto is = [&](const std::string& flag) {
@@ -85,6 +106,7 @@ int main(int argc, char** argv) {
     };
     if (a == "-h" || a == "--help") {
       std::fputs(kUsage, stdout);
+      std::fputs(mergeserve::ExitCodeHelp(), stdout);
       return 0;
     } else if (a == "--json") {
       args.json = true;
@@ -94,6 +116,28 @@ int main(int argc, char** argv) {
       args.wait = true;
     } else if (is("--server")) {
       args.server = value("--server");
+    } else if (is("--token")) {
+      args.token = value("--token");
+    } else if (is("--ca-cert")) {
+      args.ca_cert = value("--ca-cert");
+    } else if (is("--cert")) {
+      args.cert = value("--cert");
+    } else if (is("--key")) {
+      args.key = value("--key");
+    } else if (a == "--tls") {
+      args.tls = true;
+    } else if (is("--tenant")) {
+      args.tenant = value("--tenant");
+    } else if (is("--expires")) {
+      args.expires = value("--expires");
+    } else if (is("--description")) {
+      args.description = value("--description");
+    } else if (a == "--unpublish") {
+      args.unpublish = true;
+    } else if (is("--max-jobs") || is("--max-stored-bytes") ||
+               is("--max-upload-bytes") || is("--max-streams")) {
+      const std::string flag = a.substr(0, a.find('='));
+      args.quota[flag.substr(2)] = value(flag);
     } else if (is("--role")) {
       args.role = value("--role");
     } else if (is("--base")) {
@@ -144,11 +188,14 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, stderr);
     return 2;
   }
-  grpc::ChannelArguments ch_args;
-  ch_args.SetMaxReceiveMessageSize(4 << 20);
-  auto channel = grpc::CreateCustomChannel(
-      args.server, grpc::InsecureChannelCredentials(), ch_args);
-  int rc = mergectl::RunRegistryVerb(args, channel);
+  if (!args.cert.empty() != !args.key.empty()) {
+    std::fprintf(stderr, "mergectl: --cert and --key go together\n");
+    return 2;
+  }
+  auto channel = mergectl::Connect(args);
+  if (channel == nullptr) return 2;
+  int rc = mergectl::RunAdminVerb(args, channel);
+  if (rc == -1) rc = mergectl::RunRegistryVerb(args, channel);
   if (rc == -1) rc = mergectl::RunJobVerb(args, channel);
   if (rc == -1) rc = mergectl::RunAnalyzeVerb(args, channel);
   if (rc == -1) rc = mergectl::RunEvalVerb(args, channel);

@@ -42,6 +42,9 @@ bool ParseRole(const std::string& s, mergeserve::v1::CheckpointRole* out) {
 
 nlohmann::json ToJson(const Checkpoint& c) {
   nlohmann::json j = {{"name", c.name()},
+                      {"tenant", c.tenant()},
+                      {"uploaded", c.uploaded()},
+                      {"published", c.published()},
                       {"role", RoleName(c.role())},
                       {"base", c.base()},
                       {"path", c.path()},
@@ -76,9 +79,11 @@ void PrintCheckpoint(const Checkpoint& c) {
   if (!c.program().empty()) {
     std::printf("program:     %s\n", c.program().c_str());
   }
+  std::printf("tenant:      %s%s\n", c.tenant().c_str(),
+              c.published() ? " (published to every tenant)" : "");
   std::printf("path:        %s\ndigest:      %s\nsize:        %s\n",
-              c.path().c_str(), c.content_digest().c_str(),
-              HumanBytes(c.size_bytes()).c_str());
+              c.uploaded() ? "(uploaded)" : c.path().c_str(),
+              c.content_digest().c_str(), HumanBytes(c.size_bytes()).c_str());
   std::printf("tensors:     %lld (%lld parameters)\n",
               static_cast<long long>(c.tensor_count()),
               static_cast<long long>(c.parameter_count()));
@@ -188,6 +193,8 @@ bool ParseDatasetRole(const std::string& s, mergeserve::v1::DatasetRole* out) {
 
 nlohmann::json ToJson(const mergeserve::v1::Dataset& d) {
   return {{"name", d.name()},
+          {"tenant", d.tenant()},
+          {"uploaded", d.uploaded()},
           {"task", d.task()},
           {"role", DatasetRoleName(d.role())},
           {"path", d.path()},
@@ -263,8 +270,16 @@ int DatasetVerb(const Args& args, RegistryService::Stub& stub,
       req.set_role(role);
     }
     mergeserve::v1::ListDatasetsResponse out;
-    grpc::Status s = stub.ListDatasets(&ctx, req, &out);
-    if (!s.ok()) return Fail(s, args.server);
+    req.set_page_size(1000);
+    do {
+      mergeserve::v1::ListDatasetsResponse page;
+      grpc::ClientContext pctx;
+      grpc::Status s = stub.ListDatasets(&pctx, req, &page);
+      if (!s.ok()) return Fail(s, args.server);
+      for (auto& d : *page.mutable_datasets())
+        *out.add_datasets() = std::move(d);
+      req.set_page_token(page.next_page_token());
+    } while (!req.page_token().empty());
     if (args.json) {
       nlohmann::json j = nlohmann::json::array();
       for (const auto& d : out.datasets()) j.push_back(ToJson(d));
@@ -362,8 +377,17 @@ int RunRegistryVerb(const Args& args,
     for (const auto& [k, v] : args.labels)
       (*req.mutable_label_selector())[k] = v;
     mergeserve::v1::ListCheckpointsResponse out;
-    grpc::Status s = stub->ListCheckpoints(&ctx, req, &out);
-    if (!s.ok()) return Fail(s, args.server);
+    req.set_page_size(1000);
+    do {
+      mergeserve::v1::ListCheckpointsResponse page;
+      grpc::ClientContext pctx;
+      grpc::Status s = stub->ListCheckpoints(&pctx, req, &page);
+      if (!s.ok()) return Fail(s, args.server);
+      for (auto& c : *page.mutable_checkpoints()) {
+        *out.add_checkpoints() = std::move(c);
+      }
+      req.set_page_token(page.next_page_token());
+    } while (!req.page_token().empty());
     if (args.json) {
       nlohmann::json j = nlohmann::json::array();
       for (const auto& c : out.checkpoints()) j.push_back(ToJson(c));

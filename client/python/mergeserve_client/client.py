@@ -17,6 +17,7 @@ _STUBS = os.environ.get("MERGESERVE_PY_STUBS", _DEFAULT_STUBS)
 if os.path.isdir(_STUBS) and _STUBS not in sys.path:
     sys.path.insert(0, _STUBS)
 
+from mergeserve.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
 from mergeserve.v1 import merge_pb2, merge_pb2_grpc  # noqa: E402
 from mergeserve.v1 import registry_pb2, registry_pb2_grpc  # noqa: E402
 
@@ -51,19 +52,76 @@ def _sha256(path):
     return h.hexdigest()
 
 
-class Client:
-    """A connection to one mergeserve server."""
+class _Identity(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds the bearer token and the acting tenant to every call."""
 
-    def __init__(self, address=None, timeout=600.0):
+    class _Details(grpc.ClientCallDetails):
+        def __init__(self, d, metadata):
+            self.method, self.timeout, self.credentials = d.method, d.timeout, d.credentials
+            self.wait_for_ready = getattr(d, "wait_for_ready", None)
+            self.compression = getattr(d, "compression", None)
+            self.metadata = metadata
+
+    def __init__(self, metadata):
+        self._metadata = metadata
+
+    def _details(self, d):
+        return self._Details(d, list(d.metadata or []) + self._metadata)
+
+    def intercept_unary_unary(self, continuation, d, request):
+        return continuation(self._details(d), request)
+
+    def intercept_unary_stream(self, continuation, d, request):
+        return continuation(self._details(d), request)
+
+    def intercept_stream_unary(self, continuation, d, requests):
+        return continuation(self._details(d), requests)
+
+    def intercept_stream_stream(self, continuation, d, requests):
+        return continuation(self._details(d), requests)
+
+
+class Client:
+    """A connection to one mergeserve server.
+
+    token: a bearer token (default $MERGESERVE_TOKEN). ca_cert: the PEM file
+    of the CA that signed the server's certificate, which turns on TLS
+    (default $MERGESERVE_CA_CERT); tls=True uses the system's CAs instead.
+    cert/key: a client certificate for mutual TLS. tenant: act in another
+    tenant (admins only)."""
+
+    def __init__(self, address=None, timeout=600.0, token=None, ca_cert=None,
+                 cert=None, key=None, tls=False, tenant=None):
         self.address = address or os.environ.get("MERGESERVE_ADDR", "localhost:50051")
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            self.address, options=[("grpc.max_receive_message_length", 4 << 20)])
+        token = token if token is not None else os.environ.get("MERGESERVE_TOKEN", "")
+        ca_cert = ca_cert if ca_cert is not None else os.environ.get("MERGESERVE_CA_CERT", "")
+        options = [("grpc.max_receive_message_length", 4 << 20)]
+        if tls or ca_cert or cert:
+            def read(path):
+                with open(path, "rb") as f:
+                    return f.read()
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=read(ca_cert) if ca_cert else None,
+                private_key=read(key) if key else None,
+                certificate_chain=read(cert) if cert else None)
+            channel = grpc.secure_channel(self.address, creds, options=options)
+        else:
+            channel = grpc.insecure_channel(self.address, options=options)
+        self._raw_channel = channel
+        metadata = []
+        if token:
+            metadata.append(("authorization", "Bearer " + token))
+        if tenant:
+            metadata.append(("x-mergeserve-tenant", tenant))
+        self._channel = grpc.intercept_channel(channel, _Identity(metadata))
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self.merges = merge_pb2_grpc.MergeServiceStub(self._channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close(self):
-        self._channel.close()
+        self._raw_channel.close()
 
     def __enter__(self):
         return self
@@ -123,14 +181,24 @@ class Client:
         return self.registry.UploadDataset(
             self._upload(header, [(os.path.basename(path), path)]), timeout=self.timeout)
 
+    def _all_pages(self, call, req, field):
+        out = []
+        req.page_size = 1000
+        while True:
+            page = call(req, timeout=self.timeout)
+            out.extend(getattr(page, field))
+            if not page.next_page_token:
+                return out
+            req.page_token = page.next_page_token
+
     def datasets(self, task="", role=None):
         req = registry_pb2.ListDatasetsRequest(
             task=task, role=_DATASET_ROLES[role] if role else 0)
-        return list(self.registry.ListDatasets(req, timeout=self.timeout).datasets)
+        return self._all_pages(self.registry.ListDatasets, req, "datasets")
 
     def checkpoints(self, role=None):
         req = registry_pb2.ListCheckpointsRequest(role=_ROLES[role] if role else 0)
-        return list(self.registry.ListCheckpoints(req, timeout=self.timeout).checkpoints)
+        return self._all_pages(self.registry.ListCheckpoints, req, "checkpoints")
 
     def delete(self, name):
         self.registry.DeleteCheckpoint(registry_pb2.DeleteCheckpointRequest(name=name),
@@ -189,6 +257,47 @@ class Client:
     def cancel(self, job_id):
         return self.merges.CancelMergeJob(merge_pb2.CancelMergeJobRequest(id=job_id),
                                           timeout=self.timeout)
+
+    def jobs(self, state=None):
+        """Summaries of the tenant's jobs (no config), oldest first."""
+        req = merge_pb2.ListMergeJobsRequest(state=state or 0)
+        return self._all_pages(self.merges.ListMergeJobs, req, "jobs")
+
+    def delete_job(self, job_id):
+        """Forgets a finished job and removes its result."""
+        self.merges.DeleteMergeJob(merge_pb2.DeleteMergeJobRequest(id=job_id),
+                                   timeout=self.timeout)
+
+    # --- administration (admin tokens) -----------------------------------------
+    def create_token(self, role, tenant="", ttl_seconds=0, description=""):
+        """A new API token: (its record, the secret to hand out, shown once)."""
+        resp = self.admin.CreateToken(admin_pb2.CreateTokenRequest(
+            tenant=tenant, role=admin_pb2.Role.Value("ROLE_" + role.upper()),
+            ttl_seconds=ttl_seconds, description=description), timeout=self.timeout)
+        return resp.token, resp.secret
+
+    def tokens(self, tenant=""):
+        return list(self.admin.ListTokens(admin_pb2.ListTokensRequest(tenant=tenant),
+                                          timeout=self.timeout).tokens)
+
+    def revoke_token(self, token_id):
+        return self.admin.RevokeToken(admin_pb2.RevokeTokenRequest(id=token_id),
+                                      timeout=self.timeout)
+
+    def quota(self, tenant=""):
+        return self.admin.GetQuota(admin_pb2.GetQuotaRequest(tenant=tenant),
+                                   timeout=self.timeout)
+
+    def set_quota(self, tenant="", **limits):
+        """limits: max_jobs, max_stored_bytes, max_upload_bytes, max_streams
+        (0 = unlimited)."""
+        return self.admin.SetQuota(admin_pb2.SetQuotaRequest(
+            tenant=tenant, quota=admin_pb2.Quota(**limits)), timeout=self.timeout)
+
+    def publish(self, name, published=True):
+        """Shows a checkpoint to every tenant (only admins delete it then)."""
+        return self.admin.PublishCheckpoint(admin_pb2.PublishCheckpointRequest(
+            name=name, published=published), timeout=self.timeout)
 
     def download(self, job_id, dest):
         """Fetches a finished job's Hugging Face folder into `dest`. Files land

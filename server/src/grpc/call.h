@@ -35,6 +35,8 @@ class UnaryCall {
   bool ok() const { return status_.ok(); }
   const absl::Status& status() const { return status_; }
   const Caller& caller() const { return caller_; }
+  // The call's reactor (DefaultReactor() may be taken only once per call).
+  grpc::ServerUnaryReactor* reactor() const { return reactor_; }
   const std::string& tenant() const { return caller_.tenant(); }
   void set_resource(std::string r) { resource_ = std::move(r); }
 

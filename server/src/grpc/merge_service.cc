@@ -137,7 +137,7 @@ grpc::ServerUnaryReactor* MergeServiceImpl::AnalyzeMerge(
     return call.Finish(absl::ResourceExhaustedError(
         "the server is busy validating other requests; try again later"));
   }
-  return ctx->DefaultReactor();
+  return call.reactor();
 }
 
 grpc::ServerWriteReactor<v1::JobEvent>* MergeServiceImpl::WatchMergeJob(
