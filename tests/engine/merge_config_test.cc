@@ -86,6 +86,98 @@ TEST(MergeConfigTest, UnknownMethodIsAnErrorListingTheKnownOnes) {
   }
 }
 
+// An anchored list aliased many times costs what that many copies cost:
+// the probe's 81 KB document (a 10,000-point gradient aliased by 1,000
+// models) and smaller variants stop at a named bound, fast.
+std::string AliasBomb(int points, int models) {
+  std::string y = "merge_method: ties\nbase_model: b\nmodels:\n";
+  std::string list = "[";
+  for (int i = 0; i < points; ++i)
+    list += (i ? ",0." : "0.") + std::to_string(i % 10);
+  list += "]";
+  y += "  - model: m0\n    parameters: {weight: &g " + list + "}\n";
+  for (int i = 1; i < models; ++i) {
+    y +=
+        "  - model: m" + std::to_string(i) + "\n    parameters: {weight: *g}\n";
+  }
+  return y;
+}
+
+TEST(MergeConfigTest, ACostlyDocumentStopsAtANamedBound) {
+  auto c = MergeConfig::FromYaml(AliasBomb(10000, 1000), ".");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("at most 128"));
+  c = MergeConfig::FromYaml(AliasBomb(10000, 10), ".");
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("10000 entries"));
+  // Within every per-list bound, the expansion itself is counted.
+  c = MergeConfig::FromYaml(AliasBomb(1000, 120), ".");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("aliases count every time"));
+  EXPECT_TRUE(MergeConfig::FromYaml(AliasBomb(100, 10), ".").ok());
+  // The document's own size.
+  ConfigLimits small;
+  small.max_text_bytes = 64;
+  c = MergeConfig::FromYaml(
+      "merge_method: ties\nmodels: [a]\n# " + std::string(100, 'x') + "\n", ".",
+      small);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("at most 64"));
+  // Deep nesting is refused by the parser, not by a crash.
+  std::string deep = "merge_method: ties\nmodels: [a]\nparameters: {x: ";
+  for (int i = 0; i < 5000; ++i) deep += "[";
+  c = MergeConfig::FromYaml(deep, ".");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(MergeConfigTest, NumbersMustBeFinite) {
+  for (const char* v : {".inf", "-.inf", ".nan", "[1, .inf]"}) {
+    auto c = MergeConfig::FromYaml(
+        std::string("merge_method: linear\nmodels: [a]\nparameters: "
+                    "{weight: ") +
+            v + "}\n",
+        ".");
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << v;
+    EXPECT_THAT(std::string(c.status().message()), HasSubstr("finite")) << v;
+  }
+}
+
+TEST(MergeConfigTest, CanonicalYamlReadsBackAsTheSameConfig) {
+  const std::string text = R"(# a comment that is not kept
+merge_method: ties
+base_model: base
+models:
+  - model: a   # trailing
+    parameters:
+      density: [0.2, 0.6]
+      weight:
+        - filter: mlp
+          value: 0.5
+        - value: 1.0
+  - model: "7b-model"
+  - model: 'true'
+parameters: {normalize: false, lambda: 0.1, semantics: paper,
+             merge_tensors: '^model\.(layers|norm)\.'}
+out_dtype: float16
+)";
+  auto c = MergeConfig::FromYaml(text, ".");
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string canonical = c->ToYaml();
+  EXPECT_EQ(canonical.find("comment"), std::string::npos);
+  auto back = MergeConfig::FromYaml(canonical, ".");
+  ASSERT_TRUE(back.ok()) << back.status() << "\n" << canonical;
+  EXPECT_EQ(back->ToYaml(), canonical);  // a fixed point
+  EXPECT_EQ(back->models[1].model, "7b-model");
+  EXPECT_EQ(back->models[2].model, "true");
+  EXPECT_EQ(*back->parameters.at("lambda").ResolveNumber("lambda", "", 0),
+            0.1);  // exactly
+  EXPECT_EQ(*back->parameters.at("merge_tensors").AsString(""),
+            "^model\\.(layers|norm)\\.");
+  EXPECT_EQ(back->out_dtype, DType::kF16);
+  EXPECT_DOUBLE_EQ(*back->models[0].parameters.at("weight").ResolveNumber(
+                       "weight", "x.mlp.y", 0),
+                   0.5);
+}
+
 TEST(ParamValueTest, GradientInterpolatesPiecewiseLinearly) {
   EXPECT_DOUBLE_EQ(InterpolateGradient({0, 1, 0}, 0.25), 0.5);
   EXPECT_DOUBLE_EQ(InterpolateGradient({0, 1, 0}, 0.5), 1.0);
