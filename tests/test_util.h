@@ -34,6 +34,8 @@ std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale = 1.f);
 // The digits zoo (tests/tools/make_zoo.py), generated once per process
 // under the test temp dir; its folder.
 const std::string& DigitsZoo();
+// The file's bytes ("" when unreadable).
+std::string ReadFileBytes(const std::string& path);
 // Writes the file bytes verbatim.
 void WriteFile(const std::string& path, const std::string& bytes);
 

@@ -7,6 +7,7 @@
 // certificates rotate without a restart; and refusals and mutations are in
 // the audit log.
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -69,7 +70,9 @@ const char* Name(Who w) {
 class SecurityTest : public ::testing::Test {
  public:
   static void SetUpTestSuite() {
-    root_ = new std::string(TempDir("security"));
+    // Suite-wide, so outside any one test's folder: one per process (CTest
+    // runs each test in a process of its own, in parallel).
+    root_ = new std::string(TempDir("security_" + std::to_string(getpid())));
     pki_ = new testing::TestPki(testing::MakeTestPki(*root_ + "/pki"));
     testing::WriteModel(*root_ + "/models/base",
                         {{"w", {{4, 4}, std::vector<float>(16, 1.f)}}});

@@ -45,6 +45,10 @@ struct MergeOptions {
   // unknown, which disables caching for that merge).
   TaskVectorCache* cache = nullptr;
   std::function<std::string(const std::string& ref)> digest;
+  // Saved as mergeserve_config.yaml ("": the merged config's canonical
+  // YAML). The service saves the request as the client sent it in canonical
+  // form, not the config its data-aware step rewrote.
+  std::string config_text;
   // Compute everything but write nothing (no output folder is created).
   bool dry_run = false;
   // Fail (OUT_OF_RANGE, naming the tensor) instead of writing a NaN or an

@@ -37,7 +37,7 @@ struct MergeConfig {
   std::optional<DType> out_dtype;
   // Folder relative model paths resolve against (the config file's folder).
   std::string source_dir;
-  // The YAML text it was parsed from (saved next to the merged model).
+  // The YAML text it was parsed from.
   std::string source_text;
 
   // Rejects unknown keys, naming them, and anything over `limits`.

@@ -1,4 +1,5 @@
 // mergeserve: the merge engine's command line.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -42,6 +43,9 @@ See README.md for the config vocabulary and the methods' options.
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A file size limit (or a quota that acts like one) must fail the write
+  // with EFBIG, reported as a full disk, not kill the process.
+  std::signal(SIGXFSZ, SIG_IGN);
   if (argc < 2 || std::strcmp(argv[1], "-h") == 0 ||
       std::strcmp(argv[1], "--help") == 0 ||
       std::strcmp(argv[1], "help") == 0) {

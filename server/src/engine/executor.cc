@@ -68,7 +68,8 @@ class DiscardSink : public TensorSink {
 // Copies config.json (with torch_dtype updated) and tokenizer files from the
 // reference model's folder, through its file check like the weights.
 absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
-                           const MergeConfig& config) {
+                           const MergeConfig& config,
+                           const std::string& config_text) {
   const ModelFolder& ref = plan.reference();
   auto cfg = ref.ReadSideFile("config.json");
   if (cfg.ok()) {
@@ -91,10 +92,11 @@ absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
     MS_RETURN_IF_ERROR(text.status());
     MS_RETURN_IF_ERROR(writer.AddFile(name, *text));
   }
-  if (!config.source_text.empty()) {
-    MS_RETURN_IF_ERROR(
-        writer.AddFile("mergeserve_config.yaml", config.source_text));
-  }
+  // The request as a canonical document (as mergekit saves its config):
+  // the same for the same merge however it was written or sent.
+  MS_RETURN_IF_ERROR(
+      writer.AddFile("mergeserve_config.yaml",
+                     config_text.empty() ? config.ToYaml() : config_text));
   return absl::OkStatus();
 }
 
@@ -253,7 +255,8 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     if (options.on_progress) options.on_progress(progress);
   }
   if (writer) {
-    MS_RETURN_IF_ERROR(CopySideFiles(*plan, *writer, config));
+    MS_RETURN_IF_ERROR(
+        CopySideFiles(*plan, *writer, config, options.config_text));
     MS_RETURN_IF_ERROR(plan->CheckInputsUnchanged());
     summary.shards = writer->num_shards();
     MS_RETURN_IF_ERROR(writer->Commit());

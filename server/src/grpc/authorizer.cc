@@ -65,7 +65,7 @@ const RpcPolicy* FindRpcPolicy(const std::string& method) {
 
 StreamSlot& StreamSlot::operator=(StreamSlot&& o) noexcept {
   if (this != &o) {
-    if (owner_ != nullptr) owner_->ReleaseStream(tenant_);
+    Release();
     owner_ = o.owner_;
     tenant_ = std::move(o.tenant_);
     o.owner_ = nullptr;
@@ -73,8 +73,9 @@ StreamSlot& StreamSlot::operator=(StreamSlot&& o) noexcept {
   return *this;
 }
 
-StreamSlot::~StreamSlot() {
+void StreamSlot::Release() {
   if (owner_ != nullptr) owner_->ReleaseStream(tenant_);
+  owner_ = nullptr;
 }
 
 absl::StatusOr<Caller> Authorizer::Authorize(grpc::ServerContextBase* ctx,

@@ -56,7 +56,10 @@ class StreamSlot {
       : owner_(owner), tenant_(std::move(tenant)) {}
   StreamSlot(StreamSlot&& o) noexcept { *this = std::move(o); }
   StreamSlot& operator=(StreamSlot&& o) noexcept;
-  ~StreamSlot();
+  ~StreamSlot() { Release(); }
+  // Frees the slot now (a call frees it as it finishes, before gRPC tells
+  // the client, so the client's next stream finds it free).
+  void Release();
 
  private:
   Authorizer* owner_ = nullptr;

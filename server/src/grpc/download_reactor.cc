@@ -20,13 +20,13 @@ DownloadReactor::DownloadReactor(JobManager& jobs, Caller caller,
                                        : kMaxChunk;
   auto job = jobs.Get(caller.tenant(), req.id());
   if (!job.ok()) {
-    Finish(ToGrpcStatus(job.status()));
+    End(ToGrpcStatus(job.status()));
     return;
   }
   if (job->state != JobState::kSucceeded) {
-    Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrCat("job '", req.id(),
-                                     "' has no result (it is not SUCCEEDED)")));
+    End(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                     absl::StrCat("job '", req.id(),
+                                  "' has no result (it is not SUCCEEDED)")));
     return;
   }
   dir_ = job->result_dir;
@@ -34,16 +34,16 @@ DownloadReactor::DownloadReactor(JobManager& jobs, Caller caller,
     if (req.file().empty() || f.name == req.file()) files_.push_back(f);
   }
   if (files_.empty()) {
-    Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        absl::StrCat("job '", req.id(), "' has no file '",
-                                     Abbreviate(req.file()), "'")));
+    End(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                     absl::StrCat("job '", req.id(), "' has no file '",
+                                  Abbreviate(req.file()), "'")));
     return;
   }
   offset_ = req.offset();
   if (offset_ < 0 || (!req.file().empty() && offset_ > files_[0].size_bytes)) {
-    Finish(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
-                        absl::StrCat("offset ", offset_, " is outside file '",
-                                     files_[0].name, "'")));
+    End(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                     absl::StrCat("offset ", offset_, " is outside file '",
+                                  files_[0].name, "'")));
     return;
   }
   if (req.file().empty()) offset_ = 0;
@@ -56,7 +56,7 @@ DownloadReactor::~DownloadReactor() {
 
 void DownloadReactor::OnWriteDone(bool ok) {
   if (!ok) {
-    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
+    End(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
     return;
   }
   Next();
@@ -68,8 +68,8 @@ void DownloadReactor::Next() {
     if (fd_ < 0) {
       fd_ = ::open((dir_ + "/" + f.name).c_str(), O_RDONLY | O_CLOEXEC);
       if (fd_ < 0) {
-        Finish(grpc::Status(grpc::StatusCode::DATA_LOSS,
-                            absl::StrCat("result file ", f.name, " is gone")));
+        End(grpc::Status(grpc::StatusCode::DATA_LOSS,
+                         absl::StrCat("result file ", f.name, " is gone")));
         return;
       }
     }
@@ -85,8 +85,7 @@ void DownloadReactor::Next() {
             ::pread(fd_, data->data() + got, static_cast<size_t>(n - got),
                     static_cast<off_t>(offset_ + got));
         if (r <= 0) {
-          Finish(
-              grpc::Status(grpc::StatusCode::DATA_LOSS,
+          End(grpc::Status(grpc::StatusCode::DATA_LOSS,
                            absl::StrCat("cannot read result file ", f.name)));
           return;
         }
@@ -108,7 +107,12 @@ void DownloadReactor::Next() {
     offset_ = 0;
     sent_empty_ = false;
   }
-  Finish(grpc::Status::OK);
+  End(grpc::Status::OK);
+}
+
+void DownloadReactor::End(const grpc::Status& status) {
+  slot_.Release();
+  Finish(status);
 }
 
 }  // namespace mergeserve

@@ -29,6 +29,8 @@ class DownloadReactor : public grpc::ServerWriteReactor<v1::DownloadChunk> {
   static constexpr int kMaxChunk = 1 << 20;
 
  private:
+  // Finishes the call, freeing its stream slot first.
+  void End(const grpc::Status& status);
   void Next();
 
   StreamSlot slot_;

@@ -152,6 +152,7 @@ class EventStreamReactor : public grpc::ServerWriteReactor<Event> {
     if (state_->done) {
       state_->finished = true;
       auth_.Finished(caller_, resource_, state_->status);
+      slot_.Release();
       this->Finish(ToGrpcStatus(state_->status));
     }
   }

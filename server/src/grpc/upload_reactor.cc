@@ -141,6 +141,7 @@ void UploadReactor::FinishLocked(const absl::Status& status) {
   if (finished_) return;
   finished_ = true;
   c_.auth.Finished(caller_, resource_, status);
+  slot_.Release();
   Finish(ToGrpcStatus(status));
 }
 
@@ -405,6 +406,7 @@ void UploadReactor::Complete() {
   // Not a reaction: OnDone (and delete) may follow Finish at once, so
   // Finish is the last thing that touches this object.
   c_.auth.Finished(caller_, resource_, s);
+  slot_.Release();
   Finish(ToGrpcStatus(s));
 }
 

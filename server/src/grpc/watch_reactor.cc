@@ -20,7 +20,7 @@ WatchReactor::WatchReactor(JobManager& jobs, Caller caller, StreamSlot slot,
   std::lock_guard<std::mutex> lock(state_->mu);
   if (!sub.ok()) {
     finished_ = true;
-    Finish(ToGrpcStatus(sub.status()));
+    End(ToGrpcStatus(sub.status()));
     return;
   }
   subscription_ = *sub;
@@ -32,13 +32,13 @@ void WatchReactor::OnWriteDone(bool ok) {
   if (!ok) {
     if (!finished_) {
       finished_ = true;
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
+      End(grpc::Status(grpc::StatusCode::CANCELLED, "stream broken"));
     }
     return;
   }
   if (last_sent_final_) {
     finished_ = true;
-    Finish(grpc::Status::OK);
+    End(grpc::Status::OK);
     return;
   }
   SendPendingLocked();
@@ -48,7 +48,7 @@ void WatchReactor::OnCancel() {
   std::lock_guard<std::mutex> lock(state_->mu);
   if (!finished_ && !writing_) {
     finished_ = true;
-    Finish(grpc::Status::CANCELLED);
+    End(grpc::Status::CANCELLED);
   }
 }
 
@@ -78,6 +78,11 @@ void WatchReactor::SendPendingLocked() {
   pending_.reset();
   writing_ = true;
   StartWrite(&event_);
+}
+
+void WatchReactor::End(const grpc::Status& status) {
+  slot_.Release();
+  Finish(status);
 }
 
 }  // namespace mergeserve

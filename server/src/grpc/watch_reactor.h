@@ -27,6 +27,8 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
   void OnDone() override;
 
  private:
+  // Finishes the call, freeing its stream slot first.
+  void End(const grpc::Status& status);
   struct Shared {
     std::mutex mu;
     WatchReactor* reactor = nullptr;

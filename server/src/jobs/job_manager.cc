@@ -275,6 +275,7 @@ void JobManager::RunJob(const std::string& id,
   mo.cancelled = &cancelled;
   mo.cache = cache_.get();
   mo.reject_non_finite = true;
+  mo.config_text = planned->canonical_yaml;
   mo.on_progress = [&](const MergeProgress& p) {
     Update(
         id,
@@ -299,9 +300,7 @@ void JobManager::RunJob(const std::string& id,
     if (planned->runnable && planned->plan != nullptr) {
       s = RunMergePlan(std::move(planned->plan), mo);
     } else {
-      MergeConfig run = prepared->config;
-      run.source_text = planned->canonical_yaml;
-      s = RunMerge(run, mo);
+      s = RunMerge(prepared->config, mo);
     }
     if (s.ok()) {
       summary = *s;

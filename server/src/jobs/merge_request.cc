@@ -48,6 +48,8 @@ absl::StatusOr<PlannedMerge> PlanMerge(MergeRequest request,
   // every input file's location now, before the job waits in the queue;
   // data-aware requests are planned with stand-ins for the statistics they
   // will compute.
+  // The client's text (comments and all) is not kept.
+  request.config.source_text.clear();
   MS_ASSIGN_OR_RETURN(MergeConfig planning,
                       DataAwarePlanningConfig(config, registry, tenant));
   MS_ASSIGN_OR_RETURN(p.plan,
