@@ -40,6 +40,34 @@ int Count(const char* dir) {
   return n;
 }
 
+// Holds the server's only worker until released, so what is queued behind
+// it can be watched from its first event.
+class WorkerGate {
+ public:
+  explicit WorkerGate(JobManager& jobs) {
+    WorkItem item;
+    item.kind = "test";
+    item.run = [this](const std::atomic<bool>&) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return released_; });
+    };
+    EXPECT_TRUE(jobs.RunWork(item).ok());
+  }
+  ~WorkerGate() { Release(); }
+  void Release() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      released_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool released_ = false;
+};
+
 class HardeningTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -262,16 +290,7 @@ TEST_F(HardeningTest, ACheckpointTruncatedDuringAMergeFailsOnlyThatJob) {
   Start();
   RegisterAll();
   // Hold the only worker so the job can be watched from its first event.
-  std::mutex mu;
-  std::condition_variable cv;
-  bool release = false;
-  WorkItem gate;
-  gate.kind = "test";
-  gate.run = [&](const std::atomic<bool>&) {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return release; });
-  };
-  ASSERT_TRUE(server_->jobs().RunWork(gate).ok());
+  WorkerGate gate(server_->jobs());
   v1::MergeJob job;
   ASSERT_TRUE(Create(Ties({"e0", "e1"}), &job).ok());
   // After the first tensor, someone re-saves e1 in place: cut to its header.
@@ -284,11 +303,7 @@ TEST_F(HardeningTest, ACheckpointTruncatedDuringAMergeFailsOnlyThatJob) {
         }
       });
   ASSERT_TRUE(sub.ok());
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    release = true;
-  }
-  cv.notify_all();
+  gate.Release();
   const v1::MergeJob done = Wait(job.id());
   server_->jobs().Unsubscribe(*sub);
   EXPECT_TRUE(cut);
@@ -653,16 +668,7 @@ TEST_F(HardeningTest, AJobCancelledBeforeItStartedLogsNoRunTime) {
   options_.workers = 1;
   Start();
   RegisterAll();
-  std::mutex mu;
-  std::condition_variable cv;
-  bool release = false;
-  WorkItem gate;
-  gate.kind = "test";
-  gate.run = [&](const std::atomic<bool>&) {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return release; });
-  };
-  ASSERT_TRUE(server_->jobs().RunWork(gate).ok());
+  WorkerGate gate(server_->jobs());
   v1::MergeJob job;
   ASSERT_TRUE(Create(Ties({"e0", "e1"}), &job).ok());
   ::testing::internal::CaptureStderr();
@@ -671,11 +677,7 @@ TEST_F(HardeningTest, AJobCancelledBeforeItStartedLogsNoRunTime) {
   grpc::ClientContext ctx;
   ASSERT_TRUE(merges_->CancelMergeJob(&ctx, cancel, &job).ok());
   const std::string log = ::testing::internal::GetCapturedStderr();
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    release = true;
-  }
-  cv.notify_all();
+  gate.Release();
   EXPECT_EQ(job.state(), v1::JOB_STATE_CANCELLED);
   EXPECT_THAT(log, HasSubstr("\"job_cancelled\""));
   EXPECT_THAT(log, Not(HasSubstr("e+09")));
