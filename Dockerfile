@@ -1,7 +1,10 @@
 # mergeserve image, built from Debian 12 packages only.
 #   docker build -t mergeserve .
-#   docker run --rm -p 50051:50051 -p 9464:9464 -v /models:/models mergeserve \
-#     serve --data-dir /data --allow-root /models
+#   docker run --rm -p 50051:50051 -v /models:/models -v /certs:/certs:ro mergeserve \
+#     serve --auth token --tls-cert /certs/tls.crt --tls-key /certs/tls.key \
+#     --data-dir /data --allow-root /models
+#   (create tokens with: docker exec ... mergeserve token create --data-dir /data ...;
+#   a quick local try without TLS or tokens needs --listen 0.0.0.0:50051 --insecure)
 #   docker run --rm -v /models:/models mergeserve merge /models/ties.yaml /models/out
 FROM debian:12 AS build
 WORKDIR /src

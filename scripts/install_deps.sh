@@ -11,6 +11,7 @@ PKGS=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev prometheus-cpp-dev
   libsqlite3-dev libssl-dev openssl
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang libclang-rt-14-dev
   python3 python3-numpy python3-torch python3-grpcio python3-protobuf python3-sklearn
 )
 missing=()

@@ -82,6 +82,21 @@ TEST_F(TokenStoreTest, WrongMalformedExpiredAndRevokedTokensAreRefused) {
   EXPECT_NE((*all)[1].revoke_ms, 0);
 }
 
+TEST_F(TokenStoreTest, ImportedTokensVerifyAndImportIsIdempotent) {
+  const std::string token = "mst_0123456789ab_" + std::string(64, 'c');
+  auto t = store_->Import(token, "ops", Role::kAdmin, "k8s secret");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->id, "tok_0123456789ab");
+  EXPECT_EQ(store_->Verify(token)->role, Role::kAdmin);
+  EXPECT_TRUE(store_->Import(token, "ops", Role::kAdmin, "").ok());
+  const std::string other = "mst_0123456789ab_" + std::string(64, 'd');
+  EXPECT_EQ(store_->Import(other, "ops", Role::kAdmin, "").status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(
+      store_->Import("mst_short", "ops", Role::kAdmin, "").status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(TokenStoreTest, TenantsRolesAndDurationsAreValidated) {
   EXPECT_EQ(store_->Create("bad tenant", Role::kReader, 0, "").status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -42,6 +42,12 @@ class TokenStore {
   absl::StatusOr<NewToken> Create(const std::string& tenant, Role role,
                                   int64_t ttl_ms,
                                   const std::string& description);
+  // Records a token made elsewhere (e.g. a Kubernetes Secret, so a
+  // deployment can start with a known admin token). Idempotent for the
+  // same token; ALREADY_EXISTS when its id is taken by another secret.
+  absl::StatusOr<TokenRecord> Import(const std::string& token,
+                                     const std::string& tenant, Role role,
+                                     const std::string& description);
   // Every token of `tenant` ("" = all tenants), newest first.
   absl::StatusOr<std::vector<TokenRecord>> List(
       const std::string& tenant) const;

@@ -198,19 +198,66 @@ absl::StatusOr<TokenRecord> TokenStore::Revoke(const std::string& id) {
   return t;
 }
 
-absl::StatusOr<Principal> TokenStore::Verify(const std::string& token) const {
-  // mst_<12 hex>_<64 hex>
+namespace {
+
+// mst_<12 hex>_<64 hex> -> (id, secret); false when malformed.
+bool SplitToken(const std::string& token, std::string* id,
+                std::string* secret) {
   const size_t prefix = sizeof(kPrefix) - 1;
   if (token.size() != prefix + kIdHex + 1 + kSecretHex ||
       token.compare(0, prefix, kPrefix) != 0 || token[prefix + kIdHex] != '_') {
-    return Unauthenticated("malformed token (expected mst_<id>_<secret>)");
+    return false;
   }
   const std::string id_hex = token.substr(prefix, kIdHex);
-  const std::string secret = token.substr(prefix + kIdHex + 1);
-  if (!IsHex(id_hex) || !IsHex(secret)) {
+  *secret = token.substr(prefix + kIdHex + 1);
+  *id = "tok_" + id_hex;
+  return IsHex(id_hex) && IsHex(*secret);
+}
+
+}  // namespace
+
+absl::StatusOr<TokenRecord> TokenStore::Import(const std::string& token,
+                                               const std::string& tenant,
+                                               Role role,
+                                               const std::string& description) {
+  std::string id, secret;
+  if (!SplitToken(token, &id, &secret)) {
+    return absl::InvalidArgumentError(
+        "a token reads mst_<12 hex digits>_<64 hex digits>");
+  }
+  if (!IsValidTenant(tenant)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid tenant '", Abbreviate(tenant), "'"));
+  }
+  MS_ASSIGN_OR_RETURN(
+      auto rows,
+      db_->Query("SELECT secret_sha256 FROM tokens WHERE id = ?", {id}));
+  if (!rows.empty()) {
+    if (!ConstantTimeEquals(Sha256Hex(secret), SqlString(rows[0][0]))) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("token id ", id, " is taken by another token"));
+    }
+    return Get(id);
+  }
+  TokenRecord t;
+  t.id = id;
+  t.tenant = tenant;
+  t.role = role;
+  t.description = description;
+  t.create_ms = NowMs();
+  MS_RETURN_IF_ERROR(db_->Exec(
+      absl::StrCat("INSERT INTO tokens (", kColumns,
+                   ", secret_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+      {t.id, tenant, static_cast<int64_t>(role), description, t.create_ms,
+       int64_t{0}, int64_t{0}, Sha256Hex(secret)}));
+  return t;
+}
+
+absl::StatusOr<Principal> TokenStore::Verify(const std::string& token) const {
+  std::string id, secret;
+  if (!SplitToken(token, &id, &secret)) {
     return Unauthenticated("malformed token (expected mst_<id>_<secret>)");
   }
-  const std::string id = "tok_" + id_hex;
   MS_ASSIGN_OR_RETURN(
       auto rows,
       db_->Query(absl::StrCat("SELECT ", kColumns,

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -28,6 +30,9 @@ commands:
          [--description TEXT]   prints the token alone on its last line
   list [--tenant T]             every token (or one tenant's), newest first
   revoke ID                     ID is the token's public id (tok_...)
+  import --tenant T --role R --token-file F
+                                record a token made elsewhere (e.g. from a
+                                Kubernetes Secret); idempotent
 
 options:
   --data-dir DIR   the server's data dir (required)
@@ -62,6 +67,7 @@ int RunTokenCommand(const std::vector<std::string>& argv) {
                                     {"role", true},
                                     {"expires", true},
                                     {"description", true},
+                                    {"token-file", true},
                                     {"json", false}});
   if (!parsed.ok()) {
     std::fprintf(stderr, "mergeserve token: %s\n\n%s",
@@ -77,6 +83,9 @@ int RunTokenCommand(const std::vector<std::string>& argv) {
     std::fputs(kUsage, stderr);
     return 2;
   }
+  // The first token may come before the server ever ran.
+  std::error_code ec;
+  std::filesystem::create_directories(a.Get("data-dir"), ec);
   auto db = SqliteDatabase::Open(a.Get("data-dir") + "/mergeserve.db");
   if (!db.ok()) return FailWith(db.status());
   auto store =
@@ -111,6 +120,29 @@ int RunTokenCommand(const std::vector<std::string>& argv) {
                  t->record.id.c_str(), t->record.tenant.c_str(),
                  RoleName(t->record.role), Time(t->record.expire_ms).c_str());
     std::printf("%s\n", t->secret.c_str());
+    return 0;
+  }
+  if (verb == "import") {
+    auto role = RoleFromName(a.Get("role"));
+    if (!role) {
+      return FailWith(
+          absl::InvalidArgumentError("--role must be reader, writer or admin"));
+    }
+    std::ifstream in(a.Get("token-file"));
+    std::string token;
+    if (!in || !(in >> token)) {
+      return FailWith(absl::NotFoundError(
+          absl::StrCat("cannot read --token-file ", a.Get("token-file"))));
+    }
+    auto t = (*store)->Import(token, a.Get("tenant"), *role,
+                              a.Get("description", "imported"));
+    if (!t.ok()) return FailWith(t.status());
+    if (json) {
+      std::cout << ToJson(*t).dump() << std::endl;
+    } else {
+      std::printf("imported %s for tenant '%s', role %s\n", t->id.c_str(),
+                  t->tenant.c_str(), RoleName(t->role));
+    }
     return 0;
   }
   if (verb == "list") {
