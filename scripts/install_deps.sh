@@ -6,7 +6,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS=(
   build-essential cmake ninja-build pkg-config
-  libtorch-dev libabsl-dev libyaml-cpp-dev nlohmann-json3-dev
+  libtorch-dev libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libre2-dev
   zlib1g-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev prometheus-cpp-dev
   libsqlite3-dev libssl-dev openssl

@@ -4,6 +4,7 @@
 #include "gtest/gtest.h"
 #include "mergeserve/engine/merge_plan.h"
 #include "mergeserve/engine/method_registry.h"
+#include "mergeserve/engine/tensor_filter.h"
 
 namespace mergeserve {
 namespace {
@@ -176,6 +177,22 @@ out_dtype: float16
   EXPECT_DOUBLE_EQ(*back->models[0].parameters.at("weight").ResolveNumber(
                        "weight", "x.mlp.y", 0),
                    0.5);
+}
+
+TEST(TensorFilterTest, MatchesInLinearTimeAndRefusesWhatRe2CannotDo) {
+  auto f = TensorFilter::Compile("^model\\.layers\\.(1|2)\\.");
+  ASSERT_TRUE(f.ok());
+  EXPECT_TRUE(f->Matches("model.layers.1.mlp.weight"));
+  EXPECT_FALSE(f->Matches("model.layers.3.mlp.weight"));
+  // Exponential for a backtracking matcher (and deep recursion for
+  // std::regex); a single linear pass here.
+  auto evil = TensorFilter::Compile("(a|a)*(a|a)*c");
+  ASSERT_TRUE(evil.ok());
+  EXPECT_FALSE(evil->Matches(std::string(100000, 'a')));
+  EXPECT_EQ(TensorFilter::Compile("(?=lookahead)").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TensorFilter::Compile(std::string(2000, 'x')).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ParamValueTest, GradientInterpolatesPiecewiseLinearly) {

@@ -3,12 +3,12 @@
 #include <cmath>
 #include <filesystem>
 #include <optional>
-#include <regex>
 #include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/tensor_filter.h"
 
 namespace mergeserve {
 namespace fs = std::filesystem;
@@ -97,25 +97,19 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
 
   // Which tensors are merged (the rest are copied from the reference, e.g.
   // per-task parts the base also has): a regex, default all floating ones.
-  std::optional<std::regex> merged;
+  std::optional<TensorFilter> merged;
   if (auto it = c.parameters.find("merge_tensors"); it != c.parameters.end()) {
     MS_ASSIGN_OR_RETURN(std::string pattern,
                         it->second.AsString("merge_tensors"));
-    try {
-      merged.emplace(pattern, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config: merge_tensors '", pattern,
-                       "' is not a regular expression: ", e.what()));
-    }
+    MS_ASSIGN_OR_RETURN(merged, TensorFilter::Compile(pattern));
   }
   for (const TensorInfo* info : plan->reference_->tensors()) {
     PlannedTensor t;
     t.name = info->name;
     t.shape = info->shape;
     t.numel = info->numel();
-    t.merge = IsMergeable(info->dtype) &&
-              (!merged || std::regex_search(info->name, *merged));
+    t.merge =
+        IsMergeable(info->dtype) && (!merged || merged->Matches(info->name));
     t.out_dtype = info->dtype;
     if (t.merge) {
       if (c.out_dtype) {

@@ -1,11 +1,11 @@
 #include "mergeserve/jobs/task_evaluator.h"
 
 #include <optional>
-#include <regex>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/tensor_filter.h"
 #include "mergeserve/eval/program_evaluator.h"
 
 namespace mergeserve {
@@ -132,19 +132,14 @@ absl::StatusOr<std::vector<TaskMetrics>> TaskEvaluator::Run(
       }
       // With merge_tensors, the rest of the result is a copy of the base:
       // the head expert keeps its own.
-      std::optional<std::regex> merged;
+      std::optional<TensorFilter> merged;
       if (!target.merged_regex.empty()) {
-        try {
-          merged.emplace(target.merged_regex, std::regex::ECMAScript);
-        } catch (const std::regex_error&) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "merge_tensors '", target.merged_regex, "' is not a regex"));
-        }
+        MS_ASSIGN_OR_RETURN(merged, TensorFilter::Compile(target.merged_regex));
       }
       MS_ASSIGN_OR_RETURN(auto loaded,
                           ev->LoadWeights(*weights, [&](const std::string& n) {
                             return (shared.empty() || shared.count(n) > 0) &&
-                                   (!merged || std::regex_search(n, *merged));
+                                   (!merged || merged->Matches(n));
                           }));
       if (loaded.empty()) {
         return absl::InvalidArgumentError(absl::StrCat(
