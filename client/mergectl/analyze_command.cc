@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "cli.h"
-#include "cli/diagnostics_chart.h"
+#include "mergeserve/ui/diagnostics_chart.h"
 #include "mergeserve/v1/merge.grpc.pb.h"
 #include "nlohmann/json.hpp"
 

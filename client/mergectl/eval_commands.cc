@@ -6,7 +6,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "cli.h"
-#include "cli/progress_bar.h"
+#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/v1/merge.grpc.pb.h"
 #include "nlohmann/json.hpp"
 

@@ -5,7 +5,7 @@
 #include <iostream>
 
 #include "cli.h"
-#include "cli/progress_bar.h"
+#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/base/sha256.h"
 #include "mergeserve/v1/merge.grpc.pb.h"
 #include "nlohmann/json.hpp"

@@ -6,7 +6,7 @@
 #include <iostream>
 
 #include "cli.h"
-#include "cli/progress_bar.h"
+#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/base/sha256.h"
 #include "mergeserve/format/model_folder.h"
 #include "mergeserve/v1/registry.grpc.pb.h"

@@ -3,7 +3,9 @@
 #include "mergeserve/jobs/job_manager.h"
 
 #include <atomic>
+#include <filesystem>
 #include <random>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "jobs_test_util.h"
@@ -112,6 +114,36 @@ TEST_F(JobManagerTest, MemoryBudgetLimitsConcurrentMerges) {
   const int64_t one = EstimateMergeMemory(**plan, Backend::kFused, 1);
   EXPECT_EQ(MaxConcurrent(one, "0.9"), 1);
   EXPECT_EQ(MaxConcurrent(0, "0.8"), 2);
+}
+
+TEST_F(JobManagerTest, FinishedJobsExpireWithTheirResultsAndDeleteNeedsAnEnd) {
+  JobManager::Options o;
+  o.data_dir = registry_->data_dir();
+  o.registry = registry_.get();
+  o.retention_ms = 50;
+  auto jobs = JobManager::Create(o);
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  auto j = (*jobs)->Submit(testing::Request(
+      "merge_method: task_arithmetic\nbase_model: base\nmodels: [e0]\n"));
+  ASSERT_TRUE(j.ok()) << j.status();
+  JobRecord r;
+  for (int i = 0; i < 3000; ++i) {
+    r = *(*jobs)->Get(kDefaultTenant, j->id);
+    if (IsFinal(r.state)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(r.state, JobState::kSucceeded) << r.error_message;
+  ASSERT_TRUE(std::filesystem::is_directory(r.result_dir));
+  // Another tenant can neither see nor delete it.
+  EXPECT_EQ((*jobs)->Delete("other", j->id).code(),
+            absl::StatusCode::kNotFound);
+  // Past the retention period it goes (by this call, or by the janitor
+  // thread if it came first).
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_LE((*jobs)->ExpireOldJobs(), 1);
+  EXPECT_EQ((*jobs)->Get(kDefaultTenant, j->id).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_FALSE(std::filesystem::exists(r.result_dir));
 }
 
 }  // namespace

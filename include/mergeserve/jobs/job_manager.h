@@ -145,6 +145,8 @@ class JobManager {
   std::unique_ptr<TaskVectorCache> cache_;
   std::unique_ptr<WorkExecutor> executor_;
   StatsCounters stats_counters_;
+  // Held from the content-address lookup to the insert of a new job.
+  std::mutex submit_mu_;
   mutable std::mutex mu_;
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::pair<std::string, Listener>> listeners_

@@ -7,7 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "cli/diagnostics_chart.h"
+#include "mergeserve/ui/diagnostics_chart.h"
 #include "cli/merge_command.h"
 #include "mergeserve/base/exit_codes.h"
 #include "nlohmann/json.hpp"

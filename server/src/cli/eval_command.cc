@@ -5,7 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "cli/merge_command.h"
-#include "cli/progress_bar.h"
+#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/base/exit_codes.h"
 #include "mergeserve/eval/program_evaluator.h"
 #include "nlohmann/json.hpp"

@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/cli_args.h"
-#include "cli/progress_bar.h"
+#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/base/byte_size.h"
 #include "mergeserve/base/exit_codes.h"
 #include "mergeserve/engine/executor.h"

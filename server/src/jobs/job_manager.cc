@@ -118,8 +118,7 @@ absl::StatusOr<JobRecord> JobManager::Submit(MergeRequest request) {
                                 options_.threads_per_job));
   // One content-address check and insert at a time, so the same request
   // sent twice at once gives one job.
-  static std::mutex submit_mu;
-  std::lock_guard<std::mutex> submit_lock(submit_mu);
+  std::lock_guard<std::mutex> submit_lock(submit_mu_);
   MS_ASSIGN_OR_RETURN(auto same, store_->FindByDigest(tenant, planned.digest));
   if (same) {
     {

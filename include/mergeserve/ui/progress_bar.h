@@ -1,7 +1,7 @@
 // A terminal progress bar that degrades to occasional plain lines when the
 // output is not a terminal (logs, CI).
-#ifndef MERGESERVE_CLI_PROGRESS_BAR_H_
-#define MERGESERVE_CLI_PROGRESS_BAR_H_
+#ifndef MERGESERVE_UI_PROGRESS_BAR_H_
+#define MERGESERVE_UI_PROGRESS_BAR_H_
 
 #include <chrono>
 #include <cstdint>
@@ -30,4 +30,4 @@ class ProgressBar {
 
 }  // namespace mergeserve
 
-#endif  // MERGESERVE_CLI_PROGRESS_BAR_H_
+#endif  // MERGESERVE_UI_PROGRESS_BAR_H_

@@ -1,8 +1,8 @@
 // A small RGB canvas that draws filled rectangles and text (a built-in 5x7
 // bitmap font, upper case) and encodes itself as PNG with zlib: enough for
 // the diagnostics chart without a graphics library.
-#ifndef MERGESERVE_CLI_PNG_CANVAS_H_
-#define MERGESERVE_CLI_PNG_CANVAS_H_
+#ifndef MERGESERVE_UI_PNG_CANVAS_H_
+#define MERGESERVE_UI_PNG_CANVAS_H_
 
 #include <cstdint>
 #include <string>
@@ -42,4 +42,4 @@ class PngCanvas {
 
 }  // namespace mergeserve
 
-#endif  // MERGESERVE_CLI_PNG_CANVAS_H_
+#endif  // MERGESERVE_UI_PNG_CANVAS_H_

@@ -1,4 +1,4 @@
-#include "cli/png_canvas.h"
+#include "mergeserve/ui/png_canvas.h"
 
 #include <zlib.h>
 

@@ -1,4 +1,4 @@
-#include "cli/diagnostics_chart.h"
+#include "mergeserve/ui/diagnostics_chart.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "cli/png_canvas.h"
+#include "mergeserve/ui/png_canvas.h"
 
 namespace mergeserve {
 namespace {

@@ -1,8 +1,8 @@
 // An SVG or PNG chart of merge diagnostics: the sign-conflict rate per tensor
 // and the cosine matrix of the task vectors. Shared by `mergeserve analyze` and
 // `mergectl analyze --plot`.
-#ifndef MERGESERVE_CLI_DIAGNOSTICS_CHART_H_
-#define MERGESERVE_CLI_DIAGNOSTICS_CHART_H_
+#ifndef MERGESERVE_UI_DIAGNOSTICS_CHART_H_
+#define MERGESERVE_UI_DIAGNOSTICS_CHART_H_
 
 #include <string>
 #include <vector>
@@ -27,4 +27,4 @@ std::string RenderDiagnosticsChart(const ChartData& d,
 
 }  // namespace mergeserve
 
-#endif  // MERGESERVE_CLI_DIAGNOSTICS_CHART_H_
+#endif  // MERGESERVE_UI_DIAGNOSTICS_CHART_H_

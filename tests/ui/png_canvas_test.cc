@@ -1,10 +1,10 @@
 // The PNG canvas: a valid PNG (signature, chunk CRCs, zlib data) whose
 // pixels are what was drawn, and the diagnostics chart in PNG form.
-#include "cli/png_canvas.h"
+#include "mergeserve/ui/png_canvas.h"
 
 #include <zlib.h>
 
-#include "cli/diagnostics_chart.h"
+#include "mergeserve/ui/diagnostics_chart.h"
 #include "gtest/gtest.h"
 
 namespace mergeserve {
