@@ -359,6 +359,11 @@ TEST_F(HardeningTest, HugeRequestsAreBoundedAndListsArePagedSummaries) {
       Create(Ties({"e0", "e1"}, "# " + std::string(7900000, 'x') + "\n"), &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("bytes; at most"));
+  // What held before keeps holding: 50 MB never gets past the transport.
+  s = Create(Ties({"e0", "e1"}, "# " + std::string(50 << 20, 'x') + "\n"),
+             &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(testing::HealthStatus(channel_), 1);
   // Under the bound, the comment is not stored: the canonical request is.
   ASSERT_TRUE(
       Create(Ties({"e0", "e1"}, "# " + std::string(900000, 'x') + "\n"), &job)

@@ -773,6 +773,13 @@ TEST_F(SecurityTest, ServingOffLoopbackNeedsTlsAndTokensOrInsecure) {
   o.auth_tokens = true;  // tokens, but in plaintext
   EXPECT_EQ(MergeServer::Start(o).status().code(),
             absl::StatusCode::kFailedPrecondition);
+  // Metrics stay on loopback in development mode too.
+  MergeServer::Options m;
+  m.listen = "127.0.0.1:0";
+  m.metrics_listen = "0.0.0.0:0";
+  m.data_dir = TempDir("modes_metrics");
+  EXPECT_EQ(MergeServer::Start(m).status().code(),
+            absl::StatusCode::kFailedPrecondition);
   o.metrics_listen = "";
   o.insecure = true;  // explicitly
   auto insecure = MergeServer::Start(o);
