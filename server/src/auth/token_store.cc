@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "mergeserve/base/clock.h"
 #include "mergeserve/base/errors.h"
 #include "mergeserve/base/secure_random.h"
 #include "mergeserve/base/sha256.h"
@@ -15,12 +16,6 @@ namespace {
 constexpr char kPrefix[] = "mst_";
 constexpr size_t kIdHex = 12;
 constexpr size_t kSecretHex = 64;
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 constexpr char kColumns[] =
     "id, tenant, role, description, create_ms, expire_ms, revoke_ms";

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "mergeserve/base/clock.h"
 #include "mergeserve/base/log.h"
 #include "mergeserve/base/secure_random.h"
 #include "mergeserve/base/sha256.h"
@@ -16,12 +17,6 @@
 namespace mergeserve {
 namespace fs = std::filesystem;
 namespace {
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 absl::StatusOr<std::string> NewId() {
   MS_ASSIGN_OR_RETURN(std::string hex, SecureRandomHex(6));

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "mergeserve/auth/principal.h"
+#include "mergeserve/base/clock.h"
 #include "mergeserve/base/errors.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/store/page_token.h"
@@ -21,12 +22,6 @@ constexpr char kColumns[] =
     "tenant, id, state, config_yaml, request_digest, create_ms, start_ms, "
     "end_ms, tensors_done, tensors_total, error_code, error_message, files, "
     "result_bytes, seconds, result_dir, metrics, method";
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 JobRecord FromRow(const SqlRow& r) {
   JobRecord j;

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "mergeserve/base/clock.h"
 #include "mergeserve/base/errors.h"
 #include "mergeserve/base/log.h"
 #include "mergeserve/base/sha256.h"
@@ -58,12 +59,6 @@ CheckpointRecord FromRow(const SqlRow& r, bool with_tensors) {
     }
   }
   return c;
-}
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 // sha256 over "<file> <sha256>\n" lines of the folder's weight files (the

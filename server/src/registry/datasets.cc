@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "mergeserve/base/clock.h"
 #include "mergeserve/base/errors.h"
 #include "mergeserve/base/log.h"
 #include "mergeserve/base/sha256.h"
@@ -133,9 +134,7 @@ absl::StatusOr<DatasetRecord> CheckpointRegistry::InsertDataset(
   d.size_bytes = static_cast<int64_t>((*reader)->file().size());
   MS_ASSIGN_OR_RETURN(std::string h, Sha256File(real));
   d.content_digest = "sha256:" + h;
-  d.create_time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch())
-                         .count();
+  d.create_time_ms = NowMs();
   MS_RETURN_IF_ERROR(db_->Transaction([&]() -> absl::Status {
     MS_ASSIGN_OR_RETURN(
         auto existing,
