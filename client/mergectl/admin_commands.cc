@@ -1,11 +1,11 @@
 // mergectl verbs for admins (AdminService): API tokens, tenant quotas and
 // publishing checkpoints to every tenant.
 #include <cstdio>
-#include <ctime>
 #include <iostream>
 
 #include "cli.h"
 #include "mergeserve/base/byte_size.h"
+#include "mergeserve/base/clock.h"
 #include "mergeserve/v1/admin.grpc.pb.h"
 #include "nlohmann/json.hpp"
 
@@ -15,13 +15,7 @@ namespace {
 using mergeserve::v1::AdminService;
 
 std::string Time(const google::protobuf::Timestamp& t) {
-  if (t.seconds() == 0) return "-";
-  const std::time_t s = static_cast<std::time_t>(t.seconds());
-  std::tm tm;
-  gmtime_r(&s, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
+  return mergeserve::FormatUtcTime(t.seconds() * 1000);
 }
 
 std::string RoleWord(mergeserve::v1::Role r) {
@@ -38,30 +32,6 @@ nlohmann::json ToJson(const mergeserve::v1::Token& t) {
           {"create_time", Time(t.create_time())},
           {"expire_time", t.has_expire_time() ? Time(t.expire_time()) : ""},
           {"revoke_time", t.has_revoke_time() ? Time(t.revoke_time()) : ""}};
-}
-
-// "30d", "12h", "90m", "45s" or seconds.
-bool ParseSeconds(const std::string& text, int64_t* out) {
-  if (text.empty()) return false;
-  size_t i = 0;
-  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
-    ++i;
-  }
-  if (i == 0 || i > 12) return false;
-  const std::string unit = text.substr(i);
-  const int64_t n = std::stoll(text.substr(0, i));
-  if (unit.empty() || unit == "s") {
-    *out = n;
-  } else if (unit == "m") {
-    *out = n * 60;
-  } else if (unit == "h") {
-    *out = n * 3600;
-  } else if (unit == "d") {
-    *out = n * 86400;
-  } else {
-    return false;
-  }
-  return true;
 }
 
 void PrintQuota(const mergeserve::v1::QuotaResponse& q, bool json) {
@@ -184,12 +154,15 @@ int RunAdminVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
       return 2;
     }
     req.set_role(role);
-    int64_t ttl = 0;
-    if (!args.expires.empty() && !ParseSeconds(args.expires, &ttl)) {
-      std::fprintf(stderr, "mergectl: --expires takes e.g. 30d, 12h, 3600\n");
-      return 2;
+    if (!args.expires.empty()) {
+      auto ttl = mergeserve::ParseDurationMs(args.expires);
+      if (!ttl.ok()) {
+        std::fprintf(stderr, "mergectl: --expires: %s\n",
+                     std::string(ttl.status().message()).c_str());
+        return 2;
+      }
+      req.set_ttl_seconds(*ttl / 1000);
     }
-    req.set_ttl_seconds(ttl);
     req.set_description(args.description);
     mergeserve::v1::CreateTokenResponse out;
     grpc::Status s = stub->CreateToken(&ctx, req, &out);

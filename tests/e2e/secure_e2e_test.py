@@ -19,12 +19,8 @@ import tempfile
 import time
 import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MERGESERVE = os.environ.get("MERGESERVE_BIN", os.path.join(ROOT, "build", "mergeserve"))
-MERGECTL = os.environ.get("MERGECTL_BIN", os.path.join(ROOT, "build", "mergectl"))
-MAKE_MODEL = os.path.join(ROOT, "tests", "tools", "make_model.py")
-sys.path.insert(0, os.path.join(ROOT, "client", "python"))
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_test import MAKE_MODEL, MERGECTL, MERGESERVE, free_ports  # noqa: E402
 from mergeserve_client import Client  # noqa: E402
 from mergeserve.v1 import merge_pb2  # noqa: E402
 
@@ -51,12 +47,6 @@ def make_pki(d):
     return p("ca.pem"), p("tls.crt"), p("tls.key")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SecureEndToEnd(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -71,7 +61,7 @@ class SecureEndToEnd(unittest.TestCase):
                             "--tenant", "teamA", "--role", "admin", "--description", "ops"],
                            check=True, capture_output=True, text=True)
         cls.admin = r.stdout.strip().splitlines()[-1]
-        cls.port = free_port()
+        cls.port, = free_ports(1)
         cls.addr = f"localhost:{cls.port}"
         cls.log = open(os.path.join(cls.tmp, "serve.log"), "w")
         cls.proc = subprocess.Popen(

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "mergeserve/auth/principal.h"
+#include "mergeserve/base/clock.h"
 #include "mergeserve/store/sqlite_database.h"
 
 namespace mergeserve {
@@ -65,9 +66,6 @@ class TokenStore {
   TokenStore() = default;
   std::shared_ptr<SqliteDatabase> db_;
 };
-
-// "30d", "12h", "90m", "45s" or a plain number of seconds; 0 = never.
-absl::StatusOr<int64_t> ParseDurationMs(const std::string& text);
 
 }  // namespace mergeserve
 

@@ -1,9 +1,13 @@
-// Wall-clock time as stored in records: milliseconds since the Unix epoch.
+// Wall-clock time as stored in records (milliseconds since the Unix epoch),
+// as shown (UTC, ISO 8601) and as typed on command lines ("30d").
 #ifndef MERGESERVE_BASE_CLOCK_H_
 #define MERGESERVE_BASE_CLOCK_H_
 
 #include <chrono>
 #include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
 
 namespace mergeserve {
 
@@ -12,6 +16,12 @@ inline int64_t NowMs() {
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+
+// "2026-11-29T17:16:49Z"; "-" for 0 (never).
+std::string FormatUtcTime(int64_t ms);
+
+// "30d", "12h", "90m", "45s" or a plain number of seconds, in ms.
+absl::StatusOr<int64_t> ParseDurationMs(const std::string& text);
 
 }  // namespace mergeserve
 

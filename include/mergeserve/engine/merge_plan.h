@@ -73,6 +73,9 @@ class MergePlan {
   // DATA_LOSS naming the model and file when an input was truncated or
   // modified since the plan opened it.
   absl::Status CheckInputsUnchanged() const;
+  // The same for the files `t` was read from only: cheap enough for after
+  // every tensor (the whole check runs once, before the result commits).
+  absl::Status CheckTensorInputsUnchanged(const PlannedTensor& t) const;
 
   // Parameter lookup: the model's own value, else the global one, else
   // `fallback`. model < 0 reads only the global value.

@@ -20,6 +20,11 @@
 
 namespace mergeserve {
 
+// The real path (symlinks resolved) of the file open as `fd`, read back
+// from /proc/self/fd, so a link swapped after opening cannot mislead a
+// check; `fallback` when it cannot be read.
+std::string RealPathOfFd(int fd, const std::string& fallback);
+
 class MappedFile {
  public:
   static absl::StatusOr<std::unique_ptr<MappedFile>> Open(

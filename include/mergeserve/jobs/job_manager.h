@@ -134,7 +134,8 @@ class JobManager {
                        bool force);
   void RunJob(const std::string& id, std::shared_ptr<PlannedMerge> planned,
               const std::atomic<bool>& cancelled);
-  void Finish(JobRecord done, int64_t running_since_ms);
+  // Records, logs and announces the end of a job (run or not).
+  void Finish(JobRecord done);
   void Update(const std::string& id, const std::function<void(JobRecord&)>& f,
               bool notify);
   void Notify(const JobRecord& r);

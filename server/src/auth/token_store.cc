@@ -80,29 +80,6 @@ bool TokenStore::IsValidTenant(const std::string& tenant) {
   return true;
 }
 
-absl::StatusOr<int64_t> ParseDurationMs(const std::string& text) {
-  if (text.empty()) return absl::InvalidArgumentError("empty duration");
-  size_t digits = 0;
-  while (digits < text.size() &&
-         std::isdigit(static_cast<unsigned char>(text[digits]))) {
-    ++digits;
-  }
-  const std::string unit = text.substr(digits);
-  if (digits == 0 || digits > 12 ||
-      !(unit.empty() || unit == "s" || unit == "m" || unit == "h" ||
-        unit == "d")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "duration '", Abbreviate(text),
-        "' must be a number with an optional unit s, m, h or d (e.g. 30d)"));
-  }
-  const int64_t n = std::stoll(text.substr(0, digits));
-  const int64_t scale = unit == "m"   ? 60
-                        : unit == "h" ? 3600
-                        : unit == "d" ? 86400
-                                      : 1;
-  return n * scale * 1000;
-}
-
 absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(
     std::shared_ptr<SqliteDatabase> db) {
   std::unique_ptr<TokenStore> s(new TokenStore());

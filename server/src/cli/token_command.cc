@@ -1,7 +1,6 @@
 #include "cli/token_command.h"
 
 #include <cstdio>
-#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -9,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/cli_args.h"
 #include "mergeserve/auth/token_store.h"
+#include "mergeserve/base/clock.h"
 #include "mergeserve/base/exit_codes.h"
 #include "nlohmann/json.hpp"
 
@@ -39,24 +39,14 @@ options:
   --json           machine-readable output
 )";
 
-std::string Time(int64_t ms) {
-  if (ms == 0) return "-";
-  const std::time_t t = static_cast<std::time_t>(ms / 1000);
-  std::tm tm;
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 nlohmann::json ToJson(const TokenRecord& t) {
   return {{"id", t.id},
           {"tenant", t.tenant},
           {"role", RoleName(t.role)},
           {"description", t.description},
-          {"create_time", Time(t.create_ms)},
-          {"expire_time", t.expire_ms ? Time(t.expire_ms) : ""},
-          {"revoke_time", t.revoke_ms ? Time(t.revoke_ms) : ""}};
+          {"create_time", FormatUtcTime(t.create_ms)},
+          {"expire_time", t.expire_ms ? FormatUtcTime(t.expire_ms) : ""},
+          {"revoke_time", t.revoke_ms ? FormatUtcTime(t.revoke_ms) : ""}};
 }
 
 }  // namespace
@@ -118,7 +108,8 @@ int RunTokenCommand(const std::vector<std::string>& argv) {
                  "token %s for tenant '%s', role %s, expires %s; it is shown "
                  "only now:\n",
                  t->record.id.c_str(), t->record.tenant.c_str(),
-                 RoleName(t->record.role), Time(t->record.expire_ms).c_str());
+                 RoleName(t->record.role),
+                 FormatUtcTime(t->record.expire_ms).c_str());
     std::printf("%s\n", t->secret.c_str());
     return 0;
   }
@@ -158,8 +149,9 @@ int RunTokenCommand(const std::vector<std::string>& argv) {
                 "EXPIRES", "REVOKED", "DESCRIPTION");
     for (const TokenRecord& t : *tokens) {
       std::printf("%-18s %-16s %-7s %-21s %-21s %s\n", t.id.c_str(),
-                  t.tenant.c_str(), RoleName(t.role), Time(t.expire_ms).c_str(),
-                  Time(t.revoke_ms).c_str(), t.description.c_str());
+                  t.tenant.c_str(), RoleName(t.role),
+                  FormatUtcTime(t.expire_ms).c_str(),
+                  FormatUtcTime(t.revoke_ms).c_str(), t.description.c_str());
     }
     return 0;
   }

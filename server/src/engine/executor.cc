@@ -243,7 +243,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     }
     // A checkpoint re-saved under the merge fails it (DATA_LOSS) rather
     // than committing a mix of old and new bytes.
-    MS_RETURN_IF_ERROR(plan->CheckInputsUnchanged());
+    MS_RETURN_IF_ERROR(plan->CheckTensorInputsUnchanged(t));
     // Inputs of this tensor are consumed: keep RSS bounded.
     ReleaseView(t.reference);
     if (t.base.data) ReleaseView(t.base);

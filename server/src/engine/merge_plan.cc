@@ -299,6 +299,27 @@ absl::Status MergePlan::CheckInputsUnchanged() const {
   return absl::OkStatus();
 }
 
+absl::Status MergePlan::CheckTensorInputsUnchanged(
+    const PlannedTensor& t) const {
+  auto check = [](const TensorView& v, const std::string& ref) {
+    if (v.file == nullptr) return absl::OkStatus();
+    absl::Status s = v.file->CheckUnchanged();
+    if (s.ok()) return s;
+    return absl::Status(s.code(),
+                        absl::StrCat("model '", ref, "': ", s.message()));
+  };
+  const std::string reference_ref =
+      config_.base_model ? *config_.base_model : models_[0].ref;
+  MS_RETURN_IF_ERROR(check(t.reference, reference_ref));
+  if (t.base.data != nullptr) {
+    MS_RETURN_IF_ERROR(check(t.base, *config_.base_model));
+  }
+  for (size_t i = 0; i < t.models.size(); ++i) {
+    MS_RETURN_IF_ERROR(check(t.models[i], models_[i].ref));
+  }
+  return absl::OkStatus();
+}
+
 uint64_t MergePlan::input_bytes() const {
   uint64_t n = 0;
   for (const auto& f : folders_) n += f->total_bytes();

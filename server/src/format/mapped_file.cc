@@ -108,6 +108,14 @@ int64_t MtimeNs(const struct stat& st) {
 
 }  // namespace
 
+std::string RealPathOfFd(int fd, const std::string& fallback) {
+  char link[64];
+  std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  char real[4096];
+  const ssize_t n = ::readlink(link, real, sizeof real - 1);
+  return n > 0 ? std::string(real, static_cast<size_t>(n)) : fallback;
+}
+
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     const std::string& path) {
   std::unique_ptr<MappedFile> m(new MappedFile());
@@ -122,11 +130,7 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     return absl::InvalidArgumentError(
         absl::StrCat(path, " is not a regular file"));
   }
-  char link[64];
-  std::snprintf(link, sizeof link, "/proc/self/fd/%d", m->fd_);
-  char real[4096];
-  const ssize_t n = ::readlink(link, real, sizeof real - 1);
-  m->real_path_ = n > 0 ? std::string(real, static_cast<size_t>(n)) : path;
+  m->real_path_ = RealPathOfFd(m->fd_, path);
   m->size_ = static_cast<uint64_t>(st.st_size);
   m->mtime_ns_ = MtimeNs(st);
   if (m->size_ > 0) {

@@ -29,14 +29,7 @@ absl::StatusOr<std::string> ReadChecked(const std::string& path,
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  if (check) {
-    char link[64];
-    std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    char real[4096];
-    const ssize_t n = ::readlink(link, real, sizeof real - 1);
-    MS_RETURN_IF_ERROR(
-        check(n > 0 ? std::string(real, static_cast<size_t>(n)) : path));
-  }
+  if (check) MS_RETURN_IF_ERROR(check(RealPathOfFd(fd, path)));
   std::string out;
   char buf[65536];
   for (;;) {

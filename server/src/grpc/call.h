@@ -17,6 +17,12 @@
 
 namespace mergeserve {
 
+// What a call gets when the control pool's backlog is full.
+inline absl::Status ControlBusy() {
+  return absl::ResourceExhaustedError(
+      "the server is busy validating other requests; try again later");
+}
+
 class UnaryCall {
  public:
   UnaryCall(grpc::CallbackServerContext* ctx, Authorizer& auth,
@@ -54,10 +60,7 @@ class UnaryCall {
     UnaryCall self = *this;
     const bool queued = control.TrySubmit(
         [self, body = std::move(body)]() mutable { self.Finish(body()); });
-    if (!queued) {
-      return Finish(absl::ResourceExhaustedError(
-          "the server is busy validating other requests; try again later"));
-    }
+    if (!queued) return Finish(ControlBusy());
     return reactor_;
   }
 

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/call.h"
 #include "grpc/proto_convert.h"
 #include "grpc/work_streams.h"
 #include "mergeserve/base/status_macros.h"
@@ -98,8 +99,7 @@ void StartEvaluate(JobManager& jobs, BackgroundExecutor& control,
       Run(jobs, target, {c->name}, out);
     });
     if (!queued) {
-      out->Done(absl::ResourceExhaustedError(
-          "the server is busy validating other requests; try again later"));
+      out->Done(ControlBusy());
     }
     return;
   }

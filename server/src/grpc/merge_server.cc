@@ -119,9 +119,7 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
     return db.status();
   }
   s->db_ = *std::move(db);
-  for (const std::string& p : CollectOrphanedTemporaries(s->data_dir_)) {
-    (void)p;  // each is logged
-  }
+  CollectOrphanedTemporaries(s->data_dir_);  // each is logged
 
   MS_ASSIGN_OR_RETURN(s->metrics_,
                       ServiceMetrics::Create(options.metrics_listen));

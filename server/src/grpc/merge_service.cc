@@ -134,8 +134,7 @@ grpc::ServerUnaryReactor* MergeServiceImpl::AnalyzeMerge(
         if (!ticket.ok()) done.Finish(ticket.status());
       });
   if (!queued) {
-    return call.Finish(absl::ResourceExhaustedError(
-        "the server is busy validating other requests; try again later"));
+    return call.Finish(ControlBusy());
   }
   return call.reactor();
 }

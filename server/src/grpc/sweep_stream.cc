@@ -1,6 +1,7 @@
 // MergeService.Sweep: validated on the control executor, run as one work
 // item on the executor (every point merged and evaluated in turn).
 #include "absl/strings/str_cat.h"
+#include "grpc/call.h"
 #include "grpc/proto_convert.h"
 #include "grpc/work_streams.h"
 #include "mergeserve/jobs/sweep_runner.h"
@@ -67,8 +68,7 @@ void StartSweep(JobManager& jobs, BackgroundExecutor& control,
     QueueStreamWork<v1::SweepEvent>(jobs, std::move(item), out);
   });
   if (!queued) {
-    out->Done(absl::ResourceExhaustedError(
-        "the server is busy validating other requests; try again later"));
+    out->Done(ControlBusy());
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "grpc/call.h"
 #include "grpc/proto_convert.h"
 #include "grpc/status_util.h"
 #include "mergeserve/base/byte_size.h"
@@ -341,8 +342,7 @@ void UploadReactor::OnReadDone(bool ok) {
     completing_ = true;
     // Validating and hashing the folder takes a while: not on a gRPC thread.
     if (!c_.control.TrySubmit([this] { Complete(); })) {
-      FinishLocked(absl::ResourceExhaustedError(
-          "too many registrations are being validated; try again later"));
+      FinishLocked(ControlBusy());
     }
     return;
   }

@@ -185,10 +185,7 @@ absl::Status JobManager::Enqueue(JobRecord job,
     r.error_code = static_cast<int>(absl::StatusCode::kCancelled);
     r.error_message = "cancelled before it started";
     r.end_ms = NowMs();
-    (void)store_->Put(r);
-    LogEvent("job_cancelled", {{"job", r.id}, {"while", "queued"}});
-    Notify(r);
-    if (options_.on_finished) options_.on_finished(r);
+    Finish(std::move(r));
   };
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -233,7 +230,6 @@ void JobManager::RunJob(const std::string& id,
   (void)store_->Put(job);
   LogEvent("job_started", {{"job", id}, {"tenant", job.tenant}});
   Notify(job);
-  const int64_t started = job.start_ms;
 
   absl::Status status;
   MergeSummary summary;
@@ -341,17 +337,18 @@ void JobManager::RunJob(const std::string& id,
     done.error_code = static_cast<int>(status.code());
     done.error_message = std::string(status.message());
   }
-  Finish(std::move(done), started);
+  Finish(std::move(done));
 }
 
-void JobManager::Finish(JobRecord done, int64_t running_since_ms) {
+void JobManager::Finish(JobRecord done) {
   (void)store_->Put(done);
   {
     std::lock_guard<std::mutex> lock(mu_);
     active_.erase(done.id);
   }
+  // A job that never started ran for no time at all.
   const double seconds =
-      running_since_ms > 0 ? (done.end_ms - running_since_ms) / 1000.0 : 0.0;
+      done.start_ms > 0 ? (done.end_ms - done.start_ms) / 1000.0 : 0.0;
   LogEvent("job_finished", {{"job", done.id},
                             {"tenant", done.tenant},
                             {"state", JobStateName(done.state)},
