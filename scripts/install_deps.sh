@@ -9,10 +9,12 @@ PKGS=(
   libtorch-dev libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libre2-dev
   zlib1g-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev prometheus-cpp-dev
-  libsqlite3-dev libssl-dev openssl
+  libsqlite3-dev libpq-dev postgresql postgresql-client libssl-dev openssl
+  protobuf-compiler
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   python3 python3-numpy python3-torch python3-grpcio python3-protobuf python3-sklearn
+  python3-venv python3-pip python3-setuptools python3-wheel
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "mergectl/service_config.h"
 #include "mergeserve/base/byte_size.h"
 #include "mergeserve/base/exit_codes.h"
 
@@ -86,6 +87,9 @@ std::shared_ptr<grpc::Channel> Connect(const Args& args) {
   }
   grpc::ChannelArguments ch_args;
   ch_args.SetMaxReceiveMessageSize(4 << 20);
+  // Idempotent calls retry on UNAVAILABLE (a replica went away; behind a
+  // Service or a list of addresses the retry reaches another one).
+  ch_args.SetServiceConfigJSON(kServiceConfigJson);
   std::vector<
       std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
       interceptors;

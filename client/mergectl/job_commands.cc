@@ -1,12 +1,15 @@
 // mergectl verbs for merge jobs: merge, jobs, watch, cancel, download.
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <thread>
 
 #include "cli.h"
-#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/base/sha256.h"
+#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/v1/merge.grpc.pb.h"
 #include "nlohmann/json.hpp"
 
@@ -65,6 +68,8 @@ nlohmann::json ToJson(const MergeJob& j) {
           {"result_bytes", j.result_bytes()},
           {"seconds", j.seconds()},
           {"phase", j.phase()},
+          {"replica", j.replica()},
+          {"attempt", j.attempt()},
           {"metrics", std::map<std::string, double>(j.metrics().begin(),
                                                     j.metrics().end())}};
 }
@@ -80,34 +85,44 @@ int JobExit(const MergeJob& j) {
 // record through `last`.
 int Watch(MergeService::Stub& stub, const std::string& id, const Args& args,
           MergeJob* last) {
-  grpc::ClientContext ctx;
-  mergeserve::v1::WatchMergeJobRequest req;
-  req.set_id(id);
-  auto reader = stub.WatchMergeJob(&ctx, req);
-  mergeserve::v1::JobEvent ev;
   mergeserve::ProgressBar bar(stderr, "merging " + id);
   JobState shown = mergeserve::v1::JOB_STATE_UNSPECIFIED;
-  while (reader->Read(&ev)) {
-    *last = ev.job();
-    if (args.json) {
-      std::cout << ToJson(ev.job()).dump() << std::endl;
-      continue;
-    }
-    if (ev.job().state() != shown && !Interactive()) {
-      shown = ev.job().state();
-      std::fprintf(stderr, "%s: %s\n", id.c_str(), StateName(shown).c_str());
-    }
-    if (ev.job().state() == mergeserve::v1::JOB_STATE_RUNNING) {
-      const auto& job = ev.job();
-      if (!job.phase().empty() && job.phase() != "merge") {
-        bar.Update(job.phase_done(), job.phase_total(), job.phase());
-      } else {
-        bar.Update(job.tensors_done(), job.tensors_total(), "tensors");
+  grpc::Status s;
+  // A stream that breaks because its replica went away is opened again
+  // (on another replica): the first event is the job as it is now.
+  for (int reconnects = 0;; ++reconnects) {
+    grpc::ClientContext ctx;
+    mergeserve::v1::WatchMergeJobRequest req;
+    req.set_id(id);
+    auto reader = stub.WatchMergeJob(&ctx, req);
+    mergeserve::v1::JobEvent ev;
+    while (reader->Read(&ev)) {
+      *last = ev.job();
+      if (args.json) {
+        std::cout << ToJson(ev.job()).dump() << std::endl;
+        continue;
+      }
+      if (ev.job().state() != shown && !Interactive()) {
+        shown = ev.job().state();
+        std::fprintf(stderr, "%s: %s\n", id.c_str(), StateName(shown).c_str());
+      }
+      if (ev.job().state() == mergeserve::v1::JOB_STATE_RUNNING) {
+        const auto& job = ev.job();
+        if (!job.phase().empty() && job.phase() != "merge") {
+          bar.Update(job.phase_done(), job.phase_total(), job.phase());
+        } else {
+          bar.Update(job.tensors_done(), job.tensors_total(), "tensors");
+        }
       }
     }
+    s = reader->Finish();
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || reconnects >= 10) {
+      break;
+    }
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(200 << std::min(reconnects, 4)));
   }
   bar.Finish();
-  grpc::Status s = reader->Finish();
   if (!s.ok()) return Fail(s, args.server);
   if (!args.json) {
     if (last->state() == mergeserve::v1::JOB_STATE_SUCCEEDED) {
@@ -154,7 +169,8 @@ int Download(MergeService::Stub& stub, const MergeJob& job,
       fs::remove(path, ec);
       have = 0;
     }
-    if (have < f.size_bytes() || !fs::exists(path, ec)) {
+    for (int reconnects = 0; have < f.size_bytes() || !fs::exists(path, ec);
+         ++reconnects) {
       std::ofstream out(path, std::ios::binary | std::ios::app);
       grpc::ClientContext ctx;
       mergeserve::v1::DownloadMergeResultRequest req;
@@ -178,7 +194,14 @@ int Download(MergeService::Stub& stub, const MergeJob& job,
       }
       out.close();
       grpc::Status s = reader->Finish();
+      // The replica went away mid-file: resume from `have` (on another).
+      if (s.error_code() == grpc::StatusCode::UNAVAILABLE && reconnects < 10) {
+        std::this_thread::sleep_for(
+            std::chrono::milliseconds(200 << std::min(reconnects, 4)));
+        continue;
+      }
       if (!s.ok()) return Fail(s, args.server);
+      break;
     }
     auto digest = mergeserve::Sha256File(path);
     if (!digest.ok() || *digest != f.sha256()) {
@@ -281,14 +304,16 @@ int RunJobVerb(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
       std::cout << j.dump() << std::endl;
       return 0;
     }
-    std::printf("%-18s %-10s %-16s %9s %10s  %s\n", "ID", "STATE", "METHOD",
-                "TENSORS", "SIZE", "ERROR");
+    std::printf("%-18s %-10s %-16s %9s %10s %-16s %3s  %s\n", "ID", "STATE",
+                "METHOD", "TENSORS", "SIZE", "REPLICA", "TRY", "ERROR");
     for (const auto& job : resp.jobs()) {
-      std::printf("%-18s %-10s %-16s %4lld/%-4lld %10s  %s\n", job.id().c_str(),
-                  StateName(job.state()).c_str(), MethodOf(job).c_str(),
+      std::printf("%-18s %-10s %-16s %4lld/%-4lld %10s %-16s %3d  %s\n",
+                  job.id().c_str(), StateName(job.state()).c_str(),
+                  MethodOf(job).c_str(),
                   static_cast<long long>(job.tensors_done()),
                   static_cast<long long>(job.tensors_total()),
                   HumanBytes(job.result_bytes()).c_str(),
+                  job.replica().substr(0, 16).c_str(), job.attempt(),
                   job.error_message().c_str());
     }
     return 0;

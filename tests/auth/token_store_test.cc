@@ -6,6 +6,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "mergeserve/auth/tenant_quotas.h"
+#include "mergeserve/store/sqlite_database.h"
 #include "test_util.h"
 
 namespace mergeserve {
@@ -18,13 +19,13 @@ class TokenStoreTest : public ::testing::Test {
     path_ = testing::TempDir("tokens") + "/mergeserve.db";
     auto db = SqliteDatabase::Open(path_);
     ASSERT_TRUE(db.ok());
-    db_ = std::shared_ptr<SqliteDatabase>(*std::move(db));
+    db_ = std::shared_ptr<Database>(*std::move(db));
     auto s = TokenStore::Open(db_);
     ASSERT_TRUE(s.ok()) << s.status();
     store_ = std::move(*s);
   }
   std::string path_;
-  std::shared_ptr<SqliteDatabase> db_;
+  std::shared_ptr<Database> db_;
   std::unique_ptr<TokenStore> store_;
 };
 

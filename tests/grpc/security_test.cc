@@ -22,6 +22,7 @@
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "mergeserve/auth/token_store.h"
+#include "mergeserve/store/sqlite_database.h"
 #include "mergeserve/v1/admin.grpc.pb.h"
 #include "mergeserve/v1/merge.grpc.pb.h"
 #include "mergeserve/v1/registry.grpc.pb.h"
@@ -105,8 +106,7 @@ class SecurityTest : public ::testing::Test {
     // does.
     auto db = SqliteDatabase::Open(data_ + "/mergeserve.db");
     ASSERT_TRUE(db.ok());
-    auto store =
-        TokenStore::Open(std::shared_ptr<SqliteDatabase>(*std::move(db)));
+    auto store = TokenStore::Open(std::shared_ptr<Database>(*std::move(db)));
     ASSERT_TRUE(store.ok());
     store_ = std::move(*store);
     auto make = [&](const std::string& tenant, Role role, int64_t ttl_ms) {

@@ -18,6 +18,7 @@
 #include "mergeserve/jobs/job_manager.h"
 #include "mergeserve/jobs/sweep_runner.h"
 #include "mergeserve/jobs/task_evaluator.h"
+#include "mergeserve/store/sqlite_database.h"
 #include "test_util.h"
 
 namespace mergeserve {

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 import grpc
 
@@ -33,6 +34,27 @@ _DATASET_ROLES = {"eval": registry_pb2.DATASET_ROLE_EVAL,
                   "fisher": registry_pb2.DATASET_ROLE_FISHER,
                   "auxiliary": registry_pb2.DATASET_ROLE_AUXILIARY}
 _CHUNK = 1 << 20
+_RECONNECTS = 10
+
+
+def _service_config():
+    """The retry policy both clients use (proto/mergeserve/v1/
+    service_config.json; the installed package carries a copy)."""
+    for path in (os.path.join(_HERE, "service_config.json"),
+                 os.path.join(_HERE, "..", "..", "..", "proto", "mergeserve", "v1",
+                              "service_config.json")):
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.dumps(json.load(f))
+    return None
+
+
+def _unavailable(err):
+    return isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _backoff(attempt):
+    time.sleep(min(5.0, 0.2 * (2 ** attempt)))
 
 
 class MergeError(RuntimeError):
@@ -97,7 +119,14 @@ class Client:
         self.timeout = timeout
         token = token if token is not None else os.environ.get("MERGESERVE_TOKEN", "")
         ca_cert = ca_cert if ca_cert is not None else os.environ.get("MERGESERVE_CA_CERT", "")
-        options = [("grpc.max_receive_message_length", 4 << 20)]
+        # Idempotent calls retry on UNAVAILABLE: behind a Kubernetes Service
+        # or a list of addresses ("ipv4:10.0.0.1:50051,10.0.0.2:50051") the
+        # retry reaches another replica.
+        options = [("grpc.max_receive_message_length", 4 << 20),
+                   ("grpc.enable_retries", 1)]
+        config = _service_config()
+        if config:
+            options.append(("grpc.service_config", config))
         if tls or ca_cert or cert:
             def read(path):
                 with open(path, "rb") as f:
@@ -214,9 +243,19 @@ class Client:
                                           timeout=self.timeout)
 
     def watch(self, job_id):
-        """Yields the job after every change until it ends."""
-        for event in self.merges.WatchMergeJob(merge_pb2.WatchMergeJobRequest(id=job_id)):
-            yield event.job
+        """Yields the job after every change until it ends. A stream broken
+        by its replica going away is opened again (on another replica); the
+        first event then is the job as it is now."""
+        for attempt in range(_RECONNECTS + 1):
+            try:
+                for event in self.merges.WatchMergeJob(
+                        merge_pb2.WatchMergeJobRequest(id=job_id)):
+                    yield event.job
+                return
+            except grpc.RpcError as err:
+                if not _unavailable(err) or attempt == _RECONNECTS:
+                    raise
+                _backoff(attempt)
 
     def merge(self, config, on_progress=None):
         """Submits and waits; raises MergeError if the job does not succeed."""
@@ -314,14 +353,24 @@ class Client:
             if have > f.size_bytes:
                 os.remove(path)
                 have = 0
-            if have < f.size_bytes or not os.path.exists(path):
+            attempt = 0
+            while have < f.size_bytes or not os.path.exists(path):
                 req = merge_pb2.DownloadMergeResultRequest(id=job_id, file=f.name, offset=have)
-                with open(path, "ab") as out:
-                    for chunk in self.merges.DownloadMergeResult(req):
-                        if chunk.offset != have:
-                            raise IOError(f"{f.name}: chunk at {chunk.offset}, expected {have}")
-                        out.write(chunk.data)
-                        have += len(chunk.data)
+                try:
+                    with open(path, "ab") as out:
+                        for chunk in self.merges.DownloadMergeResult(req):
+                            if chunk.offset != have:
+                                raise IOError(
+                                    f"{f.name}: chunk at {chunk.offset}, expected {have}")
+                            out.write(chunk.data)
+                            have += len(chunk.data)
+                    break
+                except grpc.RpcError as err:
+                    # The replica went away mid-file: resume from `have`.
+                    if not _unavailable(err) or attempt == _RECONNECTS:
+                        raise
+                    _backoff(attempt)
+                    attempt += 1
             if _sha256(path) != f.sha256:
                 os.remove(path)
                 raise IOError(f"{f.name} failed its SHA-256 check; download again")

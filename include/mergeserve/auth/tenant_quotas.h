@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "mergeserve/store/sqlite_database.h"
+#include "mergeserve/store/database.h"
 
 namespace mergeserve {
 
@@ -31,7 +31,7 @@ struct QuotaOverride {
 class TenantQuotas {
  public:
   static absl::StatusOr<std::unique_ptr<TenantQuotas>> Open(
-      std::shared_ptr<SqliteDatabase> db, Quota defaults);
+      std::shared_ptr<Database> db, Quota defaults);
 
   // The tenant's effective quota (defaults with its overrides applied).
   absl::StatusOr<Quota> Get(const std::string& tenant) const;
@@ -42,7 +42,7 @@ class TenantQuotas {
 
  private:
   TenantQuotas() = default;
-  std::shared_ptr<SqliteDatabase> db_;
+  std::shared_ptr<Database> db_;
   Quota defaults_;
 };
 

@@ -15,7 +15,7 @@
 #include "absl/status/statusor.h"
 #include "mergeserve/auth/principal.h"
 #include "mergeserve/base/clock.h"
-#include "mergeserve/store/sqlite_database.h"
+#include "mergeserve/store/database.h"
 
 namespace mergeserve {
 
@@ -37,7 +37,7 @@ struct NewToken {
 class TokenStore {
  public:
   static absl::StatusOr<std::unique_ptr<TokenStore>> Open(
-      std::shared_ptr<SqliteDatabase> db);
+      std::shared_ptr<Database> db);
 
   // ttl_ms 0: never expires.
   absl::StatusOr<NewToken> Create(const std::string& tenant, Role role,
@@ -64,7 +64,7 @@ class TokenStore {
 
  private:
   TokenStore() = default;
-  std::shared_ptr<SqliteDatabase> db_;
+  std::shared_ptr<Database> db_;
 };
 
 }  // namespace mergeserve

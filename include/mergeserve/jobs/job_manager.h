@@ -1,8 +1,10 @@
-// Merge jobs: tenants' requests planned once, persisted (JobStore), run on
-// the one bounded WorkExecutor under the memory budget, cancellable,
-// observable (listeners), content-addressed per tenant, deletable, and
-// expired after a retention period. Analyses, evaluations and sweeps run on
-// the same executor (RunWork). No gRPC here; the service adapts it.
+// Merge jobs: tenants' requests planned once, persisted (JobStore), taken
+// from the shared queue by whichever replica has room (JobDispatcher), run
+// on the one bounded WorkExecutor under the memory budget, cancellable from
+// any replica, observable (listeners; jobs running elsewhere are followed
+// through the store), content-addressed per tenant, deletable, and expired
+// after a retention period. Analyses, evaluations and sweeps run on the
+// same executor (RunWork). No gRPC here; the service adapts it.
 #ifndef MERGESERVE_JOBS_JOB_MANAGER_H_
 #define MERGESERVE_JOBS_JOB_MANAGER_H_
 
@@ -25,6 +27,7 @@
 #include "mergeserve/engine/diagnostics.h"
 #include "mergeserve/engine/task_vector_cache.h"
 #include "mergeserve/jobs/data_aware_merge.h"
+#include "mergeserve/jobs/job_dispatcher.h"
 #include "mergeserve/jobs/job_store.h"
 #include "mergeserve/jobs/merge_request.h"
 #include "mergeserve/jobs/work_executor.h"
@@ -45,7 +48,7 @@ class JobManager {
     std::string data_dir;  // results under data_dir/results/<digest>
     CheckpointRegistry* registry = nullptr;
     // The database (default: DATA_DIR/mergeserve.db).
-    std::shared_ptr<SqliteDatabase> db;
+    std::shared_ptr<Database> db;
     // Per-tenant limits (null: none).
     const TenantQuotas* quotas = nullptr;
     int workers = 1;            // long work items running at once
@@ -58,13 +61,18 @@ class JobManager {
     // Finished jobs older than this are deleted with their results; 0 keeps
     // them.
     int64_t retention_ms = 0;
+    // This replica among those sharing the database, its leases, and how
+    // many lost leases a job survives.
+    std::string replica_id = "local";
+    int64_t lease_ms = 30000;
+    int max_attempts = 3;
     // Called when a job finishes (for metrics).
     std::function<void(const JobRecord&)> on_finished;
   };
   using Listener = std::function<void(const JobRecord&)>;
 
-  // Reopens the job table: jobs that were running are marked FAILED, queued
-  // ones are planned and queued again. Starts the workers.
+  // Opens the job table; jobs this replica held before it restarted go
+  // back to the queue (another attempt). Starts the workers and claiming.
   static absl::StatusOr<std::unique_ptr<JobManager>> Create(Options options);
   ~JobManager();
 
@@ -104,7 +112,7 @@ class JobManager {
       bool measure_interference = true);
 
   // Stops taking jobs; running ones get `grace` to finish, then are
-  // cancelled. Queued jobs stay queued for the next start.
+  // handed back to the queue for another replica (or the next start).
   void Drain(std::chrono::milliseconds grace);
   // Deletes finished jobs that ended more than the retention period ago;
   // returns how many (also run periodically).
@@ -116,6 +124,9 @@ class JobManager {
   // Bytes `tenant` stores: uploads and results.
   absl::StatusOr<int64_t> StoredBytes(const std::string& tenant) const;
 
+  // Replicas whose heartbeat is recent, other than this one.
+  std::vector<std::string> LiveReplicas() const;
+
   JobStats stats() const;
   CacheStats cache_stats() const { return cache_->stats(); }
   // Fisher/Gram/RI results found in (hits) or added to (misses) the cache.
@@ -125,33 +136,46 @@ class JobManager {
   const Options& options() const { return options_; }
 
  private:
+  // Why a held job was stopped: decides what its end records.
+  enum class StopReason { kNone, kUser, kLeaseLost, kShutdown };
   struct Active {
     std::shared_ptr<WorkTicket> ticket;
-    JobRecord record;  // the live record while queued or running
+    JobRecord record;  // the live record while it is held
+    StopReason stop = StopReason::kNone;
   };
   JobManager() = default;
-  absl::Status Enqueue(JobRecord job, std::shared_ptr<PlannedMerge> planned,
-                       bool force);
+  // Runs a job the dispatcher claimed: its plan (made at submission on this
+  // replica, or made again from the stored request) goes to the executor.
+  void Start(JobRecord claimed);
+  std::shared_ptr<PlannedMerge> TakePlan(const JobRecord& job);
   void RunJob(const std::string& id, std::shared_ptr<PlannedMerge> planned,
               const std::atomic<bool>& cancelled);
-  // Records, logs and announces the end of a job (run or not).
-  void Finish(JobRecord done);
+  // Records, logs and announces the end of a held job (run or not): the
+  // outcome, or back to the queue when this replica stopped without one.
+  void Finish(JobRecord done, StopReason stop);
   void Update(const std::string& id, const std::function<void(JobRecord&)>& f,
               bool notify);
   void Notify(const JobRecord& r);
+  void OnLeaseCheck(const LeaseCheck& c);
+  // Sends watchers of jobs held by other replicas what changed in the store.
+  void PollRemote();
   void JanitorLoop();
 
   Options options_;
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<TaskVectorCache> cache_;
   std::unique_ptr<WorkExecutor> executor_;
+  std::unique_ptr<JobDispatcher> dispatcher_;
   StatsCounters stats_counters_;
-  // Held from the content-address lookup to the insert of a new job.
-  std::mutex submit_mu_;
   mutable std::mutex mu_;
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);
+  // Plans of jobs submitted here, until a replica claims them (bounded).
+  std::map<std::string, std::shared_ptr<PlannedMerge>> plans_
+      ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::pair<std::string, Listener>> listeners_
       ABSL_GUARDED_BY(mu_);
+  // Last record sent to watchers of a job this replica does not hold.
+  std::map<std::string, JobRecord> remote_seen_ ABSL_GUARDED_BY(mu_);
   uint64_t next_listener_ ABSL_GUARDED_BY(mu_) = 1;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -2,10 +2,17 @@
 // the request (canonical YAML), its content address, progress, outcome and
 // result files. Lists are paged and return summaries (no request text), so
 // no job, however large its request, can break listing for anyone.
+//
+// The table is also the queue every replica sharing the database takes
+// work from: a replica claims a queued job (SKIP LOCKED on PostgreSQL, the
+// write lock on SQLite) under a lease it renews by heartbeats; every write
+// of a running job is fenced by (replica, attempt), so a replica that lost
+// its lease cannot overwrite the record of the one that took over.
 #ifndef MERGESERVE_JOBS_JOB_STORE_H_
 #define MERGESERVE_JOBS_JOB_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -13,8 +20,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "mergeserve/store/database.h"
 #include "mergeserve/store/page_token.h"
-#include "mergeserve/store/sqlite_database.h"
 
 namespace mergeserve {
 
@@ -55,14 +62,69 @@ struct JobRecord {
   // Numbers the data-aware step reports (ri.interference_before/after...).
   std::map<std::string, double> metrics;
   std::string method;  // merge_method, for summaries
+  // The replica that runs (ran) it and which run this is (1 = first).
+  std::string replica;
+  int attempt = 0;
+  int64_t lease_until_ms = 0;  // RUNNING: when the lease lapses
+  bool cancel_requested = false;
+};
+
+// What a heartbeat learns about one of the replica's running jobs.
+struct LeaseCheck {
+  std::string id;
+  bool lost = false;              // another replica took it, or it ended
+  bool cancel_requested = false;  // cancelled through some replica
+};
+
+// A replica seen in the database: its last heartbeat.
+struct ReplicaRecord {
+  std::string id;
+  int64_t start_ms = 0, seen_ms = 0;
 };
 
 class JobStore {
  public:
   static absl::StatusOr<std::unique_ptr<JobStore>> Open(
-      std::shared_ptr<SqliteDatabase> db);
+      std::shared_ptr<Database> db);
 
+  // Writes the whole record (new jobs; jobs that never ran).
   absl::Status Put(const JobRecord& r);
+  // Inserts `r` unless a job of the same tenant with the same digest that
+  // `reuse` accepts exists: returns that one. Atomic across replicas.
+  absl::StatusOr<JobRecord> InsertUnlessSame(
+      const JobRecord& r, const std::function<bool(const JobRecord&)>& reuse);
+
+  // The queue. Claims the oldest queued job for `replica` (attempt + 1,
+  // lease until now + lease_ms); none: nullopt.
+  absl::StatusOr<std::optional<JobRecord>> Claim(const std::string& replica,
+                                                 int64_t lease_ms);
+  // Running jobs whose lease lapsed go back to the queue, or fail once they
+  // have been tried `max_attempts` times; returns the ids that failed.
+  absl::StatusOr<std::vector<std::string>> RequeueExpired(int max_attempts);
+  // Renews the leases of `replica`'s running jobs and records their
+  // progress; says which were lost or asked to cancel.
+  absl::StatusOr<std::vector<LeaseCheck>> Heartbeat(
+      const std::string& replica, const std::vector<JobRecord>& running,
+      int64_t lease_ms);
+  // Writes the final record if `replica` still holds the job's lease at
+  // `attempt`; ABORTED otherwise (nothing written).
+  absl::Status Complete(const JobRecord& done);
+  // A draining replica hands a job back: QUEUED again, this run not counted.
+  absl::Status Release(const std::string& id, const std::string& replica,
+                       int attempt);
+  // Cancels a queued job at once (returns true); marks a running one so
+  // its replica stops it at its next heartbeat (returns false).
+  absl::StatusOr<bool> RequestCancel(const std::string& tenant,
+                                     const std::string& id);
+  // Jobs a replica of this id left RUNNING before it restarted (it cannot
+  // still run them): back to the queue at once.
+  absl::Status RequeueOwn(const std::string& replica);
+  // Liveness of replicas (for lease-aware cleanup of shared folders).
+  absl::Status TouchReplica(const std::string& replica, int64_t start_ms);
+  absl::StatusOr<std::vector<ReplicaRecord>> Replicas() const;
+  // Ids of replicas other than `except` seen within `within_ms`.
+  absl::StatusOr<std::vector<std::string>> LiveReplicas(
+      const std::string& except, int64_t within_ms) const;
   // NOT_FOUND also for another tenant's job.
   absl::StatusOr<JobRecord> Get(const std::string& tenant,
                                 const std::string& id) const;
@@ -78,6 +140,8 @@ class JobStore {
   absl::Status Delete(const std::string& tenant, const std::string& id);
   // Queued and running jobs of `tenant`.
   absl::StatusOr<int64_t> CountActive(const std::string& tenant) const;
+  // Jobs waiting in the queue (all tenants).
+  absl::StatusOr<int64_t> CountQueued() const;
   // Bytes of `tenant`'s stored results.
   absl::StatusOr<int64_t> ResultBytes(const std::string& tenant) const;
   // Jobs whose result is `dir`.
@@ -85,12 +149,10 @@ class JobStore {
   // Finished jobs that ended before `before_ms`, (tenant, id) pairs.
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> EndedBefore(
       int64_t before_ms, int64_t limit) const;
-  // After a restart: running jobs fail (no result), queued ids in order.
-  absl::StatusOr<std::vector<std::string>> RecoverAfterRestart();
 
  private:
   JobStore() = default;
-  std::shared_ptr<SqliteDatabase> db_;
+  std::shared_ptr<Database> db_;
 };
 
 }  // namespace mergeserve

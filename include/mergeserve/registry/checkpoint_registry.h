@@ -19,8 +19,8 @@
 #include "mergeserve/engine/merge_plan.h"
 #include "mergeserve/format/dtype.h"
 #include "mergeserve/registry/storage_roots.h"
+#include "mergeserve/store/database.h"
 #include "mergeserve/store/page_token.h"
-#include "mergeserve/store/sqlite_database.h"
 
 namespace mergeserve {
 
@@ -100,7 +100,7 @@ class CheckpointRegistry {
     // Folders registrations may point into (never the data dir).
     std::vector<std::string> allowed_roots;
     // The database to use (default: DATA_DIR/mergeserve.db).
-    std::shared_ptr<SqliteDatabase> db;
+    std::shared_ptr<Database> db;
   };
 
   static absl::StatusOr<std::unique_ptr<CheckpointRegistry>> Create(
@@ -156,7 +156,7 @@ class CheckpointRegistry {
   absl::StatusOr<int64_t> StoredBytes(const std::string& tenant) const;
   const StorageRoots& roots() const { return roots_; }
   const std::string& data_dir() const { return roots_.data_dir(); }
-  SqliteDatabase& db() { return *db_; }
+  Database& db() { return *db_; }
 
   // The check files of `record`'s folder must pass.
   FileCheck FileCheckFor(const CheckpointRecord& record) const;
@@ -179,7 +179,7 @@ class CheckpointRegistry {
                                           bool with_tensors) const;
 
   StorageRoots roots_;
-  std::shared_ptr<SqliteDatabase> db_;
+  std::shared_ptr<Database> db_;
 };
 
 std::string RoleName(CheckpointRole role);

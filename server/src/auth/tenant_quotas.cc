@@ -40,20 +40,20 @@ absl::Status CheckQuota(const std::string& tenant, const char* quota,
 }
 
 absl::StatusOr<std::unique_ptr<TenantQuotas>> TenantQuotas::Open(
-    std::shared_ptr<SqliteDatabase> db, Quota defaults) {
+    std::shared_ptr<Database> db, Quota defaults) {
   std::unique_ptr<TenantQuotas> q(new TenantQuotas());
   q->db_ = std::move(db);
   q->defaults_ = defaults;
-  SqliteDatabase* d = q->db_.get();
+  Database* d = q->db_.get();
   MS_RETURN_IF_ERROR(d->Migrate("quotas", {{1, "quotas", [d] {
                                               // NULL: the server's default.
                                               return d->Exec(R"sql(
 CREATE TABLE IF NOT EXISTS quotas (
   tenant TEXT PRIMARY KEY,
-  max_jobs INTEGER,
-  max_stored_bytes INTEGER,
-  max_upload_bytes INTEGER,
-  max_streams INTEGER
+  max_jobs BIGINT,
+  max_stored_bytes BIGINT,
+  max_upload_bytes BIGINT,
+  max_streams BIGINT
 ))sql");
                                             }}}));
   return q;
@@ -91,7 +91,8 @@ absl::StatusOr<Quota> TenantQuotas::Set(const std::string& tenant,
   }
   MS_RETURN_IF_ERROR(db_->Transaction([&]() -> absl::Status {
     MS_RETURN_IF_ERROR(db_->Exec(
-        "INSERT OR IGNORE INTO quotas (tenant) VALUES (?)", {tenant}));
+        "INSERT INTO quotas (tenant) VALUES (?) ON CONFLICT DO NOTHING",
+        {tenant}));
     for (int i = 0; i < 4; ++i) {
       if (!*Field(c, i)) continue;
       MS_RETURN_IF_ERROR(

@@ -81,21 +81,21 @@ bool TokenStore::IsValidTenant(const std::string& tenant) {
 }
 
 absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(
-    std::shared_ptr<SqliteDatabase> db) {
+    std::shared_ptr<Database> db) {
   std::unique_ptr<TokenStore> s(new TokenStore());
   s->db_ = std::move(db);
-  SqliteDatabase* d = s->db_.get();
+  Database* d = s->db_.get();
   MS_RETURN_IF_ERROR(d->Migrate("auth", {{1, "tokens", [d] {
                                             return d->Exec(R"sql(
 CREATE TABLE IF NOT EXISTS tokens (
   id TEXT PRIMARY KEY,
   tenant TEXT NOT NULL,
-  role INTEGER NOT NULL,
+  role BIGINT NOT NULL,
   secret_sha256 TEXT NOT NULL,
   description TEXT NOT NULL DEFAULT '',
-  create_ms INTEGER NOT NULL,
-  expire_ms INTEGER NOT NULL DEFAULT 0,
-  revoke_ms INTEGER NOT NULL DEFAULT 0
+  create_ms BIGINT NOT NULL,
+  expire_ms BIGINT NOT NULL DEFAULT 0,
+  revoke_ms BIGINT NOT NULL DEFAULT 0
 ))sql");
                                           }}}));
   return s;

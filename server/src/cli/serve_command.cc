@@ -24,6 +24,25 @@ ABSL_FLAG(std::string, listen, "",
 ABSL_FLAG(std::string, data_dir, "mergeserve-data",
           "folder for the SQLite database (mergeserve.db), uploads, results "
           "and the audit log");
+ABSL_FLAG(std::string, database, "",
+          "the store: sqlite:///path (default: DATA_DIR/mergeserve.db, one "
+          "replica) or postgresql://user@host:port/db (libpq URI, "
+          "?host=/socket/dir works) that several replicas share; the "
+          "password comes from $PGPASSWORD, ~/.pgpass or "
+          "--database-password-file, never the URL");
+ABSL_FLAG(std::string, database_password_file, "",
+          "file whose first line is the database password (e.g. a mounted "
+          "Secret)");
+ABSL_FLAG(std::string, replica_id, "",
+          "this replica's name in job records (default: the host name)");
+ABSL_FLAG(int, lease_seconds, 30,
+          "a running job's lease: renewed by heartbeats; when it lapses "
+          "(the replica died) another replica takes the job over");
+ABSL_FLAG(int, max_attempts, 3,
+          "times a job may lose its replica before it fails");
+ABSL_FLAG(bool, check, false,
+          "validate the flags, connect to the database, apply its "
+          "migrations and exit (0: ready to serve)");
 ABSL_FLAG(std::vector<std::string>, allow_root, {},
           "folder clients may register checkpoints and datasets from "
           "(repeatable; never the data dir, which only holds uploads)");
@@ -140,6 +159,18 @@ int RunServeCommand(int argc, char** argv) {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.allowed_roots = roots;
+  o.database = absl::GetFlag(FLAGS_database);
+  o.database_options.password_file =
+      absl::GetFlag(FLAGS_database_password_file);
+  o.replica_id = absl::GetFlag(FLAGS_replica_id);
+  if (absl::GetFlag(FLAGS_lease_seconds) < 2) {
+    return Usage("--lease-seconds must be at least 2");
+  }
+  o.lease_ms = int64_t{1000} * absl::GetFlag(FLAGS_lease_seconds);
+  if (absl::GetFlag(FLAGS_max_attempts) < 1) {
+    return Usage("--max-attempts must be at least 1");
+  }
+  o.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   o.workers = absl::GetFlag(FLAGS_workers);
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.queue_limit = absl::GetFlag(FLAGS_queue_limit);
@@ -196,6 +227,16 @@ int RunServeCommand(int argc, char** argv) {
   o.config_limits.max_models =
       static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_max_models)));
 
+  if (absl::GetFlag(FLAGS_check)) {
+    auto checked = MergeServer::Check(o);
+    if (!checked.ok()) {
+      std::fprintf(stderr, "mergeserve serve --check: %s\n",
+                   std::string(checked.status().message()).c_str());
+      return ExitCodeFor(checked.status().code());
+    }
+    std::printf("mergeserve serve --check: ok: %s\n", checked->c_str());
+    return 0;
+  }
   auto server = MergeServer::Start(o);
   if (!server.ok()) {
     std::fprintf(stderr, "mergeserve serve: %s\n",
@@ -208,10 +249,11 @@ int RunServeCommand(int argc, char** argv) {
   } else {
     std::printf(
         "mergeserve: serving on %s (port %d), mode %s%s; metrics on port %d; "
-        "data %s; memory budget %s\n",
+        "data %s; database %s; replica %s; memory budget %s\n",
         (*server)->listen().c_str(), (*server)->port(),
         (*server)->mode().c_str(), o.auth_tokens ? "" : ", loopback only",
         (*server)->metrics_port(), (*server)->data_dir().c_str(),
+        (*server)->database().c_str(), (*server)->replica_id().c_str(),
         o.memory_budget > 0 ? FormatBytes(o.memory_budget).c_str()
                             : "unlimited");
   }

@@ -10,13 +10,14 @@
 #include "mergeserve/auth/token_store.h"
 #include "mergeserve/base/clock.h"
 #include "mergeserve/base/exit_codes.h"
+#include "mergeserve/store/database.h"
 #include "nlohmann/json.hpp"
 
 namespace mergeserve {
 namespace {
 
 constexpr char kUsage[] =
-    R"(usage: mergeserve token COMMAND --data-dir DIR [options]
+    R"(usage: mergeserve token COMMAND (--data-dir DIR | --database URL) [options]
 
 Administers the API tokens of the server whose data dir is DIR (it may be
 running). A token belongs to a tenant and has a role:
@@ -35,7 +36,10 @@ commands:
                                 Kubernetes Secret); idempotent
 
 options:
-  --data-dir DIR   the server's data dir (required)
+  --data-dir DIR   the server's data dir (its SQLite database)
+  --database URL   the server's --database instead (postgresql://...; the
+                   password from $PGPASSWORD or --database-password-file)
+  --database-password-file F
   --json           machine-readable output
 )";
 
@@ -53,6 +57,8 @@ nlohmann::json ToJson(const TokenRecord& t) {
 
 int RunTokenCommand(const std::vector<std::string>& argv) {
   auto parsed = ParseCliArgs(argv, {{"data-dir", true},
+                                    {"database", true},
+                                    {"database-password-file", true},
                                     {"tenant", true},
                                     {"role", true},
                                     {"expires", true},
@@ -69,17 +75,22 @@ int RunTokenCommand(const std::vector<std::string>& argv) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  if (a.positional.empty() || !a.Has("data-dir")) {
+  if (a.positional.empty() || !(a.Has("data-dir") || a.Has("database"))) {
     std::fputs(kUsage, stderr);
     return 2;
   }
-  // The first token may come before the server ever ran.
-  std::error_code ec;
-  std::filesystem::create_directories(a.Get("data-dir"), ec);
-  auto db = SqliteDatabase::Open(a.Get("data-dir") + "/mergeserve.db");
+  std::string url = a.Get("database");
+  if (url.empty()) {
+    // The first token may come before the server ever ran.
+    std::error_code ec;
+    std::filesystem::create_directories(a.Get("data-dir"), ec);
+    url = a.Get("data-dir") + "/mergeserve.db";
+  }
+  DatabaseOpenOptions dbo;
+  dbo.password_file = a.Get("database-password-file");
+  auto db = OpenDatabase(url, dbo);
   if (!db.ok()) return FailWith(db.status());
-  auto store =
-      TokenStore::Open(std::shared_ptr<SqliteDatabase>(*std::move(db)));
+  auto store = TokenStore::Open(*std::move(db));
   if (!store.ok()) return FailWith(store.status());
   const std::string& verb = a.positional[0];
   const bool json = a.Bool("json");

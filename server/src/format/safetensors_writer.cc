@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "mergeserve/base/errors.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/base/temp_tag.h"
 #include "nlohmann/json.hpp"
 
 namespace mergeserve {
@@ -83,8 +84,8 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
   w->options_ = std::move(options);
   w->tensors_ = std::move(tensors);
   std::random_device rd;
-  w->temp_dir_ =
-      absl::StrFormat("%s%s%d-%08x", out.string(), kTempSuffix, getpid(), rd());
+  w->temp_dir_ = absl::StrFormat("%s%s%s%d-%08x", out.string(), kTempSuffix,
+                                 TempTag(), getpid(), rd());
   if (!fs::create_directory(w->temp_dir_, ec)) {
     return ErrnoStatus(
         ec.value(),

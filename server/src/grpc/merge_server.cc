@@ -3,6 +3,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/server_builder.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -18,7 +19,9 @@
 #include "mergeserve/base/background_executor.h"
 #include "mergeserve/base/log.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/base/temp_tag.h"
 #include "mergeserve/jobs/orphans.h"
+#include "mergeserve/store/database.h"
 
 namespace mergeserve {
 namespace {
@@ -67,9 +70,8 @@ bool IsLoopbackAddress(const std::string& listen) {
 
 MergeServer::MergeServer() = default;
 
-absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
-    Options options) {
-  std::unique_ptr<MergeServer> s(new MergeServer());
+absl::Status MergeServer::Prepare(Options& options) {
+  MergeServer* s = this;
   // The mode decides what may be served where.
   const bool tls = !options.tls.cert.empty();
   if (options.listen.empty()) {
@@ -95,15 +97,52 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
         absl::StrCat("refusing to expose metrics on ", options.metrics_listen,
                      " in development mode; pass --insecure to do it anyway"));
   }
-  MS_ASSIGN_OR_RETURN(auto creds, ServerCredentialsFor(options.tls));
-  RaiseFileLimit();
-
+  MS_ASSIGN_OR_RETURN(s->creds_, ServerCredentialsFor(options.tls));
+  if (options.replica_id.empty()) {
+    char host[256] = {0};
+    options.replica_id =
+        gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "replica";
+  }
+  s->replica_id_ = options.replica_id;
+  SetTempTag(options.replica_id);
   MS_ASSIGN_OR_RETURN(StorageRoots roots,
                       StorageRoots::Create(options.data_dir, {}));
   s->data_dir_ = roots.data_dir();
   SetDataDirForMessages(s->data_dir_);
-  const std::string db_path = s->data_dir_ + "/mergeserve.db";
-  auto db = SqliteDatabase::Open(db_path);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> MergeServer::Check(Options options) {
+  std::unique_ptr<MergeServer> s(new MergeServer());
+  MS_RETURN_IF_ERROR(s->Prepare(options));
+  const std::string url = options.database.empty()
+                              ? s->data_dir_ + "/mergeserve.db"
+                              : options.database;
+  MS_ASSIGN_OR_RETURN(auto db, OpenDatabase(url, options.database_options));
+  // Opening each store applies its migrations.
+  MS_RETURN_IF_ERROR(TenantQuotas::Open(db, options.default_quota).status());
+  MS_RETURN_IF_ERROR(TokenStore::Open(db).status());
+  CheckpointRegistry::Options ro;
+  ro.data_dir = s->data_dir_;
+  ro.allowed_roots = options.allowed_roots;
+  ro.db = db;
+  MS_RETURN_IF_ERROR(CheckpointRegistry::Create(ro).status());
+  MS_RETURN_IF_ERROR(JobStore::Open(db).status());
+  return absl::StrCat("mode ", s->mode_, ", listen ", s->listen_, ", data ",
+                      s->data_dir_, ", database ", db->Describe(),
+                      " (schema current), replica ", s->replica_id_);
+}
+
+absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
+    Options options) {
+  std::unique_ptr<MergeServer> s(new MergeServer());
+  MS_RETURN_IF_ERROR(s->Prepare(options));
+  auto creds = s->creds_;
+  RaiseFileLimit();
+  const std::string db_path = options.database.empty()
+                                  ? s->data_dir_ + "/mergeserve.db"
+                                  : options.database;
+  auto db = OpenDatabase(db_path, options.database_options);
   if (!db.ok()) {
     if (absl::IsDataLoss(db.status())) {
       LogEvent(
@@ -119,7 +158,7 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
     return db.status();
   }
   s->db_ = *std::move(db);
-  CollectOrphanedTemporaries(s->data_dir_);  // each is logged
+  s->database_ = s->db_->Describe();
 
   MS_ASSIGN_OR_RETURN(s->metrics_,
                       ServiceMetrics::Create(options.metrics_listen));
@@ -154,8 +193,21 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(
   jo.cache_budget = options.cache_budget;
   jo.device = options.device;
   jo.retention_ms = options.job_retention_ms;
+  jo.replica_id = options.replica_id;
+  jo.lease_ms = options.lease_ms;
+  jo.max_attempts = options.max_attempts;
   ServiceMetrics* metrics = s->metrics_.get();
   jo.on_finished = [metrics](const JobRecord& j) { metrics->RecordJob(j); };
+  {
+    // Before this replica writes anything: on a shared data dir, only
+    // temporaries of replicas that are gone (or of this one before it
+    // restarted) go; each is logged.
+    MS_ASSIGN_OR_RETURN(auto job_store, JobStore::Open(s->db_));
+    MS_ASSIGN_OR_RETURN(
+        auto live,
+        job_store->LiveReplicas(options.replica_id, 2 * options.lease_ms));
+    CollectOrphanedTemporaries(s->data_dir_, live);
+  }
   MS_ASSIGN_OR_RETURN(s->jobs_, JobManager::Create(jo));
   metrics->WatchJobs(s->jobs_.get());
   JobManager* jobs = s->jobs_.get();

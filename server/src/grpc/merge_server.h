@@ -45,6 +45,15 @@ class MergeServer {
     // Port 0 picks a free one.
     std::string listen;
     std::string data_dir = "mergeserve-data";
+    // The store: "" = sqlite DATA_DIR/mergeserve.db, or a URL OpenDatabase
+    // takes (postgresql://... for several replicas).
+    std::string database;
+    DatabaseOpenOptions database_options;
+    // This process among replicas sharing the database (job records show
+    // it); "" = the host name.
+    std::string replica_id;
+    int64_t lease_ms = 30000;  // a claimed job's lease, renewed by heartbeats
+    int max_attempts = 3;      // lost leases before a job fails
     std::vector<std::string> allowed_roots;
     // Largest request message (uploads stream in chunks far below this).
     int max_message_bytes = 8 << 20;
@@ -67,6 +76,9 @@ class MergeServer {
     int64_t job_retention_ms = int64_t{30} * 24 * 3600 * 1000;  // 0: forever
   };
 
+  // Validates the options, opens the database and applies its migrations,
+  // then returns a one-line description (serve --check).
+  static absl::StatusOr<std::string> Check(Options options);
   // Loads the registry, then starts serving (health SERVING).
   static absl::StatusOr<std::unique_ptr<MergeServer>> Start(Options options);
   ~MergeServer();
@@ -82,6 +94,9 @@ class MergeServer {
   CheckpointRegistry& registry() { return *registry_; }
   JobManager& jobs() { return *jobs_; }
   const std::string& data_dir() const { return data_dir_; }
+  // The store (no secrets) and this replica's id.
+  const std::string& database() const { return database_; }
+  const std::string& replica_id() const { return replica_id_; }
   // Health goes NOT_SERVING, no new work starts, running work and calls
   // get `grace` to finish (then work is cancelled).
   void Shutdown(std::chrono::milliseconds grace);
@@ -92,9 +107,12 @@ class MergeServer {
                              std::shared_ptr<grpc::ServerCredentials> creds,
                              const std::string& why);
 
-  std::string listen_, mode_, degraded_, data_dir_;
+  // The checks Start and Check share: mode, credentials, data dir, store.
+  absl::Status Prepare(Options& options);
+  std::string listen_, mode_, degraded_, data_dir_, database_, replica_id_;
+  std::shared_ptr<grpc::ServerCredentials> creds_;
   std::unique_ptr<ServiceMetrics> metrics_;
-  std::shared_ptr<SqliteDatabase> db_;
+  std::shared_ptr<Database> db_;
   std::unique_ptr<TokenStore> tokens_;
   std::unique_ptr<TenantQuotas> quotas_;
   std::unique_ptr<AuditLog> audit_;

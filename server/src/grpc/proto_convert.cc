@@ -156,6 +156,8 @@ void ToProto(const JobRecord& r, v1::MergeJob* out) {
   SetTime(r.start_ms, out->mutable_start_time());
   SetTime(r.end_ms, out->mutable_end_time());
   out->set_tensors_done(r.tensors_done);
+  out->set_replica(r.replica);
+  out->set_attempt(static_cast<int32_t>(r.attempt));
   out->set_tensors_total(r.tensors_total);
   out->set_error_code(r.error_code);
   out->set_error_message(r.error_message);

@@ -15,6 +15,7 @@
 #include "mergeserve/base/errors.h"
 #include "mergeserve/base/secure_random.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/base/temp_tag.h"
 #include "mergeserve/format/model_folder.h"
 
 namespace mergeserve {
@@ -225,8 +226,8 @@ absl::Status UploadReactor::Begin(const v1::UploadHeader& header) {
   }
   MS_RETURN_IF_ERROR(c_.guard.Admit(tenant, header.files_size(), total));
   MS_ASSIGN_OR_RETURN(std::string hex, SecureRandomHex(4));
-  temp_dir_ =
-      absl::StrCat(c_.registry.data_dir(), "/uploads/", name, ".tmp-", hex);
+  temp_dir_ = absl::StrCat(c_.registry.data_dir(), "/uploads/", name, ".tmp-",
+                           TempTag(), hex);
   std::error_code ec;
   fs::create_directories(temp_dir_, ec);
   if (ec) {

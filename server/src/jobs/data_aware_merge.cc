@@ -9,6 +9,7 @@
 #include "mergeserve/base/log.h"
 #include "mergeserve/base/sha256.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/base/temp_tag.h"
 #include "mergeserve/engine/executor.h"
 #include "mergeserve/engine/method_registry.h"
 #include "mergeserve/eval/fisher_estimator.h"
@@ -121,7 +122,8 @@ absl::Status Cached(
   }
   if (o.counters) ++o.counters->misses;
   std::random_device rd;
-  const std::string tmp = absl::StrFormat("%s.tmp-%08x", dir, rd());
+  const std::string tmp =
+      absl::StrFormat("%s.tmp-%s%08x", dir, TempTag(), rd());
   fs::create_directories(o.stats_dir, ec);
   absl::Status s = compute(tmp);
   if (s.ok()) {
@@ -366,7 +368,8 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
     plain.merge_method = inner;
     MergeOptions mo;
     std::random_device rd;
-    mo.output_dir = absl::StrFormat("%s/scratch-%08x", o.stats_dir, rd());
+    mo.output_dir =
+        absl::StrFormat("%s/scratch-%s%08x", o.stats_dir, TempTag(), rd());
     mo.overwrite = true;
     mo.resolver = p.resolver;
     mo.cancelled = o.cancelled;

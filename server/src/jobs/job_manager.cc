@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "mergeserve/base/byte_size.h"
 #include "mergeserve/base/clock.h"
 #include "mergeserve/base/log.h"
 #include "mergeserve/base/secure_random.h"
@@ -13,6 +14,7 @@
 #include "mergeserve/engine/executor.h"
 #include "mergeserve/engine/method_registry.h"
 #include "mergeserve/registry/storage_roots.h"
+#include "mergeserve/store/sqlite_database.h"
 
 namespace mergeserve {
 namespace fs = std::filesystem;
@@ -32,6 +34,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   }
   std::unique_ptr<JobManager> m(new JobManager());
   options.workers = std::max(1, options.workers);
+  options.max_attempts = std::max(1, options.max_attempts);
   if (options.threads_per_job <= 0) {
     const int cores = static_cast<int>(std::thread::hardware_concurrency());
     options.threads_per_job = std::max(1, cores / options.workers);
@@ -40,7 +43,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   m->cache_ = std::make_unique<TaskVectorCache>(options.cache_budget);
   std::error_code ec;
   fs::create_directories(options.data_dir + "/results", ec);
-  std::shared_ptr<SqliteDatabase> db = options.db;
+  std::shared_ptr<Database> db = options.db;
   if (db == nullptr) {
     MS_ASSIGN_OR_RETURN(
         auto opened, SqliteDatabase::Open(options.data_dir + "/mergeserve.db"));
@@ -52,32 +55,44 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   wo.queue_limit = options.queue_limit;
   wo.memory_budget = options.memory_budget;
   m->executor_ = std::make_unique<WorkExecutor>(wo);
-  MS_ASSIGN_OR_RETURN(auto queued, m->store_->RecoverAfterRestart());
-  for (const std::string& id : queued) {
-    MS_ASSIGN_OR_RETURN(JobRecord job, m->store_->GetAny(id));
-    // Jobs accepted before the restart are planned again (their inputs
-    // may have changed meanwhile) and keep their place in the queue.
-    absl::Status s;
-    auto config = MergeConfig::FromYaml(job.config_yaml, options.data_dir);
-    if (config.ok()) {
-      auto planned = PlanMerge({job.tenant, *std::move(config)},
-                               *options.registry, options.threads_per_job);
-      s = planned.ok()
-              ? m->Enqueue(job,
-                           std::make_shared<PlannedMerge>(*std::move(planned)),
-                           /*force=*/true)
-              : planned.status();
-    } else {
-      s = config.status();
+  // This replica restarted: what it held before cannot still be running.
+  MS_RETURN_IF_ERROR(m->store_->RequeueOwn(options.replica_id));
+  JobDispatcher::Options dopt;
+  dopt.replica = options.replica_id;
+  dopt.lease_ms = options.lease_ms;
+  dopt.max_attempts = options.max_attempts;
+  JobDispatcher::Hooks hooks;
+  JobManager* self = m.get();
+  hooks.has_capacity = [self] {
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      if (self->draining_ || self->stopping_) return false;
     }
-    if (!s.ok()) {
-      job.state = JobState::kFailed;
-      job.error_code = static_cast<int>(s.code());
-      job.error_message = std::string(s.message());
-      job.end_ms = NowMs();
-      MS_RETURN_IF_ERROR(m->store_->Put(job));
+    const WorkStats w = self->executor_->stats();
+    return w.queued == 0 && w.running < self->options_.workers;
+  };
+  hooks.start = [self](JobRecord j) { self->Start(std::move(j)); };
+  hooks.held = [self] {
+    std::vector<JobRecord> held;
+    std::lock_guard<std::mutex> lock(self->mu_);
+    for (const auto& [id, a] : self->active_) held.push_back(a.record);
+    return held;
+  };
+  hooks.on_check = [self](const LeaseCheck& c) { self->OnLeaseCheck(c); };
+  hooks.on_failed = [self](const std::vector<std::string>& ids) {
+    for (const std::string& id : ids) {
+      auto j = self->store_->GetAny(id);
+      if (!j.ok()) continue;
+      LogEvent("job_finished", {{"job", id},
+                                {"tenant", j->tenant},
+                                {"state", JobStateName(j->state)},
+                                {"error", j->error_message}});
+      if (self->options_.on_finished) self->options_.on_finished(*j);
     }
-  }
+  };
+  hooks.on_poll = [self] { self->PollRemote(); };
+  m->dispatcher_ =
+      std::make_unique<JobDispatcher>(m->store_.get(), dopt, std::move(hooks));
   if (options.retention_ms > 0) {
     m->janitor_ = std::thread([p = m.get()] { p->JanitorLoop(); });
   }
@@ -91,8 +106,12 @@ JobManager::~JobManager() {
   }
   janitor_cv_.notify_all();
   if (janitor_.joinable()) janitor_.join();
-  // Cancels what runs and waits for it; queued jobs stay QUEUED on disk.
+  // Claims nothing more; then what runs is cancelled and awaited: its jobs
+  // go back to the queue (heartbeats stop with the dispatcher, so a job
+  // that cannot be handed back is taken over when its lease lapses).
+  if (dispatcher_ != nullptr) dispatcher_->StopClaiming();
   executor_.reset();
+  dispatcher_.reset();
 }
 
 absl::StatusOr<JobRecord> JobManager::Submit(MergeRequest request) {
@@ -111,27 +130,33 @@ absl::StatusOr<JobRecord> JobManager::Submit(MergeRequest request) {
   MS_ASSIGN_OR_RETURN(PlannedMerge planned,
                       PlanMerge(std::move(request), *options_.registry,
                                 options_.threads_per_job));
-  // One content-address check and insert at a time, so the same request
-  // sent twice at once gives one job.
-  std::lock_guard<std::mutex> submit_lock(submit_mu_);
-  MS_ASSIGN_OR_RETURN(auto same, store_->FindByDigest(tenant, planned.digest));
-  if (same) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = active_.find(same->id);
-      if (it != active_.end()) return it->second.record;
-    }
+  // A job of this tenant that holds or computes the same result is the
+  // answer (on any replica); a succeeded one only while its result exists.
+  auto reusable = [](const JobRecord& same) {
     std::error_code ec;
-    if (same->state != JobState::kSucceeded ||
-        fs::is_directory(same->result_dir, ec)) {
-      return *same;
-    }
-  }
+    return same.state != JobState::kSucceeded ||
+           fs::is_directory(same.result_dir, ec);
+  };
+  MS_ASSIGN_OR_RETURN(auto same, store_->FindByDigest(tenant, planned.digest));
+  if (same && reusable(*same)) return Get(tenant, same->id);
   if (options_.quotas != nullptr) {
     MS_ASSIGN_OR_RETURN(int64_t stored, StoredBytes(tenant));
     MS_RETURN_IF_ERROR(CheckQuota(tenant, "max_stored_bytes",
                                   quota.max_stored_bytes, stored,
                                   planned.output_bytes));
+  }
+  MS_ASSIGN_OR_RETURN(int64_t waiting, store_->CountQueued());
+  if (waiting >= options_.queue_limit) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the job queue is full (", waiting, " waiting, --queue-limit ",
+        options_.queue_limit, "); retry later"));
+  }
+  // Refused up front, like the executor would, rather than failing later.
+  if (options_.memory_budget > 0 && planned.memory > options_.memory_budget) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("this merge needs up to ", FormatBytes(planned.memory),
+                     " of memory, more than the server's memory budget of ",
+                     FormatBytes(options_.memory_budget)));
   }
   JobRecord j;
   j.tenant = tenant;
@@ -143,26 +168,73 @@ absl::StatusOr<JobRecord> JobManager::Submit(MergeRequest request) {
   j.create_ms = NowMs();
   j.tensors_total = planned.tensors_total;
   j.result_dir = options_.data_dir + "/results/" + planned.digest;
-  MS_RETURN_IF_ERROR(store_->Put(j));
-  absl::Status queued =
-      Enqueue(j, std::make_shared<PlannedMerge>(std::move(planned)), false);
-  if (!queued.ok()) {
-    (void)store_->Delete(tenant, j.id);
-    return queued;
+  auto plan = std::make_shared<PlannedMerge>(std::move(planned));
+  {
+    // Kept before the insert: a claim may come at once.
+    std::lock_guard<std::mutex> lock(mu_);
+    while (plans_.size() >= 64) plans_.erase(plans_.begin());
+    plans_[j.id] = plan;
   }
-  LogEvent("job_queued",
-           {{"job", j.id},
-            {"tenant", tenant},
-            {"method", j.method},
-            {"request_digest", j.request_digest.substr(0, 16)},
-            {"queue_depth", std::to_string(executor_->stats().queued)}});
+  MS_ASSIGN_OR_RETURN(JobRecord stored, store_->InsertUnlessSame(j, reusable));
+  if (stored.id != j.id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    plans_.erase(j.id);
+    return stored;  // another replica inserted the same request just now
+  }
+  dispatcher_->Wake();
+  LogEvent("job_queued", {{"job", j.id},
+                          {"tenant", tenant},
+                          {"method", j.method},
+                          {"request_digest", j.request_digest.substr(0, 16)}});
   return j;
 }
 
-absl::Status JobManager::Enqueue(JobRecord job,
-                                 std::shared_ptr<PlannedMerge> planned,
-                                 bool force) {
+std::shared_ptr<PlannedMerge> JobManager::TakePlan(const JobRecord& job) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = plans_.find(job.id);
+    if (it != plans_.end()) {
+      auto plan = it->second;
+      plans_.erase(it);
+      // A plan is used once: a second attempt plans again.
+      if (job.attempt <= 1 && plan->plan != nullptr) return plan;
+    }
+  }
+  return nullptr;
+}
+
+void JobManager::Start(JobRecord job) {
   const std::string id = job.id;
+  std::shared_ptr<PlannedMerge> planned = TakePlan(job);
+  if (planned == nullptr) {
+    // Submitted to another replica, or an earlier attempt: plan again from
+    // the stored request (its inputs may have changed meanwhile).
+    absl::Status s;
+    auto config = MergeConfig::FromYaml(job.config_yaml, options_.data_dir);
+    if (config.ok()) {
+      auto p = PlanMerge({job.tenant, *std::move(config)}, *options_.registry,
+                         options_.threads_per_job);
+      if (p.ok()) {
+        planned = std::make_shared<PlannedMerge>(*std::move(p));
+      } else {
+        s = p.status();
+      }
+    } else {
+      s = config.status();
+    }
+    if (!s.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        active_[id].record = job;
+      }
+      job.state = JobState::kFailed;
+      job.error_code = static_cast<int>(s.code());
+      job.error_message = std::string(s.message());
+      job.end_ms = NowMs();
+      Finish(std::move(job), StopReason::kNone);
+      return;
+    }
+  }
   WorkItem item;
   item.kind = "merge";
   item.label = id;
@@ -172,34 +244,52 @@ absl::Status JobManager::Enqueue(JobRecord job,
   };
   item.abandon = [this, id](const absl::Status& why) {
     JobRecord r;
+    StopReason stop;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = active_.find(id);
       if (it == active_.end()) return;
       r = it->second.record;
-      active_.erase(it);
+      stop = it->second.stop;
     }
-    // Shutting down: the job stays QUEUED for the next start.
-    if (!absl::IsCancelled(why)) return;
+    if (stop != StopReason::kUser) stop = StopReason::kShutdown;
     r.state = JobState::kCancelled;
     r.error_code = static_cast<int>(absl::StatusCode::kCancelled);
-    r.error_message = "cancelled before it started";
+    r.error_message = absl::IsCancelled(why) ? "cancelled before it started"
+                                             : std::string(why.message());
     r.end_ms = NowMs();
-    Finish(std::move(r));
+    Finish(std::move(r), stop);
   };
   {
+    // Held (leased) but, until a worker and memory are free, shown QUEUED.
     std::lock_guard<std::mutex> lock(mu_);
     active_[id].record = job;
+    active_[id].record.state = JobState::kQueued;
   }
-  auto ticket = executor_->Submit(std::move(item), force);
-  std::lock_guard<std::mutex> lock(mu_);
+  auto ticket = executor_->Submit(std::move(item), /*force=*/true);
   if (!ticket.ok()) {
-    active_.erase(id);
-    return ticket.status();
+    Finish(job, StopReason::kShutdown);
+    return;
   }
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = active_.find(id);
   if (it != active_.end()) it->second.ticket = *ticket;
-  return absl::OkStatus();
+}
+
+void JobManager::OnLeaseCheck(const LeaseCheck& c) {
+  std::shared_ptr<WorkTicket> ticket;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = active_.find(c.id);
+    if (it == active_.end()) return;
+    it->second.stop = c.lost ? StopReason::kLeaseLost : StopReason::kUser;
+    ticket = it->second.ticket;
+  }
+  if (c.lost) {
+    LogEvent("job_lease_lost",
+             {{"job", c.id}, {"replica", options_.replica_id}});
+  }
+  if (ticket != nullptr) ticket->Cancel();
 }
 
 void JobManager::Update(const std::string& id,
@@ -227,10 +317,11 @@ void JobManager::RunJob(const std::string& id,
     it->second.record.start_ms = NowMs();
     job = it->second.record;
   }
-  (void)store_->Put(job);
-  LogEvent("job_started", {{"job", id}, {"tenant", job.tenant}});
+  LogEvent("job_started", {{"job", id},
+                           {"tenant", job.tenant},
+                           {"replica", job.replica},
+                           {"attempt", std::to_string(job.attempt)}});
   Notify(job);
-
   absl::Status status;
   MergeSummary summary;
   auto last = std::chrono::steady_clock::now();
@@ -337,14 +428,57 @@ void JobManager::RunJob(const std::string& id,
     done.error_code = static_cast<int>(status.code());
     done.error_message = std::string(status.message());
   }
-  Finish(std::move(done));
+  StopReason stop;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop = active_[id].stop;
+  }
+  Finish(std::move(done), status.ok() ? StopReason::kNone : stop);
 }
 
-void JobManager::Finish(JobRecord done) {
-  (void)store_->Put(done);
+void JobManager::Finish(JobRecord done, StopReason stop) {
+  bool recorded = true;
+  if (stop == StopReason::kShutdown ||
+      (stop == StopReason::kNone && done.state == JobState::kCancelled &&
+       done.error_code == static_cast<int>(absl::StatusCode::kCancelled) &&
+       [&] {
+         std::lock_guard<std::mutex> lock(mu_);
+         return draining_ || stopping_;
+       }())) {
+    // Stopped by this replica going away, not by anyone's wish: the job
+    // goes back to the queue for another replica or the next start.
+    (void)store_->Release(done.id, done.replica, done.attempt);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      active_.erase(done.id);
+    }
+    LogEvent("job_handed_back", {{"job", done.id},
+                                 {"replica", done.replica},
+                                 {"attempt", std::to_string(done.attempt)}});
+    auto now = store_->GetAny(done.id);
+    if (now.ok()) Notify(*now);
+    return;
+  }
+  if (stop == StopReason::kLeaseLost) {
+    recorded = false;
+  } else {
+    absl::Status s = store_->Complete(done);
+    if (absl::IsAborted(s)) recorded = false;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     active_.erase(done.id);
+  }
+  if (!recorded) {
+    // Another replica holds the job now; its record stands.
+    LogEvent("job_outcome_discarded",
+             {{"job", done.id},
+              {"replica", done.replica},
+              {"attempt", std::to_string(done.attempt)},
+              {"reason", "this replica lost the job's lease"}});
+    auto now = store_->GetAny(done.id);
+    if (now.ok()) Notify(*now);
+    return;
   }
   // A job that never started ran for no time at all.
   const double seconds =
@@ -352,6 +486,8 @@ void JobManager::Finish(JobRecord done) {
   LogEvent("job_finished", {{"job", done.id},
                             {"tenant", done.tenant},
                             {"state", JobStateName(done.state)},
+                            {"replica", done.replica},
+                            {"attempt", std::to_string(done.attempt)},
                             {"seconds", absl::StrFormat("%.3f", seconds)},
                             {"result_bytes", std::to_string(done.result_bytes)},
                             {"error", done.error_message}});
@@ -390,22 +526,34 @@ absl::StatusOr<Page<JobRecord>> JobManager::List(
 
 absl::StatusOr<JobRecord> JobManager::Cancel(const std::string& tenant,
                                              const std::string& id) {
+  MS_RETURN_IF_ERROR(store_->Get(tenant, id).status());
+  // Queued: cancelled in the store at once. Running anywhere: marked, and
+  // the replica that runs it stops at its next heartbeat (about a second)
+  // or here, now, when that is this replica.
+  MS_ASSIGN_OR_RETURN(bool cancelled_now, store_->RequestCancel(tenant, id));
+  if (cancelled_now) {
+    MS_ASSIGN_OR_RETURN(JobRecord j, store_->Get(tenant, id));
+    LogEvent("job_finished", {{"job", id},
+                              {"tenant", tenant},
+                              {"state", JobStateName(j.state)},
+                              {"seconds", "0.000"},
+                              {"error", j.error_message}});
+    Notify(j);
+    if (options_.on_finished) options_.on_finished(j);
+    return j;
+  }
   std::shared_ptr<WorkTicket> ticket;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = active_.find(id);
     if (it != active_.end() && it->second.record.tenant == tenant) {
+      it->second.stop = StopReason::kUser;
       ticket = it->second.ticket;
     }
   }
-  if (ticket != nullptr) {
-    // Queued: abandoned at once (CANCELLED); running: stops at the next
-    // tensor. Not under mu_: abandoning takes it.
-    ticket->Cancel();
-    return Get(tenant, id);
-  }
-  MS_ASSIGN_OR_RETURN(JobRecord j, store_->Get(tenant, id));
-  return j;
+  // Not under mu_: abandoning a queued item takes it.
+  if (ticket != nullptr) ticket->Cancel();
+  return Get(tenant, id);
 }
 
 absl::Status JobManager::Delete(const std::string& tenant,
@@ -440,6 +588,8 @@ absl::StatusOr<uint64_t> JobManager::Subscribe(const std::string& tenant,
       now = it->second.record;
     } else {
       MS_ASSIGN_OR_RETURN(now, store_->Get(tenant, id));
+      // Held by another replica (or queued): followed through the store.
+      if (!IsFinal(now.state)) remote_seen_[id] = now;
     }
     sub = next_listener_++;
     listeners_[sub] = {id, fn};
@@ -450,7 +600,45 @@ absl::StatusOr<uint64_t> JobManager::Subscribe(const std::string& tenant,
 
 void JobManager::Unsubscribe(uint64_t subscription) {
   std::lock_guard<std::mutex> lock(mu_);
-  listeners_.erase(subscription);
+  auto it = listeners_.find(subscription);
+  if (it == listeners_.end()) return;
+  const std::string id = it->second.first;
+  listeners_.erase(it);
+  for (const auto& [sub, entry] : listeners_) {
+    if (entry.first == id) return;
+  }
+  remote_seen_.erase(id);
+}
+
+void JobManager::PollRemote() {
+  std::vector<std::string> ids;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, seen] : remote_seen_) {
+      if (active_.count(id) == 0) ids.push_back(id);
+    }
+  }
+  for (const std::string& id : ids) {
+    auto now = store_->GetAny(id);
+    if (!now.ok()) continue;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = remote_seen_.find(id);
+      if (it == remote_seen_.end() || active_.count(id) > 0) continue;
+      const JobRecord& was = it->second;
+      if (was.state == now->state && was.tensors_done == now->tensors_done &&
+          was.phase == now->phase && was.phase_done == now->phase_done &&
+          was.attempt == now->attempt && was.replica == now->replica) {
+        continue;
+      }
+      if (IsFinal(now->state)) {
+        remote_seen_.erase(it);
+      } else {
+        it->second = *now;
+      }
+    }
+    Notify(*now);
+  }
 }
 
 void JobManager::Notify(const JobRecord& r) {
@@ -459,6 +647,11 @@ void JobManager::Notify(const JobRecord& r) {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [sub, entry] : listeners_) {
       if (entry.first == r.id) fns.push_back(entry.second);
+    }
+    // Watchers of a job that went back to the queue follow it through the
+    // store until some replica (maybe this one) holds it again.
+    if (!IsFinal(r.state) && active_.count(r.id) == 0 && !fns.empty()) {
+      remote_seen_[r.id] = r;
     }
   }
   for (const auto& fn : fns) fn(r);
@@ -537,7 +730,14 @@ void JobManager::Drain(std::chrono::milliseconds grace) {
     std::lock_guard<std::mutex> lock(mu_);
     draining_ = true;
   }
+  dispatcher_->StopClaiming();
+  // Running jobs get `grace`; those stopped then are handed back (Finish).
   executor_->Drain(grace);
+}
+
+std::vector<std::string> JobManager::LiveReplicas() const {
+  auto live = store_->LiveReplicas(options_.replica_id, 2 * options_.lease_ms);
+  return live.ok() ? *live : std::vector<std::string>();
 }
 
 int64_t JobManager::ExpireOldJobs() {

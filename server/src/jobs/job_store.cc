@@ -17,11 +17,27 @@ namespace {
 constexpr char kSummaryColumns[] =
     "tenant, id, state, '' AS config_yaml, request_digest, create_ms, "
     "start_ms, end_ms, tensors_done, tensors_total, error_code, "
-    "error_message, files, result_bytes, seconds, result_dir, metrics, method";
+    "error_message, files, result_bytes, seconds, result_dir, metrics, "
+    "method, replica, attempt, lease_until_ms, cancel_requested, phase, "
+    "phase_done, phase_total, bytes_read";
 constexpr char kColumns[] =
     "tenant, id, state, config_yaml, request_digest, create_ms, start_ms, "
     "end_ms, tensors_done, tensors_total, error_code, error_message, files, "
-    "result_bytes, seconds, result_dir, metrics, method";
+    "result_bytes, seconds, result_dir, metrics, method, replica, attempt, "
+    "lease_until_ms, cancel_requested, phase, phase_done, phase_total, "
+    "bytes_read";
+constexpr int kColumnCount = 26;
+
+int64_t Int(JobState s) { return static_cast<int64_t>(s); }
+
+std::string FilesJson(const JobRecord& r) {
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& f : r.files) {
+    files.push_back(
+        {{"name", f.name}, {"size", f.size_bytes}, {"sha256", f.sha256}});
+  }
+  return files.dump();
+}
 
 JobRecord FromRow(const SqlRow& r) {
   JobRecord j;
@@ -54,6 +70,14 @@ JobRecord FromRow(const SqlRow& r) {
     }
   }
   j.method = SqlString(r[17]);
+  j.replica = SqlString(r[18]);
+  j.attempt = static_cast<int>(SqlInt(r[19]));
+  j.lease_until_ms = SqlInt(r[20]);
+  j.cancel_requested = SqlInt(r[21]) != 0;
+  j.phase = SqlString(r[22]);
+  j.phase_done = SqlInt(r[23]);
+  j.phase_total = SqlInt(r[24]);
+  j.bytes_read = SqlInt(r[25]);
   return j;
 }
 
@@ -86,10 +110,10 @@ const char* JobStateName(JobState s) {
 }
 
 absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
-    std::shared_ptr<SqliteDatabase> db) {
+    std::shared_ptr<Database> db) {
   std::unique_ptr<JobStore> s(new JobStore());
   s->db_ = std::move(db);
-  SqliteDatabase* d = s->db_.get();
+  Database* d = s->db_.get();
   MS_RETURN_IF_ERROR(d->Migrate(
       "jobs",
       {{1, "jobs",
@@ -97,25 +121,26 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(
           MS_RETURN_IF_ERROR(d->Exec(R"sql(
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY,
-  state INTEGER NOT NULL,
+  state BIGINT NOT NULL,
   config_yaml TEXT NOT NULL,
   request_digest TEXT NOT NULL,
-  create_ms INTEGER NOT NULL,
-  start_ms INTEGER NOT NULL DEFAULT 0,
-  end_ms INTEGER NOT NULL DEFAULT 0,
-  tensors_done INTEGER NOT NULL DEFAULT 0,
-  tensors_total INTEGER NOT NULL DEFAULT 0,
-  error_code INTEGER NOT NULL DEFAULT 0,
+  create_ms BIGINT NOT NULL,
+  start_ms BIGINT NOT NULL DEFAULT 0,
+  end_ms BIGINT NOT NULL DEFAULT 0,
+  tensors_done BIGINT NOT NULL DEFAULT 0,
+  tensors_total BIGINT NOT NULL DEFAULT 0,
+  error_code BIGINT NOT NULL DEFAULT 0,
   error_message TEXT NOT NULL DEFAULT '',
   files TEXT NOT NULL DEFAULT '[]',
-  result_bytes INTEGER NOT NULL DEFAULT 0,
-  seconds REAL NOT NULL DEFAULT 0,
+  result_bytes BIGINT NOT NULL DEFAULT 0,
+  seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
   result_dir TEXT NOT NULL DEFAULT ''
 ))sql"));
           return d->AddMissingColumns(
               "jobs", {{"metrics", "TEXT NOT NULL DEFAULT '{}'"}});
         }},
-       {2, "tenants", [d] {
+       {2, "tenants",
+        [d] {
           MS_RETURN_IF_ERROR(d->AddMissingColumns(
               "jobs", {{"tenant", absl::StrCat("TEXT NOT NULL DEFAULT '",
                                                kDefaultTenant, "'")},
@@ -126,25 +151,288 @@ CREATE TABLE IF NOT EXISTS jobs (
               "CREATE INDEX IF NOT EXISTS jobs_by_digest ON jobs (tenant, "
               "request_digest);"
               "CREATE INDEX IF NOT EXISTS jobs_by_end ON jobs (end_ms);");
+        }},
+       {3, "replicas and leases", [d] {
+          MS_RETURN_IF_ERROR(d->AddMissingColumns(
+              "jobs", {{"replica", "TEXT NOT NULL DEFAULT ''"},
+                       {"attempt", "BIGINT NOT NULL DEFAULT 0"},
+                       {"lease_until_ms", "BIGINT NOT NULL DEFAULT 0"},
+                       {"cancel_requested", "BIGINT NOT NULL DEFAULT 0"},
+                       {"phase", "TEXT NOT NULL DEFAULT ''"},
+                       {"phase_done", "BIGINT NOT NULL DEFAULT 0"},
+                       {"phase_total", "BIGINT NOT NULL DEFAULT 0"},
+                       {"bytes_read", "BIGINT NOT NULL DEFAULT 0"}}));
+          // Jobs of the releases before leases that were running when the
+          // server stopped were failed at the next start; the queue index
+          // serves claims.
+          return d->ExecScript(
+              "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, "
+              "create_ms, id);"
+              "CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, "
+              "start_ms BIGINT NOT NULL, seen_ms BIGINT NOT NULL);");
         }}}));
   return s;
 }
 
 absl::Status JobStore::Put(const JobRecord& r) {
-  nlohmann::json files = nlohmann::json::array();
-  for (const auto& f : r.files) {
-    files.push_back(
-        {{"name", f.name}, {"size", f.size_bytes}, {"sha256", f.sha256}});
+  std::string sql = absl::StrCat("INSERT INTO jobs (", kColumns, ") VALUES (");
+  for (int i = 0; i < kColumnCount; ++i) absl::StrAppend(&sql, i ? ", ?" : "?");
+  absl::StrAppend(&sql, ") ON CONFLICT (id) DO UPDATE SET ");
+  // Every column but the key takes the new value.
+  const std::string columns = kColumns;
+  size_t at = 0;
+  bool first = true;
+  while (at < columns.size()) {
+    size_t end = columns.find(',', at);
+    if (end == std::string::npos) end = columns.size();
+    std::string c = columns.substr(at, end - at);
+    c.erase(0, c.find_first_not_of(' '));
+    if (c != "id") {
+      absl::StrAppend(&sql, first ? "" : ", ", c, " = excluded.", c);
+      first = false;
+    }
+    at = end + 1;
   }
+  return db_->Exec(sql, {r.tenant,
+                         r.id,
+                         Int(r.state),
+                         r.config_yaml,
+                         r.request_digest,
+                         r.create_ms,
+                         r.start_ms,
+                         r.end_ms,
+                         r.tensors_done,
+                         r.tensors_total,
+                         static_cast<int64_t>(r.error_code),
+                         r.error_message,
+                         FilesJson(r),
+                         r.result_bytes,
+                         r.seconds,
+                         r.result_dir,
+                         nlohmann::json(r.metrics).dump(),
+                         r.method,
+                         r.replica,
+                         static_cast<int64_t>(r.attempt),
+                         r.lease_until_ms,
+                         static_cast<int64_t>(r.cancel_requested ? 1 : 0),
+                         r.phase,
+                         r.phase_done,
+                         r.phase_total,
+                         r.bytes_read});
+}
+
+absl::StatusOr<JobRecord> JobStore::InsertUnlessSame(
+    const JobRecord& r, const std::function<bool(const JobRecord&)>& reuse) {
+  JobRecord out = r;
+  MS_RETURN_IF_ERROR(db_->Transaction([&]() -> absl::Status {
+    // Two replicas given the same request at once serialise here.
+    MS_RETURN_IF_ERROR(
+        db_->LockKey(absl::StrCat("job:", r.tenant, ":", r.request_digest)));
+    MS_ASSIGN_OR_RETURN(auto same, FindByDigest(r.tenant, r.request_digest));
+    if (same && reuse(*same)) {
+      out = *same;
+      return absl::OkStatus();
+    }
+    return Put(r);
+  }));
+  return out;
+}
+
+absl::StatusOr<std::optional<JobRecord>> JobStore::Claim(
+    const std::string& replica, int64_t lease_ms) {
+  std::optional<JobRecord> out;
+  // PostgreSQL: replicas claiming at once each skip the rows the others
+  // hold. SQLite: the write transaction already excludes everyone.
+  const char* skip = db_->dialect() == Database::Dialect::kPostgres
+                         ? " FOR UPDATE SKIP LOCKED"
+                         : "";
+  MS_RETURN_IF_ERROR(db_->Transaction([&]() -> absl::Status {
+    MS_ASSIGN_OR_RETURN(
+        auto rows,
+        db_->Query(absl::StrCat("SELECT id FROM jobs WHERE state = ? ORDER BY "
+                                "create_ms, id LIMIT 1",
+                                skip),
+                   {Int(JobState::kQueued)}));
+    if (rows.empty()) return absl::OkStatus();
+    const std::string id = SqlString(rows[0][0]);
+    const int64_t now = NowMs();
+    MS_RETURN_IF_ERROR(db_->Exec(
+        "UPDATE jobs SET state = ?, replica = ?, attempt = attempt + 1, "
+        "lease_until_ms = ?, start_ms = ?, cancel_requested = 0, "
+        "tensors_done = 0, phase = '', phase_done = 0, phase_total = 0 WHERE "
+        "id = ?",
+        {Int(JobState::kRunning), replica, now + lease_ms, now, id}));
+    MS_ASSIGN_OR_RETURN(JobRecord j, GetAny(id));
+    out = std::move(j);
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> JobStore::RequeueExpired(
+    int max_attempts) {
+  std::vector<std::string> failed;
+  const char* skip = db_->dialect() == Database::Dialect::kPostgres
+                         ? " FOR UPDATE SKIP LOCKED"
+                         : "";
+  MS_RETURN_IF_ERROR(db_->Transaction([&]() -> absl::Status {
+    const int64_t now = NowMs();
+    MS_ASSIGN_OR_RETURN(
+        auto rows,
+        db_->Query(absl::StrCat("SELECT id, attempt, replica FROM jobs WHERE "
+                                "state = ? AND lease_until_ms < ?",
+                                skip),
+                   {Int(JobState::kRunning), now}));
+    for (const SqlRow& r : rows) {
+      const std::string id = SqlString(r[0]);
+      const int64_t attempt = SqlInt(r[1]);
+      const std::string replica = SqlString(r[2]);
+      if (attempt >= max_attempts) {
+        MS_RETURN_IF_ERROR(db_->Exec(
+            "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, "
+            "end_ms = ?, lease_until_ms = 0 WHERE id = ?",
+            {Int(JobState::kFailed),
+             static_cast<int64_t>(absl::StatusCode::kAborted),
+             absl::StrCat("the job lost its replica ", attempt, " times (",
+                          "last '", replica,
+                          "' stopped renewing its lease); "
+                          "gave up after --max-attempts ",
+                          max_attempts),
+             now, id}));
+        failed.push_back(id);
+      } else {
+        MS_RETURN_IF_ERROR(db_->Exec(
+            "UPDATE jobs SET state = ?, lease_until_ms = 0, phase = ?, "
+            "phase_done = 0, phase_total = 0 WHERE id = ?",
+            {Int(JobState::kQueued),
+             absl::StrCat("requeued: replica '", replica,
+                          "' stopped renewing its lease"),
+             id}));
+      }
+    }
+    return absl::OkStatus();
+  }));
+  return failed;
+}
+
+absl::StatusOr<std::vector<LeaseCheck>> JobStore::Heartbeat(
+    const std::string& replica, const std::vector<JobRecord>& running,
+    int64_t lease_ms) {
+  std::vector<LeaseCheck> out;
+  const int64_t until = NowMs() + lease_ms;
+  for (const JobRecord& r : running) {
+    // Fenced: only the replica and run that hold the lease renew it.
+    MS_ASSIGN_OR_RETURN(
+        auto rows,
+        db_->Query(
+            "UPDATE jobs SET lease_until_ms = ?, tensors_done = ?, "
+            "tensors_total = ?, phase = ?, phase_done = ?, phase_total "
+            "= ?, metrics = ? WHERE id = ? AND replica = ? AND attempt "
+            "= ? AND state = ? RETURNING cancel_requested",
+            {until, r.tensors_done, r.tensors_total, r.phase, r.phase_done,
+             r.phase_total, nlohmann::json(r.metrics).dump(), r.id, replica,
+             static_cast<int64_t>(r.attempt), Int(JobState::kRunning)}));
+    LeaseCheck c;
+    c.id = r.id;
+    c.lost = rows.empty();
+    c.cancel_requested = !rows.empty() && SqlInt(rows[0][0]) != 0;
+    out.push_back(c);
+  }
+  return out;
+}
+
+absl::Status JobStore::Complete(const JobRecord& d) {
+  MS_ASSIGN_OR_RETURN(
+      int64_t n,
+      db_->ExecCount(
+          "UPDATE jobs SET state = ?, end_ms = ?, tensors_done = ?, "
+          "tensors_total = ?, error_code = ?, error_message = ?, files = ?, "
+          "result_bytes = ?, seconds = ?, metrics = ?, phase = '', "
+          "phase_done = 0, phase_total = 0, bytes_read = ?, lease_until_ms = "
+          "0 WHERE id = ? AND replica = ? AND attempt = ? AND state = ?",
+          {Int(d.state), d.end_ms, d.tensors_done, d.tensors_total,
+           static_cast<int64_t>(d.error_code), d.error_message, FilesJson(d),
+           d.result_bytes, d.seconds, nlohmann::json(d.metrics).dump(),
+           d.bytes_read, d.id, d.replica, static_cast<int64_t>(d.attempt),
+           Int(JobState::kRunning)}));
+  if (n == 0) {
+    return absl::AbortedError(absl::StrCat(
+        "job '", d.id, "': replica '", d.replica, "' no longer holds attempt ",
+        d.attempt, "; its outcome is not recorded"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::Release(const std::string& id,
+                               const std::string& replica, int attempt) {
   return db_->Exec(
-      absl::StrCat("INSERT OR REPLACE INTO jobs (", kColumns,
-                   ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                   "?, ?)"),
-      {r.tenant, r.id, static_cast<int64_t>(r.state), r.config_yaml,
-       r.request_digest, r.create_ms, r.start_ms, r.end_ms, r.tensors_done,
-       r.tensors_total, static_cast<int64_t>(r.error_code), r.error_message,
-       files.dump(), r.result_bytes, r.seconds, r.result_dir,
-       nlohmann::json(r.metrics).dump(), r.method});
+      "UPDATE jobs SET state = ?, attempt = attempt - 1, replica = '', "
+      "lease_until_ms = 0, tensors_done = 0, phase = 'handed back by a "
+      "draining replica', phase_done = 0, phase_total = 0 WHERE id = ? AND "
+      "replica = ? AND attempt = ? AND state = ?",
+      {Int(JobState::kQueued), id, replica, static_cast<int64_t>(attempt),
+       Int(JobState::kRunning)});
+}
+
+absl::StatusOr<bool> JobStore::RequestCancel(const std::string& tenant,
+                                             const std::string& id) {
+  bool cancelled_now = false;
+  MS_RETURN_IF_ERROR(db_->Transaction([&]() -> absl::Status {
+    MS_ASSIGN_OR_RETURN(
+        int64_t n,
+        db_->ExecCount(
+            "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, "
+            "end_ms = ?, phase = '' WHERE id = ? AND tenant = ? AND state = ?",
+            {Int(JobState::kCancelled),
+             static_cast<int64_t>(absl::StatusCode::kCancelled),
+             std::string("cancelled before it started"), NowMs(), id, tenant,
+             Int(JobState::kQueued)}));
+    cancelled_now = n > 0;
+    if (cancelled_now) return absl::OkStatus();
+    return db_->Exec(
+        "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND tenant = ? AND "
+        "state = ?",
+        {id, tenant, Int(JobState::kRunning)});
+  }));
+  return cancelled_now;
+}
+
+absl::Status JobStore::RequeueOwn(const std::string& replica) {
+  // Expire the leases now; RequeueExpired then counts the attempts.
+  return db_->Exec(
+      "UPDATE jobs SET lease_until_ms = 0 WHERE state = ? AND replica = ?",
+      {Int(JobState::kRunning), replica});
+}
+
+absl::Status JobStore::TouchReplica(const std::string& replica,
+                                    int64_t start_ms) {
+  return db_->Exec(
+      "INSERT INTO replicas (id, start_ms, seen_ms) VALUES (?, ?, ?) ON "
+      "CONFLICT (id) DO UPDATE SET start_ms = excluded.start_ms, seen_ms = "
+      "excluded.seen_ms",
+      {replica, start_ms, NowMs()});
+}
+
+absl::StatusOr<std::vector<ReplicaRecord>> JobStore::Replicas() const {
+  MS_ASSIGN_OR_RETURN(
+      auto rows, db_->Query("SELECT id, start_ms, seen_ms FROM replicas ORDER "
+                            "BY id"));
+  std::vector<ReplicaRecord> out;
+  for (const SqlRow& r : rows) {
+    out.push_back({SqlString(r[0]), SqlInt(r[1]), SqlInt(r[2])});
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> JobStore::LiveReplicas(
+    const std::string& except, int64_t within_ms) const {
+  MS_ASSIGN_OR_RETURN(auto all, Replicas());
+  std::vector<std::string> out;
+  const int64_t recent = NowMs() - within_ms;
+  for (const ReplicaRecord& r : all) {
+    if (r.id != except && r.seen_ms >= recent) out.push_back(r.id);
+  }
+  return out;
 }
 
 absl::StatusOr<JobRecord> JobStore::GetAny(const std::string& id) const {
@@ -192,7 +480,7 @@ absl::StatusOr<Page<JobRecord>> JobStore::List(const std::string& tenant,
     after_ms = std::strtoll(key[0].c_str(), nullptr, 10);
     after_id = key[1];
   }
-  const int64_t limit = page.size > 0 ? page.size : -1;
+  const int64_t limit = page.size > 0 ? page.size : kSqlNoLimit;
   MS_ASSIGN_OR_RETURN(
       auto rows,
       db_->Query(
@@ -214,9 +502,10 @@ absl::StatusOr<Page<JobRecord>> JobStore::List(const std::string& tenant,
 
 absl::Status JobStore::Delete(const std::string& tenant,
                               const std::string& id) {
-  MS_RETURN_IF_ERROR(
-      db_->Exec("DELETE FROM jobs WHERE id = ? AND tenant = ?", {id, tenant}));
-  if (db_->changes() == 0) return NotFound(id);
+  MS_ASSIGN_OR_RETURN(
+      int64_t n, db_->ExecCount("DELETE FROM jobs WHERE id = ? AND tenant = ?",
+                                {id, tenant}));
+  if (n == 0) return NotFound(id);
   return absl::OkStatus();
 }
 
@@ -227,6 +516,13 @@ absl::StatusOr<int64_t> JobStore::CountActive(const std::string& tenant) const {
                  "?)",
                  {tenant, static_cast<int64_t>(JobState::kQueued),
                   static_cast<int64_t>(JobState::kRunning)}));
+  return rows.empty() ? 0 : SqlInt(rows[0][0]);
+}
+
+absl::StatusOr<int64_t> JobStore::CountQueued() const {
+  MS_ASSIGN_OR_RETURN(auto rows,
+                      db_->Query("SELECT COUNT(*) FROM jobs WHERE state = ?",
+                                 {Int(JobState::kQueued)}));
   return rows.empty() ? 0 : SqlInt(rows[0][0]);
 }
 
@@ -260,24 +556,6 @@ JobStore::EndedBefore(int64_t before_ms, int64_t limit) const {
   for (const SqlRow& r : rows)
     out.push_back({SqlString(r[0]), SqlString(r[1])});
   return out;
-}
-
-absl::StatusOr<std::vector<std::string>> JobStore::RecoverAfterRestart() {
-  // A job that was running when the process died has no result: fail it.
-  MS_RETURN_IF_ERROR(db_->Exec(
-      "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, end_ms = "
-      "? WHERE state = ?",
-      {static_cast<int64_t>(JobState::kFailed),
-       static_cast<int64_t>(absl::StatusCode::kAborted),
-       std::string("the server stopped while this job ran; submit it again"),
-       NowMs(), static_cast<int64_t>(JobState::kRunning)}));
-  MS_ASSIGN_OR_RETURN(
-      auto queued,
-      db_->Query("SELECT id FROM jobs WHERE state = ? ORDER BY create_ms, id",
-                 {static_cast<int64_t>(JobState::kQueued)}));
-  std::vector<std::string> ids;
-  for (const auto& r : queued) ids.push_back(SqlString(r[0]));
-  return ids;
 }
 
 }  // namespace mergeserve

@@ -1,15 +1,17 @@
 #include "mergeserve/jobs/orphans.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "mergeserve/base/log.h"
+#include "mergeserve/base/temp_tag.h"
 #include "mergeserve/format/safetensors_writer.h"
 
 namespace mergeserve {
 namespace fs = std::filesystem;
 
 std::vector<std::string> CollectOrphanedTemporaries(
-    const std::string& data_dir) {
+    const std::string& data_dir, const std::vector<std::string>& live) {
   // (folder, marker in an entry's name; "" = every entry)
   const std::vector<std::pair<std::string, std::string>> places = {
       {"uploads", ""},           // in-flight uploads
@@ -26,9 +28,14 @@ std::vector<std::string> CollectOrphanedTemporaries(
     std::vector<fs::path> doomed;
     for (const auto& e : fs::directory_iterator(dir, ec)) {
       const std::string name = e.path().filename().string();
-      if (marker.empty() || name.find(marker) != std::string::npos) {
-        doomed.push_back(e.path());
+      if (!marker.empty() && name.find(marker) == std::string::npos) continue;
+      // Another replica that still renews its heartbeat is writing it.
+      if (std::any_of(live.begin(), live.end(), [&](const std::string& r) {
+            return name.find(TempTagFor(r)) != std::string::npos;
+          })) {
+        continue;
       }
+      doomed.push_back(e.path());
     }
     for (const fs::path& p : doomed) {
       fs::remove_all(p, ec);

@@ -10,6 +10,7 @@
 #include "mergeserve/base/log.h"
 #include "mergeserve/base/secure_random.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/base/temp_tag.h"
 #include "mergeserve/engine/executor.h"
 #include "mergeserve/engine/method_registry.h"
 #include "mergeserve/registry/storage_roots.h"
@@ -113,7 +114,8 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
   const MergeConfig& config = request.config;
   MS_ASSIGN_OR_RETURN(const size_t points, CheckGrid(config, grid));
   MS_ASSIGN_OR_RETURN(std::string hex, SecureRandomHex(4));
-  const std::string scratch = absl::StrCat(data_dir, "/scratch/sweep-", hex);
+  const std::string scratch =
+      absl::StrCat(data_dir, "/scratch/sweep-", TempTag(), hex);
   TaskEvaluator evaluator(jobs.registry(), jobs.options().device);
   const EvalTarget target = TargetOf(request, options, scratch);
   MS_RETURN_IF_ERROR(evaluator.Plan(target).status());

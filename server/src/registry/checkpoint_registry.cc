@@ -13,6 +13,7 @@
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/format/model_folder.h"
 #include "mergeserve/store/page_token.h"
+#include "mergeserve/store/sqlite_database.h"
 #include "nlohmann/json.hpp"
 
 namespace mergeserve {

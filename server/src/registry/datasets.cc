@@ -183,7 +183,7 @@ absl::StatusOr<Page<DatasetRecord>> CheckpointRegistry::ListDatasets(
     after_time = std::strtoll(key[0].c_str(), nullptr, 10);
     after_name = key[1];
   }
-  const int64_t limit = page.size > 0 ? page.size : -1;
+  const int64_t limit = page.size > 0 ? page.size : kSqlNoLimit;
   MS_ASSIGN_OR_RETURN(
       auto rows,
       db_->Query(

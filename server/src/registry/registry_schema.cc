@@ -17,49 +17,49 @@ namespace {
 constexpr char kV1[] = R"sql(
 CREATE TABLE IF NOT EXISTS checkpoints (
   name TEXT PRIMARY KEY,
-  role INTEGER NOT NULL,
+  role BIGINT NOT NULL,
   base TEXT NOT NULL DEFAULT '',
   path TEXT NOT NULL,
   labels TEXT NOT NULL DEFAULT '{}',
   content_digest TEXT NOT NULL,
-  size_bytes INTEGER NOT NULL,
-  tensor_count INTEGER NOT NULL,
-  parameter_count INTEGER NOT NULL,
-  create_time_ms INTEGER NOT NULL,
+  size_bytes BIGINT NOT NULL,
+  tensor_count BIGINT NOT NULL,
+  parameter_count BIGINT NOT NULL,
+  create_time_ms BIGINT NOT NULL,
   tensors TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS datasets (
   name TEXT PRIMARY KEY,
   task TEXT NOT NULL,
-  role INTEGER NOT NULL,
+  role BIGINT NOT NULL,
   path TEXT NOT NULL,
   content_digest TEXT NOT NULL,
-  examples INTEGER NOT NULL,
-  has_labels INTEGER NOT NULL,
-  size_bytes INTEGER NOT NULL,
-  create_time_ms INTEGER NOT NULL
+  examples BIGINT NOT NULL,
+  has_labels BIGINT NOT NULL,
+  size_bytes BIGINT NOT NULL,
+  create_time_ms BIGINT NOT NULL
 ))sql";
 
 constexpr char kV2[] = R"sql(
 CREATE TABLE checkpoints_v2 (
   tenant TEXT NOT NULL,
   name TEXT NOT NULL,
-  role INTEGER NOT NULL,
+  role BIGINT NOT NULL,
   base TEXT NOT NULL DEFAULT '',
   base_tenant TEXT NOT NULL DEFAULT '',
   path TEXT NOT NULL,
   labels TEXT NOT NULL DEFAULT '{}',
   content_digest TEXT NOT NULL,
-  size_bytes INTEGER NOT NULL,
-  tensor_count INTEGER NOT NULL,
-  parameter_count INTEGER NOT NULL,
-  create_time_ms INTEGER NOT NULL,
+  size_bytes BIGINT NOT NULL,
+  tensor_count BIGINT NOT NULL,
+  parameter_count BIGINT NOT NULL,
+  create_time_ms BIGINT NOT NULL,
   tensors TEXT NOT NULL,
   program TEXT NOT NULL DEFAULT '',
   program_digest TEXT NOT NULL DEFAULT '',
   task TEXT NOT NULL DEFAULT '',
-  owned INTEGER NOT NULL DEFAULT 0,
-  published INTEGER NOT NULL DEFAULT 0,
+  owned BIGINT NOT NULL DEFAULT 0,
+  published BIGINT NOT NULL DEFAULT 0,
   PRIMARY KEY (tenant, name)
 );
 INSERT INTO checkpoints_v2 (tenant, name, role, base, base_tenant, path,
@@ -76,14 +76,14 @@ CREATE TABLE datasets_v2 (
   tenant TEXT NOT NULL,
   name TEXT NOT NULL,
   task TEXT NOT NULL,
-  role INTEGER NOT NULL,
+  role BIGINT NOT NULL,
   path TEXT NOT NULL,
   content_digest TEXT NOT NULL,
-  examples INTEGER NOT NULL,
-  has_labels INTEGER NOT NULL,
-  size_bytes INTEGER NOT NULL,
-  create_time_ms INTEGER NOT NULL,
-  owned INTEGER NOT NULL DEFAULT 0,
+  examples BIGINT NOT NULL,
+  has_labels BIGINT NOT NULL,
+  size_bytes BIGINT NOT NULL,
+  create_time_ms BIGINT NOT NULL,
+  owned BIGINT NOT NULL DEFAULT 0,
   PRIMARY KEY (tenant, name)
 );
 INSERT INTO datasets_v2 (tenant, name, task, role, path, content_digest,
@@ -97,7 +97,7 @@ ALTER TABLE datasets_v2 RENAME TO datasets;
 }  // namespace
 
 absl::Status CheckpointRegistry::MigrateSchema() {
-  SqliteDatabase* db = db_.get();
+  Database* db = db_.get();
   const std::string data_dir = roots_.data_dir();
   return db->Migrate(
       "registry",

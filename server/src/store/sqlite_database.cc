@@ -125,11 +125,6 @@ absl::StatusOr<std::vector<SqlRow>> SqliteDatabase::QueryLocked(
   return rows;
 }
 
-absl::Status SqliteDatabase::Exec(const std::string& sql,
-                                  const std::vector<SqlValue>& args) {
-  return Query(sql, args).status();
-}
-
 absl::Status SqliteDatabase::ExecScript(const std::string& sql) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   char* error = nullptr;
@@ -155,7 +150,12 @@ absl::Status SqliteDatabase::Transaction(
   return s;
 }
 
-int64_t SqliteDatabase::changes() const { return sqlite3_changes(db_); }
+absl::StatusOr<int64_t> SqliteDatabase::ExecCount(
+    const std::string& sql, const std::vector<SqlValue>& args) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  MS_RETURN_IF_ERROR(QueryLocked(sql, args).status());
+  return static_cast<int64_t>(sqlite3_changes(db_));
+}
 
 absl::Status SqliteDatabase::AddMissingColumns(
     const std::string& table,
@@ -175,43 +175,12 @@ absl::Status SqliteDatabase::AddMissingColumns(
   return absl::OkStatus();
 }
 
-absl::StatusOr<int> SqliteDatabase::SchemaVersion(
-    const std::string& component) {
-  MS_RETURN_IF_ERROR(
-      Exec("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT "
-           "PRIMARY KEY, version INTEGER NOT NULL)"));
-  MS_ASSIGN_OR_RETURN(
-      auto rows,
-      Query("SELECT version FROM schema_versions WHERE component = ?",
-            {component}));
-  return rows.empty() ? 0 : static_cast<int>(SqlInt(rows[0][0]));
-}
-
-absl::Status SqliteDatabase::Migrate(const std::string& component,
-                                     const std::vector<Migration>& steps) {
+absl::Status SqliteDatabase::WithMigrationLock(
+    const std::function<absl::Status()>& fn) {
+  // Each step's BEGIN IMMEDIATE excludes other processes; this excludes
+  // the other threads of ours between steps.
   std::lock_guard<std::recursive_mutex> lock(mu_);
-  MS_ASSIGN_OR_RETURN(int current, SchemaVersion(component));
-  for (const Migration& step : steps) {
-    if (step.version <= current) continue;
-    MS_RETURN_IF_ERROR(Transaction([&]() -> absl::Status {
-      // Another process may have applied it since we looked.
-      MS_ASSIGN_OR_RETURN(int now, SchemaVersion(component));
-      if (now >= step.version) return absl::OkStatus();
-      absl::Status s = step.apply();
-      if (!s.ok()) {
-        return absl::Status(
-            s.code(),
-            absl::StrCat("schema migration ", component, " v", step.version,
-                         " (", step.description, "): ", s.message()));
-      }
-      return Exec(
-          "INSERT OR REPLACE INTO schema_versions (component, version) "
-          "VALUES (?, ?)",
-          {component, static_cast<int64_t>(step.version)});
-    }));
-    current = step.version;
-  }
-  return absl::OkStatus();
+  return fn();
 }
 
 }  // namespace mergeserve
