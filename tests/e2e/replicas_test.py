@@ -213,6 +213,29 @@ class Replicas(unittest.TestCase):
         self.assertIn('"replica":"replica-', after)
         self.assertIn('"attempt":2', after)
 
+    def test_serve_check(self):
+        """serve --check: flags, database, migrations; then exits."""
+        data = os.path.join(self.tmp, "check-data")
+        ok = subprocess.run([MERGESERVE, "serve", "--check", f"--database={self.url}",
+                             f"--data-dir={data}", "--replica-id=checker"],
+                            capture_output=True, text=True)
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        self.assertIn("schema current", ok.stdout)
+        self.assertIn("postgresql://postgres@", ok.stdout)
+        # A password on the command line is refused, and not echoed.
+        bad = subprocess.run([MERGESERVE, "serve", "--check", f"--data-dir={data}",
+                              "--database=postgresql://app:hunter2@127.0.0.1:1/x"],
+                             capture_output=True, text=True)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("PGPASSWORD", bad.stderr)
+        self.assertNotIn("hunter2", bad.stderr + bad.stdout)
+        # Nothing listening: UNAVAILABLE (exit code of the shared table).
+        down = subprocess.run([MERGESERVE, "serve", "--check", f"--data-dir={data}",
+                               "--database=postgresql://app@127.0.0.1:1/x"],
+                              capture_output=True, text=True)
+        self.assertNotEqual(down.returncode, 0)
+        self.assertIn("cannot connect to postgresql://app@127.0.0.1:1/x", down.stderr)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -385,11 +385,89 @@ TEST_P(StoreTest, ListsPageAndDeleteAcrossReplicas) {
   EXPECT_EQ(*s->CountActive("team-a"), 4);
 }
 
+TEST_P(StoreTest, OtherReplicasHearOfQueuedJobsAndCancelsWithoutPolling) {
+  auto listening = Jobs(Connect());
+  auto listener = listening->Listen();
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  if (GetParam() == "sqlite") {
+    // One process, nobody to tell: replicas on SQLite poll.
+    EXPECT_EQ(*listener, nullptr);
+    return;
+  }
+  ASSERT_NE(*listener, nullptr);
+  auto s = Jobs(db_);
+  ASSERT_TRUE(s->InsertUnlessSame(NewJob("job-n", "dn", 1),
+                                  [](const JobRecord&) { return true; })
+                  .ok());
+  auto claimed = s->Claim("replica-a", 30000);
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  ASSERT_FALSE(s->RequestCancel("team-a", "job-n").value());
+  std::vector<std::string> heard;
+  for (int i = 0; i < 20 && heard.size() < 3; ++i) {
+    auto got = (*listener)->Wait(std::chrono::milliseconds(100));
+    ASSERT_TRUE(got.ok()) << got.status();
+    heard.insert(heard.end(), got->begin(), got->end());
+  }
+  EXPECT_THAT(heard, ::testing::ElementsAre("queued", "job:job-n",
+                                            "cancel:job-n"));
+}
+
 INSTANTIATE_TEST_SUITE_P(BothStores, StoreTest,
                          ::testing::Values("sqlite", "postgres"),
                          [](const auto& info) { return info.param; });
 
 // What only one of them needs.
+TEST(SqliteUpgradeTest, AJobsTableOfThePreviousReleaseGainsLeases) {
+  // The jobs table as release 0.8 (schema v2) left it: a running job (the
+  // server died) and a finished one.
+  const std::string path = testing::TempDir("upgrade") + "/mergeserve.db";
+  {
+    auto db = OpenDatabase("sqlite://" + path);
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->ExecScript(R"sql(
+CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
+INSERT INTO schema_versions VALUES ('jobs', 2);
+CREATE TABLE jobs (id TEXT PRIMARY KEY, state INTEGER NOT NULL,
+  config_yaml TEXT NOT NULL, request_digest TEXT NOT NULL,
+  create_ms INTEGER NOT NULL, start_ms INTEGER NOT NULL DEFAULT 0,
+  end_ms INTEGER NOT NULL DEFAULT 0, tensors_done INTEGER NOT NULL DEFAULT 0,
+  tensors_total INTEGER NOT NULL DEFAULT 0,
+  error_code INTEGER NOT NULL DEFAULT 0,
+  error_message TEXT NOT NULL DEFAULT '', files TEXT NOT NULL DEFAULT '[]',
+  result_bytes INTEGER NOT NULL DEFAULT 0, seconds REAL NOT NULL DEFAULT 0,
+  result_dir TEXT NOT NULL DEFAULT '', metrics TEXT NOT NULL DEFAULT '{}',
+  tenant TEXT NOT NULL DEFAULT 'default', method TEXT NOT NULL DEFAULT '');
+INSERT INTO jobs (id, state, config_yaml, request_digest, create_ms,
+  tensors_total, method) VALUES ('job-old', 2, 'x', 'd1', 5, 9, 'ties');
+INSERT INTO jobs (id, state, config_yaml, request_digest, create_ms,
+  result_bytes, method) VALUES ('job-done', 3, 'y', 'd2', 4, 123, 'linear');
+)sql")
+                    .ok());
+  }
+  auto db = OpenDatabase("sqlite://" + path);
+  ASSERT_TRUE(db.ok());
+  auto store = JobStore::Open(*db);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(*(*db)->SchemaVersion("jobs"), 3);
+  auto done = (*store)->GetAny("job-done");
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state, JobState::kSucceeded);
+  EXPECT_EQ(done->result_bytes, 123);
+  EXPECT_EQ(done->attempt, 0);
+  // The job the old server was running: its replica (unnamed then) is gone,
+  // so its lease (none) has lapsed and it runs again.
+  auto failed = (*store)->RequeueExpired(3);
+  ASSERT_TRUE(failed.ok());
+  EXPECT_TRUE(failed->empty());
+  auto requeued = (*store)->GetAny("job-old");
+  ASSERT_TRUE(requeued.ok());
+  EXPECT_EQ(requeued->state, JobState::kQueued);
+  auto claimed = (*store)->Claim("replica-a", 30000);
+  ASSERT_TRUE(claimed.ok() && claimed->has_value());
+  EXPECT_EQ((*claimed)->id, "job-old");
+  EXPECT_EQ((*claimed)->attempt, 1);
+}
+
 TEST(PostgresUrlTest, APasswordInTheUrlIsRefusedAndNeverEchoed) {
   auto db = OpenDatabase("postgresql://app:s3cret@localhost:5432/mergeserve");
   ASSERT_FALSE(db.ok());

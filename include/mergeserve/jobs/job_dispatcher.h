@@ -2,7 +2,10 @@
 // shared job table while it has room, renews the leases of the jobs it
 // holds by heartbeats (recording their progress, learning of cancels made
 // through other replicas), and puts the jobs of replicas that stopped
-// renewing back in the queue. Two threads, owned and joined here.
+// renewing back in the queue. On PostgreSQL a third thread LISTENs, so a
+// job queued on another replica is claimed, and a cancel made elsewhere
+// reaches the running replica, without waiting for a poll. Threads are
+// owned and joined here.
 #ifndef MERGESERVE_JOBS_JOB_DISPATCHER_H_
 #define MERGESERVE_JOBS_JOB_DISPATCHER_H_
 
@@ -40,11 +43,15 @@ class JobDispatcher {
     std::function<void(const LeaseCheck&)> on_check;
     // Jobs that failed after too many lost leases.
     std::function<void(const std::vector<std::string>&)> on_failed;
-    // Called every poll (refreshing watchers of remote jobs).
+    // Called every poll and on every change notified (refreshing watchers
+    // of jobs held elsewhere).
     std::function<void()> on_poll;
   };
   JobDispatcher(JobStore* store, Options options, Hooks hooks);
+  // Stops and joins the threads.
   ~JobDispatcher();
+  // Starts the threads (hooks may then run at once).
+  void Start();
   JobDispatcher(const JobDispatcher&) = delete;
   JobDispatcher& operator=(const JobDispatcher&) = delete;
 
@@ -58,6 +65,7 @@ class JobDispatcher {
  private:
   void ClaimLoop();
   void HeartbeatLoop();
+  void ListenLoop();
 
   JobStore* const store_;
   const Options options_;
@@ -68,7 +76,9 @@ class JobDispatcher {
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool claiming_ ABSL_GUARDED_BY(mu_) = true;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread claimer_, heartbeat_;
+  std::unique_ptr<DatabaseListener> listener_;  // null: poll only
+  std::chrono::milliseconds poll_;
+  std::thread claimer_, heartbeat_, listen_;
 };
 
 }  // namespace mergeserve

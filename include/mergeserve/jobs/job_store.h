@@ -119,6 +119,10 @@ class JobStore {
   // Jobs a replica of this id left RUNNING before it restarted (it cannot
   // still run them): back to the queue at once.
   absl::Status RequeueOwn(const std::string& replica);
+  // Notifications of queue and job changes from every replica: payloads
+  // "queued", "job:<id>" (changed), "cancel:<id>" (cancel requested).
+  // nullptr where the database has none (SQLite): poll instead.
+  absl::StatusOr<std::unique_ptr<DatabaseListener>> Listen() const;
   // Liveness of replicas (for lease-aware cleanup of shared folders).
   absl::Status TouchReplica(const std::string& replica, int64_t start_ms);
   absl::StatusOr<std::vector<ReplicaRecord>> Replicas() const;

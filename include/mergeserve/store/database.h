@@ -6,6 +6,7 @@
 #ifndef MERGESERVE_STORE_DATABASE_H_
 #define MERGESERVE_STORE_DATABASE_H_
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -47,6 +48,17 @@ struct Migration {
   std::function<absl::Status()> apply;
 };
 
+// A connection that waits for notifications on one channel (PostgreSQL
+// LISTEN), so replicas learn of new jobs and changes without polling.
+class DatabaseListener {
+ public:
+  virtual ~DatabaseListener() = default;
+  // Payloads that arrived, after waiting up to `timeout` for the first.
+  // UNAVAILABLE when the connection broke (it reconnects on the next call).
+  virtual absl::StatusOr<std::vector<std::string>> Wait(
+      std::chrono::milliseconds timeout) = 0;
+};
+
 class Database {
  public:
   enum class Dialect { kSqlite, kPostgres };
@@ -75,6 +87,21 @@ class Database {
   // database until the transaction ends (an advisory lock on PostgreSQL;
   // SQLite's write transaction already excludes everyone).
   virtual absl::Status LockKey(const std::string& key) = 0;
+  // Tells every process listening on `channel` (at commit, inside a
+  // transaction). SQLite has no listeners: a no-op, callers poll.
+  virtual absl::Status Notify(const std::string& channel,
+                              const std::string& payload) {
+    (void)channel;
+    (void)payload;
+    return absl::OkStatus();
+  }
+  // A dedicated connection listening on `channel`; nullptr where the store
+  // cannot notify (SQLite).
+  virtual absl::StatusOr<std::unique_ptr<DatabaseListener>> Listen(
+      const std::string& channel) {
+    (void)channel;
+    return std::unique_ptr<DatabaseListener>();
+  }
   // Schema upgrades: ALTERs each (name, declaration) column into `table`
   // unless a database written by an earlier release already has it.
   virtual absl::Status AddMissingColumns(

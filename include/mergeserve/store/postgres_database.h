@@ -34,6 +34,10 @@ class PostgresDatabase : public Database {
   absl::Status ExecScript(const std::string& sql) override;
   absl::Status Transaction(const std::function<absl::Status()>& fn) override;
   absl::Status LockKey(const std::string& key) override;
+  absl::Status Notify(const std::string& channel,
+                      const std::string& payload) override;
+  absl::StatusOr<std::unique_ptr<DatabaseListener>> Listen(
+      const std::string& channel) override;
   absl::Status AddMissingColumns(
       const std::string& table,
       const std::vector<std::pair<std::string, std::string>>& columns) override;
@@ -47,12 +51,15 @@ class PostgresDatabase : public Database {
 
  private:
   PostgresDatabase() = default;
+  // A new connection with this database's settings.
+  absl::StatusOr<pg_conn*> Connect() const;
   absl::Status EnsureConnected();
   absl::StatusOr<std::vector<SqlRow>> Run(const std::string& sql,
                                           const std::vector<SqlValue>& args,
                                           int64_t* changed);
   pg_conn* conn_ = nullptr;
-  std::string described_;
+  std::string described_, url_, password_;
+  bool has_password_ = false;
   int transaction_depth_ = 0;
   std::recursive_mutex mu_;
 };

@@ -1,6 +1,7 @@
 #include "mergeserve/jobs/job_dispatcher.h"
 
 #include <algorithm>
+#include <memory>
 
 #include "mergeserve/base/clock.h"
 #include "mergeserve/base/log.h"
@@ -12,8 +13,23 @@ JobDispatcher::JobDispatcher(JobStore* store, Options options, Hooks hooks)
       options_(std::move(options)),
       hooks_(std::move(hooks)),
       start_ms_(NowMs()) {
+  poll_ = options_.poll;
+  auto listener = store_->Listen();
+  if (listener.ok() && *listener != nullptr) {
+    listener_ = *std::move(listener);
+    // Notifications carry the news; polling only covers a lost one.
+    poll_ = std::max(poll_, std::chrono::milliseconds(1000));
+  } else if (!listener.ok()) {
+    LogEvent("job_listen_failed",
+             {{"error", std::string(listener.status().message())},
+              {"fallback", "polling"}});
+  }
+}
+
+void JobDispatcher::Start() {
   claimer_ = std::thread([this] { ClaimLoop(); });
   heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+  if (listener_ != nullptr) listen_ = std::thread([this] { ListenLoop(); });
 }
 
 JobDispatcher::~JobDispatcher() {
@@ -22,8 +38,35 @@ JobDispatcher::~JobDispatcher() {
     stopping_ = true;
   }
   cv_.notify_all();
-  claimer_.join();
-  heartbeat_.join();
+  if (claimer_.joinable()) claimer_.join();
+  if (heartbeat_.joinable()) heartbeat_.join();
+  if (listen_.joinable()) listen_.join();
+}
+
+void JobDispatcher::ListenLoop() {
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return;
+    }
+    auto got = listener_->Wait(std::chrono::milliseconds(200));
+    if (!got.ok()) continue;  // reconnects on the next Wait; polls cover it
+    bool queued = false, changed = false;
+    for (const std::string& p : *got) {
+      if (p == "queued") {
+        queued = true;
+      } else if (p.rfind("cancel:", 0) == 0) {
+        LeaseCheck c;
+        c.id = p.substr(7);
+        c.cancel_requested = true;
+        hooks_.on_check(c);  // ignored unless this replica holds it
+      } else {
+        changed = true;
+      }
+    }
+    if (queued) Wake();
+    if (changed && hooks_.on_poll) hooks_.on_poll();
+  }
 }
 
 void JobDispatcher::Wake() {
@@ -49,7 +92,7 @@ std::chrono::milliseconds JobDispatcher::heartbeat_period() const {
 void JobDispatcher::ClaimLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    cv_.wait_for(lock, options_.poll, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    cv_.wait_for(lock, poll_, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return stopping_ || wake_;
     });
     if (stopping_) break;

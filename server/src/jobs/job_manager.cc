@@ -64,12 +64,15 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   JobDispatcher::Hooks hooks;
   JobManager* self = m.get();
   hooks.has_capacity = [self] {
+    // A worker's worth of held jobs, and nothing else waiting for one.
     {
       std::lock_guard<std::mutex> lock(self->mu_);
-      if (self->draining_ || self->stopping_) return false;
+      if (self->draining_ || self->stopping_ ||
+          static_cast<int>(self->active_.size()) >= self->options_.workers) {
+        return false;
+      }
     }
-    const WorkStats w = self->executor_->stats();
-    return w.queued == 0 && w.running < self->options_.workers;
+    return self->executor_->stats().queued == 0;
   };
   hooks.start = [self](JobRecord j) { self->Start(std::move(j)); };
   hooks.held = [self] {
@@ -93,6 +96,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   hooks.on_poll = [self] { self->PollRemote(); };
   m->dispatcher_ =
       std::make_unique<JobDispatcher>(m->store_.get(), dopt, std::move(hooks));
+  m->dispatcher_->Start();
   if (options.retention_ms > 0) {
     m->janitor_ = std::thread([p = m.get()] { p->JanitorLoop(); });
   }
@@ -437,6 +441,13 @@ void JobManager::RunJob(const std::string& id,
 }
 
 void JobManager::Finish(JobRecord done, StopReason stop) {
+  // Its slot frees up below: look for the next job then.
+  struct WakeAtEnd {
+    JobDispatcher* d;
+    ~WakeAtEnd() {
+      if (d != nullptr) d->Wake();
+    }
+  } wake{dispatcher_.get()};
   bool recorded = true;
   if (stop == StopReason::kShutdown ||
       (stop == StopReason::kNone && done.state == JobState::kCancelled &&

@@ -81,6 +81,9 @@ JobRecord FromRow(const SqlRow& r) {
   return j;
 }
 
+// Replicas listening (PostgreSQL) hear of queue and job changes at once.
+constexpr char kChannel[] = "mergeserve_jobs";
+
 absl::Status NotFound(const std::string& id) {
   return absl::NotFoundError(
       absl::StrCat("job '", Abbreviate(id), "' not found"));
@@ -233,7 +236,8 @@ absl::StatusOr<JobRecord> JobStore::InsertUnlessSame(
       out = *same;
       return absl::OkStatus();
     }
-    return Put(r);
+    MS_RETURN_IF_ERROR(Put(r));
+    return db_->Notify(kChannel, "queued");
   }));
   return out;
 }
@@ -264,7 +268,7 @@ absl::StatusOr<std::optional<JobRecord>> JobStore::Claim(
         {Int(JobState::kRunning), replica, now + lease_ms, now, id}));
     MS_ASSIGN_OR_RETURN(JobRecord j, GetAny(id));
     out = std::move(j);
-    return absl::OkStatus();
+    return db_->Notify(kChannel, "job:" + id);
   }));
   return out;
 }
@@ -300,6 +304,7 @@ absl::StatusOr<std::vector<std::string>> JobStore::RequeueExpired(
                           max_attempts),
              now, id}));
         failed.push_back(id);
+        MS_RETURN_IF_ERROR(db_->Notify(kChannel, "job:" + id));
       } else {
         MS_RETURN_IF_ERROR(db_->Exec(
             "UPDATE jobs SET state = ?, lease_until_ms = 0, phase = ?, "
@@ -308,6 +313,8 @@ absl::StatusOr<std::vector<std::string>> JobStore::RequeueExpired(
              absl::StrCat("requeued: replica '", replica,
                           "' stopped renewing its lease"),
              id}));
+        MS_RETURN_IF_ERROR(db_->Notify(kChannel, "queued"));
+        MS_RETURN_IF_ERROR(db_->Notify(kChannel, "job:" + id));
       }
     }
     return absl::OkStatus();
@@ -332,6 +339,9 @@ absl::StatusOr<std::vector<LeaseCheck>> JobStore::Heartbeat(
             {until, r.tensors_done, r.tensors_total, r.phase, r.phase_done,
              r.phase_total, nlohmann::json(r.metrics).dump(), r.id, replica,
              static_cast<int64_t>(r.attempt), Int(JobState::kRunning)}));
+    if (!rows.empty()) {
+      MS_RETURN_IF_ERROR(db_->Notify(kChannel, "job:" + r.id));
+    }
     LeaseCheck c;
     c.id = r.id;
     c.lost = rows.empty();
@@ -360,18 +370,20 @@ absl::Status JobStore::Complete(const JobRecord& d) {
         "job '", d.id, "': replica '", d.replica, "' no longer holds attempt ",
         d.attempt, "; its outcome is not recorded"));
   }
-  return absl::OkStatus();
+  return db_->Notify(kChannel, "job:" + d.id);
 }
 
 absl::Status JobStore::Release(const std::string& id,
                                const std::string& replica, int attempt) {
-  return db_->Exec(
+  MS_RETURN_IF_ERROR(db_->Exec(
       "UPDATE jobs SET state = ?, attempt = attempt - 1, replica = '', "
       "lease_until_ms = 0, tensors_done = 0, phase = 'handed back by a "
       "draining replica', phase_done = 0, phase_total = 0 WHERE id = ? AND "
       "replica = ? AND attempt = ? AND state = ?",
       {Int(JobState::kQueued), id, replica, static_cast<int64_t>(attempt),
-       Int(JobState::kRunning)});
+       Int(JobState::kRunning)}));
+  MS_RETURN_IF_ERROR(db_->Notify(kChannel, "queued"));
+  return db_->Notify(kChannel, "job:" + id);
 }
 
 absl::StatusOr<bool> JobStore::RequestCancel(const std::string& tenant,
@@ -388,11 +400,15 @@ absl::StatusOr<bool> JobStore::RequestCancel(const std::string& tenant,
              std::string("cancelled before it started"), NowMs(), id, tenant,
              Int(JobState::kQueued)}));
     cancelled_now = n > 0;
-    if (cancelled_now) return absl::OkStatus();
-    return db_->Exec(
-        "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND tenant = ? AND "
-        "state = ?",
-        {id, tenant, Int(JobState::kRunning)});
+    if (cancelled_now) return db_->Notify(kChannel, "job:" + id);
+    MS_ASSIGN_OR_RETURN(
+        int64_t marked,
+        db_->ExecCount("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND "
+                       "tenant = ? AND state = ?",
+                       {id, tenant, Int(JobState::kRunning)}));
+    // The replica running it stops now rather than at its next heartbeat.
+    return marked > 0 ? db_->Notify(kChannel, "cancel:" + id)
+                      : absl::OkStatus();
   }));
   return cancelled_now;
 }
@@ -411,6 +427,10 @@ absl::Status JobStore::TouchReplica(const std::string& replica,
       "CONFLICT (id) DO UPDATE SET start_ms = excluded.start_ms, seen_ms = "
       "excluded.seen_ms",
       {replica, start_ms, NowMs()});
+}
+
+absl::StatusOr<std::unique_ptr<DatabaseListener>> JobStore::Listen() const {
+  return db_->Listen(kChannel);
 }
 
 absl::StatusOr<std::vector<ReplicaRecord>> JobStore::Replicas() const {

@@ -2,7 +2,10 @@
 
 #include <libpq-fe.h>
 
+#include <sys/select.h>
+
 #include <cstdlib>
+#include <thread>
 #include <fstream>
 #include <sstream>
 
@@ -111,32 +114,42 @@ absl::StatusOr<std::unique_ptr<PostgresDatabase>> PostgresDatabase::Open(
   d->described_ = absl::StrCat("postgresql://", user.empty() ? "" : user + "@",
                                host.empty() ? "localhost" : host,
                                port.empty() ? "" : ":" + port, "/", dbname);
-  std::vector<const char*> keys = {"dbname", "application_name",
-                                   "connect_timeout"};
-  std::vector<const char*> values = {url.c_str(), "mergeserve", "10"};
-  std::string file_password;
+  d->url_ = url;
   if (!options.password_file.empty()) {
     std::ifstream in(options.password_file);
     if (!in) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--database-password-file: cannot read ", options.password_file));
     }
-    std::getline(in, file_password);
+    std::getline(in, d->password_);
+    d->has_password_ = true;
+  }
+  MS_ASSIGN_OR_RETURN(d->conn_, d->Connect());
+  // Quiet the NOTICEs IF NOT EXISTS would print on stderr.
+  MS_RETURN_IF_ERROR(d->Exec("SET client_min_messages = warning"));
+  return d;
+}
+
+absl::StatusOr<pg_conn*> PostgresDatabase::Connect() const {
+  std::vector<const char*> keys = {"dbname", "application_name",
+                                   "connect_timeout"};
+  std::vector<const char*> values = {url_.c_str(), "mergeserve", "10"};
+  if (has_password_) {
     keys.push_back("password");
-    values.push_back(file_password.c_str());
+    values.push_back(password_.c_str());
   }
   keys.push_back(nullptr);
   values.push_back(nullptr);
   // expand_dbname=1: the URL in "dbname" supplies every other setting.
-  d->conn_ = PQconnectdbParams(keys.data(), values.data(), 1);
-  if (d->conn_ == nullptr || PQstatus(d->conn_) != CONNECTION_OK) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot connect to ", d->described_, ": ",
-        d->conn_ ? Trimmed(PQerrorMessage(d->conn_)) : "no memory"));
+  pg_conn* conn = PQconnectdbParams(keys.data(), values.data(), 1);
+  if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
+    absl::Status s = absl::UnavailableError(
+        absl::StrCat("cannot connect to ", described_, ": ",
+                     conn ? Trimmed(PQerrorMessage(conn)) : "no memory"));
+    if (conn != nullptr) PQfinish(conn);
+    return s;
   }
-  // Quiet the NOTICEs IF NOT EXISTS would print on stderr.
-  MS_RETURN_IF_ERROR(d->Exec("SET client_min_messages = warning"));
-  return d;
+  return conn;
 }
 
 PostgresDatabase::~PostgresDatabase() {
@@ -284,6 +297,82 @@ absl::Status PostgresDatabase::Transaction(
 
 absl::Status PostgresDatabase::LockKey(const std::string& key) {
   return Exec("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", {key});
+}
+
+absl::Status PostgresDatabase::Notify(const std::string& channel,
+                                      const std::string& payload) {
+  return Exec("SELECT pg_notify(?, ?)", {channel, payload});
+}
+
+namespace {
+
+class PgListener : public DatabaseListener {
+ public:
+  PgListener(pg_conn* conn, std::string channel)
+      : conn_(conn), channel_(std::move(channel)) {}
+  ~PgListener() override { PQfinish(conn_); }
+
+  absl::Status Subscribe() {
+    // Channel names are identifiers: ours are fixed lowercase words.
+    PGresult* r = PQexec(conn_, ("LISTEN " + channel_).c_str());
+    const bool ok = r != nullptr && PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+      return absl::UnavailableError(absl::StrCat(
+          "postgresql: LISTEN ", channel_, ": ", Trimmed(PQerrorMessage(conn_))));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<std::string>> Wait(
+      std::chrono::milliseconds timeout) override {
+    std::vector<std::string> out;
+    if (PQstatus(conn_) != CONNECTION_OK) {
+      PQreset(conn_);
+      if (PQstatus(conn_) != CONNECTION_OK) {
+        std::this_thread::sleep_for(timeout);
+        return absl::UnavailableError("postgresql: listener disconnected");
+      }
+      MS_RETURN_IF_ERROR(Subscribe());
+    }
+    Drain(&out);
+    if (!out.empty()) return out;
+    const int fd = PQsocket(conn_);
+    fd_set set;
+    FD_ZERO(&set);
+    FD_SET(fd, &set);
+    timeval tv{static_cast<time_t>(timeout.count() / 1000),
+               static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+    if (::select(fd + 1, &set, nullptr, nullptr, &tv) > 0) {
+      if (PQconsumeInput(conn_) == 0) {
+        return absl::UnavailableError(absl::StrCat(
+            "postgresql: listener: ", Trimmed(PQerrorMessage(conn_))));
+      }
+      Drain(&out);
+    }
+    return out;
+  }
+
+ private:
+  void Drain(std::vector<std::string>* out) {
+    PQconsumeInput(conn_);
+    while (PGnotify* n = PQnotifies(conn_)) {
+      out->push_back(n->extra ? n->extra : "");
+      PQfreemem(n);
+    }
+  }
+  pg_conn* conn_;
+  std::string channel_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DatabaseListener>> PostgresDatabase::Listen(
+    const std::string& channel) {
+  MS_ASSIGN_OR_RETURN(pg_conn* conn, Connect());
+  auto listener = std::make_unique<PgListener>(conn, channel);
+  MS_RETURN_IF_ERROR(listener->Subscribe());
+  return std::unique_ptr<DatabaseListener>(std::move(listener));
 }
 
 absl::Status PostgresDatabase::AddMissingColumns(
