@@ -136,6 +136,11 @@ TEST(MetricsTest, CountersMoveWithTraffic) {
   EXPECT_GT(Sample(text, "mergeserve_bytes_streamed_total"), 0);
   EXPECT_GT(Sample(text, "mergeserve_merged_input_bytes_total"), 0);
   EXPECT_EQ(Sample(text, "mergeserve_queue_depth"), 0);
+  // One replica took the one job from the queue and lost nothing.
+  EXPECT_EQ(Sample(text, "mergeserve_replica_jobs_total{event=\"claimed\"}"),
+            1);
+  EXPECT_EQ(Sample(text, "mergeserve_replica_jobs_total{event=\"lease_lost\"}"),
+            0);
 }
 
 }  // namespace

@@ -323,6 +323,24 @@ TEST_P(StoreTest, AJobThatKeepsLosingItsReplicaFailsAfterMaxAttempts) {
   EXPECT_THAT(j->error_message, HasSubstr("--max-attempts 2"));
 }
 
+TEST_P(StoreTest, ACancelAskedOfADeadReplicasJobEndsItInsteadOfARerun) {
+  auto s = Jobs(db_);
+  ASSERT_TRUE(s->Put(NewJob("job-c", "dc", 1)).ok());
+  auto c = s->Claim("replica-dead", 1);
+  ASSERT_TRUE(c.ok() && c->has_value());
+  EXPECT_FALSE(s->RequestCancel("team-a", "job-c").value());
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto ended = s->RequeueExpired(3);
+  ASSERT_TRUE(ended.ok());
+  EXPECT_EQ(ended->size(), 1u);
+  auto j = s->GetAny("job-c");
+  ASSERT_TRUE(j.ok());
+  EXPECT_EQ(j->state, JobState::kCancelled);
+  auto next = s->Claim("replica-b", 30000);
+  ASSERT_TRUE(next.ok());
+  EXPECT_FALSE(next->has_value());
+}
+
 TEST_P(StoreTest, DrainingHandsBackAndCancelReachesTheRunningReplica) {
   auto s = Jobs(db_);
   auto other = Jobs(Connect());
@@ -396,9 +414,10 @@ TEST_P(StoreTest, OtherReplicasHearOfQueuedJobsAndCancelsWithoutPolling) {
   }
   ASSERT_NE(*listener, nullptr);
   auto s = Jobs(db_);
-  ASSERT_TRUE(s->InsertUnlessSame(NewJob("job-n", "dn", 1),
-                                  [](const JobRecord&) { return true; })
-                  .ok());
+  ASSERT_TRUE(
+      s->InsertUnlessSame(NewJob("job-n", "dn", 1), [](const JobRecord&) {
+         return true;
+       }).ok());
   auto claimed = s->Claim("replica-a", 30000);
   ASSERT_TRUE(claimed.ok() && claimed->has_value());
   ASSERT_FALSE(s->RequestCancel("team-a", "job-n").value());
@@ -408,8 +427,8 @@ TEST_P(StoreTest, OtherReplicasHearOfQueuedJobsAndCancelsWithoutPolling) {
     ASSERT_TRUE(got.ok()) << got.status();
     heard.insert(heard.end(), got->begin(), got->end());
   }
-  EXPECT_THAT(heard, ::testing::ElementsAre("queued", "job:job-n",
-                                            "cancel:job-n"));
+  EXPECT_THAT(heard,
+              ::testing::ElementsAre("queued", "job:job-n", "cancel:job-n"));
 }
 
 INSTANTIATE_TEST_SUITE_P(BothStores, StoreTest,
@@ -424,7 +443,8 @@ TEST(SqliteUpgradeTest, AJobsTableOfThePreviousReleaseGainsLeases) {
   {
     auto db = OpenDatabase("sqlite://" + path);
     ASSERT_TRUE(db.ok());
-    ASSERT_TRUE((*db)->ExecScript(R"sql(
+    ASSERT_TRUE((*db)
+                    ->ExecScript(R"sql(
 CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
 INSERT INTO schema_versions VALUES ('jobs', 2);
 CREATE TABLE jobs (id TEXT PRIMARY KEY, state INTEGER NOT NULL,

@@ -42,6 +42,13 @@ struct JobStats {
   int64_t memory_in_use = 0;
 };
 
+// What this replica did with jobs of the shared queue (for metrics).
+struct ReplicaCounters {
+  std::atomic<int64_t> claimed{0};      // jobs it took from the queue
+  std::atomic<int64_t> leases_lost{0};  // held jobs another replica took
+  std::atomic<int64_t> handed_back{0};  // jobs it returned while draining
+};
+
 class JobManager {
  public:
   struct Options {
@@ -131,6 +138,7 @@ class JobManager {
   CacheStats cache_stats() const { return cache_->stats(); }
   // Fisher/Gram/RI results found in (hits) or added to (misses) the cache.
   const StatsCounters& stats_counters() const { return stats_counters_; }
+  const ReplicaCounters& replica_counters() const { return replica_counters_; }
   TaskVectorCache* cache() { return cache_.get(); }
   CheckpointRegistry* registry() { return options_.registry; }
   const Options& options() const { return options_; }
@@ -167,6 +175,7 @@ class JobManager {
   std::unique_ptr<WorkExecutor> executor_;
   std::unique_ptr<JobDispatcher> dispatcher_;
   StatsCounters stats_counters_;
+  ReplicaCounters replica_counters_;
   mutable std::mutex mu_;
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);
   // Plans of jobs submitted here, until a replica claims them (bounded).

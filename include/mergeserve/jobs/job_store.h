@@ -99,7 +99,8 @@ class JobStore {
   absl::StatusOr<std::optional<JobRecord>> Claim(const std::string& replica,
                                                  int64_t lease_ms);
   // Running jobs whose lease lapsed go back to the queue, or fail once they
-  // have been tried `max_attempts` times; returns the ids that failed.
+  // have been tried `max_attempts` times, or end CANCELLED when a cancel
+  // was asked for meanwhile; returns the ids that ended.
   absl::StatusOr<std::vector<std::string>> RequeueExpired(int max_attempts);
   // Renews the leases of `replica`'s running jobs and records their
   // progress; says which were lost or asked to cancel.

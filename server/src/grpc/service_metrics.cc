@@ -142,6 +142,17 @@ absl::StatusOr<std::unique_ptr<ServiceMetrics>> ServiceMetrics::Create(
                     .Register(reg);
   m->stats_hits_ = &stats.Add({{"result", "hit"}});
   m->stats_misses_ = &stats.Add({{"result", "miss"}});
+  auto& replica = prometheus::BuildGauge()
+                      .Name("mergeserve_replica_jobs_total")
+                      .Help(
+                          "Jobs this replica claimed from the shared queue "
+                          "(event=claimed), lost to another replica when its "
+                          "lease lapsed (event=lease_lost) or handed back "
+                          "while draining (event=handed_back), since start")
+                      .Register(reg);
+  m->claimed_ = &replica.Add({{"event", "claimed"}});
+  m->leases_lost_ = &replica.Add({{"event", "lease_lost"}});
+  m->handed_back_ = &replica.Add({{"event", "handed_back"}});
   if (!listen.empty()) {
     try {
       m->exposer_ = std::make_unique<prometheus::Exposer>(listen);
@@ -201,6 +212,10 @@ void ServiceMetrics::WatchJobs(JobManager* jobs) {
       cache_bytes_->Set(static_cast<double>(c.bytes));
       stats_hits_->Set(static_cast<double>(jobs->stats_counters().hits));
       stats_misses_->Set(static_cast<double>(jobs->stats_counters().misses));
+      const ReplicaCounters& r = jobs->replica_counters();
+      claimed_->Set(static_cast<double>(r.claimed.load()));
+      leases_lost_->Set(static_cast<double>(r.leases_lost.load()));
+      handed_back_->Set(static_cast<double>(r.handed_back.load()));
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
   });

@@ -57,6 +57,9 @@ class ServiceMetrics {
   prometheus::Gauge* cache_misses_ = nullptr;
   prometheus::Gauge* cache_bytes_ = nullptr;
   prometheus::Gauge* stats_hits_ = nullptr;
+  prometheus::Gauge* claimed_ = nullptr;
+  prometheus::Gauge* leases_lost_ = nullptr;
+  prometheus::Gauge* handed_back_ = nullptr;
   prometheus::Gauge* stats_misses_ = nullptr;
   std::atomic<bool> stop_{false};
   std::thread poller_;

@@ -209,6 +209,7 @@ std::shared_ptr<PlannedMerge> JobManager::TakePlan(const JobRecord& job) {
 
 void JobManager::Start(JobRecord job) {
   const std::string id = job.id;
+  ++replica_counters_.claimed;
   std::shared_ptr<PlannedMerge> planned = TakePlan(job);
   if (planned == nullptr) {
     // Submitted to another replica, or an earlier attempt: plan again from
@@ -290,6 +291,7 @@ void JobManager::OnLeaseCheck(const LeaseCheck& c) {
     ticket = it->second.ticket;
   }
   if (c.lost) {
+    ++replica_counters_.leases_lost;
     LogEvent("job_lease_lost",
              {{"job", c.id}, {"replica", options_.replica_id}});
   }
@@ -463,6 +465,7 @@ void JobManager::Finish(JobRecord done, StopReason stop) {
       std::lock_guard<std::mutex> lock(mu_);
       active_.erase(done.id);
     }
+    ++replica_counters_.handed_back;
     LogEvent("job_handed_back", {{"job", done.id},
                                  {"replica", done.replica},
                                  {"attempt", std::to_string(done.attempt)}});

@@ -283,15 +283,26 @@ absl::StatusOr<std::vector<std::string>> JobStore::RequeueExpired(
     const int64_t now = NowMs();
     MS_ASSIGN_OR_RETURN(
         auto rows,
-        db_->Query(absl::StrCat("SELECT id, attempt, replica FROM jobs WHERE "
-                                "state = ? AND lease_until_ms < ?",
+        db_->Query(absl::StrCat("SELECT id, attempt, replica, "
+                                "cancel_requested FROM jobs WHERE state = ? "
+                                "AND lease_until_ms < ?",
                                 skip),
                    {Int(JobState::kRunning), now}));
     for (const SqlRow& r : rows) {
       const std::string id = SqlString(r[0]);
       const int64_t attempt = SqlInt(r[1]);
       const std::string replica = SqlString(r[2]);
-      if (attempt >= max_attempts) {
+      if (SqlInt(r[3]) != 0) {
+        // Cancelled while its replica was dying: honour it, do not rerun.
+        MS_RETURN_IF_ERROR(db_->Exec(
+            "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, "
+            "end_ms = ?, lease_until_ms = 0, phase = '' WHERE id = ?",
+            {Int(JobState::kCancelled),
+             static_cast<int64_t>(absl::StatusCode::kCancelled),
+             std::string("cancelled"), now, id}));
+        failed.push_back(id);
+        MS_RETURN_IF_ERROR(db_->Notify(kChannel, "job:" + id));
+      } else if (attempt >= max_attempts) {
         MS_RETURN_IF_ERROR(db_->Exec(
             "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, "
             "end_ms = ?, lease_until_ms = 0 WHERE id = ?",
