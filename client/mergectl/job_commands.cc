@@ -68,6 +68,7 @@ nlohmann::json ToJson(const MergeJob& j) {
           {"result_bytes", j.result_bytes()},
           {"seconds", j.seconds()},
           {"phase", j.phase()},
+          {"kind", j.kind()},
           {"replica", j.replica()},
           {"attempt", j.attempt()},
           {"metrics", std::map<std::string, double>(j.metrics().begin(),

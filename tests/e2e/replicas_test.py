@@ -213,6 +213,22 @@ class Replicas(unittest.TestCase):
         self.assertIn('"replica":"replica-', after)
         self.assertIn('"attempt":2', after)
 
+    def test_t_an_analysis_is_a_job_any_replica_answers(self):
+        a, b, c = self.replicas
+        req = merge_pb2.AnalyzeMergeRequest(
+            spec=merge_pb2.MergeSpec(config_yaml=self.config(0.25)))
+        with Client(b.addr) as cb:
+            first = cb.merges.AnalyzeMerge(req, timeout=300)
+        self.assertEqual(list(first.experts), ["expert0", "expert1"])
+        # Through another replica: the stored diagnostics, the same job.
+        with Client(c.addr) as cc:
+            second = cc.merges.AnalyzeMerge(req, timeout=300)
+            analyses = [j for j in cc.jobs() if j.kind == "analyze"]
+        self.assertEqual(first.SerializeToString(), second.SerializeToString())
+        self.assertEqual(len(analyses), 1)
+        self.assertEqual(analyses[0].state, merge_pb2.JOB_STATE_SUCCEEDED)
+        self.assertTrue(analyses[0].replica.startswith("replica-"))
+
     def test_serve_check(self):
         """serve --check: flags, database, migrations; then exits."""
         data = os.path.join(self.tmp, "check-data")

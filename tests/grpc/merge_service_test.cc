@@ -354,7 +354,21 @@ TEST_F(MergeServiceTest, AnalyzeReturnsDiagnosticsWithoutStoringAResult) {
   v1::ListMergeJobsResponse jobs;
   grpc::ClientContext lctx;
   ASSERT_TRUE(merges_->ListMergeJobs(&lctx, list, &jobs).ok());
-  EXPECT_EQ(jobs.jobs_size(), 0);  // analysis is not a job and stores nothing
+  // The analysis ran as a job of its own kind and stored no result folder.
+  ASSERT_EQ(jobs.jobs_size(), 1);
+  EXPECT_EQ(jobs.jobs(0).kind(), "analyze");
+  EXPECT_EQ(jobs.jobs(0).state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(jobs.jobs(0).files_size(), 0);
+  EXPECT_FALSE(fs::exists(root_ + "/data/results") &&
+               !fs::is_empty(root_ + "/data/results"));
+  // The same analysis again is answered from the stored diagnostics.
+  v1::AnalyzeMergeResponse again;
+  grpc::ClientContext actx;
+  ASSERT_TRUE(merges_->AnalyzeMerge(&actx, req, &again).ok());
+  EXPECT_EQ(again.SerializeAsString(), resp.SerializeAsString());
+  grpc::ClientContext l2ctx;
+  ASSERT_TRUE(merges_->ListMergeJobs(&l2ctx, list, &jobs).ok());
+  EXPECT_EQ(jobs.jobs_size(), 1);
   req.mutable_spec()->set_config_yaml(
       "merge_method: slerp\nbase_model: base\nmodels: [base, e0]\nparameters: "
       "{t: 0.5}\n");

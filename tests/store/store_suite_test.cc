@@ -363,16 +363,24 @@ TEST_P(StoreTest, DrainingHandsBackAndCancelReachesTheRunningReplica) {
   checks = s->Heartbeat("replica-a", {**c}, 30000);
   ASSERT_TRUE(checks.ok());
   EXPECT_TRUE((*checks)[0].cancel_requested);
-  // Handing back (draining) does not use up an attempt.
+  // A replica draining hands back a job someone cancelled meanwhile: the
+  // cancel wins, it does not run again.
   ASSERT_TRUE(s->Release("job-r", "replica-a", 1).ok());
-  auto back = other->GetAny("job-r");
+  EXPECT_EQ(other->GetAny("job-r")->state, JobState::kCancelled);
+  // Handing back (draining) does not use up an attempt.
+  ASSERT_TRUE(s->Put(NewJob("job-s", "ds", 3)).ok());
+  auto d = s->Claim("replica-a", 30000);
+  ASSERT_TRUE(d.ok() && d->has_value());
+  EXPECT_EQ((*d)->id, "job-s");
+  ASSERT_TRUE(s->Release("job-s", "replica-a", 1).ok());
+  auto back = other->GetAny("job-s");
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(back->state, JobState::kQueued);
   EXPECT_EQ(back->attempt, 0);
   auto again = other->Claim("replica-b", 30000);
   ASSERT_TRUE(again.ok() && again->has_value());
+  EXPECT_EQ((*again)->id, "job-s");
   EXPECT_EQ((*again)->attempt, 1);
-  EXPECT_FALSE((*again)->cancel_requested);
 }
 
 TEST_P(StoreTest, ListsPageAndDeleteAcrossReplicas) {

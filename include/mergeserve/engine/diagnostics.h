@@ -46,6 +46,11 @@ struct MergeDiagnostics {
   TensorDiagnostics overall;
 };
 
+// The layout `mergeserve analyze --json` prints (method, experts, overall,
+// tensors), and back (an analysis job's stored result).
+std::string DiagnosticsToJson(const MergeDiagnostics& d);
+absl::StatusOr<MergeDiagnostics> DiagnosticsFromJson(const std::string& text);
+
 // Collects per-chunk sums from a running merge (thread-safe).
 class DiagnosticsCollector {
  public:

@@ -49,6 +49,10 @@ struct ReplicaCounters {
   std::atomic<int64_t> handed_back{0};  // jobs it returned while draining
 };
 
+// Job kinds (JobRecord::kind).
+inline constexpr char kMergeJob[] = "merge";
+inline constexpr char kAnalyzeJob[] = "analyze";
+
 class JobManager {
  public:
   struct Options {
@@ -86,6 +90,10 @@ class JobManager {
   // Plans the request and queues it, or returns the job of the same tenant
   // that already holds (or computes) the same result.
   absl::StatusOr<JobRecord> Submit(MergeRequest request);
+  // The same for an analysis (diagnostics without a result folder): a job
+  // of kind "analyze" whose `result` holds DiagnosticsToJson when it
+  // succeeds; the same request gives the same job while it exists.
+  absl::StatusOr<JobRecord> SubmitAnalysis(MergeRequest request);
   absl::StatusOr<JobRecord> Get(const std::string& tenant,
                                 const std::string& id) const;
   // Summaries (no request text), oldest first.
@@ -102,6 +110,28 @@ class JobManager {
   absl::StatusOr<uint64_t> Subscribe(const std::string& tenant,
                                      const std::string& id, Listener fn);
   void Unsubscribe(uint64_t subscription);
+  // Follows a job to its end: on_change gets every record (the current one
+  // at once), on_end the final one, once; then the subscription ends.
+  // Stop() stops following; it returns false when on_end already ran (or
+  // runs now).
+  class EndWait {
+   public:
+    bool Stop();
+    bool ended() {
+      std::lock_guard<std::mutex> lock(mu_);
+      return ended_;
+    }
+
+   private:
+    friend class JobManager;
+    JobManager* jobs_ = nullptr;
+    std::mutex mu_;
+    uint64_t subscription_ ABSL_GUARDED_BY(mu_) = 0;
+    bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  };
+  absl::StatusOr<std::shared_ptr<EndWait>> FollowToEnd(
+      const std::string& tenant, const std::string& id, Listener on_change,
+      Listener on_end);
 
   // Queues other long work (analyses, evaluations, sweeps) on the same
   // executor and budget.
@@ -150,14 +180,23 @@ class JobManager {
     std::shared_ptr<WorkTicket> ticket;
     JobRecord record;  // the live record while it is held
     StopReason stop = StopReason::kNone;
+    bool finishing = false;  // its outcome is being recorded
   };
   JobManager() = default;
+  // Marks a held job RUNNING (a worker took it), logs and announces it.
+  std::optional<JobRecord> MarkStarted(const std::string& id);
   // Runs a job the dispatcher claimed: its plan (made at submission on this
   // replica, or made again from the stored request) goes to the executor.
   void Start(JobRecord claimed);
   std::shared_ptr<PlannedMerge> TakePlan(const JobRecord& job);
+  absl::StatusOr<JobRecord> SubmitKind(const std::string& kind,
+                                       MergeRequest request);
+  absl::StatusOr<PlannedMerge> PlanKind(const std::string& kind,
+                                        MergeRequest request) const;
   void RunJob(const std::string& id, std::shared_ptr<PlannedMerge> planned,
               const std::atomic<bool>& cancelled);
+  void RunAnalysis(const std::string& id, std::shared_ptr<PlannedMerge> planned,
+                   const std::atomic<bool>& cancelled);
   // Records, logs and announces the end of a held job (run or not): the
   // outcome, or back to the queue when this replica stopped without one.
   void Finish(JobRecord done, StopReason stop);

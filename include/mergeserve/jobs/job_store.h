@@ -62,6 +62,9 @@ struct JobRecord {
   // Numbers the data-aware step reports (ri.interference_before/after...).
   std::map<std::string, double> metrics;
   std::string method;  // merge_method, for summaries
+  // "merge" (a result folder) or "analyze" (diagnostics in `result`).
+  std::string kind = "merge";
+  std::string result;  // analyze: the diagnostics as JSON (not in lists)
   // The replica that runs (ran) it and which run this is (1 = first).
   std::string replica;
   int attempt = 0;
@@ -72,6 +75,7 @@ struct JobRecord {
 // What a heartbeat learns about one of the replica's running jobs.
 struct LeaseCheck {
   std::string id;
+  int attempt = 0;                // the run it is about (0: any)
   bool lost = false;              // another replica took it, or it ended
   bool cancel_requested = false;  // cancelled through some replica
 };

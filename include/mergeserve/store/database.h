@@ -87,6 +87,9 @@ class Database {
   // database until the transaction ends (an advisory lock on PostgreSQL;
   // SQLite's write transaction already excludes everyone).
   virtual absl::Status LockKey(const std::string& key) = 0;
+  // The database's clock in ms since the epoch: leases are compared on one
+  // clock, whatever the replicas' clocks say (SQLite: this host's).
+  virtual absl::StatusOr<int64_t> ServerNowMs();
   // Tells every process listening on `channel` (at commit, inside a
   // transaction). SQLite has no listeners: a no-op, callers poll.
   virtual absl::Status Notify(const std::string& channel,

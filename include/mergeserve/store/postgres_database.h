@@ -34,6 +34,7 @@ class PostgresDatabase : public Database {
   absl::Status ExecScript(const std::string& sql) override;
   absl::Status Transaction(const std::function<absl::Status()>& fn) override;
   absl::Status LockKey(const std::string& key) override;
+  absl::StatusOr<int64_t> ServerNowMs() override;
   absl::Status Notify(const std::string& channel,
                       const std::string& payload) override;
   absl::StatusOr<std::unique_ptr<DatabaseListener>> Listen(

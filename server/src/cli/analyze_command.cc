@@ -7,10 +7,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "mergeserve/ui/diagnostics_chart.h"
 #include "cli/merge_command.h"
 #include "mergeserve/base/exit_codes.h"
-#include "nlohmann/json.hpp"
+#include "mergeserve/ui/diagnostics_chart.h"
 
 namespace mergeserve {
 namespace {
@@ -26,16 +25,6 @@ vectors (the TIES paper's diagnostics). --plot saves a chart of the conflict
 rate per tensor and the cosine matrix, as PNG for FILE.png and SVG
 otherwise (--svg FILE is the same). Covers the task-vector methods.
 )";
-
-nlohmann::json ToJson(const TensorDiagnostics& t) {
-  return {{"name", t.name},
-          {"numel", t.numel},
-          {"kept_fraction", t.kept_fraction},
-          {"conflict_rate", t.conflict_rate},
-          {"tau_norm", t.tau_norm},
-          {"merged_norm", t.merged_norm},
-          {"cosine", t.cosine}};
-}
 
 }  // namespace
 
@@ -108,12 +97,7 @@ int RunAnalyzeCommand(const std::vector<std::string>& args) {
     }
   }
   if (json) {
-    nlohmann::json j = {{"method", d->method},
-                        {"experts", d->experts},
-                        {"overall", ToJson(d->overall)}};
-    j["tensors"] = nlohmann::json::array();
-    for (const auto& t : d->tensors) j["tensors"].push_back(ToJson(t));
-    std::cout << j.dump() << std::endl;
+    std::cout << DiagnosticsToJson(*d) << std::endl;
     return 0;
   }
   std::printf("%s over %zu experts:", d->method.c_str(), d->experts.size());

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/method_registry.h"
+#include "nlohmann/json.hpp"
 
 namespace mergeserve {
 
@@ -101,6 +102,61 @@ MergeDiagnostics DiagnosticsCollector::Finish(
 bool IsAnalyzable(const std::string& method) {
   const MethodInfo* info = FindMethod(method);
   return info != nullptr && info->streams && method != "linear";
+}
+
+namespace {
+
+nlohmann::json TensorJson(const TensorDiagnostics& t) {
+  return {{"name", t.name},
+          {"numel", t.numel},
+          {"kept_fraction", t.kept_fraction},
+          {"conflict_rate", t.conflict_rate},
+          {"tau_norm", t.tau_norm},
+          {"merged_norm", t.merged_norm},
+          {"cosine", t.cosine}};
+}
+
+TensorDiagnostics TensorFromJson(const nlohmann::json& j) {
+  TensorDiagnostics t;
+  t.name = j.value("name", "");
+  t.numel = j.value("numel", int64_t{0});
+  t.kept_fraction = j.value("kept_fraction", std::vector<double>());
+  t.conflict_rate = j.value("conflict_rate", 0.0);
+  t.tau_norm = j.value("tau_norm", std::vector<double>());
+  t.merged_norm = j.value("merged_norm", 0.0);
+  t.cosine = j.value("cosine", std::vector<std::vector<double>>());
+  return t;
+}
+
+}  // namespace
+
+std::string DiagnosticsToJson(const MergeDiagnostics& d) {
+  nlohmann::json j = {{"method", d.method},
+                      {"experts", d.experts},
+                      {"overall", TensorJson(d.overall)}};
+  j["tensors"] = nlohmann::json::array();
+  for (const auto& t : d.tensors) j["tensors"].push_back(TensorJson(t));
+  return j.dump();
+}
+
+absl::StatusOr<MergeDiagnostics> DiagnosticsFromJson(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object()) {
+    return absl::DataLossError("stored diagnostics are not a JSON object");
+  }
+  try {
+    MergeDiagnostics d;
+    d.method = j.value("method", "");
+    d.experts = j.value("experts", std::vector<std::string>());
+    if (j.contains("overall")) d.overall = TensorFromJson(j["overall"]);
+    for (const auto& t : j.value("tensors", nlohmann::json::array())) {
+      d.tensors.push_back(TensorFromJson(t));
+    }
+    return d;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(
+        absl::StrCat("stored diagnostics are malformed: ", e.what()));
+  }
 }
 
 absl::Status AnalyzableError(const std::string& method) {

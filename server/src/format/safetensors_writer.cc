@@ -222,7 +222,7 @@ absl::Status ShardedWriter::Commit() {
     if (DirIsEmpty(out)) {
       fs::remove(out, ec);
     } else if (options_.overwrite) {
-      old = absl::StrCat(out, kTempSuffix, "old-", getpid());
+      old = absl::StrCat(out, kTempSuffix, TempTag(), "old-", getpid());
       fs::rename(out, old, ec);
       if (ec) {
         return absl::InternalError(

@@ -3,7 +3,6 @@
 // evaluated by a work item on the executor.
 #include <algorithm>
 #include <chrono>
-#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "grpc/call.h"
@@ -66,14 +65,6 @@ void Run(JobManager& jobs, EvalTarget target,
   QueueStreamWork<v1::EvaluateEvent>(jobs, std::move(item), out);
 }
 
-// Follows a job through its listener; evaluates its result once it
-// succeeded.
-struct JobWait {
-  std::mutex mu;
-  uint64_t subscription = 0;
-  bool ended = false;
-};
-
 }  // namespace
 
 void StartEvaluate(JobManager& jobs, BackgroundExecutor& control,
@@ -109,63 +100,46 @@ void StartEvaluate(JobManager& jobs, BackgroundExecutor& control,
     return;
   }
   const std::string id = req.job_id();
-  auto wait = std::make_shared<JobWait>();
-  auto listener = [&jobs, target, id, out, wait](const JobRecord& r) {
-    v1::EvaluateEvent e;
-    ToProto(r, e.mutable_job());
-    out->Emit(e, /*progress=*/!IsFinal(r.state));
-    if (!IsFinal(r.state)) return;
-    uint64_t sub = 0;
-    {
-      std::lock_guard<std::mutex> lock(wait->mu);
-      if (wait->ended) return;
-      wait->ended = true;
-      sub = wait->subscription;
-    }
-    if (sub != 0) jobs.Unsubscribe(sub);
-    if (r.state != JobState::kSucceeded) {
-      out->Done(absl::FailedPreconditionError(absl::StrCat(
-          "job '", id, "' has no result to evaluate: ",
-          r.error_message.empty() ? "it did not succeed" : r.error_message)));
-      return;
-    }
-    auto config = MergeConfig::FromYaml(r.config_yaml, "");
-    if (!config.ok()) {
-      out->Done(config.status());
-      return;
-    }
-    EvalTarget t = target;
-    t.preferred_heads = ExpertsOf(*config);
-    t.weights_dir = r.result_dir;
-    t.weights_check = StorageRoots::OwnedFileCheck(r.result_dir);
-    t.merged_regex = MergedTensorsRegex(*config);
-    Run(jobs, t, t.preferred_heads, out);
-  };
-  auto sub = jobs.Subscribe(tenant, id, listener);
-  if (!sub.ok()) {
-    out->Done(sub.status());
+  // Follows the job (on any replica) and evaluates its result once it
+  // succeeded.
+  auto wait = jobs.FollowToEnd(
+      tenant, id,
+      [out](const JobRecord& r) {
+        v1::EvaluateEvent e;
+        ToProto(r, e.mutable_job());
+        out->Emit(e, /*progress=*/!IsFinal(r.state));
+      },
+      [&jobs, target, id, out](const JobRecord& r) {
+        if (r.state != JobState::kSucceeded) {
+          out->Done(absl::FailedPreconditionError(
+              absl::StrCat("job '", id, "' has no result to evaluate: ",
+                           r.error_message.empty() ? "it did not succeed"
+                                                   : r.error_message)));
+          return;
+        }
+        auto config = MergeConfig::FromYaml(r.config_yaml, "");
+        if (!config.ok()) {
+          out->Done(config.status());
+          return;
+        }
+        EvalTarget t = target;
+        t.preferred_heads = ExpertsOf(*config);
+        t.weights_dir = r.result_dir;
+        t.weights_check = StorageRoots::OwnedFileCheck(r.result_dir);
+        t.merged_regex = MergedTensorsRegex(*config);
+        Run(jobs, t, t.preferred_heads, out);
+      });
+  if (!wait.ok()) {
+    out->Done(wait.status());
     return;
   }
-  bool ended;
-  {
-    std::lock_guard<std::mutex> lock(wait->mu);
-    wait->subscription = *sub;
-    ended = wait->ended;
+  // The client left while the job ran: stop following it. Once the job
+  // ended, Run has put cancelling the evaluation's ticket in this place.
+  if (!(*wait)->ended()) {
+    out->OnCancel([w = *wait, out] {
+      if (w->Stop()) out->Done(absl::CancelledError("the client went away"));
+    });
   }
-  if (ended) jobs.Unsubscribe(*sub);
-  // The client left while the job ran: stop following it. (Once the
-  // evaluation is queued, Run replaces this with cancelling its ticket.)
-  out->OnCancel([&jobs, wait, out] {
-    uint64_t s = 0;
-    {
-      std::lock_guard<std::mutex> lock(wait->mu);
-      if (wait->ended) return;
-      s = wait->subscription;
-      wait->ended = true;
-    }
-    if (s != 0) jobs.Unsubscribe(s);
-    out->Done(absl::CancelledError("the client went away"));
-  });
 }
 
 }  // namespace mergeserve

@@ -1,5 +1,7 @@
 #include "grpc/merge_service.h"
 
+#include <mutex>
+
 #include "absl/strings/str_cat.h"
 #include "grpc/call.h"
 #include "grpc/download_reactor.h"
@@ -101,38 +103,37 @@ grpc::ServerUnaryReactor* MergeServiceImpl::AnalyzeMerge(
     v1::AnalyzeMergeResponse* response) {
   UnaryCall call(ctx, auth_, Method("AnalyzeMerge"), "analyses");
   if (!call.ok()) return call.Finish(call.status());
-  // Planned on the control executor, run on the work executor: a full
-  // streaming pass over the checkpoints, under the memory budget.
+  // Parsed and planned on the control executor, then an analysis job: run
+  // by whichever replica has room, under its memory budget, surviving a
+  // lost replica; the call answers when the job ends. The same request
+  // again gets the stored diagnostics at once.
   UnaryCall done = call;
-  const bool queued =
-      control_.TrySubmit([this, done, request, response]() mutable {
-        auto config = SpecToConfig(request->spec(), limits_);
-        if (!config.ok()) {
-          done.Finish(config.status());
-          return;
-        }
-        auto planned = jobs_.PlanAnalysis({done.tenant(), *std::move(config)});
-        if (!planned.ok()) {
-          done.Finish(planned.status());
-          return;
-        }
-        WorkItem item;
-        item.kind = "analyze";
-        item.label = done.tenant();
-        item.memory = planned->memory;
-        auto shared = std::make_shared<PlannedMerge>(*std::move(planned));
-        item.run = [this, done, shared,
-                    response](const std::atomic<bool>& cancelled) mutable {
-          auto d = jobs_.Analyze(std::move(*shared), &cancelled);
+  const bool queued = control_.TrySubmit([this, done, request,
+                                          response]() mutable {
+    auto config = SpecToConfig(request->spec(), limits_);
+    if (!config.ok()) {
+      done.Finish(config.status());
+      return;
+    }
+    auto job = jobs_.SubmitAnalysis({done.tenant(), *std::move(config)});
+    if (!job.ok()) {
+      done.Finish(job.status());
+      return;
+    }
+    auto wait = jobs_.FollowToEnd(
+        done.tenant(), job->id, nullptr,
+        [done, response](const JobRecord& r) mutable {
+          if (r.state != JobState::kSucceeded) {
+            done.Finish(absl::Status(
+                static_cast<absl::StatusCode>(r.error_code), r.error_message));
+            return;
+          }
+          auto d = DiagnosticsFromJson(r.result);
           if (d.ok()) ToProto(*d, response);
           done.Finish(d.status());
-        };
-        item.abandon = [done](const absl::Status& why) mutable {
-          done.Finish(why);
-        };
-        auto ticket = jobs_.RunWork(std::move(item));
-        if (!ticket.ok()) done.Finish(ticket.status());
-      });
+        });
+    if (!wait.ok()) done.Finish(wait.status());
+  });
   if (!queued) {
     return call.Finish(ControlBusy());
   }

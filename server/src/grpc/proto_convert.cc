@@ -158,6 +158,7 @@ void ToProto(const JobRecord& r, v1::MergeJob* out) {
   out->set_tensors_done(r.tensors_done);
   out->set_replica(r.replica);
   out->set_attempt(static_cast<int32_t>(r.attempt));
+  out->set_kind(r.kind);
   out->set_tensors_total(r.tensors_total);
   out->set_error_code(r.error_code);
   out->set_error_message(r.error_message);

@@ -110,16 +110,33 @@ JobManager::~JobManager() {
   }
   janitor_cv_.notify_all();
   if (janitor_.joinable()) janitor_.join();
-  // Claims nothing more; then what runs is cancelled and awaited: its jobs
-  // go back to the queue (heartbeats stop with the dispatcher, so a job
-  // that cannot be handed back is taken over when its lease lapses).
-  if (dispatcher_ != nullptr) dispatcher_->StopClaiming();
-  executor_.reset();
+  // The dispatcher's threads end first (no claim can start a job on a
+  // dying executor); then what runs is cancelled and awaited, and its jobs
+  // go back to the queue (one that cannot be handed back is taken over
+  // when its lease lapses).
   dispatcher_.reset();
+  executor_.reset();
 }
 
 absl::StatusOr<JobRecord> JobManager::Submit(MergeRequest request) {
+  return SubmitKind(kMergeJob, std::move(request));
+}
+
+absl::StatusOr<JobRecord> JobManager::SubmitAnalysis(MergeRequest request) {
+  return SubmitKind(kAnalyzeJob, std::move(request));
+}
+
+absl::StatusOr<PlannedMerge> JobManager::PlanKind(const std::string& kind,
+                                                  MergeRequest request) const {
+  if (kind == kAnalyzeJob) return PlanAnalysis(std::move(request));
+  return PlanMerge(std::move(request), *options_.registry,
+                   options_.threads_per_job);
+}
+
+absl::StatusOr<JobRecord> JobManager::SubmitKind(const std::string& kind,
+                                                 MergeRequest request) {
   const std::string tenant = request.tenant;
+  const bool analysis = kind == kAnalyzeJob;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_) return absl::UnavailableError("the server is shutting down");
@@ -131,19 +148,21 @@ absl::StatusOr<JobRecord> JobManager::Submit(MergeRequest request) {
     MS_RETURN_IF_ERROR(
         CheckQuota(tenant, "max_jobs", quota.max_jobs, active, 1));
   }
-  MS_ASSIGN_OR_RETURN(PlannedMerge planned,
-                      PlanMerge(std::move(request), *options_.registry,
-                                options_.threads_per_job));
+  MS_ASSIGN_OR_RETURN(PlannedMerge planned, PlanKind(kind, std::move(request)));
+  // An analysis is addressed apart from the merge of the same request.
+  const std::string digest =
+      analysis ? "analyze-" + planned.digest : planned.digest;
   // A job of this tenant that holds or computes the same result is the
   // answer (on any replica); a succeeded one only while its result exists.
   auto reusable = [](const JobRecord& same) {
     std::error_code ec;
     return same.state != JobState::kSucceeded ||
-           fs::is_directory(same.result_dir, ec);
+           (same.kind == kAnalyzeJob ? !same.result.empty()
+                                     : fs::is_directory(same.result_dir, ec));
   };
-  MS_ASSIGN_OR_RETURN(auto same, store_->FindByDigest(tenant, planned.digest));
+  MS_ASSIGN_OR_RETURN(auto same, store_->FindByDigest(tenant, digest));
   if (same && reusable(*same)) return Get(tenant, same->id);
-  if (options_.quotas != nullptr) {
+  if (options_.quotas != nullptr && !analysis) {
     MS_ASSIGN_OR_RETURN(int64_t stored, StoredBytes(tenant));
     MS_RETURN_IF_ERROR(CheckQuota(tenant, "max_stored_bytes",
                                   quota.max_stored_bytes, stored,
@@ -168,10 +187,11 @@ absl::StatusOr<JobRecord> JobManager::Submit(MergeRequest request) {
   j.state = JobState::kQueued;
   j.config_yaml = planned.canonical_yaml;
   j.method = planned.request.config.merge_method;
-  j.request_digest = planned.digest;
+  j.kind = kind;
+  j.request_digest = digest;
   j.create_ms = NowMs();
   j.tensors_total = planned.tensors_total;
-  j.result_dir = options_.data_dir + "/results/" + planned.digest;
+  if (!analysis) j.result_dir = options_.data_dir + "/results/" + digest;
   auto plan = std::make_shared<PlannedMerge>(std::move(planned));
   {
     // Kept before the insert: a claim may come at once.
@@ -210,6 +230,24 @@ std::shared_ptr<PlannedMerge> JobManager::TakePlan(const JobRecord& job) {
 void JobManager::Start(JobRecord job) {
   const std::string id = job.id;
   ++replica_counters_.claimed;
+  {
+    // Held from the claim on, so heartbeats renew its lease while it is
+    // planned; shown QUEUED until a worker and memory are free.
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = active_.find(id);
+    if (it != active_.end()) {
+      // An earlier run here lost its lease (heartbeats stalled past it) and
+      // is still winding down: it stops, this claim goes back to the queue.
+      it->second.stop = StopReason::kLeaseLost;
+      if (it->second.ticket != nullptr) it->second.ticket->Cancel();
+      (void)store_->Release(id, job.replica, job.attempt);
+      return;
+    }
+    Active& a = active_[id];
+    a.record = job;
+    a.record.state = JobState::kQueued;
+    a.record.start_ms = 0;  // set when a worker starts it
+  }
   std::shared_ptr<PlannedMerge> planned = TakePlan(job);
   if (planned == nullptr) {
     // Submitted to another replica, or an earlier attempt: plan again from
@@ -217,8 +255,7 @@ void JobManager::Start(JobRecord job) {
     absl::Status s;
     auto config = MergeConfig::FromYaml(job.config_yaml, options_.data_dir);
     if (config.ok()) {
-      auto p = PlanMerge({job.tenant, *std::move(config)}, *options_.registry,
-                         options_.threads_per_job);
+      auto p = PlanKind(job.kind, {job.tenant, *std::move(config)});
       if (p.ok()) {
         planned = std::make_shared<PlannedMerge>(*std::move(p));
       } else {
@@ -228,10 +265,6 @@ void JobManager::Start(JobRecord job) {
       s = config.status();
     }
     if (!s.ok()) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        active_[id].record = job;
-      }
       job.state = JobState::kFailed;
       job.error_code = static_cast<int>(s.code());
       job.error_message = std::string(s.message());
@@ -241,12 +274,18 @@ void JobManager::Start(JobRecord job) {
     }
   }
   WorkItem item;
-  item.kind = "merge";
+  item.kind = job.kind;
   item.label = id;
   item.memory = planned->memory;
-  item.run = [this, id, planned](const std::atomic<bool>& cancelled) {
-    RunJob(id, planned, cancelled);
-  };
+  if (job.kind == kAnalyzeJob) {
+    item.run = [this, id, planned](const std::atomic<bool>& cancelled) {
+      RunAnalysis(id, planned, cancelled);
+    };
+  } else {
+    item.run = [this, id, planned](const std::atomic<bool>& cancelled) {
+      RunJob(id, planned, cancelled);
+    };
+  }
   item.abandon = [this, id](const absl::Status& why) {
     JobRecord r;
     StopReason stop;
@@ -257,7 +296,7 @@ void JobManager::Start(JobRecord job) {
       r = it->second.record;
       stop = it->second.stop;
     }
-    if (stop != StopReason::kUser) stop = StopReason::kShutdown;
+    if (stop == StopReason::kNone) stop = StopReason::kShutdown;
     r.state = JobState::kCancelled;
     r.error_code = static_cast<int>(absl::StatusCode::kCancelled);
     r.error_message = absl::IsCancelled(why) ? "cancelled before it started"
@@ -265,15 +304,19 @@ void JobManager::Start(JobRecord job) {
     r.end_ms = NowMs();
     Finish(std::move(r), stop);
   };
-  {
-    // Held (leased) but, until a worker and memory are free, shown QUEUED.
-    std::lock_guard<std::mutex> lock(mu_);
-    active_[id].record = job;
-    active_[id].record.state = JobState::kQueued;
-  }
   auto ticket = executor_->Submit(std::move(item), /*force=*/true);
   if (!ticket.ok()) {
-    Finish(job, StopReason::kShutdown);
+    if (absl::IsUnavailable(ticket.status())) {
+      Finish(job, StopReason::kShutdown);  // draining: another replica runs it
+      return;
+    }
+    // It can never run here (e.g. over this replica's memory budget): fail
+    // it rather than hand it back to be claimed again and again.
+    job.state = JobState::kFailed;
+    job.error_code = static_cast<int>(ticket.status().code());
+    job.error_message = std::string(ticket.status().message());
+    job.end_ms = NowMs();
+    Finish(std::move(job), StopReason::kNone);
     return;
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -286,7 +329,12 @@ void JobManager::OnLeaseCheck(const LeaseCheck& c) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = active_.find(c.id);
-    if (it == active_.end()) return;
+    // A check about another run of the job, or one already recording its
+    // end (its heartbeat raced the final write), changes nothing.
+    if (it == active_.end() || it->second.finishing ||
+        (c.attempt != 0 && it->second.record.attempt != c.attempt)) {
+      return;
+    }
     it->second.stop = c.lost ? StopReason::kLeaseLost : StopReason::kUser;
     ticket = it->second.ticket;
   }
@@ -311,23 +359,31 @@ void JobManager::Update(const std::string& id,
   if (notify) Notify(snapshot);
 }
 
-void JobManager::RunJob(const std::string& id,
-                        std::shared_ptr<PlannedMerge> planned,
-                        const std::atomic<bool>& cancelled) {
+std::optional<JobRecord> JobManager::MarkStarted(const std::string& id) {
   JobRecord job;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = active_.find(id);
-    if (it == active_.end()) return;
+    if (it == active_.end()) return std::nullopt;
     it->second.record.state = JobState::kRunning;
     it->second.record.start_ms = NowMs();
     job = it->second.record;
   }
   LogEvent("job_started", {{"job", id},
                            {"tenant", job.tenant},
+                           {"kind", job.kind},
                            {"replica", job.replica},
                            {"attempt", std::to_string(job.attempt)}});
   Notify(job);
+  return job;
+}
+
+void JobManager::RunJob(const std::string& id,
+                        std::shared_ptr<PlannedMerge> planned,
+                        const std::atomic<bool>& cancelled) {
+  std::optional<JobRecord> started = MarkStarted(id);
+  if (!started) return;
+  const JobRecord& job = *started;
   absl::Status status;
   MergeSummary summary;
   auto last = std::chrono::steady_clock::now();
@@ -406,7 +462,9 @@ void JobManager::RunJob(const std::string& id,
   JobRecord done;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    done = active_[id].record;
+    auto it = active_.find(id);
+    if (it == active_.end()) return;
+    done = it->second.record;
   }
   done.end_ms = NowMs();
   done.phase.clear();
@@ -434,30 +492,69 @@ void JobManager::RunJob(const std::string& id,
     done.error_code = static_cast<int>(status.code());
     done.error_message = std::string(status.message());
   }
-  StopReason stop;
+  StopReason stop = StopReason::kNone;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop = active_[id].stop;
+    auto it = active_.find(id);
+    if (it != active_.end()) stop = it->second.stop;
   }
   Finish(std::move(done), status.ok() ? StopReason::kNone : stop);
 }
 
+void JobManager::RunAnalysis(const std::string& id,
+                             std::shared_ptr<PlannedMerge> planned,
+                             const std::atomic<bool>& cancelled) {
+  if (!MarkStarted(id)) return;
+  const auto start = std::chrono::steady_clock::now();
+  auto d = Analyze(std::move(*planned), &cancelled);
+  JobRecord done;
+  StopReason stop;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = active_.find(id);
+    if (it == active_.end()) return;
+    done = it->second.record;
+    stop = it->second.stop;
+  }
+  done.end_ms = NowMs();
+  done.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  if (d.ok()) {
+    done.state = JobState::kSucceeded;
+    done.result = DiagnosticsToJson(*d);
+    stop = StopReason::kNone;
+  } else {
+    done.state = absl::IsCancelled(d.status()) ? JobState::kCancelled
+                                               : JobState::kFailed;
+    done.error_code = static_cast<int>(d.status().code());
+    done.error_message = std::string(d.status().message());
+  }
+  Finish(std::move(done), stop);
+}
+
 void JobManager::Finish(JobRecord done, StopReason stop) {
-  // Its slot frees up below: look for the next job then.
+  // Its slot frees up below: look for the next job then (not while the
+  // manager is being destroyed: the dispatcher goes first).
   struct WakeAtEnd {
-    JobDispatcher* d;
+    JobManager* m;
     ~WakeAtEnd() {
-      if (d != nullptr) d->Wake();
+      std::lock_guard<std::mutex> lock(m->mu_);
+      if (!m->stopping_ && m->dispatcher_ != nullptr) m->dispatcher_->Wake();
     }
-  } wake{dispatcher_.get()};
-  bool recorded = true;
-  if (stop == StopReason::kShutdown ||
-      (stop == StopReason::kNone && done.state == JobState::kCancelled &&
-       done.error_code == static_cast<int>(absl::StatusCode::kCancelled) &&
-       [&] {
-         std::lock_guard<std::mutex> lock(mu_);
-         return draining_ || stopping_;
-       }())) {
+  } wake{this};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = active_.find(done.id);
+    if (it != active_.end()) it->second.finishing = true;
+    if (stop == StopReason::kNone && done.state == JobState::kCancelled &&
+        done.error_code == static_cast<int>(absl::StatusCode::kCancelled) &&
+        (draining_ || stopping_) &&
+        (it == active_.end() || it->second.stop != StopReason::kUser)) {
+      stop = StopReason::kShutdown;
+    }
+  }
+  if (stop == StopReason::kShutdown) {
     // Stopped by this replica going away, not by anyone's wish: the job
     // goes back to the queue for another replica or the next start.
     (void)store_->Release(done.id, done.replica, done.attempt);
@@ -473,18 +570,37 @@ void JobManager::Finish(JobRecord done, StopReason stop) {
     if (now.ok()) Notify(*now);
     return;
   }
-  if (stop == StopReason::kLeaseLost) {
-    recorded = false;
-  } else {
-    absl::Status s = store_->Complete(done);
-    if (absl::IsAborted(s)) recorded = false;
+  bool recorded = false;
+  if (stop != StopReason::kLeaseLost) {
+    // The outcome must reach the store: retry a store that is briefly away
+    // for up to a lease (heartbeats keep the lease meanwhile); a fenced-out
+    // write (ABORTED) means another replica holds the job.
+    const auto give_up = std::chrono::steady_clock::now() +
+                         std::chrono::milliseconds(options_.lease_ms);
+    for (int attempt = 0;; ++attempt) {
+      absl::Status s = store_->Complete(done);
+      if (s.ok()) {
+        recorded = true;
+        break;
+      }
+      if (absl::IsAborted(s) || std::chrono::steady_clock::now() >= give_up) {
+        if (!absl::IsAborted(s)) {
+          LogEvent("job_outcome_unrecorded",
+                   {{"job", done.id}, {"error", std::string(s.message())}});
+        }
+        break;
+      }
+      std::this_thread::sleep_for(
+          std::chrono::milliseconds(100 << std::min(attempt, 4)));
+    }
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
     active_.erase(done.id);
   }
   if (!recorded) {
-    // Another replica holds the job now; its record stands.
+    // Another replica holds the job now (or will, when the lease lapses);
+    // its record stands.
     LogEvent("job_outcome_discarded",
              {{"job", done.id},
               {"replica", done.replica},
@@ -591,19 +707,19 @@ absl::Status JobManager::Delete(const std::string& tenant,
 absl::StatusOr<uint64_t> JobManager::Subscribe(const std::string& tenant,
                                                const std::string& id,
                                                Listener fn) {
-  JobRecord now;
+  // Read from the store outside the lock (it may be slow); a job held here
+  // is snapshotted and registered under one lock, so every later event is
+  // at least as new as the snapshot.
+  MS_ASSIGN_OR_RETURN(JobRecord now, store_->Get(tenant, id));
   uint64_t sub;
   {
-    // Snapshot and registration under one lock: every later event is at
-    // least as new as the snapshot.
     std::lock_guard<std::mutex> lock(mu_);
     auto it = active_.find(id);
     if (it != active_.end() && it->second.record.tenant == tenant) {
       now = it->second.record;
-    } else {
-      MS_ASSIGN_OR_RETURN(now, store_->Get(tenant, id));
+    } else if (!IsFinal(now.state)) {
       // Held by another replica (or queued): followed through the store.
-      if (!IsFinal(now.state)) remote_seen_[id] = now;
+      remote_seen_[id] = now;
     }
     sub = next_listener_++;
     listeners_[sub] = {id, fn};
@@ -622,6 +738,41 @@ void JobManager::Unsubscribe(uint64_t subscription) {
     if (entry.first == id) return;
   }
   remote_seen_.erase(id);
+}
+
+bool JobManager::EndWait::Stop() {
+  uint64_t sub = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ended_) return false;
+    ended_ = true;
+    sub = subscription_;
+  }
+  if (sub != 0) jobs_->Unsubscribe(sub);
+  return true;
+}
+
+absl::StatusOr<std::shared_ptr<JobManager::EndWait>> JobManager::FollowToEnd(
+    const std::string& tenant, const std::string& id, Listener on_change,
+    Listener on_end) {
+  auto wait = std::make_shared<EndWait>();
+  wait->jobs_ = this;
+  auto listener = [wait, on_change, on_end](const JobRecord& r) {
+    if (on_change) on_change(r);
+    if (!IsFinal(r.state)) return;
+    // The first final record ends the wait (Stop() unsubscribes, or leaves
+    // it to the code below when the subscription is not known yet).
+    if (wait->Stop()) on_end(r);
+  };
+  MS_ASSIGN_OR_RETURN(uint64_t sub, Subscribe(tenant, id, listener));
+  bool ended;
+  {
+    std::lock_guard<std::mutex> lock(wait->mu_);
+    wait->subscription_ = sub;
+    ended = wait->ended_;
+  }
+  if (ended) Unsubscribe(sub);
+  return wait;
 }
 
 void JobManager::PollRemote() {

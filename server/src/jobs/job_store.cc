@@ -19,14 +19,14 @@ constexpr char kSummaryColumns[] =
     "start_ms, end_ms, tensors_done, tensors_total, error_code, "
     "error_message, files, result_bytes, seconds, result_dir, metrics, "
     "method, replica, attempt, lease_until_ms, cancel_requested, phase, "
-    "phase_done, phase_total, bytes_read";
+    "phase_done, phase_total, bytes_read, kind, '' AS result";
 constexpr char kColumns[] =
     "tenant, id, state, config_yaml, request_digest, create_ms, start_ms, "
     "end_ms, tensors_done, tensors_total, error_code, error_message, files, "
     "result_bytes, seconds, result_dir, metrics, method, replica, attempt, "
     "lease_until_ms, cancel_requested, phase, phase_done, phase_total, "
-    "bytes_read";
-constexpr int kColumnCount = 26;
+    "bytes_read, kind, result";
+constexpr int kColumnCount = 28;
 
 int64_t Int(JobState s) { return static_cast<int64_t>(s); }
 
@@ -78,6 +78,8 @@ JobRecord FromRow(const SqlRow& r) {
   j.phase_done = SqlInt(r[23]);
   j.phase_total = SqlInt(r[24]);
   j.bytes_read = SqlInt(r[25]);
+  j.kind = SqlString(r[26]);
+  j.result = SqlString(r[27]);
   return j;
 }
 
@@ -164,7 +166,9 @@ CREATE TABLE IF NOT EXISTS jobs (
                        {"phase", "TEXT NOT NULL DEFAULT ''"},
                        {"phase_done", "BIGINT NOT NULL DEFAULT 0"},
                        {"phase_total", "BIGINT NOT NULL DEFAULT 0"},
-                       {"bytes_read", "BIGINT NOT NULL DEFAULT 0"}}));
+                       {"bytes_read", "BIGINT NOT NULL DEFAULT 0"},
+                       {"kind", "TEXT NOT NULL DEFAULT 'merge'"},
+                       {"result", "TEXT NOT NULL DEFAULT ''"}}));
           // Jobs of the releases before leases that were running when the
           // server stopped were failed at the next start; the queue index
           // serves claims.
@@ -221,7 +225,9 @@ absl::Status JobStore::Put(const JobRecord& r) {
                          r.phase,
                          r.phase_done,
                          r.phase_total,
-                         r.bytes_read});
+                         r.bytes_read,
+                         r.kind,
+                         r.result});
 }
 
 absl::StatusOr<JobRecord> JobStore::InsertUnlessSame(
@@ -259,7 +265,7 @@ absl::StatusOr<std::optional<JobRecord>> JobStore::Claim(
                    {Int(JobState::kQueued)}));
     if (rows.empty()) return absl::OkStatus();
     const std::string id = SqlString(rows[0][0]);
-    const int64_t now = NowMs();
+    MS_ASSIGN_OR_RETURN(const int64_t now, db_->ServerNowMs());
     MS_RETURN_IF_ERROR(db_->Exec(
         "UPDATE jobs SET state = ?, replica = ?, attempt = attempt + 1, "
         "lease_until_ms = ?, start_ms = ?, cancel_requested = 0, "
@@ -280,7 +286,7 @@ absl::StatusOr<std::vector<std::string>> JobStore::RequeueExpired(
                          ? " FOR UPDATE SKIP LOCKED"
                          : "";
   MS_RETURN_IF_ERROR(db_->Transaction([&]() -> absl::Status {
-    const int64_t now = NowMs();
+    MS_ASSIGN_OR_RETURN(const int64_t now, db_->ServerNowMs());
     MS_ASSIGN_OR_RETURN(
         auto rows,
         db_->Query(absl::StrCat("SELECT id, attempt, replica, "
@@ -337,7 +343,8 @@ absl::StatusOr<std::vector<LeaseCheck>> JobStore::Heartbeat(
     const std::string& replica, const std::vector<JobRecord>& running,
     int64_t lease_ms) {
   std::vector<LeaseCheck> out;
-  const int64_t until = NowMs() + lease_ms;
+  MS_ASSIGN_OR_RETURN(const int64_t now, db_->ServerNowMs());
+  const int64_t until = now + lease_ms;
   for (const JobRecord& r : running) {
     // Fenced: only the replica and run that hold the lease renew it.
     MS_ASSIGN_OR_RETURN(
@@ -355,6 +362,7 @@ absl::StatusOr<std::vector<LeaseCheck>> JobStore::Heartbeat(
     }
     LeaseCheck c;
     c.id = r.id;
+    c.attempt = r.attempt;
     c.lost = rows.empty();
     c.cancel_requested = !rows.empty() && SqlInt(rows[0][0]) != 0;
     out.push_back(c);
@@ -366,16 +374,18 @@ absl::Status JobStore::Complete(const JobRecord& d) {
   MS_ASSIGN_OR_RETURN(
       int64_t n,
       db_->ExecCount(
-          "UPDATE jobs SET state = ?, end_ms = ?, tensors_done = ?, "
+          "UPDATE jobs SET state = ?, start_ms = ?, end_ms = ?, "
+          "tensors_done = ?, "
           "tensors_total = ?, error_code = ?, error_message = ?, files = ?, "
           "result_bytes = ?, seconds = ?, metrics = ?, phase = '', "
-          "phase_done = 0, phase_total = 0, bytes_read = ?, lease_until_ms = "
-          "0 WHERE id = ? AND replica = ? AND attempt = ? AND state = ?",
-          {Int(d.state), d.end_ms, d.tensors_done, d.tensors_total,
+          "phase_done = 0, phase_total = 0, bytes_read = ?, result = ?, "
+          "lease_until_ms = 0 WHERE id = ? AND replica = ? AND attempt = ? "
+          "AND state = ?",
+          {Int(d.state), d.start_ms, d.end_ms, d.tensors_done, d.tensors_total,
            static_cast<int64_t>(d.error_code), d.error_message, FilesJson(d),
            d.result_bytes, d.seconds, nlohmann::json(d.metrics).dump(),
-           d.bytes_read, d.id, d.replica, static_cast<int64_t>(d.attempt),
-           Int(JobState::kRunning)}));
+           d.bytes_read, d.result, d.id, d.replica,
+           static_cast<int64_t>(d.attempt), Int(JobState::kRunning)}));
   if (n == 0) {
     return absl::AbortedError(absl::StrCat(
         "job '", d.id, "': replica '", d.replica, "' no longer holds attempt ",
@@ -386,13 +396,22 @@ absl::Status JobStore::Complete(const JobRecord& d) {
 
 absl::Status JobStore::Release(const std::string& id,
                                const std::string& replica, int attempt) {
+  // A cancel asked for meanwhile ends the job instead.
   MS_RETURN_IF_ERROR(db_->Exec(
-      "UPDATE jobs SET state = ?, attempt = attempt - 1, replica = '', "
-      "lease_until_ms = 0, tensors_done = 0, phase = 'handed back by a "
-      "draining replica', phase_done = 0, phase_total = 0 WHERE id = ? AND "
-      "replica = ? AND attempt = ? AND state = ?",
-      {Int(JobState::kQueued), id, replica, static_cast<int64_t>(attempt),
-       Int(JobState::kRunning)}));
+      // (Typed parameters: PostgreSQL cannot infer them inside CASE.)
+      "UPDATE jobs SET state = CASE WHEN cancel_requested = 1 THEN CAST(? AS "
+      "BIGINT) ELSE CAST(? AS BIGINT) END, error_code = CASE WHEN "
+      "cancel_requested = 1 THEN CAST(? AS BIGINT) ELSE error_code END, "
+      "error_message = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE "
+      "error_message END, end_ms = CASE WHEN cancel_requested = 1 THEN "
+      "CAST(? AS BIGINT) ELSE end_ms END, attempt = attempt - 1, "
+      "replica = '', lease_until_ms = 0, tensors_done = 0, phase = CASE WHEN "
+      "cancel_requested = 1 THEN '' ELSE 'handed back by a draining replica' "
+      "END, phase_done = 0, phase_total = 0 WHERE id = ? AND replica = ? AND "
+      "attempt = ? AND state = ?",
+      {Int(JobState::kCancelled), Int(JobState::kQueued),
+       static_cast<int64_t>(absl::StatusCode::kCancelled), NowMs(), id, replica,
+       static_cast<int64_t>(attempt), Int(JobState::kRunning)}));
   MS_RETURN_IF_ERROR(db_->Notify(kChannel, "queued"));
   return db_->Notify(kChannel, "job:" + id);
 }
@@ -400,26 +419,33 @@ absl::Status JobStore::Release(const std::string& id,
 absl::StatusOr<bool> JobStore::RequestCancel(const std::string& tenant,
                                              const std::string& id) {
   bool cancelled_now = false;
+  const char* lock =
+      db_->dialect() == Database::Dialect::kPostgres ? " FOR UPDATE" : "";
   MS_RETURN_IF_ERROR(db_->Transaction([&]() -> absl::Status {
+    // The row is held from here on: a requeue or hand-back in between
+    // cannot slip past both branches.
     MS_ASSIGN_OR_RETURN(
-        int64_t n,
-        db_->ExecCount(
-            "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, "
-            "end_ms = ?, phase = '' WHERE id = ? AND tenant = ? AND state = ?",
-            {Int(JobState::kCancelled),
-             static_cast<int64_t>(absl::StatusCode::kCancelled),
-             std::string("cancelled before it started"), NowMs(), id, tenant,
-             Int(JobState::kQueued)}));
-    cancelled_now = n > 0;
-    if (cancelled_now) return db_->Notify(kChannel, "job:" + id);
-    MS_ASSIGN_OR_RETURN(
-        int64_t marked,
-        db_->ExecCount("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND "
-                       "tenant = ? AND state = ?",
-                       {id, tenant, Int(JobState::kRunning)}));
+        auto rows, db_->Query(absl::StrCat("SELECT state FROM jobs WHERE id = "
+                                           "? AND tenant = ?",
+                                           lock),
+                              {id, tenant}));
+    if (rows.empty()) return absl::OkStatus();
+    const auto state = static_cast<JobState>(SqlInt(rows[0][0]));
+    if (state == JobState::kQueued) {
+      MS_RETURN_IF_ERROR(db_->Exec(
+          "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, "
+          "end_ms = ?, phase = '' WHERE id = ?",
+          {Int(JobState::kCancelled),
+           static_cast<int64_t>(absl::StatusCode::kCancelled),
+           std::string("cancelled before it started"), NowMs(), id}));
+      cancelled_now = true;
+      return db_->Notify(kChannel, "job:" + id);
+    }
+    if (state != JobState::kRunning) return absl::OkStatus();
+    MS_RETURN_IF_ERROR(
+        db_->Exec("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", {id}));
     // The replica running it stops now rather than at its next heartbeat.
-    return marked > 0 ? db_->Notify(kChannel, "cancel:" + id)
-                      : absl::OkStatus();
+    return db_->Notify(kChannel, "cancel:" + id);
   }));
   return cancelled_now;
 }
@@ -433,11 +459,12 @@ absl::Status JobStore::RequeueOwn(const std::string& replica) {
 
 absl::Status JobStore::TouchReplica(const std::string& replica,
                                     int64_t start_ms) {
+  MS_ASSIGN_OR_RETURN(const int64_t now, db_->ServerNowMs());
   return db_->Exec(
       "INSERT INTO replicas (id, start_ms, seen_ms) VALUES (?, ?, ?) ON "
       "CONFLICT (id) DO UPDATE SET start_ms = excluded.start_ms, seen_ms = "
       "excluded.seen_ms",
-      {replica, start_ms, NowMs()});
+      {replica, start_ms, now});
 }
 
 absl::StatusOr<std::unique_ptr<DatabaseListener>> JobStore::Listen() const {
@@ -459,7 +486,8 @@ absl::StatusOr<std::vector<std::string>> JobStore::LiveReplicas(
     const std::string& except, int64_t within_ms) const {
   MS_ASSIGN_OR_RETURN(auto all, Replicas());
   std::vector<std::string> out;
-  const int64_t recent = NowMs() - within_ms;
+  MS_ASSIGN_OR_RETURN(const int64_t now, db_->ServerNowMs());
+  const int64_t recent = now - within_ms;
   for (const ReplicaRecord& r : all) {
     if (r.id != except && r.seen_ms >= recent) out.push_back(r.id);
   }

@@ -2,11 +2,14 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "mergeserve/base/clock.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/store/postgres_database.h"
 #include "mergeserve/store/sqlite_database.h"
 
 namespace mergeserve {
+
+absl::StatusOr<int64_t> Database::ServerNowMs() { return NowMs(); }
 
 absl::StatusOr<int> Database::SchemaVersion(const std::string& component) {
   MS_RETURN_IF_ERROR(

@@ -1,13 +1,12 @@
 #include "mergeserve/store/postgres_database.h"
 
 #include <libpq-fe.h>
-
 #include <sys/select.h>
 
 #include <cstdlib>
-#include <thread>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -42,6 +41,13 @@ absl::Status PgError(const char* sqlstate, const std::string& what) {
   if (state == "23505") return absl::AlreadyExistsError(msg);
   if (state == "XX001" || state == "XX002") return absl::DataLossError(msg);
   return absl::InternalError(msg);
+}
+
+bool IsRead(const std::string& sql) {
+  size_t i = 0;
+  while (i < sql.size() && absl::ascii_isspace(sql[i])) ++i;
+  return absl::StartsWithIgnoreCase(absl::string_view(sql).substr(i),
+                                    "SELECT ");
 }
 
 std::string Trimmed(const char* s) {
@@ -201,9 +207,11 @@ absl::StatusOr<std::vector<SqlRow>> PostgresDatabase::Run(
     const ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
       // A connection that dropped between statements is re-established
-      // once, outside transactions (a statement alone is atomic).
+      // and a read sent again, outside transactions. A write is not: the
+      // server may have run it before the connection broke, so the caller
+      // gets UNAVAILABLE and decides.
       if (PQstatus(conn_) != CONNECTION_OK && transaction_depth_ == 0 &&
-          attempt == 0) {
+          attempt == 0 && IsRead(sql)) {
         continue;
       }
       const char* state =
@@ -280,6 +288,12 @@ absl::Status PostgresDatabase::ExecScript(const std::string& sql) {
 absl::Status PostgresDatabase::Transaction(
     const std::function<absl::Status()>& fn) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
+  // PostgreSQL would take an inner BEGIN as a warning and commit the outer
+  // transaction at the inner COMMIT; SQLite refuses. Refuse here too.
+  if (transaction_depth_ > 0) {
+    return absl::FailedPreconditionError(
+        "postgresql: nested transactions are not supported");
+  }
   MS_RETURN_IF_ERROR(Exec("BEGIN"));
   ++transaction_depth_;
   absl::Status s = fn();
@@ -293,6 +307,14 @@ absl::Status PostgresDatabase::Transaction(
     (void)Exec("ROLLBACK");
   }
   return s;
+}
+
+absl::StatusOr<int64_t> PostgresDatabase::ServerNowMs() {
+  MS_ASSIGN_OR_RETURN(
+      auto rows,
+      Query("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"));
+  if (rows.empty()) return absl::InternalError("postgresql: no clock");
+  return SqlInt(rows[0][0]);
 }
 
 absl::Status PostgresDatabase::LockKey(const std::string& key) {
@@ -318,8 +340,9 @@ class PgListener : public DatabaseListener {
     const bool ok = r != nullptr && PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     if (!ok) {
-      return absl::UnavailableError(absl::StrCat(
-          "postgresql: LISTEN ", channel_, ": ", Trimmed(PQerrorMessage(conn_))));
+      return absl::UnavailableError(
+          absl::StrCat("postgresql: LISTEN ", channel_, ": ",
+                       Trimmed(PQerrorMessage(conn_))));
     }
     return absl::OkStatus();
   }
@@ -369,7 +392,7 @@ class PgListener : public DatabaseListener {
 
 absl::StatusOr<std::unique_ptr<DatabaseListener>> PostgresDatabase::Listen(
     const std::string& channel) {
-  MS_ASSIGN_OR_RETURN(pg_conn* conn, Connect());
+  MS_ASSIGN_OR_RETURN(pg_conn * conn, Connect());
   auto listener = std::make_unique<PgListener>(conn, channel);
   MS_RETURN_IF_ERROR(listener->Subscribe());
   return std::unique_ptr<DatabaseListener>(std::move(listener));
