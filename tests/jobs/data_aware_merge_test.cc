@@ -142,6 +142,27 @@ TEST_F(DataAwareMergeTest, FisherInsideTheRequestEqualsTheStandaloneEstimate) {
   EXPECT_EQ(jobs_->stats_counters().misses, 8);
 }
 
+TEST_F(DataAwareMergeTest, StatisticsOneReplicaComputedAreReusedByAnother) {
+  // Replica A computes the Fishers into the shared data dir.
+  JobRecord first = Run(Yaml("fisher", "normalize: true, examples: 48"));
+  ASSERT_EQ(first.state, JobState::kSucceeded) << first.error_message;
+  EXPECT_EQ(jobs_->stats_counters().misses, 4);
+  jobs_.reset();
+  // Replica B: its own process state, the same store and data dir.
+  JobManager::Options o;
+  o.data_dir = registry_->data_dir();
+  o.registry = registry_.get();
+  o.replica_id = "replica-b";
+  auto b = JobManager::Create(o);
+  ASSERT_TRUE(b.ok()) << b.status();
+  jobs_ = std::move(*b);
+  JobRecord second = Run(Yaml("fisher", "normalize: false, examples: 48"));
+  ASSERT_EQ(second.state, JobState::kSucceeded) << second.error_message;
+  EXPECT_EQ(second.replica, "replica-b");
+  EXPECT_EQ(jobs_->stats_counters().hits, 4);
+  EXPECT_EQ(jobs_->stats_counters().misses, 0);
+}
+
 TEST_F(DataAwareMergeTest, RegMeanInsideTheRequestEqualsTheStandaloneGrams) {
   JobRecord job = Run(Yaml("regmean", "alpha: 0.9, ridge: 0.001"));
   ASSERT_EQ(job.state, JobState::kSucceeded) << job.error_message;

@@ -272,6 +272,10 @@ TEST_P(StoreTest, ALapsedLeaseRequeuesTheJobAndTheOldReplicaIsFencedOut) {
   EXPECT_EQ((*second)->attempt, 2);
   EXPECT_EQ((*second)->replica, "replica-b");
 
+  // Only the holder may rename a result into place.
+  EXPECT_TRUE(b->CheckLease("job-x", "replica-b", 2).ok());
+  EXPECT_EQ(a->CheckLease("job-x", "replica-a", 1).code(),
+            absl::StatusCode::kAborted);
   // Replica A comes back: its heartbeat says lost, its result is refused.
   JobRecord stale = **first;
   stale.tensors_done = 3;

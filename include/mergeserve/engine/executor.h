@@ -57,6 +57,10 @@ struct MergeOptions {
   // Receives per-chunk diagnostic sums (task-vector methods), or null.
   DiagnosticsCollector* diagnostics = nullptr;
   const std::atomic<bool>* cancelled = nullptr;
+  // Called once the output is written and synced, right before it is
+  // renamed into place; an error abandons it (the server checks there that
+  // its replica still holds the job's lease).
+  std::function<absl::Status()> before_commit;
 };
 
 struct MergeSummary {

@@ -86,6 +86,10 @@ struct ReplicaRecord {
   int64_t start_ms = 0, seen_ms = 0;
 };
 
+// A record as callers see it: a job claimed by a replica but not yet
+// started by one of its workers (RUNNING, start 0) is still QUEUED.
+JobRecord Shown(JobRecord r);
+
 class JobStore {
  public:
   static absl::StatusOr<std::unique_ptr<JobStore>> Open(
@@ -114,6 +118,13 @@ class JobStore {
   // Writes the final record if `replica` still holds the job's lease at
   // `attempt`; ABORTED otherwise (nothing written).
   absl::Status Complete(const JobRecord& done);
+  // A worker started the claimed job at r.start_ms (fenced). Until then a
+  // claimed job has start_ms 0 and shows as QUEUED (see Shown).
+  absl::Status MarkStarted(const JobRecord& r);
+  // OK while `replica` holds the job's lease at `attempt`; ABORTED
+  // otherwise (checked right before a result is renamed into place).
+  absl::Status CheckLease(const std::string& id, const std::string& replica,
+                          int attempt);
   // A draining replica hands a job back: QUEUED again, this run not counted.
   absl::Status Release(const std::string& id, const std::string& replica,
                        int attempt);

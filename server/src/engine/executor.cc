@@ -259,6 +259,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
         CopySideFiles(*plan, *writer, config, options.config_text));
     MS_RETURN_IF_ERROR(plan->CheckInputsUnchanged());
     summary.shards = writer->num_shards();
+    if (options.before_commit) MS_RETURN_IF_ERROR(options.before_commit());
     MS_RETURN_IF_ERROR(writer->Commit());
     summary.output_dir = options.output_dir;
   }

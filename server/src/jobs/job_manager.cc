@@ -369,6 +369,8 @@ std::optional<JobRecord> JobManager::MarkStarted(const std::string& id) {
     it->second.record.start_ms = NowMs();
     job = it->second.record;
   }
+  // Seen as RUNNING from every replica from now on.
+  (void)store_->MarkStarted(job);
   LogEvent("job_started", {{"job", id},
                            {"tenant", job.tenant},
                            {"kind", job.kind},
@@ -419,6 +421,19 @@ void JobManager::RunJob(const std::string& id,
   mo.cache = cache_.get();
   mo.reject_non_finite = true;
   mo.config_text = planned->canonical_yaml;
+  // Fencing for the shared data dir: a run whose replica lost the lease
+  // (and has not heard yet) does not rename its result into place. A
+  // store that is briefly away gets a few tries.
+  mo.before_commit = [this, id = job.id, replica = job.replica,
+                      attempt = job.attempt]() {
+    absl::Status s;
+    for (int i = 0; i < 5; ++i) {
+      s = store_->CheckLease(id, replica, attempt);
+      if (s.ok() || absl::IsAborted(s)) return s;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200 << i));
+    }
+    return s;
+  };
   mo.on_progress = [&](const MergeProgress& p) {
     Update(
         id,
@@ -634,7 +649,8 @@ absl::StatusOr<JobRecord> JobManager::Get(const std::string& tenant,
       return it->second.record;
     }
   }
-  return store_->Get(tenant, id);
+  MS_ASSIGN_OR_RETURN(JobRecord r, store_->Get(tenant, id));
+  return Shown(std::move(r));
 }
 
 absl::StatusOr<Page<JobRecord>> JobManager::List(
@@ -644,6 +660,7 @@ absl::StatusOr<Page<JobRecord>> JobManager::List(
   MS_ASSIGN_OR_RETURN(Page<JobRecord> out, store_->List(tenant, state, page));
   std::lock_guard<std::mutex> lock(mu_);
   for (JobRecord& j : out.items) {
+    j = Shown(std::move(j));
     auto it = active_.find(j.id);
     if (it != active_.end()) {
       JobRecord live = it->second.record;
@@ -711,6 +728,7 @@ absl::StatusOr<uint64_t> JobManager::Subscribe(const std::string& tenant,
   // is snapshotted and registered under one lock, so every later event is
   // at least as new as the snapshot.
   MS_ASSIGN_OR_RETURN(JobRecord now, store_->Get(tenant, id));
+  now = Shown(std::move(now));
   uint64_t sub;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -806,7 +824,8 @@ void JobManager::PollRemote() {
   }
 }
 
-void JobManager::Notify(const JobRecord& r) {
+void JobManager::Notify(const JobRecord& record) {
+  const JobRecord r = Shown(record);
   std::vector<Listener> fns;
   {
     std::lock_guard<std::mutex> lock(mu_);

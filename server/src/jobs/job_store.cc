@@ -98,6 +98,13 @@ bool IsFinal(JobState s) {
          s == JobState::kCancelled;
 }
 
+JobRecord Shown(JobRecord r) {
+  if (r.state == JobState::kRunning && r.start_ms == 0) {
+    r.state = JobState::kQueued;
+  }
+  return r;
+}
+
 const char* JobStateName(JobState s) {
   switch (s) {
     case JobState::kQueued:
@@ -267,11 +274,12 @@ absl::StatusOr<std::optional<JobRecord>> JobStore::Claim(
     const std::string id = SqlString(rows[0][0]);
     MS_ASSIGN_OR_RETURN(const int64_t now, db_->ServerNowMs());
     MS_RETURN_IF_ERROR(db_->Exec(
+        // start_ms stays 0 until a worker starts it (MarkStarted).
         "UPDATE jobs SET state = ?, replica = ?, attempt = attempt + 1, "
-        "lease_until_ms = ?, start_ms = ?, cancel_requested = 0, "
+        "lease_until_ms = ?, start_ms = 0, cancel_requested = 0, "
         "tensors_done = 0, phase = '', phase_done = 0, phase_total = 0 WHERE "
         "id = ?",
-        {Int(JobState::kRunning), replica, now + lease_ms, now, id}));
+        {Int(JobState::kRunning), replica, now + lease_ms, id}));
     MS_ASSIGN_OR_RETURN(JobRecord j, GetAny(id));
     out = std::move(j);
     return db_->Notify(kChannel, "job:" + id);
@@ -392,6 +400,32 @@ absl::Status JobStore::Complete(const JobRecord& d) {
         d.attempt, "; its outcome is not recorded"));
   }
   return db_->Notify(kChannel, "job:" + d.id);
+}
+
+absl::Status JobStore::MarkStarted(const JobRecord& r) {
+  MS_RETURN_IF_ERROR(
+      db_->Exec("UPDATE jobs SET start_ms = ? WHERE id = ? AND replica = ? "
+                "AND attempt = ? AND state = ?",
+                {r.start_ms, r.id, r.replica, static_cast<int64_t>(r.attempt),
+                 Int(JobState::kRunning)}));
+  return db_->Notify(kChannel, "job:" + r.id);
+}
+
+absl::Status JobStore::CheckLease(const std::string& id,
+                                  const std::string& replica, int attempt) {
+  MS_ASSIGN_OR_RETURN(const int64_t now, db_->ServerNowMs());
+  MS_ASSIGN_OR_RETURN(
+      auto rows,
+      db_->Query("SELECT 1 FROM jobs WHERE id = ? AND replica = ? AND attempt "
+                 "= ? AND state = ? AND lease_until_ms >= ?",
+                 {id, replica, static_cast<int64_t>(attempt),
+                  Int(JobState::kRunning), now}));
+  if (rows.empty()) {
+    return absl::AbortedError(absl::StrCat(
+        "job '", id, "': replica '", replica, "' no longer holds attempt ",
+        attempt, "; its result is not committed"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status JobStore::Release(const std::string& id,
