@@ -199,7 +199,15 @@ absl::StatusOr<JobRecord> JobManager::SubmitKind(const std::string& kind,
     while (plans_.size() >= 64) plans_.erase(plans_.begin());
     plans_[j.id] = plan;
   }
-  MS_ASSIGN_OR_RETURN(JobRecord stored, store_->InsertUnlessSame(j, reusable));
+  // Inside the insert's transaction (the store's connection and an advisory
+  // lock are held) nothing touches the filesystem, which may be a slow
+  // shared volume: the job examined above is known stale, and one that
+  // another replica added meanwhile has just committed its result.
+  const std::string stale = same ? same->id : std::string();
+  MS_ASSIGN_OR_RETURN(
+      JobRecord stored,
+      store_->InsertUnlessSame(
+          j, [&stale](const JobRecord& found) { return found.id != stale; }));
   if (stored.id != j.id) {
     std::lock_guard<std::mutex> lock(mu_);
     plans_.erase(j.id);
