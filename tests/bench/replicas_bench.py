@@ -28,20 +28,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
-from e2e_test import MAKE_MODEL, Server, Client, merge_pb2  # noqa: E402
+from e2e_test import MAKE_MODEL, Client, merge_pb2  # noqa: E402
 from pg_server import PgServer  # noqa: E402
-
-
-class Replica(Server):
-    def __init__(self, data, roots, database, replica_id, workers):
-        super().__init__(data, roots)
-        self.log_path = f"{data}.{replica_id}.log"
-        self.extra = [f"--replica-id={replica_id}", "--lease-seconds=3",
-                      f"--workers={workers}", "--metrics-listen=", "--queue-limit=1000",
-                      "--quota-jobs=0"]
-        if database:
-            self.extra.append(f"--database={database}")
-        self.replica_id = replica_id
+from replicas_test import Replica  # noqa: E402
 
 
 def ts(t):
@@ -56,7 +45,8 @@ def config(i, base="base"):
 
 def run(setup, n_replicas, database_url, small, big, jobs, tmp):
     data = tempfile.mkdtemp(dir=tmp, prefix=f"{setup}-")
-    reps = [Replica(data, [small, big], database_url, f"r{i}", workers=1)
+    reps = [Replica(data, [small, big], database_url, f"r{i}",
+                    flags=["--queue-limit=1000", "--quota-jobs=0"])
             for i in range(n_replicas)]
     for r in reps:
         r.start()

@@ -26,16 +26,17 @@ import filecmp  # noqa: E402
 
 
 class Replica(Server):
-    def __init__(self, data, roots, database, replica_id):
-        super().__init__(data, roots)
-        self.database, self.replica_id = database, replica_id
-        self.log_path = f"{data}.{replica_id}.log"
+    """A replica: Server with its id, a short lease and its own log. Without
+    a database it runs on the data dir's SQLite."""
 
-    def start(self):
-        # Server.start with the replica's flags (the same data dir for all).
-        self.extra = [f"--database={self.database}", f"--replica-id={self.replica_id}",
-                      "--lease-seconds=3", "--workers=1", "--metrics-listen="]
-        return super().start()
+    def __init__(self, data, roots, database, replica_id, flags=()):
+        super().__init__(data, roots)
+        self.replica_id = replica_id
+        self.log_path = f"{data}.{replica_id}.log"
+        self.extra = [f"--replica-id={replica_id}", "--lease-seconds=3", "--workers=1",
+                      "--metrics-listen=", *flags]
+        if database:
+            self.extra.append(f"--database={database}")
 
 
 class Replicas(unittest.TestCase):

@@ -161,8 +161,6 @@ class JobManager {
   // Bytes `tenant` stores: uploads and results.
   absl::StatusOr<int64_t> StoredBytes(const std::string& tenant) const;
 
-  // Replicas whose heartbeat is recent, other than this one.
-  std::vector<std::string> LiveReplicas() const;
 
   JobStats stats() const;
   CacheStats cache_stats() const { return cache_->stats(); }

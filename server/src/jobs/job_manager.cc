@@ -927,11 +927,6 @@ void JobManager::Drain(std::chrono::milliseconds grace) {
   executor_->Drain(grace);
 }
 
-std::vector<std::string> JobManager::LiveReplicas() const {
-  auto live = store_->LiveReplicas(options_.replica_id, 2 * options_.lease_ms);
-  return live.ok() ? *live : std::vector<std::string>();
-}
-
 int64_t JobManager::ExpireOldJobs() {
   if (options_.retention_ms <= 0) return 0;
   int64_t removed = 0;
