@@ -1,7 +1,10 @@
 // mergectl verbs that run models on data: eval (a job's result or a
 // checkpoint on its tasks) and sweep (a lambda/density grid).
+#include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <set>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -16,6 +19,27 @@ namespace {
 using mergeserve::v1::MergeService;
 using mergeserve::v1::TaskMetrics;
 
+// A sweep's or evaluation's own job, as --json prints it.
+nlohmann::json JobJson(const char* event, const mergeserve::v1::MergeJob& j) {
+  return {{"event", event},
+          {"id", j.id()},
+          {"kind", j.kind()},
+          {"state", mergeserve::v1::JobState_Name(j.state())},
+          {"replica", j.replica()},
+          {"attempt", j.attempt()}};
+}
+
+// Says once which job does the work: it runs on if this command stops.
+void AnnounceJob(const char* what, const mergeserve::v1::MergeJob& j,
+                 bool* announced) {
+  if (*announced) return;
+  *announced = true;
+  std::fprintf(stderr,
+               "%s job %s (it runs on if this command stops: mergectl "
+               "cancel %s)\n",
+               what, j.id().c_str(), j.id().c_str());
+}
+
 nlohmann::json ToJson(const TaskMetrics& m) {
   return {{"task", m.task()},
           {"dataset", m.dataset()},
@@ -28,75 +52,92 @@ nlohmann::json ToJson(const TaskMetrics& m) {
 int Evaluate(const Args& args, const std::shared_ptr<grpc::Channel>& ch,
              const mergeserve::v1::EvaluateRequest& req) {
   auto stub = MergeService::NewStub(ch);
-  grpc::ClientContext ctx;
-  auto reader = stub->Evaluate(&ctx, req);
   mergeserve::v1::EvaluateEvent ev;
   const std::string what = req.has_job_id() ? req.job_id() : req.checkpoint();
   mergeserve::ProgressBar merge_bar(stderr, "merging " + what);
   mergeserve::ProgressBar eval_bar(stderr, "evaluating " + what);
-  bool header = false;
-  while (reader->Read(&ev)) {
-    if (args.json) {
-      nlohmann::json j;
-      if (ev.has_job()) {
-        j = {{"event", "job"},
-             {"id", ev.job().id()},
-             {"state", mergeserve::v1::JobState_Name(ev.job().state())},
-             {"phase", ev.job().phase()},
-             {"tensors_done", ev.job().tensors_done()},
-             {"tensors_total", ev.job().tensors_total()}};
+  bool header = false, announced = false;
+  // A stream broken by its replica going away is opened again with the same
+  // request, which follows the same job; tasks already shown are skipped.
+  std::set<std::string> seen;
+  grpc::Status s;
+  for (int reconnects = 0;; ++reconnects) {
+    grpc::ClientContext ctx;
+    auto reader = stub->Evaluate(&ctx, req);
+    while (reader->Read(&ev)) {
+      if (ev.has_task() && !seen.insert(ev.task().task()).second) continue;
+      if (args.json) {
+        nlohmann::json j;
+        if (ev.has_evaluation()) {
+          j = JobJson("evaluation", ev.evaluation());
+        } else if (ev.has_job()) {
+          j = {{"event", "job"},
+               {"id", ev.job().id()},
+               {"state", mergeserve::v1::JobState_Name(ev.job().state())},
+               {"phase", ev.job().phase()},
+               {"tensors_done", ev.job().tensors_done()},
+               {"tensors_total", ev.job().tensors_total()}};
+        } else if (ev.has_progress()) {
+          j = {{"event", "progress"},
+               {"task", ev.progress().task()},
+               {"done", ev.progress().done()},
+               {"total", ev.progress().total()}};
+        } else if (ev.has_task()) {
+          j = ToJson(ev.task());
+          j["event"] = "task";
+        } else if (ev.has_summary()) {
+          nlohmann::json tasks = nlohmann::json::array();
+          for (const auto& t : ev.summary().tasks()) tasks.push_back(ToJson(t));
+          j = {{"event", "summary"},
+               {"tasks", tasks},
+               {"mean_accuracy", ev.summary().mean_accuracy()},
+               {"seconds", ev.summary().seconds()}};
+        }
+        std::cout << j.dump() << std::endl;
+        continue;
+      }
+      if (ev.has_evaluation()) {
+        merge_bar.Finish();
+        AnnounceJob("evaluation", ev.evaluation(), &announced);
+      } else if (ev.has_job()) {
+        const auto& job = ev.job();
+        if (!job.phase().empty() && job.phase() != "merge") {
+          merge_bar.Update(job.phase_done(), job.phase_total(), job.phase());
+        } else {
+          merge_bar.Update(job.tensors_done(), job.tensors_total(), "tensors");
+        }
       } else if (ev.has_progress()) {
-        j = {{"event", "progress"},
-             {"task", ev.progress().task()},
-             {"done", ev.progress().done()},
-             {"total", ev.progress().total()}};
+        merge_bar.Finish();
+        eval_bar.Update(ev.progress().done(), ev.progress().total(),
+                        ev.progress().task());
       } else if (ev.has_task()) {
-        j = ToJson(ev.task());
-        j["event"] = "task";
+        eval_bar.Finish();
+        if (!header) {
+          std::printf("%-12s %-20s %-16s %8s %9s %8s\n", "TASK", "DATASET",
+                      "HEAD", "EXAMPLES", "ACCURACY", "CE");
+          header = true;
+        }
+        const auto& t = ev.task();
+        std::printf("%-12s %-20s %-16s %8lld %9.4f %8.4f\n", t.task().c_str(),
+                    t.dataset().c_str(), t.head().c_str(),
+                    static_cast<long long>(t.examples()), t.accuracy(),
+                    t.mean_cross_entropy());
+        std::fflush(stdout);
       } else if (ev.has_summary()) {
-        nlohmann::json tasks = nlohmann::json::array();
-        for (const auto& t : ev.summary().tasks()) tasks.push_back(ToJson(t));
-        j = {{"event", "summary"},
-             {"tasks", tasks},
-             {"mean_accuracy", ev.summary().mean_accuracy()},
-             {"seconds", ev.summary().seconds()}};
+        std::printf("mean accuracy %.4f over %d tasks (%.2f s)\n",
+                    ev.summary().mean_accuracy(), ev.summary().tasks_size(),
+                    ev.summary().seconds());
       }
-      std::cout << j.dump() << std::endl;
-      continue;
     }
-    if (ev.has_job()) {
-      const auto& job = ev.job();
-      if (!job.phase().empty() && job.phase() != "merge") {
-        merge_bar.Update(job.phase_done(), job.phase_total(), job.phase());
-      } else {
-        merge_bar.Update(job.tensors_done(), job.tensors_total(), "tensors");
-      }
-    } else if (ev.has_progress()) {
-      merge_bar.Finish();
-      eval_bar.Update(ev.progress().done(), ev.progress().total(),
-                      ev.progress().task());
-    } else if (ev.has_task()) {
-      eval_bar.Finish();
-      if (!header) {
-        std::printf("%-12s %-20s %-16s %8s %9s %8s\n", "TASK", "DATASET",
-                    "HEAD", "EXAMPLES", "ACCURACY", "CE");
-        header = true;
-      }
-      const auto& t = ev.task();
-      std::printf("%-12s %-20s %-16s %8lld %9.4f %8.4f\n", t.task().c_str(),
-                  t.dataset().c_str(), t.head().c_str(),
-                  static_cast<long long>(t.examples()), t.accuracy(),
-                  t.mean_cross_entropy());
-      std::fflush(stdout);
-    } else if (ev.has_summary()) {
-      std::printf("mean accuracy %.4f over %d tasks (%.2f s)\n",
-                  ev.summary().mean_accuracy(), ev.summary().tasks_size(),
-                  ev.summary().seconds());
+    s = reader->Finish();
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || reconnects >= 10) {
+      break;
     }
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(200 << std::min(reconnects, 4)));
   }
   merge_bar.Finish();
   eval_bar.Finish();
-  grpc::Status s = reader->Finish();
   return s.ok() ? 0 : Fail(s, args.server);
 }
 
@@ -154,93 +195,109 @@ int Sweep(const Args& args, const std::shared_ptr<grpc::Channel>& ch) {
   for (const auto& t : args.tasks) req.add_tasks(t);
   req.set_max_examples(args.examples);
   auto stub = MergeService::NewStub(ch);
-  grpc::ClientContext ctx;
-  auto reader = stub->Sweep(&ctx, req);
   mergeserve::v1::SweepEvent ev;
   const size_t points = std::max<size_t>(1, lambdas.size()) *
                         std::max<size_t>(1, densities.size());
   mergeserve::ProgressBar bar(stderr, "sweep");
   std::vector<std::string> task_names, axes;
   int done = 0;
-  while (reader->Read(&ev)) {
-    if (args.json) {
-      nlohmann::json j;
-      if (ev.has_phase()) {
-        j = {{"event", "phase"}, {"phase", ev.phase()}};
+  bool announced = false;
+  // As for eval: reopened on another replica, points already shown skipped.
+  std::set<int> seen;
+  grpc::Status s;
+  for (int reconnects = 0;; ++reconnects) {
+    grpc::ClientContext ctx;
+    auto reader = stub->Sweep(&ctx, req);
+    while (reader->Read(&ev)) {
+      if (ev.has_point() && !seen.insert(ev.point().index()).second) continue;
+      if (args.json) {
+        nlohmann::json j;
+        if (ev.has_job()) {
+          j = JobJson("job", ev.job());
+        } else if (ev.has_phase()) {
+          j = {{"event", "phase"}, {"phase", ev.phase()}};
+        } else if (ev.has_point()) {
+          const auto& p = ev.point();
+          nlohmann::json tasks = nlohmann::json::array();
+          for (const auto& t : p.tasks()) tasks.push_back(ToJson(t));
+          j = {{"event", "point"},
+               {"index", p.index()},
+               {"values", std::map<std::string, double>(p.values().begin(),
+                                                        p.values().end())},
+               {"tasks", tasks},
+               {"mean_accuracy", p.mean_accuracy()},
+               {"merge_seconds", p.merge_seconds()},
+               {"eval_seconds", p.eval_seconds()}};
+        } else if (ev.has_summary()) {
+          const auto& s = ev.summary();
+          j = {{"event", "summary"},
+               {"best_index", s.best_index()},
+               {"best_mean_accuracy", s.best().mean_accuracy()},
+               {"best_values",
+                std::map<std::string, double>(s.best().values().begin(),
+                                              s.best().values().end())},
+               {"seconds", s.seconds()},
+               {"trim_cache_hits", s.trim_cache_hits()},
+               {"trim_cache_misses", s.trim_cache_misses()},
+               {"stats_hits", s.stats_hits()},
+               {"stats_misses", s.stats_misses()}};
+        }
+        std::cout << j.dump() << std::endl;
+        continue;
+      }
+      if (ev.has_job()) {
+        AnnounceJob("sweep", ev.job(), &announced);
+      } else if (ev.has_phase()) {
+        bar.Update(done, static_cast<int64_t>(points), ev.phase());
       } else if (ev.has_point()) {
         const auto& p = ev.point();
-        nlohmann::json tasks = nlohmann::json::array();
-        for (const auto& t : p.tasks()) tasks.push_back(ToJson(t));
-        j = {{"event", "point"},
-             {"index", p.index()},
-             {"values", std::map<std::string, double>(p.values().begin(),
-                                                      p.values().end())},
-             {"tasks", tasks},
-             {"mean_accuracy", p.mean_accuracy()},
-             {"merge_seconds", p.merge_seconds()},
-             {"eval_seconds", p.eval_seconds()}};
+        bar.Finish();
+        if (task_names.empty()) {
+          std::printf("%5s", "POINT");
+          for (const auto& [name, v] : p.values()) {
+            axes.push_back(name);
+            std::printf(" %9.9s", name.c_str());
+          }
+          for (const auto& t : p.tasks()) {
+            task_names.push_back(t.task());
+            std::printf(" %9.9s", t.task().c_str());
+          }
+          std::printf(" %9s %8s\n", "MEAN", "SECONDS");
+        }
+        std::printf("%5d", p.index());
+        for (const std::string& a : axes) {
+          std::printf(" %9s", Opt(true, p.values().at(a)).c_str());
+        }
+        for (const auto& t : p.tasks()) std::printf(" %9.4f", t.accuracy());
+        std::printf(" %9.4f %8.2f\n", p.mean_accuracy(),
+                    p.merge_seconds() + p.eval_seconds());
+        std::fflush(stdout);
+        ++done;
       } else if (ev.has_summary()) {
         const auto& s = ev.summary();
-        j = {{"event", "summary"},
-             {"best_index", s.best_index()},
-             {"best_mean_accuracy", s.best().mean_accuracy()},
-             {"best_values",
-              std::map<std::string, double>(s.best().values().begin(),
-                                            s.best().values().end())},
-             {"seconds", s.seconds()},
-             {"trim_cache_hits", s.trim_cache_hits()},
-             {"trim_cache_misses", s.trim_cache_misses()},
-             {"stats_hits", s.stats_hits()},
-             {"stats_misses", s.stats_misses()}};
-      }
-      std::cout << j.dump() << std::endl;
-      continue;
-    }
-    if (ev.has_phase()) {
-      bar.Update(done, static_cast<int64_t>(points), ev.phase());
-    } else if (ev.has_point()) {
-      const auto& p = ev.point();
-      bar.Finish();
-      if (task_names.empty()) {
-        std::printf("%5s", "POINT");
-        for (const auto& [name, v] : p.values()) {
-          axes.push_back(name);
-          std::printf(" %9.9s", name.c_str());
+        std::string at;
+        for (const auto& [name, v] : s.best().values()) {
+          at += (at.empty() ? "" : ", ") + name + " " + Opt(true, v);
         }
-        for (const auto& t : p.tasks()) {
-          task_names.push_back(t.task());
-          std::printf(" %9.9s", t.task().c_str());
-        }
-        std::printf(" %9s %8s\n", "MEAN", "SECONDS");
+        std::printf(
+            "best: point %d (%s), mean accuracy %.4f; "
+            "%.2f s; trim cache %lld hits / %lld misses; statistics %lld "
+            "reused / %lld computed\n",
+            s.best_index(), at.c_str(), s.best().mean_accuracy(), s.seconds(),
+            static_cast<long long>(s.trim_cache_hits()),
+            static_cast<long long>(s.trim_cache_misses()),
+            static_cast<long long>(s.stats_hits()),
+            static_cast<long long>(s.stats_misses()));
       }
-      std::printf("%5d", p.index());
-      for (const std::string& a : axes) {
-        std::printf(" %9s", Opt(true, p.values().at(a)).c_str());
-      }
-      for (const auto& t : p.tasks()) std::printf(" %9.4f", t.accuracy());
-      std::printf(" %9.4f %8.2f\n", p.mean_accuracy(),
-                  p.merge_seconds() + p.eval_seconds());
-      std::fflush(stdout);
-      ++done;
-    } else if (ev.has_summary()) {
-      const auto& s = ev.summary();
-      std::string at;
-      for (const auto& [name, v] : s.best().values()) {
-        at += (at.empty() ? "" : ", ") + name + " " + Opt(true, v);
-      }
-      std::printf(
-          "best: point %d (%s), mean accuracy %.4f; "
-          "%.2f s; trim cache %lld hits / %lld misses; statistics %lld "
-          "reused / %lld computed\n",
-          s.best_index(), at.c_str(), s.best().mean_accuracy(), s.seconds(),
-          static_cast<long long>(s.trim_cache_hits()),
-          static_cast<long long>(s.trim_cache_misses()),
-          static_cast<long long>(s.stats_hits()),
-          static_cast<long long>(s.stats_misses()));
     }
+    s = reader->Finish();
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE || reconnects >= 10) {
+      break;
+    }
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(200 << std::min(reconnects, 4)));
   }
   bar.Finish();
-  grpc::Status s = reader->Finish();
   return s.ok() ? 0 : Fail(s, args.server);
 }
 

@@ -254,5 +254,124 @@ class Replicas(unittest.TestCase):
         self.assertIn("cannot connect to postgresql://app@127.0.0.1:1/x", down.stderr)
 
 
+
+class SweepsAndEvaluationsAcrossReplicas(unittest.TestCase):
+    """Two replicas over the digits zoo: a sweep is a job; kill -9 the
+    replica running it after its first point and the other replica resumes
+    it after the points already logged; streams on either replica, and one
+    that began at the killed replica, see every point once."""
+
+    TASKS = ("parity", "high", "mod3", "mirror")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="mergeserve_replica_sweeps_")
+        cls.pg = PgServer()
+        url = cls.pg.create_database("zoo")
+        cls.zoo = os.path.join(cls.tmp, "zoo")
+        make_zoo = os.path.join(os.path.dirname(MAKE_MODEL), "make_zoo.py")
+        subprocess.run(["/usr/bin/python3", make_zoo, cls.zoo], check=True,
+                       capture_output=True)
+        data = os.path.join(cls.tmp, "shared-data")
+        os.makedirs(data)
+        cls.replicas = [Replica(data, [cls.zoo], url, f"replica-{n}") for n in "ab"]
+        for r in cls.replicas:
+            r.start()
+        a = cls.replicas[0]
+
+        def ctl(*args):
+            subprocess.run([MERGECTL, "--server", a.addr, *args], check=True,
+                           capture_output=True)
+        ctl("register", "base", f"{cls.zoo}/base", "--role", "base")
+        for t in cls.TASKS:
+            ctl("register", t, f"{cls.zoo}/{t}", "--base", "base", "--task", t)
+            for split, role in (("eval", "eval"), ("val", "validation"),
+                                ("aux", "auxiliary")):
+                ctl("dataset", f"{t}_{split}", f"{cls.zoo}/data/{t}_{split}.safetensors",
+                    "--task", t, "--role", role)
+
+    @classmethod
+    def tearDownClass(cls):
+        for r in cls.replicas:
+            if r.proc and r.proc.poll() is None:
+                r.stop()
+        cls.pg.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def sweep(self, client, raw=False):
+        # RI adapts the experts again for every `steps`: seconds per point.
+        config = ("merge_method: ri\nbase_model: base\n"
+                  "parameters: {ri_method: ties, density: 0.5, seed: 3}\nmodels:\n" +
+                  "".join(f"  - model: {t}\n" for t in self.TASKS))
+        steps = [20, 30, 40, 50, 60, 70]
+        if raw:  # the stream as the server sends it (the client skips repeats)
+            req = merge_pb2.SweepRequest(spec=merge_pb2.MergeSpec(config_yaml=config))
+            req.axes.add(parameter="steps", values=steps)
+            return client.merges.Sweep(req)
+        return client.sweep(config, axes={"steps": steps})
+
+    def test_a_sweep_survives_its_replica_and_streams_follow_it(self):
+        a, b = self.replicas
+        with Client(b.addr) as cb:
+            stream = self.sweep(cb)
+            first = next(stream)
+            self.assertEqual(first.job.kind, "sweep")
+            job_id = first.job.id
+            stream.close()  # leaving the stream leaves the job running
+            deadline = time.time() + 120
+            job = cb.job(job_id)
+            while time.time() < deadline and not (
+                    job.state == merge_pb2.JOB_STATE_RUNNING and job.replica):
+                time.sleep(0.05)
+                job = cb.job(job_id)
+        victim = next(r for r in self.replicas if r.replica_id == job.replica)
+        survivor = next(r for r in self.replicas if r is not victim)
+        # The same request through a client whose address list begins at the
+        # victim follows the same job; its stream breaks with the kill and
+        # resumes on the survivor, skipping what it already saw.
+        events, first_point = [], threading.Event()
+
+        def follow():
+            with Client(f"ipv4:{victim.addr},{survivor.addr}") as cf:
+                for e in self.sweep(cf):
+                    events.append(e)
+                    if e.HasField("point"):
+                        first_point.set()
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        self.assertTrue(first_point.wait(timeout=300), "no point before the kill")
+        victim.stop(signal.SIGKILL)
+        follower.join(timeout=600)
+        self.assertFalse(follower.is_alive())
+        self.assertTrue(events[0].HasField("job"))
+        self.assertEqual(events[0].job.id, job_id)
+        points = [e.point for e in events if e.HasField("point")]
+        self.assertEqual([p.index for p in points], list(range(6)))
+        self.assertEqual([p.values["steps"] for p in points], [20, 30, 40, 50, 60, 70])
+        summary = events[-1].summary
+        self.assertEqual(summary.best.mean_accuracy, max(p.mean_accuracy for p in points))
+        with Client(survivor.addr) as cs:
+            done = cs.job(job_id)
+            self.assertEqual(done.state, merge_pb2.JOB_STATE_SUCCEEDED, done.error_message)
+            self.assertEqual(done.attempt, 2)
+            self.assertEqual(done.replica, survivor.replica_id)
+            # A new stream replays the log: each point once (the second
+            # attempt did not redo what the first logged), unchanged.
+            replay = list(self.sweep(cs, raw=True))
+        again = [e.point for e in replay if e.HasField("point")]
+        self.assertEqual([p.SerializeToString() for p in again],
+                         [p.SerializeToString() for p in points])
+        self.assertEqual(replay[-1].summary.SerializeToString(), summary.SerializeToString())
+        # An evaluation is a job too: the same request again is the same
+        # job, with the same numbers.
+        with Client(survivor.addr) as cs:
+            ev1 = list(cs.evaluate(checkpoint="parity", tasks=["parity", "high"]))
+            ev2 = list(cs.evaluate(checkpoint="parity", tasks=["parity", "high"]))
+        self.assertEqual(ev1[0].evaluation.kind, "evaluate")
+        self.assertEqual(ev1[0].evaluation.id, ev2[0].evaluation.id)
+        self.assertEqual(ev1[-1].summary.tasks, ev2[-1].summary.tasks)
+        self.assertEqual([t.task for t in ev1[-1].summary.tasks], ["parity", "high"])
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

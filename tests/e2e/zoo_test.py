@@ -202,6 +202,7 @@ class ZooTest(unittest.TestCase):
         self.assertLess(mean_cos(ri_diag), mean_cos(ties_diag))
 
     def test_python_client_sweeps_and_evaluates(self):
+        from mergeserve.v1 import merge_pb2
         with Client(self.z.server.addr) as c:
             events = list(c.sweep(yaml_for("ties", {}), lambdas=[0.6, 0.8],
                                   densities=[0.2]))
@@ -213,25 +214,41 @@ class ZooTest(unittest.TestCase):
                              max(p.mean_accuracy for p in points))
             # The trims were cached by the earlier TIES sweep.
             self.assertEqual(summary.trim_cache_misses, 0)
+            # The base's evaluation in setUpClass (mergectl eval base) was
+            # the same request: the same job, its tasks replayed.
             events = list(c.evaluate(checkpoint="base"))
             tasks = {m.task: m.accuracy for m in events[-1].summary.tasks}
             self.assertEqual(tasks, self.base)
+            self.assertEqual(events[0].evaluation.kind, "evaluate")
+            self.assertEqual(events[0].evaluation.state, merge_pb2.JOB_STATE_SUCCEEDED)
+            self.assertEqual([e.task.task for e in events if e.HasField("task")], TASKS)
+            # A new request runs, with progress per batch.
+            events = list(c.evaluate(checkpoint="base", max_examples=150))
             self.assertTrue(any(e.HasField("progress") for e in events))
+            self.assertEqual(events[-1].summary.tasks[0].examples, 150)
             ds = c.datasets(task="mirror", role="eval")
             self.assertEqual([d.examples for d in ds], [297])
 
     def test_cancelled_streams_leave_the_server_serving(self):
         import grpc
+        from mergeserve.v1 import merge_pb2
         with Client(self.z.server.addr) as c:
             stream = c.merges.Sweep(c_sweep_request(yaml_for("ri", {
                 "ri_method": "ties", "steps": 50, "seed": 7}), [0.2, 0.4, 0.6, 0.8]))
-            first = next(stream)  # a phase or the first point
-            self.assertTrue(first.HasField("phase") or first.HasField("point"))
+            first = next(stream)  # the sweep's job
+            self.assertEqual(first.job.kind, "sweep")
             stream.cancel()
             with self.assertRaises(grpc.RpcError) as err:
                 for _ in stream:
                     pass
             self.assertEqual(err.exception.code(), grpc.StatusCode.CANCELLED)
+            # The job runs on without its caller, until it is cancelled.
+            self.assertIn(c.job(first.job.id).state,
+                          (merge_pb2.JOB_STATE_QUEUED, merge_pb2.JOB_STATE_RUNNING))
+            c.cancel(first.job.id)
+            for job in c.watch(first.job.id):
+                pass
+            self.assertEqual(job.state, merge_pb2.JOB_STATE_CANCELLED)
             # Neither target: INVALID_ARGUMENT, on a server that still serves.
             with self.assertRaises(grpc.RpcError) as err:
                 list(c.evaluate())

@@ -112,7 +112,7 @@ TEST_P(StoreTest, MigrationsAreVersionedIdempotentAndRunOnceUnderConcurrency) {
     auto reg = CheckpointRegistry::Create(ro);
     ASSERT_TRUE(reg.ok()) << reg.status();
   }
-  EXPECT_EQ(*db_->SchemaVersion("jobs"), 3);
+  EXPECT_EQ(*db_->SchemaVersion("jobs"), 4);
   EXPECT_EQ(*db_->SchemaVersion("registry"), 2);
   EXPECT_EQ(*db_->SchemaVersion("auth"), 1);
 }
@@ -307,6 +307,60 @@ TEST_P(StoreTest, ALapsedLeaseRequeuesTheJobAndTheOldReplicaIsFencedOut) {
   EXPECT_EQ(done->files[0].name, "model.safetensors");
 }
 
+// Sweeps and evaluations log their partial results; streams on every
+// replica read the log, and a later attempt resumes from it.
+TEST_P(StoreTest, OnlyTheHolderAppendsToAJobsLogWhichEveryReplicaReads) {
+  auto a = Jobs(db_);
+  auto b = Jobs(Connect());
+  JobRecord j = NewJob("job-s", "ds", 1);
+  j.kind = "sweep";
+  j.params = R"({"grid":[{"parameter":"lambda","values":[0.5,1.0]}]})";
+  ASSERT_TRUE(a->Put(j).ok());
+  // Not running yet: nobody may log.
+  EXPECT_EQ(a->AppendEvent(j, "x").status().code(), absl::StatusCode::kAborted);
+  auto first = a->Claim("replica-a", /*lease_ms=*/1);
+  ASSERT_TRUE(first.ok() && first->has_value());
+  auto seq = a->AppendEvent(**first, R"({"index":0})");
+  ASSERT_TRUE(seq.ok()) << seq.status();
+  EXPECT_EQ(*seq, 1);
+  // The lease lapses; replica B takes the job over and logs after it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(b->RequeueExpired(3).ok());
+  auto second = b->Claim("replica-b", 30000);
+  ASSERT_TRUE(second.ok() && second->has_value());
+  EXPECT_EQ((*second)->attempt, 2);
+  EXPECT_EQ((*second)->params, j.params);
+  auto earlier = b->Events("job-s", 0);
+  ASSERT_TRUE(earlier.ok()) << earlier.status();
+  ASSERT_EQ(earlier->size(), 1u);
+  EXPECT_EQ((*earlier)[0].attempt, 1);
+  EXPECT_EQ((*earlier)[0].payload, R"({"index":0})");
+  // The replica that lost the lease is fenced out of the log.
+  EXPECT_EQ(a->AppendEvent(**first, R"({"index":1})").status().code(),
+            absl::StatusCode::kAborted);
+  EXPECT_EQ(*b->AppendEvent(**second, R"({"index":1})"), 2);
+  EXPECT_EQ(*b->AppendEvent(**second, R"({"index":2})"), 3);
+  auto after = a->Events("job-s", 1);
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->size(), 2u);
+  EXPECT_EQ((*after)[0].seq, 2);
+  EXPECT_EQ((*after)[0].attempt, 2);
+  EXPECT_EQ((*after)[1].payload, R"({"index":2})");
+  // The record says how far the log goes (what followers compare).
+  EXPECT_EQ(a->GetAny("job-s")->events, 3);
+  JobRecord done = **second;
+  done.state = JobState::kSucceeded;
+  done.end_ms = NowMs();
+  done.result = R"({"best_index":2})";
+  ASSERT_TRUE(b->Complete(done).ok());
+  EXPECT_EQ(a->AppendEvent(**second, "late").status().code(),
+            absl::StatusCode::kAborted);
+  EXPECT_EQ(a->Get("team-a", "job-s")->result, done.result);
+  // Deleting the job deletes its log.
+  ASSERT_TRUE(a->Delete("team-a", "job-s").ok());
+  EXPECT_TRUE(b->Events("job-s", 0)->empty());
+}
+
 TEST_P(StoreTest, AJobThatKeepsLosingItsReplicaFailsAfterMaxAttempts) {
   auto s = Jobs(db_);
   ASSERT_TRUE(s->Put(NewJob("job-y", "dy", 1)).ok());
@@ -480,7 +534,7 @@ INSERT INTO jobs (id, state, config_yaml, request_digest, create_ms,
   ASSERT_TRUE(db.ok());
   auto store = JobStore::Open(*db);
   ASSERT_TRUE(store.ok()) << store.status();
-  EXPECT_EQ(*(*db)->SchemaVersion("jobs"), 3);
+  EXPECT_EQ(*(*db)->SchemaVersion("jobs"), 4);
   auto done = (*store)->GetAny("job-done");
   ASSERT_TRUE(done.ok());
   EXPECT_EQ(done->state, JobState::kSucceeded);

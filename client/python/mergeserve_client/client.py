@@ -267,27 +267,57 @@ class Client:
             raise MergeError(job)
         return job
 
+    def _follow(self, open_stream, key):
+        """Yields a job stream's events; a stream broken by its replica going
+        away is opened again with the same request (on another replica),
+        which follows the same job: events already yielded (same `key`) are
+        skipped."""
+        seen = set()
+        for attempt in range(_RECONNECTS + 1):
+            try:
+                for event in open_stream():
+                    k = key(event)
+                    if k is not None:
+                        if k in seen:
+                            continue
+                        seen.add(k)
+                    yield event
+                return
+            except grpc.RpcError as err:
+                if not _unavailable(err) or attempt == _RECONNECTS:
+                    raise
+                _backoff(attempt)
+
     def evaluate(self, job_id=None, checkpoint=None, tasks=(), max_examples=0):
-        """Yields EvaluateEvents: the job's progress while it runs, progress
-        per batch, a TaskMetrics per task, then the summary."""
+        """Yields EvaluateEvents: the merge job's progress while it runs, the
+        evaluation's own job (`evaluation`: a job of kind "evaluate" that
+        runs on if the caller stops; cancel(id) stops it), progress per
+        batch, a TaskMetrics per task, then the summary. The same request
+        again follows the same job (its tasks replayed)."""
         req = merge_pb2.EvaluateRequest(tasks=list(tasks), max_examples=max_examples)
         if job_id:
             req.job_id = job_id
         elif checkpoint:
             req.checkpoint = checkpoint
-        yield from self.merges.Evaluate(req)
+        yield from self._follow(
+            lambda: self.merges.Evaluate(req),
+            lambda e: ("task", e.task.task) if e.HasField("task") else None)
 
     def sweep(self, config, lambdas=(), densities=(), axes=None, tasks=()):
-        """Yields SweepEvents: a point per grid point, then the summary (the
-        best point). `axes` maps other parameters ("alpha", "weight@MODEL")
-        to their values."""
+        """Yields SweepEvents: the sweep's job first (`job`: a job of kind
+        "sweep" that runs on if the caller stops; cancel(id) stops it), a
+        point per grid point, then the summary (the best point). `axes` maps
+        other parameters ("alpha", "weight@MODEL") to their values. The same
+        request again follows the same job (its points replayed)."""
         text = config if isinstance(config, str) else json.dumps(config)
         req = merge_pb2.SweepRequest(spec=merge_pb2.MergeSpec(config_yaml=text),
                                      lambdas=list(lambdas), densities=list(densities),
                                      tasks=list(tasks))
         for name, values in (axes or {}).items():
             req.axes.add(parameter=name, values=list(values))
-        yield from self.merges.Sweep(req)
+        yield from self._follow(
+            lambda: self.merges.Sweep(req),
+            lambda e: ("point", e.point.index) if e.HasField("point") else None)
 
     def job(self, job_id):
         return self.merges.GetMergeJob(merge_pb2.GetMergeJobRequest(id=job_id),

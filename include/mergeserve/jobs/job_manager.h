@@ -3,8 +3,11 @@
 // on the one bounded WorkExecutor under the memory budget, cancellable from
 // any replica, observable (listeners; jobs running elsewhere are followed
 // through the store), content-addressed per tenant, deletable, and expired
-// after a retention period. Analyses, evaluations and sweeps run on the
-// same executor (RunWork). No gRPC here; the service adapts it.
+// after a retention period. Analyses, sweeps and evaluations are jobs too
+// (kinds "analyze", "sweep", "evaluate"): queued, budgeted, cancellable and
+// taken over like merges; sweeps and evaluations log their partial results
+// for streams on any replica (FollowEvents). No gRPC here; the service
+// adapts it.
 #ifndef MERGESERVE_JOBS_JOB_MANAGER_H_
 #define MERGESERVE_JOBS_JOB_MANAGER_H_
 
@@ -31,6 +34,7 @@
 #include "mergeserve/jobs/job_store.h"
 #include "mergeserve/jobs/merge_request.h"
 #include "mergeserve/jobs/work_executor.h"
+#include "mergeserve/jobs/work_job.h"
 #include "mergeserve/registry/checkpoint_registry.h"
 
 namespace mergeserve {
@@ -94,6 +98,10 @@ class JobManager {
   // of kind "analyze" whose `result` holds DiagnosticsToJson when it
   // succeeds; the same request gives the same job while it exists.
   absl::StatusOr<JobRecord> SubmitAnalysis(MergeRequest request);
+  // Queues a validated sweep or evaluation (see SubmitSweep and
+  // SubmitEvaluation), or returns the tenant's job with the same digest
+  // (queued, running, or succeeded).
+  absl::StatusOr<JobRecord> SubmitWorkJob(WorkJobRequest request);
   absl::StatusOr<JobRecord> Get(const std::string& tenant,
                                 const std::string& id) const;
   // Summaries (no request text), oldest first.
@@ -133,8 +141,15 @@ class JobManager {
       const std::string& tenant, const std::string& id, Listener on_change,
       Listener on_end);
 
-  // Queues other long work (analyses, evaluations, sweeps) on the same
-  // executor and budget.
+  // FollowToEnd that also delivers the job's logged events after `after`,
+  // in order, each once: those a record announces right after on_change
+  // got it, and all of them before on_end.
+  using EventListener = std::function<void(const JobLogEntry&)>;
+  absl::StatusOr<std::shared_ptr<EndWait>> FollowEvents(
+      const std::string& tenant, const std::string& id, int64_t after,
+      EventListener on_event, Listener on_change, Listener on_end);
+
+  // Queues other long work on the same executor and budget (tests).
   absl::StatusOr<std::shared_ptr<WorkTicket>> RunWork(WorkItem item);
   // Plans a request for analysis (off the gRPC threads, by the caller), and
   // runs it (inside a work item).
@@ -161,7 +176,6 @@ class JobManager {
   // Bytes `tenant` stores: uploads and results.
   absl::StatusOr<int64_t> StoredBytes(const std::string& tenant) const;
 
-
   JobStats stats() const;
   CacheStats cache_stats() const { return cache_->stats(); }
   // Fisher/Gram/RI results found in (hits) or added to (misses) the cache.
@@ -187,6 +201,22 @@ class JobManager {
   // replica, or made again from the stored request) goes to the executor.
   void Start(JobRecord claimed);
   std::shared_ptr<PlannedMerge> TakePlan(const JobRecord& job);
+  // A sweep's or evaluation's plan: made at submission here (first
+  // attempt), else made again from the stored request.
+  absl::StatusOr<std::shared_ptr<PlannedWorkJob>> TakeWorkPlan(
+      const JobRecord& job);
+  // Submission steps every kind shares: the tenant's job limit, a job with
+  // the same digest to return instead, room in the queue and the budget,
+  // and the insert (atomic across replicas).
+  absl::Status Admit(const std::string& tenant);
+  // The job to return instead of a new one, if any; `stale` gets a
+  // finished one whose result is gone (the insert replaces it).
+  absl::StatusOr<std::optional<JobRecord>> Reusable(
+      const std::string& tenant, const std::string& digest,
+      std::optional<JobRecord>* stale);
+  absl::Status CheckRoom(int64_t memory, const char* what);
+  absl::StatusOr<JobRecord> Enqueue(JobRecord j,
+                                    const std::optional<JobRecord>& stale);
   absl::StatusOr<JobRecord> SubmitKind(const std::string& kind,
                                        MergeRequest request);
   absl::StatusOr<PlannedMerge> PlanKind(const std::string& kind,
@@ -195,6 +225,16 @@ class JobManager {
               const std::atomic<bool>& cancelled);
   void RunAnalysis(const std::string& id, std::shared_ptr<PlannedMerge> planned,
                    const std::atomic<bool>& cancelled);
+  void RunWorkJob(const std::string& id,
+                  std::shared_ptr<PlannedWorkJob> planned,
+                  const std::atomic<bool>& cancelled);
+  // Records the end of a held analysis, sweep or evaluation: its result
+  // (JSON) or why it has none.
+  void EndWithResult(const std::string& id,
+                     std::chrono::steady_clock::time_point start,
+                     absl::StatusOr<std::string> result);
+  // The run of a job of this replica: a copy of its live record.
+  std::optional<JobRecord> Held(const std::string& id) const;
   // Records, logs and announces the end of a held job (run or not): the
   // outcome, or back to the queue when this replica stopped without one.
   void Finish(JobRecord done, StopReason stop);
@@ -217,6 +257,8 @@ class JobManager {
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);
   // Plans of jobs submitted here, until a replica claims them (bounded).
   std::map<std::string, std::shared_ptr<PlannedMerge>> plans_
+      ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<PlannedWorkJob>> work_plans_
       ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::pair<std::string, Listener>> listeners_
       ABSL_GUARDED_BY(mu_);

@@ -70,6 +70,17 @@ struct JobRecord {
   int attempt = 0;
   int64_t lease_until_ms = 0;  // RUNNING: when the lease lapses
   bool cancel_requested = false;
+  // Sweeps and evaluations: their parameters beyond the merge config (JSON,
+  // not in lists), and the sequence number of their last logged event.
+  std::string params;
+  int64_t events = 0;
+};
+
+// One entry of a job's event log: a sweep point, an evaluated task.
+struct JobLogEntry {
+  int64_t seq = 0;  // 1, 2, ... in the order they were logged
+  int attempt = 0;  // the run that logged it
+  std::string payload;
 };
 
 // What a heartbeat learns about one of the replica's running jobs.
@@ -125,6 +136,14 @@ class JobStore {
   // otherwise (checked right before a result is renamed into place).
   absl::Status CheckLease(const std::string& id, const std::string& replica,
                           int attempt);
+  // Appends to the job's event log if `holder.replica` still holds the
+  // job's lease at `holder.attempt` (ABORTED otherwise); returns its seq.
+  absl::StatusOr<int64_t> AppendEvent(const JobRecord& holder,
+                                      const std::string& payload);
+  // The job's events after `after`, oldest first (kept until it is
+  // deleted; a later attempt resumes from them).
+  absl::StatusOr<std::vector<JobLogEntry>> Events(const std::string& id,
+                                                  int64_t after) const;
   // A draining replica hands a job back: QUEUED again, this run not counted.
   absl::Status Release(const std::string& id, const std::string& replica,
                        int attempt);

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -47,17 +48,31 @@ struct SweepSummary {
 struct SweepOptions {
   std::vector<std::string> tasks;  // empty: the experts' tasks
   int64_t max_examples = 0;        // per task
-  std::function<void(const std::string& phase)> on_phase;
-  std::function<void(const SweepPoint&)> on_point;
+  // What runs now; `done` of `total` points are finished.
+  std::function<void(const std::string& phase, int64_t done, int64_t total)>
+      on_phase;
+  // A finished point; an error stops the sweep with it.
+  std::function<absl::Status(const SweepPoint&)> on_point;
   const std::atomic<bool>* cancelled = nullptr;
+  // Points an earlier run finished (by index): taken as they are, neither
+  // merged nor evaluated nor reported again.
+  std::map<int, SweepPoint> done;
+};
+
+struct SweepPlan {
+  int64_t memory = 0;  // a point may hold (merge or evaluation)
+  int64_t points = 0;
+  // Content address of the merge request and everything the evaluation
+  // reads (heads, selection data); the grid and options are not in it.
+  std::string digest;
 };
 
 // Validates the request and the grid (every point's config, the tasks'
-// heads and data) and returns the memory a point may hold (merge or
-// evaluation), without running anything.
-absl::StatusOr<int64_t> PlanSweep(JobManager& jobs, const MergeRequest& request,
-                                  const SweepGrid& grid,
-                                  const SweepOptions& options);
+// heads and data) without running anything.
+absl::StatusOr<SweepPlan> PlanSweep(JobManager& jobs,
+                                    const MergeRequest& request,
+                                    const SweepGrid& grid,
+                                    const SweepOptions& options);
 
 absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
                                       const MergeRequest& request,

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "mergeserve/engine/merge_config.h"
 #include "mergeserve/registry/checkpoint_registry.h"
+#include "nlohmann/json.hpp"
 
 namespace mergeserve {
 
@@ -46,6 +47,8 @@ struct EvalTarget {
   int64_t max_examples = 0;
   // Checked between tasks.
   const std::atomic<bool>* cancelled = nullptr;
+  // Tasks an earlier run evaluated: taken as they are, not run again.
+  std::vector<TaskMetrics> done;
 };
 
 class TaskEvaluator {
@@ -56,11 +59,18 @@ class TaskEvaluator {
   // The tasks `target` will be evaluated on, in order, with their heads.
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Plan(
       const EvalTarget& target) const;
+  // Lines naming everything the evaluation of `target` reads besides the
+  // weights under test: each task's head (its content) and dataset (its
+  // content), for content addresses.
+  absl::StatusOr<std::string> DigestLines(const EvalTarget& target) const;
+  // `on_task` gets each task's metrics as they come (not those in
+  // target.done); an error stops the evaluation with it.
   absl::StatusOr<std::vector<TaskMetrics>> Run(
       const EvalTarget& target,
       const std::function<void(const std::string& task, int64_t done,
                                int64_t total)>& progress = {},
-      const std::function<void(const TaskMetrics&)>& on_task = {}) const;
+      const std::function<absl::Status(const TaskMetrics&)>& on_task = {})
+      const;
 
  private:
   const CheckpointRegistry* registry_;
@@ -68,6 +78,9 @@ class TaskEvaluator {
 };
 
 double MeanAccuracy(const std::vector<TaskMetrics>& tasks);
+// TaskMetrics as JSON (job logs and results) and back.
+nlohmann::json TaskMetricsToJson(const TaskMetrics& m);
+absl::StatusOr<TaskMetrics> TaskMetricsFromJson(const nlohmann::json& j);
 // The `merge_tensors` regex of a merge config ("" when not set).
 std::string MergedTensorsRegex(const MergeConfig& config);
 

@@ -29,6 +29,15 @@ DownloadReactor::DownloadReactor(JobManager& jobs, Caller caller,
                                   "' has no result (it is not SUCCEEDED)")));
     return;
   }
+  if (job->kind != kMergeJob) {
+    // Analyses, sweeps and evaluations return their results in their calls.
+    End(grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        absl::StrCat("job '", req.id(), "' is ",
+                     job->kind[0] == 'a' || job->kind[0] == 'e' ? "an " : "a ",
+                     job->kind, " job; only merge jobs have files")));
+    return;
+  }
   dir_ = job->result_dir;
   for (const ResultFileInfo& f : job->files) {
     if (req.file().empty() || f.name == req.file()) files_.push_back(f);

@@ -1,10 +1,9 @@
-// MergeService.Sweep: validated on the control executor, run as one work
-// item on the executor (every point merged and evaluated in turn).
-#include "absl/strings/str_cat.h"
+// MergeService.Sweep: validated and submitted as a sweep job on the control
+// executor, then followed (on whichever replica runs it).
 #include "grpc/call.h"
 #include "grpc/proto_convert.h"
 #include "grpc/work_streams.h"
-#include "mergeserve/jobs/sweep_runner.h"
+#include "mergeserve/jobs/sweep_job.h"
 
 namespace mergeserve {
 
@@ -18,54 +17,54 @@ void StartSweep(JobManager& jobs, BackgroundExecutor& control,
       out->Done(config.status());
       return;
     }
-    MergeRequest request{tenant, *std::move(config)};
-    SweepGrid grid;
+    SweepParams params;
     if (req.densities_size() > 0) {
-      grid.push_back(
+      params.grid.push_back(
           {"density", {req.densities().begin(), req.densities().end()}});
     }
     for (const v1::SweepAxis& a : req.axes()) {
-      grid.push_back({a.parameter(), {a.values().begin(), a.values().end()}});
+      params.grid.push_back(
+          {a.parameter(), {a.values().begin(), a.values().end()}});
     }
     if (req.lambdas_size() > 0) {
-      grid.push_back({"lambda", {req.lambdas().begin(), req.lambdas().end()}});
+      params.grid.push_back(
+          {"lambda", {req.lambdas().begin(), req.lambdas().end()}});
     }
-    SweepOptions o;
-    o.tasks.assign(req.tasks().begin(), req.tasks().end());
-    o.max_examples = std::max<int64_t>(0, req.max_examples());
-    o.cancelled = out->cancelled();
-    auto memory = PlanSweep(jobs, request, grid, o);
-    if (!memory.ok()) {
-      out->Done(memory.status());
+    params.tasks.assign(req.tasks().begin(), req.tasks().end());
+    params.max_examples = std::max<int64_t>(0, req.max_examples());
+    auto job = SubmitSweep(jobs, {tenant, *std::move(config)}, params);
+    if (!job.ok()) {
+      out->Done(job.status());
       return;
     }
-    WorkItem item;
-    item.kind = "sweep";
-    item.label = tenant;
-    item.memory = *memory;
-    item.run = [&jobs, request, grid, o, out](const std::atomic<bool>&) {
-      SweepOptions opts = o;
-      opts.on_phase = [&](const std::string& phase) {
-        v1::SweepEvent e;
-        e.set_phase(phase);
-        out->Emit(e, /*progress=*/true);
-      };
-      opts.on_point = [&](const SweepPoint& p) {
-        v1::SweepEvent e;
-        ToProto(p, e.mutable_point());
+    JobStreamView<v1::SweepEvent> view;
+    view.on_record = [out](const JobRecord& r, bool changed) {
+      v1::SweepEvent e;
+      if (changed) {
+        ToProto(r, e.mutable_job());
         out->Emit(e);
-      };
-      auto summary = RunSweep(jobs, request, grid, opts);
-      if (!summary.ok()) {
-        out->Done(summary.status());
-        return;
+      } else if (!r.phase.empty()) {
+        e.set_phase(r.phase);
+        out->Emit(e, /*progress=*/true);
       }
+    };
+    view.on_entry =
+        [](const JobLogEntry& entry) -> absl::StatusOr<v1::SweepEvent> {
+      auto point = SweepPointFromJson(entry.payload);
+      if (!point.ok()) return point.status();
+      v1::SweepEvent e;
+      ToProto(*point, e.mutable_point());
+      return e;
+    };
+    view.on_result = [](const JobRecord& r) -> absl::StatusOr<v1::SweepEvent> {
+      auto summary = SweepSummaryFromJson(r.result);
+      if (!summary.ok()) return summary.status();
       v1::SweepEvent e;
       ToProto(*summary, e.mutable_summary());
-      out->Emit(e);
-      out->Done(absl::OkStatus());
+      return e;
     };
-    QueueStreamWork<v1::SweepEvent>(jobs, std::move(item), out);
+    FollowJobStream<v1::SweepEvent>(jobs, tenant, job->id, std::move(view),
+                                    out);
   });
   if (!queued) {
     out->Done(ControlBusy());

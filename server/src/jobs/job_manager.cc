@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -13,6 +14,8 @@
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/executor.h"
 #include "mergeserve/engine/method_registry.h"
+#include "mergeserve/jobs/evaluation_job.h"
+#include "mergeserve/jobs/sweep_job.h"
 #include "mergeserve/registry/storage_roots.h"
 #include "mergeserve/store/sqlite_database.h"
 
@@ -133,41 +136,38 @@ absl::StatusOr<PlannedMerge> JobManager::PlanKind(const std::string& kind,
                    options_.threads_per_job);
 }
 
-absl::StatusOr<JobRecord> JobManager::SubmitKind(const std::string& kind,
-                                                 MergeRequest request) {
-  const std::string tenant = request.tenant;
-  const bool analysis = kind == kAnalyzeJob;
+absl::Status JobManager::Admit(const std::string& tenant) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_) return absl::UnavailableError("the server is shutting down");
   }
-  Quota quota;
-  if (options_.quotas != nullptr) {
-    MS_ASSIGN_OR_RETURN(quota, options_.quotas->Get(tenant));
-    MS_ASSIGN_OR_RETURN(int64_t active, store_->CountActive(tenant));
-    MS_RETURN_IF_ERROR(
-        CheckQuota(tenant, "max_jobs", quota.max_jobs, active, 1));
-  }
-  MS_ASSIGN_OR_RETURN(PlannedMerge planned, PlanKind(kind, std::move(request)));
-  // An analysis is addressed apart from the merge of the same request.
-  const std::string digest =
-      analysis ? "analyze-" + planned.digest : planned.digest;
+  if (options_.quotas == nullptr) return absl::OkStatus();
+  MS_ASSIGN_OR_RETURN(Quota quota, options_.quotas->Get(tenant));
+  MS_ASSIGN_OR_RETURN(int64_t active, store_->CountActive(tenant));
+  return CheckQuota(tenant, "max_jobs", quota.max_jobs, active, 1);
+}
+
+absl::StatusOr<std::optional<JobRecord>> JobManager::Reusable(
+    const std::string& tenant, const std::string& digest,
+    std::optional<JobRecord>* stale) {
   // A job of this tenant that holds or computes the same result is the
   // answer (on any replica); a succeeded one only while its result exists.
-  auto reusable = [](const JobRecord& same) {
-    std::error_code ec;
-    return same.state != JobState::kSucceeded ||
-           (same.kind == kAnalyzeJob ? !same.result.empty()
-                                     : fs::is_directory(same.result_dir, ec));
-  };
   MS_ASSIGN_OR_RETURN(auto same, store_->FindByDigest(tenant, digest));
-  if (same && reusable(*same)) return Get(tenant, same->id);
-  if (options_.quotas != nullptr && !analysis) {
-    MS_ASSIGN_OR_RETURN(int64_t stored, StoredBytes(tenant));
-    MS_RETURN_IF_ERROR(CheckQuota(tenant, "max_stored_bytes",
-                                  quota.max_stored_bytes, stored,
-                                  planned.output_bytes));
+  if (!same) return same;
+  std::error_code ec;
+  const bool usable =
+      same->state != JobState::kSucceeded ||
+      (same->kind == kMergeJob ? fs::is_directory(same->result_dir, ec)
+                               : !same->result.empty());
+  if (!usable) {
+    *stale = std::move(same);  // Enqueue replaces it
+    return std::optional<JobRecord>();
   }
+  MS_ASSIGN_OR_RETURN(JobRecord now, Get(tenant, same->id));
+  return std::optional<JobRecord>(std::move(now));
+}
+
+absl::Status JobManager::CheckRoom(int64_t memory, const char* what) {
   MS_ASSIGN_OR_RETURN(int64_t waiting, store_->CountQueued());
   if (waiting >= options_.queue_limit) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -175,12 +175,62 @@ absl::StatusOr<JobRecord> JobManager::SubmitKind(const std::string& kind,
         options_.queue_limit, "); retry later"));
   }
   // Refused up front, like the executor would, rather than failing later.
-  if (options_.memory_budget > 0 && planned.memory > options_.memory_budget) {
+  if (options_.memory_budget > 0 && memory > options_.memory_budget) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("this merge needs up to ", FormatBytes(planned.memory),
+        absl::StrCat("this ", what, " needs up to ", FormatBytes(memory),
                      " of memory, more than the server's memory budget of ",
                      FormatBytes(options_.memory_budget)));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JobRecord> JobManager::Enqueue(
+    JobRecord j, const std::optional<JobRecord>& stale) {
+  // Inside the insert's transaction (the store's connection and an advisory
+  // lock are held) nothing touches the filesystem, which may be a slow
+  // shared volume: the job examined before is known stale, and one that
+  // another replica added meanwhile has just committed its result.
+  const std::string stale_id = stale ? stale->id : std::string();
+  MS_ASSIGN_OR_RETURN(
+      JobRecord stored,
+      store_->InsertUnlessSame(j, [&stale_id](const JobRecord& found) {
+        return found.id != stale_id;
+      }));
+  if (stored.id != j.id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    plans_.erase(j.id);
+    work_plans_.erase(j.id);
+    return stored;  // another replica inserted the same request just now
+  }
+  dispatcher_->Wake();
+  LogEvent("job_queued", {{"job", j.id},
+                          {"tenant", j.tenant},
+                          {"kind", j.kind},
+                          {"method", j.method},
+                          {"request_digest", j.request_digest.substr(0, 16)}});
+  return j;
+}
+
+absl::StatusOr<JobRecord> JobManager::SubmitKind(const std::string& kind,
+                                                 MergeRequest request) {
+  const std::string tenant = request.tenant;
+  const bool analysis = kind == kAnalyzeJob;
+  MS_RETURN_IF_ERROR(Admit(tenant));
+  MS_ASSIGN_OR_RETURN(PlannedMerge planned, PlanKind(kind, std::move(request)));
+  // An analysis is addressed apart from the merge of the same request.
+  const std::string digest =
+      analysis ? "analyze-" + planned.digest : planned.digest;
+  std::optional<JobRecord> stale;
+  MS_ASSIGN_OR_RETURN(auto same, Reusable(tenant, digest, &stale));
+  if (same) return *same;
+  if (options_.quotas != nullptr && !analysis) {
+    MS_ASSIGN_OR_RETURN(Quota quota, options_.quotas->Get(tenant));
+    MS_ASSIGN_OR_RETURN(int64_t stored, StoredBytes(tenant));
+    MS_RETURN_IF_ERROR(CheckQuota(tenant, "max_stored_bytes",
+                                  quota.max_stored_bytes, stored,
+                                  planned.output_bytes));
+  }
+  MS_RETURN_IF_ERROR(CheckRoom(planned.memory, "merge"));
   JobRecord j;
   j.tenant = tenant;
   MS_ASSIGN_OR_RETURN(j.id, NewId());
@@ -192,33 +242,39 @@ absl::StatusOr<JobRecord> JobManager::SubmitKind(const std::string& kind,
   j.create_ms = NowMs();
   j.tensors_total = planned.tensors_total;
   if (!analysis) j.result_dir = options_.data_dir + "/results/" + digest;
-  auto plan = std::make_shared<PlannedMerge>(std::move(planned));
   {
     // Kept before the insert: a claim may come at once.
     std::lock_guard<std::mutex> lock(mu_);
     while (plans_.size() >= 64) plans_.erase(plans_.begin());
-    plans_[j.id] = plan;
+    plans_[j.id] = std::make_shared<PlannedMerge>(std::move(planned));
   }
-  // Inside the insert's transaction (the store's connection and an advisory
-  // lock are held) nothing touches the filesystem, which may be a slow
-  // shared volume: the job examined above is known stale, and one that
-  // another replica added meanwhile has just committed its result.
-  const std::string stale = same ? same->id : std::string();
-  MS_ASSIGN_OR_RETURN(
-      JobRecord stored,
-      store_->InsertUnlessSame(
-          j, [&stale](const JobRecord& found) { return found.id != stale; }));
-  if (stored.id != j.id) {
+  return Enqueue(std::move(j), stale);
+}
+
+absl::StatusOr<JobRecord> JobManager::SubmitWorkJob(WorkJobRequest request) {
+  MS_RETURN_IF_ERROR(Admit(request.tenant));
+  std::optional<JobRecord> stale;
+  MS_ASSIGN_OR_RETURN(auto same,
+                      Reusable(request.tenant, request.digest, &stale));
+  if (same) return *same;
+  MS_RETURN_IF_ERROR(CheckRoom(request.planned.memory, request.kind.c_str()));
+  JobRecord j;
+  j.tenant = request.tenant;
+  MS_ASSIGN_OR_RETURN(j.id, NewId());
+  j.state = JobState::kQueued;
+  j.config_yaml = std::move(request.config_yaml);
+  j.params = std::move(request.params);
+  j.method = std::move(request.method);
+  j.kind = request.kind;
+  j.request_digest = request.digest;
+  j.create_ms = NowMs();
+  {
     std::lock_guard<std::mutex> lock(mu_);
-    plans_.erase(j.id);
-    return stored;  // another replica inserted the same request just now
+    while (work_plans_.size() >= 64) work_plans_.erase(work_plans_.begin());
+    work_plans_[j.id] =
+        std::make_shared<PlannedWorkJob>(std::move(request.planned));
   }
-  dispatcher_->Wake();
-  LogEvent("job_queued", {{"job", j.id},
-                          {"tenant", tenant},
-                          {"method", j.method},
-                          {"request_digest", j.request_digest.substr(0, 16)}});
-  return j;
+  return Enqueue(std::move(j), stale);
 }
 
 std::shared_ptr<PlannedMerge> JobManager::TakePlan(const JobRecord& job) {
@@ -233,6 +289,26 @@ std::shared_ptr<PlannedMerge> JobManager::TakePlan(const JobRecord& job) {
     }
   }
   return nullptr;
+}
+
+absl::StatusOr<std::shared_ptr<PlannedWorkJob>> JobManager::TakeWorkPlan(
+    const JobRecord& job) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = work_plans_.find(job.id);
+    if (it != work_plans_.end()) {
+      auto plan = it->second;
+      work_plans_.erase(it);
+      if (job.attempt <= 1) return plan;
+    }
+  }
+  // Submitted to another replica, or an earlier attempt: plan again from
+  // the stored request.
+  absl::StatusOr<PlannedWorkJob> p = job.kind == kSweepJob
+                                         ? PlanSweepJob(*this, job)
+                                         : PlanEvaluationJob(*this, job);
+  if (!p.ok()) return p.status();
+  return std::make_shared<PlannedWorkJob>(*std::move(p));
 }
 
 void JobManager::Start(JobRecord job) {
@@ -256,8 +332,26 @@ void JobManager::Start(JobRecord job) {
     a.record.state = JobState::kQueued;
     a.record.start_ms = 0;  // set when a worker starts it
   }
-  std::shared_ptr<PlannedMerge> planned = TakePlan(job);
-  if (planned == nullptr) {
+  WorkItem item;
+  item.kind = job.kind;
+  item.label = id;
+  if (job.kind == kSweepJob || job.kind == kEvaluateJob) {
+    auto work = TakeWorkPlan(job);
+    if (!work.ok()) {
+      job.state = JobState::kFailed;
+      job.error_code = static_cast<int>(work.status().code());
+      job.error_message = std::string(work.status().message());
+      job.end_ms = NowMs();
+      Finish(std::move(job), StopReason::kNone);
+      return;
+    }
+    item.memory = (*work)->memory;
+    item.run = [this, id, w = *work](const std::atomic<bool>& cancelled) {
+      RunWorkJob(id, w, cancelled);
+    };
+  }
+  std::shared_ptr<PlannedMerge> planned = item.run ? nullptr : TakePlan(job);
+  if (!item.run && planned == nullptr) {
     // Submitted to another replica, or an earlier attempt: plan again from
     // the stored request (its inputs may have changed meanwhile).
     absl::Status s;
@@ -281,15 +375,15 @@ void JobManager::Start(JobRecord job) {
       return;
     }
   }
-  WorkItem item;
-  item.kind = job.kind;
-  item.label = id;
-  item.memory = planned->memory;
-  if (job.kind == kAnalyzeJob) {
+  if (item.run) {
+    // planned above
+  } else if (job.kind == kAnalyzeJob) {
+    item.memory = planned->memory;
     item.run = [this, id, planned](const std::atomic<bool>& cancelled) {
       RunAnalysis(id, planned, cancelled);
     };
   } else {
+    item.memory = planned->memory;
     item.run = [this, id, planned](const std::atomic<bool>& cancelled) {
       RunJob(id, planned, cancelled);
     };
@@ -530,30 +624,101 @@ void JobManager::RunAnalysis(const std::string& id,
   if (!MarkStarted(id)) return;
   const auto start = std::chrono::steady_clock::now();
   auto d = Analyze(std::move(*planned), &cancelled);
-  JobRecord done;
+  EndWithResult(
+      id, start,
+      d.ok() ? absl::StatusOr<std::string>(DiagnosticsToJson(*d)) : d.status());
+}
+
+void JobManager::EndWithResult(const std::string& id,
+                               std::chrono::steady_clock::time_point start,
+                               absl::StatusOr<std::string> result) {
+  std::optional<JobRecord> held = Held(id);
+  if (!held) return;
+  JobRecord done = *std::move(held);
   StopReason stop;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = active_.find(id);
-    if (it == active_.end()) return;
-    done = it->second.record;
-    stop = it->second.stop;
+    stop = it != active_.end() ? it->second.stop : StopReason::kNone;
   }
   done.end_ms = NowMs();
+  done.phase.clear();
   done.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
           .count();
-  if (d.ok()) {
+  if (result.ok()) {
     done.state = JobState::kSucceeded;
-    done.result = DiagnosticsToJson(*d);
+    done.result = *std::move(result);
     stop = StopReason::kNone;
   } else {
-    done.state = absl::IsCancelled(d.status()) ? JobState::kCancelled
-                                               : JobState::kFailed;
-    done.error_code = static_cast<int>(d.status().code());
-    done.error_message = std::string(d.status().message());
+    done.state = absl::IsCancelled(result.status()) ? JobState::kCancelled
+                                                    : JobState::kFailed;
+    done.error_code = static_cast<int>(result.status().code());
+    done.error_message = std::string(result.status().message());
   }
   Finish(std::move(done), stop);
+}
+
+std::optional<JobRecord> JobManager::Held(const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(id);
+  if (it == active_.end()) return std::nullopt;
+  return it->second.record;
+}
+
+void JobManager::RunWorkJob(const std::string& id,
+                            std::shared_ptr<PlannedWorkJob> planned,
+                            const std::atomic<bool>& cancelled) {
+  std::optional<JobRecord> started = MarkStarted(id);
+  if (!started) return;
+  const auto start = std::chrono::steady_clock::now();
+  JobContext ctx;
+  ctx.job = *started;
+  ctx.cancelled = &cancelled;
+  ctx.log = [this, id](const std::string& payload) -> absl::Status {
+    std::optional<JobRecord> holder = Held(id);
+    if (!holder) return absl::AbortedError("the job is no longer held here");
+    absl::StatusOr<int64_t> seq = store_->AppendEvent(*holder, payload);
+    if (absl::IsAborted(seq.status())) {
+      // Another replica took the job over: this run stops, writes nothing.
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = active_.find(id);
+      if (it != active_.end()) it->second.stop = StopReason::kLeaseLost;
+    }
+    MS_RETURN_IF_ERROR(seq.status());
+    Update(
+        id, [&](JobRecord& r) { r.events = std::max(r.events, *seq); }, true);
+    return absl::OkStatus();
+  };
+  auto last = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+  ctx.progress = [this, id, &last](const std::string& phase, int64_t done,
+                                   int64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    const bool changed = [&] {
+      auto r = Held(id);
+      return r && r->phase != phase;
+    }();
+    const bool notify =
+        changed || done == total || now - last > std::chrono::milliseconds(100);
+    if (notify) last = now;
+    Update(
+        id,
+        [&](JobRecord& r) {
+          r.phase = phase;
+          r.phase_done = done;
+          r.phase_total = total;
+        },
+        notify);
+  };
+  absl::StatusOr<std::string> result;
+  auto earlier = store_->Events(id, 0);
+  if (earlier.ok()) {
+    ctx.earlier = *std::move(earlier);
+    result = planned->run(ctx);
+  } else {
+    result = earlier.status();
+  }
+  EndWithResult(id, start, std::move(result));
 }
 
 void JobManager::Finish(JobRecord done, StopReason stop) {
@@ -801,6 +966,39 @@ absl::StatusOr<std::shared_ptr<JobManager::EndWait>> JobManager::FollowToEnd(
   return wait;
 }
 
+absl::StatusOr<std::shared_ptr<JobManager::EndWait>> JobManager::FollowEvents(
+    const std::string& tenant, const std::string& id, int64_t after,
+    EventListener on_event, Listener on_change, Listener on_end) {
+  // The log in the store is the one truth; records only say how far it
+  // goes. Pulls are serialised, so each event goes out once, in order.
+  struct Cursor {
+    std::mutex mu;
+    int64_t last = 0;
+  };
+  auto cursor = std::make_shared<Cursor>();
+  cursor->last = after;
+  auto pull = [this, id, cursor, on_event](int64_t upto) {
+    std::lock_guard<std::mutex> lock(cursor->mu);
+    if (upto <= cursor->last) return;
+    auto events = store_->Events(id, cursor->last);
+    if (!events.ok()) return;  // the next record pulls again
+    for (const JobLogEntry& e : *events) {
+      cursor->last = e.seq;
+      on_event(e);
+    }
+  };
+  return FollowToEnd(
+      tenant, id,
+      [pull, on_change](const JobRecord& r) {
+        if (on_change) on_change(r);
+        pull(r.events);
+      },
+      [pull, on_end](const JobRecord& r) {
+        pull(std::numeric_limits<int64_t>::max());
+        on_end(r);
+      });
+}
+
 void JobManager::PollRemote() {
   std::vector<std::string> ids;
   {
@@ -819,7 +1017,8 @@ void JobManager::PollRemote() {
       const JobRecord& was = it->second;
       if (was.state == now->state && was.tensors_done == now->tensors_done &&
           was.phase == now->phase && was.phase_done == now->phase_done &&
-          was.attempt == now->attempt && was.replica == now->replica) {
+          was.events == now->events && was.attempt == now->attempt &&
+          was.replica == now->replica) {
         continue;
       }
       if (IsFinal(now->state)) {

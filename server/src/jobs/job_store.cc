@@ -19,14 +19,15 @@ constexpr char kSummaryColumns[] =
     "start_ms, end_ms, tensors_done, tensors_total, error_code, "
     "error_message, files, result_bytes, seconds, result_dir, metrics, "
     "method, replica, attempt, lease_until_ms, cancel_requested, phase, "
-    "phase_done, phase_total, bytes_read, kind, '' AS result";
+    "phase_done, phase_total, bytes_read, kind, '' AS result, '' AS params, "
+    "events";
 constexpr char kColumns[] =
     "tenant, id, state, config_yaml, request_digest, create_ms, start_ms, "
     "end_ms, tensors_done, tensors_total, error_code, error_message, files, "
     "result_bytes, seconds, result_dir, metrics, method, replica, attempt, "
     "lease_until_ms, cancel_requested, phase, phase_done, phase_total, "
-    "bytes_read, kind, result";
-constexpr int kColumnCount = 28;
+    "bytes_read, kind, result, params, events";
+constexpr int kColumnCount = 30;
 
 int64_t Int(JobState s) { return static_cast<int64_t>(s); }
 
@@ -80,6 +81,8 @@ JobRecord FromRow(const SqlRow& r) {
   j.bytes_read = SqlInt(r[25]);
   j.kind = SqlString(r[26]);
   j.result = SqlString(r[27]);
+  j.params = SqlString(r[28]);
+  j.events = SqlInt(r[29]);
   return j;
 }
 
@@ -164,7 +167,8 @@ CREATE TABLE IF NOT EXISTS jobs (
               "request_digest);"
               "CREATE INDEX IF NOT EXISTS jobs_by_end ON jobs (end_ms);");
         }},
-       {3, "replicas and leases", [d] {
+       {3, "replicas and leases",
+        [d] {
           MS_RETURN_IF_ERROR(d->AddMissingColumns(
               "jobs", {{"replica", "TEXT NOT NULL DEFAULT ''"},
                        {"attempt", "BIGINT NOT NULL DEFAULT 0"},
@@ -184,6 +188,18 @@ CREATE TABLE IF NOT EXISTS jobs (
               "create_ms, id);"
               "CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, "
               "start_ms BIGINT NOT NULL, seen_ms BIGINT NOT NULL);");
+        }},
+       {4, "sweeps and evaluations as jobs", [d] {
+          // A job's parameters beyond its merge config, and its event log
+          // (sweep points, evaluated tasks) that streams on any replica
+          // replay and follow; `events` is the log's last sequence number.
+          MS_RETURN_IF_ERROR(d->AddMissingColumns(
+              "jobs", {{"params", "TEXT NOT NULL DEFAULT ''"},
+                       {"events", "BIGINT NOT NULL DEFAULT 0"}}));
+          return d->ExecScript(
+              "CREATE TABLE IF NOT EXISTS job_events (job_id TEXT NOT NULL, "
+              "seq BIGINT NOT NULL, attempt BIGINT NOT NULL, payload TEXT NOT "
+              "NULL, PRIMARY KEY (job_id, seq));");
         }}}));
   return s;
 }
@@ -234,7 +250,9 @@ absl::Status JobStore::Put(const JobRecord& r) {
                          r.phase_total,
                          r.bytes_read,
                          r.kind,
-                         r.result});
+                         r.result,
+                         r.params,
+                         r.events});
 }
 
 absl::StatusOr<JobRecord> JobStore::InsertUnlessSame(
@@ -428,6 +446,49 @@ absl::Status JobStore::CheckLease(const std::string& id,
   return absl::OkStatus();
 }
 
+absl::StatusOr<int64_t> JobStore::AppendEvent(const JobRecord& holder,
+                                              const std::string& payload) {
+  int64_t seq = 0;
+  MS_RETURN_IF_ERROR(db_->Transaction([&]() -> absl::Status {
+    // Fenced like every write of a running job; the row lock (PostgreSQL)
+    // or the write lock (SQLite) orders the log.
+    MS_ASSIGN_OR_RETURN(
+        auto rows,
+        db_->Query(
+            "UPDATE jobs SET events = events + 1 WHERE id = ? AND "
+            "replica = ? AND attempt = ? AND state = ? RETURNING events",
+            {holder.id, holder.replica, static_cast<int64_t>(holder.attempt),
+             Int(JobState::kRunning)}));
+    if (rows.empty()) {
+      return absl::AbortedError(
+          absl::StrCat("job '", holder.id, "': replica '", holder.replica,
+                       "' no longer holds attempt ", holder.attempt,
+                       "; its event is not recorded"));
+    }
+    seq = SqlInt(rows[0][0]);
+    MS_RETURN_IF_ERROR(db_->Exec(
+        "INSERT INTO job_events (job_id, seq, attempt, payload) VALUES (?, ?, "
+        "?, ?)",
+        {holder.id, seq, static_cast<int64_t>(holder.attempt), payload}));
+    return db_->Notify(kChannel, "job:" + holder.id);
+  }));
+  return seq;
+}
+
+absl::StatusOr<std::vector<JobLogEntry>> JobStore::Events(const std::string& id,
+                                                          int64_t after) const {
+  MS_ASSIGN_OR_RETURN(auto rows,
+                      db_->Query("SELECT seq, attempt, payload FROM job_events "
+                                 "WHERE job_id = ? AND seq > ? ORDER BY seq",
+                                 {id, after}));
+  std::vector<JobLogEntry> out;
+  for (const SqlRow& r : rows) {
+    out.push_back(
+        {SqlInt(r[0]), static_cast<int>(SqlInt(r[1])), SqlString(r[2])});
+  }
+  return out;
+}
+
 absl::Status JobStore::Release(const std::string& id,
                                const std::string& replica, int attempt) {
   // A cancel asked for meanwhile ends the job instead.
@@ -595,9 +656,14 @@ absl::StatusOr<Page<JobRecord>> JobStore::List(const std::string& tenant,
 
 absl::Status JobStore::Delete(const std::string& tenant,
                               const std::string& id) {
-  MS_ASSIGN_OR_RETURN(
-      int64_t n, db_->ExecCount("DELETE FROM jobs WHERE id = ? AND tenant = ?",
-                                {id, tenant}));
+  int64_t n = 0;
+  MS_RETURN_IF_ERROR(db_->Transaction([&]() -> absl::Status {
+    MS_ASSIGN_OR_RETURN(
+        n, db_->ExecCount("DELETE FROM jobs WHERE id = ? AND tenant = ?",
+                          {id, tenant}));
+    if (n == 0) return absl::OkStatus();
+    return db_->Exec("DELETE FROM job_events WHERE job_id = ?", {id});
+  }));
   if (n == 0) return NotFound(id);
   return absl::OkStatus();
 }

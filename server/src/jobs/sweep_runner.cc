@@ -9,6 +9,7 @@
 #include "mergeserve/base/errors.h"
 #include "mergeserve/base/log.h"
 #include "mergeserve/base/secure_random.h"
+#include "mergeserve/base/sha256.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/base/temp_tag.h"
 #include "mergeserve/engine/executor.h"
@@ -86,23 +87,30 @@ EvalTarget TargetOf(const MergeRequest& request, const SweepOptions& options,
 
 }  // namespace
 
-absl::StatusOr<int64_t> PlanSweep(JobManager& jobs, const MergeRequest& request,
-                                  const SweepGrid& grid,
-                                  const SweepOptions& options) {
-  MS_RETURN_IF_ERROR(CheckGrid(request.config, grid).status());
+absl::StatusOr<SweepPlan> PlanSweep(JobManager& jobs,
+                                    const MergeRequest& request,
+                                    const SweepGrid& grid,
+                                    const SweepOptions& options) {
+  SweepPlan out;
+  MS_ASSIGN_OR_RETURN(const size_t points, CheckGrid(request.config, grid));
+  out.points = static_cast<int64_t>(points);
   // Validate the whole request (and its memory) before the first point.
   MS_ASSIGN_OR_RETURN(
       PlannedMerge planned,
       PlanMerge(request, *jobs.registry(), jobs.options().threads_per_job));
   TaskEvaluator evaluator(jobs.registry(), jobs.options().device);
-  MS_ASSIGN_OR_RETURN(auto heads,
-                      evaluator.Plan(TargetOf(request, options, "")));
+  const EvalTarget target = TargetOf(request, options, "");
+  MS_ASSIGN_OR_RETURN(auto heads, evaluator.Plan(target));
   std::vector<std::string> names;
   for (const auto& [task, head] : heads) names.push_back(head);
   MS_ASSIGN_OR_RETURN(
       int64_t eval_memory,
       EstimateEvaluationMemory(*jobs.registry(), request.tenant, names));
-  return std::max(planned.memory, eval_memory);
+  out.memory = std::max(planned.memory, eval_memory);
+  MS_ASSIGN_OR_RETURN(std::string eval_lines, evaluator.DigestLines(target));
+  out.digest =
+      Sha256Hex(absl::StrCat("merge ", planned.digest, "\n", eval_lines));
+  return out;
 }
 
 absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
@@ -128,6 +136,17 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
     if (options.cancelled && options.cancelled->load()) {
       return absl::CancelledError("sweep cancelled");
     }
+    auto finished = options.done.find(static_cast<int>(index));
+    if (finished != options.done.end()) {
+      // Logged by an earlier run: its numbers stand.
+      const SweepPoint& p = finished->second;
+      if (summary.best_index < 0 ||
+          p.mean_accuracy > summary.best.mean_accuracy) {
+        summary.best_index = p.index;
+        summary.best = p;
+      }
+      continue;
+    }
     SweepPoint point;
     point.index = static_cast<int>(index);
     MergeConfig c = config;
@@ -152,8 +171,10 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
       }
     }
     point.values = values;
+    const auto npoints = static_cast<int64_t>(points);
     if (options.on_phase) {
-      options.on_phase(absl::StrCat("point ", point.index, ": merge"));
+      options.on_phase(absl::StrCat("point ", point.index, ": merge"),
+                       static_cast<int64_t>(index), npoints);
     }
     auto t0 = std::chrono::steady_clock::now();
     MS_ASSIGN_OR_RETURN(
@@ -162,7 +183,8 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
             request.tenant, c, options.cancelled,
             [&](const std::string& phase, int64_t done, int64_t total) {
               if (options.on_phase && done == total) {
-                options.on_phase(absl::StrCat(phase, " done"));
+                options.on_phase(absl::StrCat(phase, " done"),
+                                 static_cast<int64_t>(index), npoints);
               }
             },
             /*measure_interference=*/false));
@@ -178,6 +200,10 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
     absl::Status merged = RunMerge(prepared.config, mo).status();
     point.merge_seconds = Since(t0);
     if (merged.ok()) {
+      if (options.on_phase) {
+        options.on_phase(absl::StrCat("point ", point.index, ": evaluate"),
+                         static_cast<int64_t>(index), npoints);
+      }
       t0 = std::chrono::steady_clock::now();
       auto tasks = evaluator.Run(target);
       if (tasks.ok()) {
@@ -196,7 +222,7 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
       summary.best_index = point.index;
       summary.best = point;
     }
-    if (options.on_point) options.on_point(point);
+    if (options.on_point) MS_RETURN_IF_ERROR(options.on_point(point));
   }
   const CacheStats cache_after = jobs.cache_stats();
   summary.trim_cache_hits = cache_after.hits - cache_before.hits;

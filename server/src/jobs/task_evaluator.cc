@@ -15,6 +15,27 @@ bool Runnable(const CheckpointRecord& c, const std::string& task) {
   return c.task == task && !c.program.empty();
 }
 
+// The task's newest dataset of `role`, else its newest eval dataset.
+absl::StatusOr<DatasetRecord> TaskData(const CheckpointRegistry& registry,
+                                       const std::string& tenant,
+                                       const std::string& task,
+                                       DatasetRole role) {
+  MS_ASSIGN_OR_RETURN(auto datasets, registry.ListDatasets(tenant, task, {}));
+  const DatasetRecord* data = nullptr;
+  for (DatasetRole r : {role, DatasetRole::kEval}) {
+    for (const DatasetRecord& d : datasets.items) {
+      if (d.role == r) data = &d;  // the newest
+    }
+    if (data != nullptr) break;
+  }
+  if (data == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "task '", task, "' has no ", DatasetRoleName(role),
+        " dataset (mergectl dataset NAME FILE --task ", task, " --role eval)"));
+  }
+  return *data;
+}
+
 }  // namespace
 
 std::string MergedTensorsRegex(const MergeConfig& config) {
@@ -22,6 +43,28 @@ std::string MergedTensorsRegex(const MergeConfig& config) {
   if (it == config.parameters.end()) return "";
   auto s = it->second.AsString("merge_tensors");
   return s.ok() ? *s : "";
+}
+
+nlohmann::json TaskMetricsToJson(const TaskMetrics& m) {
+  return {
+      {"task", m.task},         {"dataset", m.dataset},
+      {"head", m.head},         {"examples", m.examples},
+      {"accuracy", m.accuracy}, {"mean_cross_entropy", m.mean_cross_entropy}};
+}
+
+absl::StatusOr<TaskMetrics> TaskMetricsFromJson(const nlohmann::json& j) {
+  if (!j.is_object() || !j.contains("task")) {
+    return absl::DataLossError(
+        "a task's metrics in the job log are unreadable");
+  }
+  TaskMetrics m;
+  m.task = j.value("task", "");
+  m.dataset = j.value("dataset", "");
+  m.head = j.value("head", "");
+  m.examples = j.value("examples", int64_t{0});
+  m.accuracy = j.value("accuracy", 0.0);
+  m.mean_cross_entropy = j.value("mean_cross_entropy", 0.0);
+  return m;
 }
 
 double MeanAccuracy(const std::vector<TaskMetrics>& tasks) {
@@ -87,33 +130,46 @@ TaskEvaluator::Plan(const EvalTarget& target) const {
   return plan;
 }
 
+absl::StatusOr<std::string> TaskEvaluator::DigestLines(
+    const EvalTarget& target) const {
+  MS_ASSIGN_OR_RETURN(auto plan, Plan(target));
+  std::string lines = absl::StrCat("role ", DatasetRoleName(target.role),
+                                   " merged ", target.merged_regex, "\n");
+  for (const auto& [task, head_name] : plan) {
+    MS_ASSIGN_OR_RETURN(CheckpointRecord head,
+                        registry_->Get(target.tenant, head_name, false));
+    MS_ASSIGN_OR_RETURN(DatasetRecord data,
+                        TaskData(*registry_, target.tenant, task, target.role));
+    absl::StrAppend(&lines, "task ", task, " head ", head.name, " ",
+                    head.content_digest, " program ", head.program, " data ",
+                    data.name, " ", data.content_digest, "\n");
+  }
+  return lines;
+}
+
 absl::StatusOr<std::vector<TaskMetrics>> TaskEvaluator::Run(
     const EvalTarget& target,
     const std::function<void(const std::string&, int64_t, int64_t)>& progress,
-    const std::function<void(const TaskMetrics&)>& on_task) const {
+    const std::function<absl::Status(const TaskMetrics&)>& on_task) const {
   MS_ASSIGN_OR_RETURN(auto plan, Plan(target));
   MS_ASSIGN_OR_RETURN(auto weights, ModelFolder::Open(target.weights_dir,
                                                       target.weights_check));
   std::vector<TaskMetrics> out;
   for (const auto& [task, head_name] : plan) {
+    const TaskMetrics* earlier = nullptr;
+    for (const TaskMetrics& m : target.done) {
+      if (m.task == task && m.head == head_name) earlier = &m;
+    }
+    if (earlier != nullptr) {
+      out.push_back(*earlier);
+      continue;
+    }
     if (target.cancelled != nullptr && target.cancelled->load()) {
       return absl::CancelledError("evaluation cancelled");
     }
-    MS_ASSIGN_OR_RETURN(auto datasets,
-                        registry_->ListDatasets(target.tenant, task, {}));
-    const DatasetRecord* data = nullptr;
-    for (DatasetRole role : {target.role, DatasetRole::kEval}) {
-      for (const DatasetRecord& d : datasets.items) {
-        if (d.role == role) data = &d;  // the newest
-      }
-      if (data != nullptr) break;
-    }
-    if (data == nullptr) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "task '", task, "' has no ", DatasetRoleName(target.role),
-          " dataset (mergectl dataset NAME FILE --task ", task,
-          " --role eval)"));
-    }
+    MS_ASSIGN_OR_RETURN(DatasetRecord dataset,
+                        TaskData(*registry_, target.tenant, task, target.role));
+    const DatasetRecord* data = &dataset;
     MS_ASSIGN_OR_RETURN(CheckpointRecord head,
                         registry_->Get(target.tenant, head_name, false));
     MS_ASSIGN_OR_RETURN(auto ev,
@@ -157,7 +213,7 @@ absl::StatusOr<std::vector<TaskMetrics>> TaskEvaluator::Run(
                             target.max_examples));
     TaskMetrics m{task,       data->name, head.name,
                   r.examples, r.accuracy, r.mean_cross_entropy};
-    if (on_task) on_task(m);
+    if (on_task) MS_RETURN_IF_ERROR(on_task(m));
     out.push_back(m);
   }
   return out;

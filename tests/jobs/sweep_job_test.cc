@@ -1,0 +1,160 @@
+// Sweeps as jobs on the digits zoo: content-addressed, their points logged
+// and followed to the summary, and a later attempt resuming after the
+// points an earlier one logged.
+#include "mergeserve/jobs/sweep_job.h"
+
+#include <mutex>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "jobs/digits_zoo_fixture.h"
+
+namespace mergeserve {
+namespace {
+
+using SweepJobTest = DigitsZooTest;
+
+// Follows a job to its end: the events it logged (from `after` on) and its
+// final record.
+struct Followed {
+  std::vector<JobLogEntry> events;
+  JobRecord end;
+};
+
+Followed FollowToTheEnd(JobManager& jobs, const std::string& id) {
+  std::mutex mu;
+  std::condition_variable cv;
+  Followed out;
+  bool ended = false;
+  auto wait = jobs.FollowEvents(
+      kDefaultTenant, id, 0,
+      [&](const JobLogEntry& e) {
+        std::lock_guard<std::mutex> lock(mu);
+        out.events.push_back(e);
+      },
+      nullptr,
+      [&](const JobRecord& r) {
+        std::lock_guard<std::mutex> lock(mu);
+        out.end = r;
+        ended = true;
+        cv.notify_all();
+      });
+  EXPECT_TRUE(wait.ok()) << wait.status();
+  std::unique_lock<std::mutex> lock(mu);
+  EXPECT_TRUE(
+      cv.wait_for(lock, std::chrono::minutes(5), [&] { return ended; }));
+  return out;
+}
+
+TEST_F(SweepJobTest, ASweepIsAJobWhosePointsAreLoggedAndFollowedToItsSummary) {
+  SweepParams params;
+  params.grid = {{"lambda", {0.5, 1.0}}, {"density", {0.2, 0.6}}};
+  params.max_examples = 64;
+  const std::string yaml = Yaml("ties", "");
+  auto job = SubmitSweep(*jobs_, testing::Request(yaml), params);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->kind, kSweepJob);
+  EXPECT_EQ(job->method, "ties");
+  // The same request is the same job, while it runs and after.
+  auto again = SubmitSweep(*jobs_, testing::Request(yaml), params);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->id, job->id);
+  Followed f = FollowToTheEnd(*jobs_, job->id);
+  ASSERT_EQ(f.end.state, JobState::kSucceeded) << f.end.error_message;
+  ASSERT_EQ(f.events.size(), 4u);
+  std::vector<SweepPoint> points;
+  for (size_t i = 0; i < f.events.size(); ++i) {
+    EXPECT_EQ(f.events[i].seq, static_cast<int64_t>(i + 1));
+    auto p = SweepPointFromJson(f.events[i].payload);
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_EQ(p->index, static_cast<int>(i));
+    EXPECT_EQ(p->tasks.size(), 4u);
+    points.push_back(*p);
+  }
+  EXPECT_EQ(points[1].values[1],
+            (std::pair<std::string, double>{"density", 0.6}));
+  auto summary = SweepSummaryFromJson(f.end.result);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  double best = 0;
+  for (const SweepPoint& p : points) best = std::max(best, p.mean_accuracy);
+  EXPECT_EQ(summary->best.mean_accuracy, best);
+  EXPECT_EQ(summary->best.values, points[summary->best_index].values);
+  auto after = SubmitSweep(*jobs_, testing::Request(yaml), params);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->id, job->id);
+  EXPECT_EQ(after->state, JobState::kSucceeded);
+  // A different grid is another sweep.
+  params.grid[0].values = {0.7};
+  auto other = SubmitSweep(*jobs_, testing::Request(yaml), params);
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(other->id, job->id);
+  ASSERT_TRUE(jobs_->Cancel(kDefaultTenant, other->id).ok());
+
+  // A later attempt resumes: the points an earlier one logged stand as
+  // they are (here one made to look best), the rest are run and logged.
+  JobRecord stored = *jobs_->Get(kDefaultTenant, job->id);
+  stored.attempt = 2;
+  auto planned = PlanSweepJob(*jobs_, stored);
+  ASSERT_TRUE(planned.ok()) << planned.status();
+  SweepPoint forged = points[1];
+  forged.mean_accuracy = 2.0;
+  JobContext ctx;
+  ctx.job = stored;
+  ctx.earlier = {f.events[0], {2, 1, SweepPointToJson(forged)}};
+  std::vector<int> logged;
+  ctx.log = [&](const std::string& payload) {
+    logged.push_back(SweepPointFromJson(payload)->index);
+    return absl::OkStatus();
+  };
+  ctx.progress = [](const std::string&, int64_t, int64_t) {};
+  auto result = planned->run(ctx);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(logged, (std::vector<int>{2, 3}));
+  auto resumed = SweepSummaryFromJson(*result);
+  ASSERT_TRUE(resumed.ok());
+  EXPECT_EQ(resumed->best_index, 1);
+  EXPECT_EQ(resumed->best.mean_accuracy, 2.0);
+  // A log the run cannot write to (the lease was lost) stops it.
+  ctx.earlier.clear();
+  ctx.log = [](const std::string&) {
+    return absl::AbortedError("replica 'a' no longer holds attempt 2");
+  };
+  EXPECT_EQ(planned->run(ctx).status().code(), absl::StatusCode::kAborted);
+}
+
+TEST_F(SweepJobTest, BadGridsAreRefusedBeforeAnythingIsQueued) {
+  SweepParams params;
+  params.grid = {{"nonsense", {1}}};
+  auto job = SubmitSweep(*jobs_, testing::Request(Yaml("ties", "")), params);
+  EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(job.status().message()),
+              ::testing::HasSubstr("'nonsense'"));
+  params.grid = {{"lambda", {0.5}}};
+  params.tasks = {"no-such-task"};
+  job = SubmitSweep(*jobs_, testing::Request(Yaml("ties", "")), params);
+  EXPECT_EQ(job.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto listed = jobs_->List(kDefaultTenant, std::nullopt, {});
+  ASSERT_TRUE(listed.ok());
+  EXPECT_TRUE(listed->items.empty());
+}
+
+TEST(SweepJobCodecTest, ParamsPointsAndSummariesRoundTripAndBadTextIsNamed) {
+  SweepParams p;
+  p.grid = {{"lambda", {0.1, 1.0 / 3}}, {"weight@mod3", {2}}};
+  p.tasks = {"parity"};
+  p.max_examples = 7;
+  auto back = SweepParamsFromJson(SweepParamsToJson(p));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->grid[0].values, p.grid[0].values);  // exact doubles
+  EXPECT_EQ(back->grid[1].parameter, "weight@mod3");
+  EXPECT_EQ(back->tasks, p.tasks);
+  EXPECT_EQ(back->max_examples, 7);
+  EXPECT_EQ(SweepParamsFromJson("{").status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(
+      SweepPointFromJson(R"({"index":0,"values":[[1,2]]})").status().code(),
+      absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace mergeserve
