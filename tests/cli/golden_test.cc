@@ -1,17 +1,32 @@
 // Every worked case in ../shared/spec/golden through `mergeserve merge`,
 // compared with the authors' results at the spec's tolerance: fp32 within
-// 1e-5 of the tensor's scale, bf16 bit-exact or one ulp.
+// 1e-5 of the tensor's scale, bf16 bit-exact or one ulp. Then the cases of
+// ../shared/spec/golden-mergekit this release runs, each at the tolerance
+// its tolerance.json states.
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
 
 #include "gtest/gtest.h"
 #include "mergeserve/format/model_folder.h"
+#include "nlohmann/json.hpp"
 #include "test_util.h"
 
 namespace mergeserve {
 namespace {
 namespace fs = std::filesystem;
+
+// `mergeserve merge CONFIG OUT` on a backend; true when it succeeded.
+bool MergeCase(const fs::path& config, const std::string& out,
+               const char* backend) {
+  const std::string cmd =
+      std::string(MERGESERVE_BINARY) + " merge " + config.string() + " " + out +
+      " --overwrite --quiet --backend " + backend + " > /dev/null";
+  return std::system(cmd.c_str()) == 0;
+}
 
 std::vector<std::string> GoldenCases() {
   std::vector<std::string> cases;
@@ -37,11 +52,8 @@ TEST_P(GoldenCaseTest, MatchesExpected) {
   const fs::path dir = fs::path(MERGESERVE_GOLDEN_DIR) / GetParam();
   const std::string out = testing::TempDir("golden") + "/out";
   for (const char* backend : {"fused", "aten"}) {
-    const std::string cmd = std::string(MERGESERVE_BINARY) + " merge " +
-                            (dir / "config.yaml").string() + " " + out +
-                            " --overwrite --quiet --backend " + backend +
-                            " > /dev/null";
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    ASSERT_TRUE(MergeCase(dir / "config.yaml", out, backend))
+        << GetParam() << " " << backend;
     auto expected_folder = ModelFolder::Open((dir / "expected").string());
     ASSERT_TRUE(expected_folder.ok());
     const auto got = testing::ReadModel(out);
@@ -73,6 +85,90 @@ INSTANTIATE_TEST_SUITE_P(Spec, GoldenCaseTest,
                            return i.param;
                          });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenCaseTest);
+
+// golden-mergekit: what this release does not run yet, and why. Every case
+// of the folder is either run below or named here.
+const std::map<std::string, std::string>& MergekitNotYet() {
+  static const auto* kNotYet = new std::map<std::string, std::string>{
+      {"lora", "model+lora adapters are not applied yet"},
+      {"multi_stage", "several merges in one file are not read yet"},
+      {"passthrough_slices", "slices and passthrough are not read yet"},
+      {"pytorch_bin", "pytorch_model.bin checkpoints are not read yet"},
+      {"slerp_slices", "slices are not read yet"},
+      {"tokenizer_base", "tokenizer merges are not written yet"},
+      {"tokenizer_tokens", "tokenizer merges are not written yet"},
+      {"tokenizer_union", "tokenizer merges are not written yet"},
+  };
+  return *kNotYet;
+}
+
+std::vector<std::string> MergekitCases(bool runnable) {
+  std::vector<std::string> cases;
+  std::error_code ec;
+  for (const auto& e :
+       fs::directory_iterator(MERGESERVE_GOLDEN_MERGEKIT_DIR, ec)) {
+    const std::string name = e.path().filename();
+    if (fs::exists(e.path() / "config.yaml") &&
+        (MergekitNotYet().count(name) == 0) == runnable) {
+      cases.push_back(name);
+    }
+  }
+  std::sort(cases.begin(), cases.end());
+  return cases;
+}
+
+TEST(MergekitGoldenTest, EveryCaseIsRunOrNamedWithWhatIsMissing) {
+  const auto run = MergekitCases(true), not_yet = MergekitCases(false);
+  EXPECT_EQ(run.size() + not_yet.size(), 18u)
+      << "golden-mergekit cases not found under "
+      << MERGESERVE_GOLDEN_MERGEKIT_DIR;
+  // A name in the list that is no case is a stale list.
+  EXPECT_EQ(not_yet.size(), MergekitNotYet().size());
+  EXPECT_GE(run.size(), 10u);
+}
+
+class MergekitGoldenCaseTest : public ::testing::TestWithParam<std::string> {};
+
+// The measure the cases' tolerance.json names: per tensor,
+// max|actual − expected| / max|expected|.
+TEST_P(MergekitGoldenCaseTest, MatchesMergekitsMath) {
+  const fs::path dir = fs::path(MERGESERVE_GOLDEN_MERGEKIT_DIR) / GetParam();
+  std::ifstream tf(dir / "tolerance.json");
+  const auto tolerance = nlohmann::json::parse(tf, nullptr, false);
+  ASSERT_TRUE(tolerance.is_object()) << dir / "tolerance.json";
+  const double rel_tol = tolerance.value("rel_tol", 0.0);
+  ASSERT_GT(rel_tol, 0);
+  const std::string out = testing::TempDir("golden-mergekit") + "/out";
+  for (const char* backend : {"fused", "aten"}) {
+    ASSERT_TRUE(MergeCase(dir / "config.yaml", out, backend))
+        << GetParam() << " " << backend;
+    const auto got = testing::ReadModel(out);
+    const auto expected = testing::ReadModel((dir / "expected").string());
+    std::set<std::string> got_names, want_names;
+    for (const auto& [name, v] : got) got_names.insert(name);
+    for (const auto& [name, v] : expected) want_names.insert(name);
+    ASSERT_EQ(got_names, want_names) << GetParam();
+    for (const auto& [name, want] : expected) {
+      const auto& have = got.at(name);
+      ASSERT_EQ(have.size(), want.size()) << name;
+      double scale = 0, worst = 0;
+      for (size_t j = 0; j < want.size(); ++j) {
+        scale = std::max(scale, std::fabs(static_cast<double>(want[j])));
+        worst = std::max(worst, std::fabs(static_cast<double>(have[j]) -
+                                          static_cast<double>(want[j])));
+      }
+      EXPECT_LE(worst, rel_tol * std::max(scale, 1e-30))
+          << GetParam() << " " << backend << " " << name;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(SpecMergekit, MergekitGoldenCaseTest,
+                         ::testing::ValuesIn(MergekitCases(true)),
+                         [](const ::testing::TestParamInfo<std::string>& i) {
+                           return i.param;
+                         });
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(MergekitGoldenCaseTest);
 
 }  // namespace
 }  // namespace mergeserve

@@ -44,6 +44,10 @@ class ParamValue {
   // [0, 1]; filter lists pick the first entry whose filter occurs in the name
   // (an entry without filter is the default). `key` only names the parameter
   // in errors.
+  // Like ResolveNumber, but a filter list that matches nothing gives no
+  // value (the lookup falls through to the next level) instead of an error.
+  absl::StatusOr<std::optional<double>> TryResolveNumber(
+      const std::string& key, const std::string& tensor_name, double t) const;
   absl::StatusOr<double> ResolveNumber(const std::string& key,
                                        const std::string& tensor_name,
                                        double t) const;

@@ -22,7 +22,9 @@ const std::set<std::string>& KnownParameters() {
   static const auto* kKeys = new std::set<std::string>{
       // mergekit
       "weight", "density", "gamma", "epsilon", "fisher", "gram", "normalize",
-      "lambda", "rescale", "int8_mask", "t", "filter_wise",
+      "lambda", "rescale", "int8_mask", "t", "filter_wise", "nuslerp_flatten",
+      "nuslerp_row_wise", "normalize_weights", "eps", "max_iter", "tol",
+      "select_topk",
       // extensions
       "semantics", "trim_scope", "keep", "sign_weighted", "consensus",
       "zero_sign", "divisor", "rescale_mode", "seed", "fisher_floor", "alpha",

@@ -240,9 +240,23 @@ bool MergePlan::Has(const std::string& key) const {
 absl::StatusOr<double> MergePlan::Number(const std::string& key, int model,
                                          const PlannedTensor& t,
                                          double fallback) const {
-  const ParamValue* v = Find(key, model);
-  if (v == nullptr) return fallback;
-  return v->ResolveNumber(key, t.name, t.layer_t);
+  // Per model, then global, then the method's default; a filter list that
+  // matches nothing at one level falls through to the next (mergekit's
+  // ConfigReader.parameter).
+  if (model >= 0) {
+    const auto& p = models_[static_cast<size_t>(model)].parameters;
+    auto it = p.find(key);
+    if (it != p.end()) {
+      MS_ASSIGN_OR_RETURN(std::optional<double> v,
+                          it->second.TryResolveNumber(key, t.name, t.layer_t));
+      if (v) return *v;
+    }
+  }
+  auto it = config_.parameters.find(key);
+  if (it == config_.parameters.end()) return fallback;
+  MS_ASSIGN_OR_RETURN(std::optional<double> v,
+                      it->second.TryResolveNumber(key, t.name, t.layer_t));
+  return v ? *v : fallback;
 }
 
 absl::StatusOr<double> MergePlan::GlobalNumber(const std::string& key,

@@ -31,6 +31,24 @@ const std::vector<MethodInfo>& AllMethods() {
       {"regmean",
        "closed-form regression mean (Grams from the server or client)",
        NewRegMeanMethod},
+      {"nuslerp",
+       "slerp of two models (or task vectors) by weight, per "
+       "tensor, row or column",
+       NewNuSlerpMethod},
+      {"multislerp",
+       "spherical barycentre of several models (or task "
+       "vectors)",
+       NewMultiSlerpMethod},
+      {"karcher", "Riemannian mean of the models on the sphere",
+       NewKarcherMethod},
+      {"sce",
+       "select by variance, weight by mean square, erase sign "
+       "conflicts",
+       NewSceMethod},
+      {"nearswap", "take the model's value where it is within t of the base",
+       NewNearSwapMethod},
+      {"arcee_fusion", "take the model's entries of outlying importance",
+       NewArceeFusionMethod},
   };
   return *kMethods;
 }

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "mergeserve/base/status_macros.h"
 
 namespace mergeserve {
 
@@ -28,17 +29,34 @@ absl::StatusOr<double> ParamValue::ResolveNumber(const std::string& key,
     return InterpolateGradient(g->points, t);
   }
   if (const auto* f = std::get_if<FilterList>(&v_)) {
-    for (const auto& e : *f) {
-      if (!e.filter || tensor_name.find(*e.filter) != std::string::npos) {
-        return e.value[0].ResolveNumber(key, tensor_name, t);
-      }
-    }
+    MS_ASSIGN_OR_RETURN(std::optional<double> v,
+                        TryResolveNumber(key, tensor_name, t));
+    if (v) return *v;
     return absl::InvalidArgumentError(
         absl::StrCat("parameter '", key, "': no filter matches tensor '",
                      tensor_name, "' and there is no default entry"));
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "parameter '", key, "' must be a number, got ", DebugString()));
+}
+
+absl::StatusOr<std::optional<double>> ParamValue::TryResolveNumber(
+    const std::string& key, const std::string& tensor_name, double t) const {
+  if (const auto* f = std::get_if<FilterList>(&v_)) {
+    // First match wins; no filter or "*" matches every tensor (mergekit's
+    // ConfigReader).
+    for (const auto& e : *f) {
+      if (!e.filter || *e.filter == "*" ||
+          tensor_name.find(*e.filter) != std::string::npos) {
+        MS_ASSIGN_OR_RETURN(double v,
+                            e.value[0].ResolveNumber(key, tensor_name, t));
+        return std::optional<double>(v);
+      }
+    }
+    return std::optional<double>();
+  }
+  MS_ASSIGN_OR_RETURN(double v, ResolveNumber(key, tensor_name, t));
+  return std::optional<double>(v);
 }
 
 absl::StatusOr<bool> ParamValue::AsBool(const std::string& key) const {

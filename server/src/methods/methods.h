@@ -21,6 +21,12 @@ std::unique_ptr<MergeMethod> NewSlerpMethod();
 std::unique_ptr<MergeMethod> NewModelStockMethod();
 std::unique_ptr<MergeMethod> NewFisherMethod();
 std::unique_ptr<MergeMethod> NewRegMeanMethod();
+std::unique_ptr<MergeMethod> NewNuSlerpMethod();
+std::unique_ptr<MergeMethod> NewMultiSlerpMethod();
+std::unique_ptr<MergeMethod> NewKarcherMethod();
+std::unique_ptr<MergeMethod> NewNearSwapMethod();
+std::unique_ptr<MergeMethod> NewArceeFusionMethod();
+std::unique_ptr<MergeMethod> NewSceMethod();
 
 }  // namespace mergeserve
 

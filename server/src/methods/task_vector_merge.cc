@@ -335,15 +335,17 @@ absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
                                                   {"count", Divisor::kCount},
                                                   {"none", Divisor::kNone}}));
   // Rescaling of what survives a random drop: 1/p by default (DARE paper,
-  // PEFT); mergekit's boolean `rescale` means L1-norm matching.
+  // PEFT); mergekit's boolean `rescale` means L1-norm matching, and applies
+  // to magnitude trims too (mergekit's `magnitude` and `magnitude_outliers`
+  // hand it to rescaled_masked_tensor), where it is off unless asked for.
   Rescale rescale = Rescale::kNone;
   if (o.sparsify == Sparsify::kRandom ||
       o.sparsify == Sparsify::kRankSampling) {
     rescale = Rescale::kInverse;
-    if (plan.Has("rescale")) {
-      MS_ASSIGN_OR_RETURN(bool r, plan.Bool("rescale", true));
-      rescale = r ? Rescale::kL1 : Rescale::kNone;
-    }
+  }
+  if (o.sparsify != Sparsify::kNone && plan.Has("rescale")) {
+    MS_ASSIGN_OR_RETURN(bool r, plan.Bool("rescale", true));
+    rescale = r ? Rescale::kL1 : Rescale::kNone;
   }
   MS_ASSIGN_OR_RETURN(o.rescale,
                       Choose<Rescale>(plan, "rescale_mode", rescale,

@@ -1,0 +1,129 @@
+// The methods that came from mergekit's vocabulary (nuslerp, multislerp,
+// karcher, sce, nearswap, arcee_fusion) on hand-computed cases and their
+// errors; golden_test pins them on the spec's worked cases.
+#include <cmath>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "test_util.h"
+
+namespace mergeserve {
+namespace {
+using ::testing::FloatNear;
+using ::testing::HasSubstr;
+using ::testing::Pointwise;
+using testing::TempDir;
+
+TEST(NuSlerpTest, WeightsGiveTAndRowsOrColumnsAreSlerpedApart) {
+  const std::string dir = TempDir("nuslerp");
+  // Row 0 of a and b are orthogonal, row 1 equal.
+  testing::WriteModel(dir + "/a", {{"w", {{2, 2}, {1, 0, 1, 1}}}});
+  testing::WriteModel(dir + "/b", {{"w", {{2, 2}, {0, 1, 1, 1}}}});
+  auto rows = testing::Merge(
+      dir,
+      "merge_method: nuslerp\nmodels:\n  - model: a\n    parameters: "
+      "{weight: 1}\n  - model: b\n    parameters: {weight: 1}\n"
+      "parameters: {nuslerp_flatten: false}\n");
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  const float s = static_cast<float>(std::sin(M_PI / 4));
+  EXPECT_THAT((*rows)["w"],
+              Pointwise(FloatNear(1e-6), std::vector<float>{s, s, 1, 1}));
+  // A missing weight is named with its model.
+  auto missing = testing::Merge(
+      dir, "merge_method: nuslerp\nmodels:\n  - model: a\n  - model: b\n");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(missing.status().message()),
+              HasSubstr("needs parameter 'weight' for model 'a'"));
+}
+
+TEST(MultiSlerpTest, OneModelIsItselfAndCancellingDirectionsAreNamed) {
+  const std::string dir = TempDir("multislerp");
+  testing::WriteModel(dir + "/a", {{"w", {{2}, {1, 0}}}});
+  testing::WriteModel(dir + "/b", {{"w", {{2}, {-1, 0}}}});
+  testing::WriteModel(dir + "/c", {{"w", {{2}, {2, 0}}}});
+  auto one =
+      testing::Merge(dir,
+                     "merge_method: multislerp\nmodels:\n  - model: c\n    "
+                     "parameters: {weight: 2}\n");
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_THAT((*one)["w"], Pointwise(FloatNear(0), std::vector<float>{2, 0}));
+  // Three directions whose weighted mean is zero: an error, not NaN.
+  auto cancel = testing::Merge(
+      dir,
+      "merge_method: multislerp\nmodels:\n  - model: a\n    parameters: "
+      "{weight: 1}\n  - model: b\n    parameters: {weight: 2}\n  - model: c\n"
+      "    parameters: {weight: 1}\n");
+  EXPECT_EQ(cancel.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(cancel.status().message()),
+              HasSubstr("cancel out in tensor 'w'"));
+}
+
+TEST(KarcherTest, EqualDirectionsGiveTheMeanNormAndZerosStayZero) {
+  const std::string dir = TempDir("karcher");
+  testing::WriteModel(dir + "/a", {{"w", {{2}, {3, 4}}}, {"z", {{1}, {0}}}});
+  testing::WriteModel(dir + "/b", {{"w", {{2}, {6, 8}}}, {"z", {{1}, {0}}}});
+  auto out = testing::Merge(dir, "merge_method: karcher\nmodels: [a, b]\n");
+  ASSERT_TRUE(out.ok()) << out.status();
+  // Same direction (0.6, 0.8), mean norm 7.5.
+  EXPECT_THAT((*out)["w"],
+              Pointwise(FloatNear(1e-5), std::vector<float>{4.5f, 6.f}));
+  EXPECT_THAT((*out)["z"], Pointwise(FloatNear(0), std::vector<float>{0}));
+}
+
+TEST(NearSwapTest, CloseEntriesAreSwappedFarOnesMoveByT) {
+  const std::string dir = TempDir("nearswap");
+  testing::WriteModel(dir + "/base", {{"w", {{3}, {0, 0, 0}}}});
+  testing::WriteModel(dir + "/m", {{"w", {{3}, {0.05f, 1, -2}}}});
+  auto out = testing::Merge(
+      dir,
+      "merge_method: nearswap\nbase_model: base\nmodels: [base, m]\n"
+      "parameters: {t: 0.1}\n");
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_THAT((*out)["w"], Pointwise(FloatNear(1e-7),
+                                     std::vector<float>{0.05f, 0.1f, -0.1f}));
+  auto no_t = testing::Merge(
+      dir, "merge_method: nearswap\nbase_model: base\nmodels: [m]\n");
+  EXPECT_THAT(std::string(no_t.status().message()),
+              HasSubstr("nearswap needs parameter 't'"));
+}
+
+TEST(ArceeFusionTest, OnlyOutlyingImportanceTakesTheModel) {
+  const std::string dir = TempDir("arcee");
+  std::vector<float> base(16, 0.f), m(16, 0.f);
+  m[5] = 3.f;  // one entry moves a lot: the only outlier
+  for (int i = 0; i < 16; ++i) m[i] += 0.01f * static_cast<float>(i % 3);
+  testing::WriteModel(dir + "/base", {{"w", {{16}, base}}});
+  testing::WriteModel(dir + "/m", {{"w", {{16}, m}}});
+  auto out = testing::Merge(
+      dir, "merge_method: arcee_fusion\nbase_model: base\nmodels: [m]\n");
+  ASSERT_TRUE(out.ok()) << out.status();
+  std::vector<float> want(16, 0.f);
+  want[5] = m[5];
+  EXPECT_THAT((*out)["w"], Pointwise(FloatNear(0), want));
+}
+
+TEST(SceTest, SignConflictsAreErasedAndMeanSquaresWeight) {
+  const std::string dir = TempDir("sce");
+  testing::WriteModel(dir + "/base", {{"w", {{2}, {0, 0}}}});
+  testing::WriteModel(dir + "/a", {{"w", {{2}, {1, -1}}}});
+  testing::WriteModel(dir + "/b", {{"w", {{2}, {3, 3}}}});
+  auto out = testing::Merge(
+      dir, "merge_method: sce\nbase_model: base\nmodels: [a, b]\n");
+  ASSERT_TRUE(out.ok()) << out.status();
+  // Weights 1/(1+9) and 9/10. Entry 0 agrees: (0.1·1 + 0.9·3)/1 = 2.8;
+  // entry 1: the sum is +2, a's −1 is erased: 3.
+  EXPECT_THAT((*out)["w"],
+              Pointwise(FloatNear(1e-6), std::vector<float>{2.8f, 3}));
+  // select_topk keeps the entries of largest variance: entry 1 (variance 4
+  // against 1). Entry 0 is then zero in both, and a zero never agrees.
+  auto top =
+      testing::Merge(dir,
+                     "merge_method: sce\nbase_model: base\nmodels: [a, b]\n"
+                     "parameters: {select_topk: 0.5}\n");
+  ASSERT_TRUE(top.ok()) << top.status();
+  EXPECT_THAT((*top)["w"],
+              Pointwise(FloatNear(1e-6), std::vector<float>{0, 3}));
+}
+
+}  // namespace
+}  // namespace mergeserve
