@@ -92,9 +92,7 @@ const std::map<std::string, std::string>& MergekitNotYet() {
   static const auto* kNotYet = new std::map<std::string, std::string>{
       {"lora", "model+lora adapters are not applied yet"},
       {"multi_stage", "several merges in one file are not read yet"},
-      {"passthrough_slices", "slices and passthrough are not read yet"},
       {"pytorch_bin", "pytorch_model.bin checkpoints are not read yet"},
-      {"slerp_slices", "slices are not read yet"},
       {"tokenizer_base", "tokenizer merges are not written yet"},
       {"tokenizer_tokens", "tokenizer merges are not written yet"},
       {"tokenizer_union", "tokenizer merges are not written yet"},
@@ -159,6 +157,18 @@ TEST_P(MergekitGoldenCaseTest, MatchesMergekitsMath) {
       }
       EXPECT_LE(worst, rel_tol * std::max(scale, 1e-30))
           << GetParam() << " " << backend << " " << name;
+    }
+    // Side files: every key the expected config.json sets.
+    if (fs::exists(dir / "expected" / "config.json")) {
+      std::ifstream ef(dir / "expected" / "config.json");
+      std::ifstream gf(fs::path(out) / "config.json");
+      const auto want = nlohmann::json::parse(ef, nullptr, false);
+      const auto have = nlohmann::json::parse(gf, nullptr, false);
+      ASSERT_TRUE(have.is_object()) << GetParam() << ": no config.json";
+      for (auto it = want.begin(); it != want.end(); ++it) {
+        EXPECT_EQ(have.value(it.key(), nlohmann::json()), it.value())
+            << GetParam() << " config.json " << it.key();
+      }
     }
   }
 }

@@ -56,7 +56,7 @@ TEST(MergeConfigTest, UnknownKeysAreErrorsNamingThem) {
   c = MergeConfig::FromYaml("merge_method: ties\nmodels: [a]\nslices: []\n",
                             ".");
   EXPECT_THAT(std::string(c.status().message()),
-              HasSubstr("unknown key 'slices'"));
+              HasSubstr("give models or slices, not both"));
   c = MergeConfig::FromYaml(
       "merge_method: ties\nmodels:\n  - model: a\n    extra: 1\n", ".");
   EXPECT_THAT(std::string(c.status().message()),
@@ -74,6 +74,51 @@ TEST(MergeConfigTest, UnknownKeysAreErrorsNamingThem) {
                             ".");
   EXPECT_THAT(std::string(c.status().message()),
               HasSubstr("unknown dtype 'int4'"));
+}
+
+TEST(MergeConfigTest, SlicesParseRoundTripAndBadRangesAreNamed) {
+  const char* yaml = R"(
+merge_method: passthrough
+slices:
+  - sources:
+      - model: a
+        layer_range: [0, 2]
+  - sources:
+      - model: b
+        layer_range: [1, 3]
+        parameters:
+          scale:
+            - filter: down_proj
+              value: 0.5
+            - value: 1.0
+    parameters: {weight: 2}
+)";
+  auto c = MergeConfig::FromYaml(yaml, ".");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->slices.size(), 2u);
+  EXPECT_EQ(c->slices[1].sources[0].model, "b");
+  EXPECT_EQ(c->slices[1].sources[0].layer_begin, 1);
+  EXPECT_EQ(c->slices[1].sources[0].layer_end, 3);
+  EXPECT_TRUE(c->slices[1].sources[0].parameters.count("scale"));
+  EXPECT_TRUE(c->slices[1].parameters.count("weight"));
+  // The canonical form reads back to the same canonical form.
+  auto again = MergeConfig::FromYaml(c->ToYaml(), ".");
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << c->ToYaml();
+  EXPECT_EQ(again->ToYaml(), c->ToYaml());
+  for (const auto& [text, error] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"slices: [{sources: [{model: a}]}]", "needs 'layer_range"},
+           {"slices: [{sources: [{model: a, layer_range: [2, 2]}]}]",
+            "is empty or out of range"},
+           {"slices: [{sources: [{model: a, layer_range: [0, 2]}, "
+            "{model: b, layer_range: [0, 3]}]}]",
+            "same number of layers"},
+           {"slices: [{sources: [{model: a, layer_range: [0, 2], x: 1}]}]",
+            "unknown key 'x'"},
+           {"slices: [{sources: []}]", "non-empty sources"}}) {
+    auto bad = MergeConfig::FromYaml("merge_method: passthrough\n" + text, ".");
+    EXPECT_THAT(std::string(bad.status().message()), HasSubstr(error)) << text;
+  }
 }
 
 TEST(MergeConfigTest, UnknownMethodIsAnErrorListingTheKnownOnes) {

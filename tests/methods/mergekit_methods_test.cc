@@ -125,5 +125,69 @@ TEST(SceTest, SignConflictsAreErasedAndMeanSquaresWeight) {
               Pointwise(FloatNear(1e-6), std::vector<float>{0, 3}));
 }
 
+TEST(PassthroughTest, SlicesStackLayersScaledPerSourceAndBadRangesAreNamed) {
+  const std::string dir = TempDir("passthrough");
+  auto model = [](float v) {
+    testing::TestModel m;
+    m["model.embed_tokens.weight"] = {{2}, {v, v}};
+    for (int l = 0; l < 3; ++l) {
+      m["model.layers." + std::to_string(l) + ".mlp.down_proj.weight"] = {
+          {2}, {v + l, v + l}};
+    }
+    m["model.norm.weight"] = {{2}, {v, -v}};
+    return m;
+  };
+  testing::WriteModel(dir + "/a", model(10));
+  testing::WriteModel(dir + "/b", model(20));
+  auto out = testing::Merge(dir, R"(merge_method: passthrough
+slices:
+  - sources: [{model: a, layer_range: [0, 2]}]
+  - sources:
+      - model: b
+        layer_range: [2, 3]
+        parameters: {scale: [{filter: layers.2.mlp, value: 0.5}, {value: 1}]}
+)");
+  ASSERT_TRUE(out.ok()) << out.status();
+  // Embeddings from the first slice, the final norm from the last, layers
+  // renumbered; the scale filter saw b's input name (layers.2).
+  EXPECT_THAT((*out)["model.embed_tokens.weight"],
+              Pointwise(FloatNear(0), std::vector<float>{10, 10}));
+  EXPECT_THAT((*out)["model.layers.1.mlp.down_proj.weight"],
+              Pointwise(FloatNear(0), std::vector<float>{11, 11}));
+  EXPECT_THAT((*out)["model.layers.2.mlp.down_proj.weight"],
+              Pointwise(FloatNear(0), std::vector<float>{11, 11}));
+  EXPECT_THAT((*out)["model.norm.weight"],
+              Pointwise(FloatNear(0), std::vector<float>{20, -20}));
+  EXPECT_EQ(out->size(), 5u);
+  // Past the source's layers; two sources in a passthrough slice; several
+  // slices for another method.
+  auto past = testing::Merge(
+      dir,
+      "merge_method: passthrough\nslices:\n  - sources: [{model: a, "
+      "layer_range: [2, 4]}]\n");
+  EXPECT_THAT(std::string(past.status().message()),
+              HasSubstr("goes past its 3 layers"));
+  auto two = testing::Merge(
+      dir,
+      "merge_method: passthrough\nslices:\n  - sources: [{model: a, "
+      "layer_range: [0, 1]}, {model: b, layer_range: [0, 1]}]\n");
+  EXPECT_THAT(std::string(two.status().message()),
+              HasSubstr("exactly one source per slice"));
+  auto partial = testing::Merge(
+      dir,
+      "merge_method: linear\nslices:\n  - sources: [{model: a, "
+      "layer_range: [0, 2]}, {model: b, layer_range: [0, 2]}]\n");
+  EXPECT_THAT(std::string(partial.status().message()),
+              HasSubstr("one slice over every layer"));
+  // One slice over every layer is the models: form.
+  auto whole = testing::Merge(
+      dir,
+      "merge_method: linear\nslices:\n  - sources: [{model: a, "
+      "layer_range: [0, 3]}, {model: b, layer_range: [0, 3]}]\n");
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_THAT((*whole)["model.norm.weight"],
+              Pointwise(FloatNear(1e-6), std::vector<float>{15, -15}));
+}
+
 }  // namespace
 }  // namespace mergeserve

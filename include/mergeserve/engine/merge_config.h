@@ -28,10 +28,28 @@ struct ModelEntry {
   ParamMap parameters;
 };
 
+// One source of a mergekit slice: layers [layer_begin, layer_end) of a
+// model.
+struct SliceSource {
+  std::string model;
+  int64_t layer_begin = 0, layer_end = 0;
+  ParamMap parameters;
+};
+
+// A mergekit slice: output layers made from the same number of layers of
+// each source.
+struct SliceSpec {
+  std::vector<SliceSource> sources;
+  ParamMap parameters;  // between the sources' own and the global ones
+};
+
 struct MergeConfig {
   std::string merge_method;
   std::optional<std::string> base_model;
   std::vector<ModelEntry> models;
+  // mergekit's `slices:`, instead of `models:` (the plan turns one slice
+  // over every layer into models; passthrough stacks several).
+  std::vector<SliceSpec> slices;
   ParamMap parameters;  // global; a model's own parameters override these
   std::optional<DType> dtype;
   std::optional<DType> out_dtype;

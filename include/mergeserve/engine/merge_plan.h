@@ -51,6 +51,11 @@ struct PlannedTensor {
   TensorView reference;            // base, or the first model without a base
   TensorView base;                 // data == nullptr without a base
   std::vector<TensorView> models;  // one per PlannedModel (merged tensors)
+  // Stacked slices (passthrough): the source tensor's name, where the
+  // output renumbers its layer; per-model parameters are looked up with it
+  // (mergekit's plan_tensor). Only the slice's source has a view in
+  // `models` (the others have data == nullptr).
+  std::string input_name;
 
   uint64_t out_bytes() const {
     return static_cast<uint64_t>(numel) * DTypeSize(out_dtype);
@@ -68,6 +73,8 @@ class MergePlan {
   const std::vector<PlannedModel>& models() const { return models_; }
   const std::vector<PlannedTensor>& tensors() const { return tensors_; }
   int num_layers() const { return num_layers_; }
+  // Layers of the output when slices stack layers (passthrough), else 0.
+  int stacked_layers() const { return stacked_layers_; }
   // Bytes of all input files.
   uint64_t input_bytes() const;
   // DATA_LOSS naming the model and file when an input was truncated or
@@ -106,6 +113,7 @@ class MergePlan {
   std::vector<PlannedModel> models_;
   std::vector<PlannedTensor> tensors_;
   int num_layers_ = 0;
+  int stacked_layers_ = 0;
 };
 
 // N in "...layers.N....", or -1.

@@ -79,6 +79,9 @@ absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
       std::optional<DType> out =
           config.out_dtype ? config.out_dtype : config.dtype;
       if (out) j["torch_dtype"] = std::string(TorchDTypeName(*out));
+      if (plan.stacked_layers() > 0) {
+        j["num_hidden_layers"] = plan.stacked_layers();
+      }
       text = j.dump(2) + "\n";
     }
     MS_RETURN_IF_ERROR(writer.AddFile("config.json", text));
@@ -233,7 +236,9 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
         MS_RETURN_IF_ERROR(method->MergeTensor(*plan, t, ctx, discard));
       }
       if (t.base.data) summary.bytes_read += t.base.info->nbytes;
-      for (const TensorView& v : t.models) summary.bytes_read += v.info->nbytes;
+      for (const TensorView& v : t.models) {
+        if (v.data != nullptr) summary.bytes_read += v.info->nbytes;
+      }
       ++summary.merged;
     } else if (writer) {
       MS_RETURN_IF_ERROR(

@@ -24,7 +24,7 @@ const std::set<std::string>& KnownParameters() {
       "weight", "density", "gamma", "epsilon", "fisher", "gram", "normalize",
       "lambda", "rescale", "int8_mask", "t", "filter_wise", "nuslerp_flatten",
       "nuslerp_row_wise", "normalize_weights", "eps", "max_iter", "tol",
-      "select_topk",
+      "select_topk", "scale",
       // extensions
       "semantics", "trim_scope", "keep", "sign_weighted", "consensus",
       "zero_sign", "divisor", "rescale_mode", "seed", "fisher_floor", "alpha",
@@ -173,18 +173,106 @@ absl::StatusOr<DType> ParseDType(const YAML::Node& node, const char* key) {
   return *d;
 }
 
+// mergekit's slices: [{sources: [{model, layer_range: [a, b], parameters}],
+// parameters}].
+absl::StatusOr<std::vector<SliceSpec>> ParseSlices(const YAML::Node& node,
+                                                   Budget& budget) {
+  if (!node.IsSequence() || node.size() == 0) {
+    return Invalid("slices must be a non-empty list");
+  }
+  std::vector<SliceSpec> out;
+  size_t sources_seen = 0;
+  for (size_t i = 0; i < node.size(); ++i) {
+    const YAML::Node s = node[i];
+    MS_RETURN_IF_ERROR(budget.Charge(1));
+    if (!s.IsMap())
+      return Invalid(absl::StrCat("slices[", i, "] must be a mapping"));
+    for (const auto& kv : s) {
+      const std::string key = kv.first.as<std::string>();
+      if (key != "sources" && key != "parameters" && key != "base_model") {
+        return Invalid(absl::StrCat("unknown key '", Abbreviate(key),
+                                    "' in slices[", i, "]"));
+      }
+    }
+    SliceSpec slice;
+    MS_ASSIGN_OR_RETURN(
+        slice.parameters,
+        ParseParams(s["parameters"], absl::StrCat("slices[", i, "]"), false,
+                    budget));
+    const YAML::Node sources = s["sources"];
+    if (!sources || !sources.IsSequence() || sources.size() == 0) {
+      return Invalid(
+          absl::StrCat("slices[", i, "] needs a non-empty sources list"));
+    }
+    for (size_t j = 0; j < sources.size(); ++j) {
+      const YAML::Node src = sources[j];
+      const std::string where =
+          absl::StrCat("slices[", i, "].sources[", j, "]");
+      MS_RETURN_IF_ERROR(budget.Charge(1));
+      if (++sources_seen > budget.limits.max_models) {
+        return Invalid(absl::StrCat("slices name more than ",
+                                    budget.limits.max_models, " sources"));
+      }
+      if (!src.IsMap() || !src["model"] || !src["model"].IsScalar()) {
+        return Invalid(absl::StrCat(where, " needs 'model: NAME_OR_PATH'"));
+      }
+      for (const auto& kv : src) {
+        const std::string key = kv.first.as<std::string>();
+        if (key != "model" && key != "layer_range" && key != "parameters") {
+          return Invalid(
+              absl::StrCat("unknown key '", Abbreviate(key), "' in ", where));
+        }
+      }
+      SliceSource source;
+      source.model = src["model"].as<std::string>();
+      const YAML::Node range = src["layer_range"];
+      if (!range || !range.IsSequence() || range.size() != 2 ||
+          !range[0].IsScalar() || !range[1].IsScalar()) {
+        return Invalid(
+            absl::StrCat(where, " needs 'layer_range: [FIRST, END)'"));
+      }
+      try {
+        source.layer_begin = range[0].as<int64_t>();
+        source.layer_end = range[1].as<int64_t>();
+      } catch (const YAML::Exception&) {
+        return Invalid(
+            absl::StrCat(where, ": layer_range takes two whole numbers"));
+      }
+      if (source.layer_begin < 0 || source.layer_end <= source.layer_begin ||
+          source.layer_end > 100000) {
+        return Invalid(absl::StrCat(where, ": layer_range [",
+                                    source.layer_begin, ", ", source.layer_end,
+                                    ") is empty or out of range"));
+      }
+      MS_ASSIGN_OR_RETURN(
+          source.parameters,
+          ParseParams(src["parameters"],
+                      absl::StrCat("model '", Abbreviate(source.model), "'"),
+                      true, budget));
+      if (!slice.sources.empty() &&
+          source.layer_end - source.layer_begin !=
+              slice.sources[0].layer_end - slice.sources[0].layer_begin) {
+        return Invalid(absl::StrCat(
+            where, ": every source of a slice has the same number of layers"));
+      }
+      slice.sources.push_back(std::move(source));
+    }
+    out.push_back(std::move(slice));
+  }
+  return out;
+}
+
 absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
                                         const std::string& source_dir,
                                         Budget& budget) {
   if (!root.IsMap()) return Invalid("the document must be a mapping");
-  static const std::set<std::string> kTop = {"merge_method", "base_model",
-                                             "models",       "parameters",
-                                             "dtype",        "out_dtype"};
+  static const std::set<std::string> kTop = {
+      "merge_method", "base_model", "models",   "slices",
+      "parameters",   "dtype",      "out_dtype"};
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     if (!kTop.count(key)) {
       std::string hint;
-      if (key == "slices") hint = " (slices are not supported; use models)";
       if (key == "tokenizer_source" || key == "tokenizer") {
         hint = " (tokenizer files are copied from the base model)";
       }
@@ -210,9 +298,14 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
   }
   MS_ASSIGN_OR_RETURN(c.parameters,
                       ParseParams(root["parameters"], "global", false, budget));
+  if (root["slices"]) {
+    if (root["models"]) return Invalid("give models or slices, not both");
+    MS_ASSIGN_OR_RETURN(c.slices, ParseSlices(root["slices"], budget));
+    return c;
+  }
   const YAML::Node models = root["models"];
   if (!models || !models.IsSequence() || models.size() == 0) {
-    return Invalid("models must be a non-empty list");
+    return Invalid("models (or slices) must be a non-empty list");
   }
   if (models.size() > budget.limits.max_models) {
     return Invalid(absl::StrCat("models lists ", models.size(),
@@ -387,6 +480,26 @@ std::string MergeConfig::ToYaml() const {
   if (!parameters.empty()) {
     absl::StrAppend(&out, "parameters:\n");
     AppendParams(parameters, "  ", &out);
+  }
+  if (!slices.empty()) {
+    absl::StrAppend(&out, "slices:\n");
+    for (const SliceSpec& slice : slices) {
+      absl::StrAppend(&out, "  - sources:\n");
+      for (const SliceSource& src : slice.sources) {
+        absl::StrAppend(&out, "      - model: ", Scalar(src.model),
+                        "\n        layer_range: [", src.layer_begin, ", ",
+                        src.layer_end, "]\n");
+        if (!src.parameters.empty()) {
+          absl::StrAppend(&out, "        parameters:\n");
+          AppendParams(src.parameters, "          ", &out);
+        }
+      }
+      if (!slice.parameters.empty()) {
+        absl::StrAppend(&out, "    parameters:\n");
+        AppendParams(slice.parameters, "      ", &out);
+      }
+    }
+    return out;
   }
   absl::StrAppend(&out, "models:\n");
   for (const ModelEntry& m : models) {

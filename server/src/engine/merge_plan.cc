@@ -46,6 +46,54 @@ int LayerIndexOf(const std::string& name) {
   return -1;
 }
 
+namespace {
+
+int CountLayers(const ModelFolder& f) {
+  std::set<int> layers;
+  for (const TensorInfo* info : f.tensors()) {
+    const int l = LayerIndexOf(info->name);
+    if (l >= 0) layers.insert(l);
+  }
+  return static_cast<int>(layers.size());
+}
+
+// `name` with its layer index `from` rewritten to `to`.
+std::string WithLayer(const std::string& name, int from, int to) {
+  const std::string key = absl::StrCat("layers.", from, ".");
+  size_t pos = 0;
+  while ((pos = name.find(key, pos)) != std::string::npos) {
+    if (pos == 0 || name[pos - 1] == '.') {
+      return absl::StrCat(name.substr(0, pos), "layers.", to, ".",
+                          name.substr(pos + key.size()));
+    }
+    ++pos;
+  }
+  return name;
+}
+
+// Input embeddings: merged from the first slice's sources; every other
+// tensor outside the layers from the last slice's (mergekit's architecture
+// tables: the "pre" weights, e.g. llama's embed_tokens).
+bool IsInputEmbedding(const std::string& name) {
+  for (const char* k :
+       {"embed_tokens", "wte", "wpe", "embed_in", "word_embeddings",
+        "position_embeddings", "token_type_embeddings"}) {
+    if (name.find(k) != std::string::npos) return true;
+  }
+  return false;
+}
+
+// A source's parameters over its slice's (a filter list that matches
+// nothing at the source falls through to the global value, not the
+// slice's; see README).
+ParamMap SourceParameters(const SliceSource& src, const SliceSpec& slice) {
+  ParamMap out = slice.parameters;
+  for (const auto& [key, value] : src.parameters) out[key] = value;
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     MergeConfig config, const ModelResolver& resolver) {
   std::unique_ptr<MergePlan> plan(new MergePlan());
@@ -73,7 +121,53 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
   if (c.base_model) {
     MS_ASSIGN_OR_RETURN(plan->base_, open(*c.base_model));
   }
-  for (const ModelEntry& e : c.models) {
+  const bool stacked = !c.slices.empty() && c.merge_method == "passthrough";
+  if (!c.slices.empty() && !stacked) {
+    // One slice over every layer of its sources is the `models:` form
+    // (mergekit's docs write slerp this way); stacking several is
+    // passthrough's.
+    const SliceSpec& slice = c.slices[0];
+    const SliceSource& first = slice.sources[0];
+    MS_ASSIGN_OR_RETURN(const ModelFolder* f, open(first.model));
+    const int layers = CountLayers(*f);
+    bool whole = c.slices.size() == 1 && first.layer_begin == 0 &&
+                 first.layer_end == layers;
+    for (const SliceSource& src : slice.sources) {
+      whole = whole && src.layer_begin == first.layer_begin &&
+              src.layer_end == first.layer_end;
+    }
+    if (!whole) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "slices: ", c.merge_method,
+          " merges one slice over every layer of its sources (model '",
+          first.model, "' has ", layers,
+          " layers); stacking layers from several slices is passthrough's"));
+    }
+    for (const SliceSource& src : slice.sources) {
+      plan->config_.models.push_back({src.model, SourceParameters(src, slice)});
+    }
+  }
+  for (const SliceSpec& slice : stacked ? c.slices : std::vector<SliceSpec>()) {
+    if (slice.sources.size() != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("passthrough takes exactly one source per slice, got ",
+                       slice.sources.size()));
+    }
+    const SliceSource& src = slice.sources[0];
+    PlannedModel m;
+    m.ref = src.model;
+    m.parameters = SourceParameters(src, slice);
+    MS_ASSIGN_OR_RETURN(m.folder, open(src.model));
+    m.is_base = plan->base_ != nullptr && m.folder == plan->base_;
+    const int layers = CountLayers(*m.folder);
+    if (src.layer_end > layers) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "slices: layer_range [", src.layer_begin, ", ", src.layer_end,
+          ") of model '", src.model, "' goes past its ", layers, " layers"));
+    }
+    plan->models_.push_back(std::move(m));
+  }
+  for (const ModelEntry& e : stacked ? std::vector<ModelEntry>() : c.models) {
     PlannedModel m;
     m.ref = e.model;
     m.parameters = e.parameters;
@@ -88,12 +182,7 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
   }
   plan->reference_ = plan->base_ ? plan->base_ : plan->models_[0].folder;
 
-  std::set<int> layers;
-  for (const TensorInfo* info : plan->reference_->tensors()) {
-    const int l = LayerIndexOf(info->name);
-    if (l >= 0) layers.insert(l);
-  }
-  plan->num_layers_ = static_cast<int>(layers.size());
+  plan->num_layers_ = CountLayers(*plan->reference_);
 
   // Which tensors are merged (the rest are copied from the reference, e.g.
   // per-task parts the base also has): a regex, default all floating ones.
@@ -103,9 +192,53 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
                         it->second.AsString("merge_tensors"));
     MS_ASSIGN_OR_RETURN(merged, TensorFilter::Compile(pattern));
   }
-  for (const TensorInfo* info : plan->reference_->tensors()) {
+  // The output's tensors: the reference's, or for stacked slices the
+  // input embeddings of the first source, every slice's layers renumbered,
+  // then the rest of the last source.
+  struct Source {
+    const TensorInfo* info;
+    int model = -1;  // stacked: the slice
+    std::string name;
+    int layer = -1;
+    double layer_t = 0;
+  };
+  std::vector<Source> sources;
+  if (stacked) {
+    const size_t n = plan->models_.size();
+    for (const TensorInfo* info : plan->models_[0].folder->tensors()) {
+      if (LayerIndexOf(info->name) < 0 && IsInputEmbedding(info->name)) {
+        sources.push_back({info, 0, info->name});
+      }
+    }
+    int offset = 0;
+    for (size_t s = 0; s < n; ++s) {
+      const SliceSource& src = c.slices[s].sources[0];
+      const int len = static_cast<int>(src.layer_end - src.layer_begin);
+      for (const TensorInfo* info : plan->models_[s].folder->tensors()) {
+        const int l = LayerIndexOf(info->name);
+        if (l < src.layer_begin || l >= src.layer_end) continue;
+        const int j = l - static_cast<int>(src.layer_begin);
+        sources.push_back(
+            {info, static_cast<int>(s), WithLayer(info->name, l, offset + j),
+             offset + j, len <= 1 ? 1.0 : static_cast<double>(j) / (len - 1)});
+      }
+      offset += len;
+    }
+    for (const TensorInfo* info : plan->models_[n - 1].folder->tensors()) {
+      if (LayerIndexOf(info->name) < 0 && !IsInputEmbedding(info->name)) {
+        sources.push_back({info, static_cast<int>(n - 1), info->name});
+      }
+    }
+    plan->stacked_layers_ = offset;
+  } else {
+    for (const TensorInfo* info : plan->reference_->tensors()) {
+      sources.push_back({info, -1, info->name});
+    }
+  }
+  for (const Source& source : sources) {
+    const TensorInfo* info = source.info;
     PlannedTensor t;
-    t.name = info->name;
+    t.name = source.name;
     t.shape = info->shape;
     t.numel = info->numel();
     t.merge =
@@ -123,6 +256,21 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
       t.layer_t = plan->num_layers_ <= 1
                       ? 1.0
                       : static_cast<double>(t.layer) / (plan->num_layers_ - 1);
+    }
+    if (source.model >= 0) {
+      // A stacked slice: only its source is read; the gradient restarts in
+      // every slice.
+      const PlannedModel& m = plan->models_[static_cast<size_t>(source.model)];
+      t.layer = source.layer;
+      t.layer_t = source.layer_t;
+      t.input_name = info->name;
+      t.reference = m.folder->View(*info);
+      if (t.merge) {
+        t.models.resize(plan->models_.size());
+        t.models[static_cast<size_t>(source.model)] = t.reference;
+      }
+      plan->tensors_.push_back(std::move(t));
+      continue;
     }
     t.reference = plan->reference_->View(*info);
     if (t.merge) {
@@ -185,6 +333,7 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
                                       {"lambda", -kMaxScale, kMaxScale},
                                       {"alpha", -kMaxScale, kMaxScale},
                                       {"ridge", 0, kMaxScale},
+                                      {"scale", -kMaxScale, kMaxScale},
                                       {"fisher_floor", 0, kMaxScale}};
   auto check = [&](const ParamMap& params,
                    const std::string& where) -> absl::Status {
@@ -244,11 +393,15 @@ absl::StatusOr<double> MergePlan::Number(const std::string& key, int model,
   // matches nothing at one level falls through to the next (mergekit's
   // ConfigReader.parameter).
   if (model >= 0) {
+    // A model's own values see its input tensor's name (stacked slices
+    // renumber layers), the global ones the output's.
     const auto& p = models_[static_cast<size_t>(model)].parameters;
     auto it = p.find(key);
     if (it != p.end()) {
-      MS_ASSIGN_OR_RETURN(std::optional<double> v,
-                          it->second.TryResolveNumber(key, t.name, t.layer_t));
+      MS_ASSIGN_OR_RETURN(
+          std::optional<double> v,
+          it->second.TryResolveNumber(
+              key, t.input_name.empty() ? t.name : t.input_name, t.layer_t));
       if (v) return *v;
     }
   }

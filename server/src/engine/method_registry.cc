@@ -49,6 +49,10 @@ const std::vector<MethodInfo>& AllMethods() {
        NewNearSwapMethod},
       {"arcee_fusion", "take the model's entries of outlying importance",
        NewArceeFusionMethod},
+      {"passthrough",
+       "copy one model (times `scale`); with slices, stack "
+       "layers",
+       NewPassthroughMethod},
   };
   return *kMethods;
 }

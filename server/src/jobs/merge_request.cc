@@ -15,10 +15,14 @@ namespace {
 // Slack for LibTorch's own allocations (kernels, caching allocator).
 constexpr int64_t kTorchSlack = int64_t{256} << 20;
 
-// Checkpoints a config refers to (base, models, fisher/gram).
+// Checkpoints a config refers to (base, models or slices' sources,
+// fisher/gram).
 std::set<std::string> ReferencedCheckpoints(const MergeConfig& c) {
   std::set<std::string> refs;
   if (c.base_model) refs.insert(*c.base_model);
+  for (const SliceSpec& s : c.slices) {
+    for (const SliceSource& src : s.sources) refs.insert(src.model);
+  }
   for (const ModelEntry& m : c.models) {
     refs.insert(m.model);
     for (const auto& [key, value] : m.parameters) {

@@ -27,6 +27,7 @@ std::unique_ptr<MergeMethod> NewKarcherMethod();
 std::unique_ptr<MergeMethod> NewNearSwapMethod();
 std::unique_ptr<MergeMethod> NewArceeFusionMethod();
 std::unique_ptr<MergeMethod> NewSceMethod();
+std::unique_ptr<MergeMethod> NewPassthroughMethod();
 
 }  // namespace mergeserve
 
