@@ -31,6 +31,8 @@ class ModelFolder {
   // opened, now and by ReadSideFile.
   static absl::StatusOr<std::unique_ptr<ModelFolder>> Open(
       const std::string& path, FileCheck check = nullptr);
+  // Removes the safetensors file a .bin checkpoint was converted into.
+  ~ModelFolder();
 
   const std::string& path() const { return path_; }
   // All tensors, in name order.
@@ -54,6 +56,11 @@ class ModelFolder {
  private:
   ModelFolder() = default;
   absl::Status AddShard(const std::string& file);
+  // A folder with pytorch_model.bin (or its index) and no safetensors: the
+  // tensors are read without running the pickle and converted once into a
+  // private safetensors file (see format/torch_checkpoint.h).
+  absl::Status ConvertTorchFiles(const std::string& dir);
+  std::string converted_dir_;
 
   std::string path_;
   FileCheck check_;

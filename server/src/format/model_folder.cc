@@ -6,13 +6,16 @@
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <random>
 #include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "mergeserve/base/errors.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/format/torch_checkpoint.h"
 #include "nlohmann/json.hpp"
 
 namespace mergeserve {
@@ -75,6 +78,66 @@ bool IsModelFile(const std::string& n) {
   }
   const auto& side = ModelSideFiles();
   return std::find(side.begin(), side.end(), n) != side.end();
+}
+
+ModelFolder::~ModelFolder() {
+  shards_.clear();
+  if (!converted_dir_.empty()) {
+    std::error_code ec;
+    fs::remove_all(converted_dir_, ec);
+  }
+}
+
+absl::Status ModelFolder::ConvertTorchFiles(const std::string& dir) {
+  // mergekit's order: safetensors first (handled above), then the .bin
+  // index, then a single .bin (ShardedTensorIndex.from_disk).
+  std::vector<std::string> files;
+  const fs::path index = fs::path(dir) / "pytorch_model.bin.index.json";
+  std::error_code ec;
+  if (fs::exists(index, ec)) {
+    MS_ASSIGN_OR_RETURN(std::string text,
+                        ReadChecked(index.string(), check_, 64 << 20));
+    auto j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
+        !j["weight_map"].is_object()) {
+      return absl::DataLossError(absl::StrCat(
+          "invalid index ", index.string(), ": expected a weight_map object"));
+    }
+    std::set<std::string> names;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      const std::string f =
+          it.value().is_string() ? it.value().get<std::string>() : "";
+      if (f.empty() || f.find('/') != std::string::npos || f == "..") {
+        return absl::DataLossError(
+            absl::StrCat("invalid index ", index.string(), ": entry '",
+                         it.key(), "' is not a plain file name"));
+      }
+      names.insert(f);
+    }
+    for (const std::string& f : names)
+      files.push_back((fs::path(dir) / f).string());
+  } else {
+    files.push_back((fs::path(dir) / "pytorch_model.bin").string());
+  }
+  for (const std::string& f : files) {
+    const std::string real = fs::canonical(f, ec).string();
+    if (ec) return absl::NotFoundError(absl::StrCat("cannot open ", f));
+    if (check_) MS_RETURN_IF_ERROR(check_(real));
+  }
+  // Converted once, into a private folder removed with this object.
+  std::random_device rd;
+  converted_dir_ =
+      (fs::temp_directory_path(ec) /
+       absl::StrFormat("mergeserve-bin-%d-%08x%08x", getpid(), rd(), rd()))
+          .string();
+  MS_RETURN_IF_ERROR(ConvertTorchCheckpoint(files, converted_dir_));
+  auto reader = SafetensorsReader::Open(converted_dir_ + "/model.safetensors");
+  if (!reader.ok()) return reader.status();
+  for (const TensorInfo& t : (*reader)->tensors()) {
+    index_.emplace(t.name, std::make_pair(shards_.size(), &t));
+  }
+  shards_.push_back(*std::move(reader));
+  return absl::OkStatus();
 }
 
 absl::Status ModelFolder::AddShard(const std::string& file) {
@@ -151,6 +214,9 @@ absl::StatusOr<std::unique_ptr<ModelFolder>> ModelFolder::Open(
       }
     } else if (fs::exists(single, ec)) {
       MS_RETURN_IF_ERROR(m->AddShard(single.string()));
+    } else if (fs::exists(dir / "pytorch_model.bin.index.json", ec) ||
+               fs::exists(dir / "pytorch_model.bin", ec)) {
+      MS_RETURN_IF_ERROR(m->ConvertTorchFiles(dir.string()));
     } else {
       std::vector<std::string> candidates;
       for (const auto& e : fs::directory_iterator(dir, ec)) {
@@ -161,7 +227,9 @@ absl::StatusOr<std::unique_ptr<ModelFolder>> ModelFolder::Open(
       }
       if (candidates.size() != 1) {
         return absl::NotFoundError(absl::StrCat(
-            "no model.safetensors or model.safetensors.index.json in ", path,
+            "no model.safetensors, model.safetensors.index.json or "
+            "pytorch_model.bin in ",
+            path,
             candidates.empty() ? "" : " (and more than one *.safetensors)"));
       }
       MS_RETURN_IF_ERROR(m->AddShard(candidates[0]));
