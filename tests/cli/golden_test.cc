@@ -91,7 +91,6 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenCaseTest);
 const std::map<std::string, std::string>& MergekitNotYet() {
   static const auto* kNotYet = new std::map<std::string, std::string>{
       {"lora", "model+lora adapters are not applied yet"},
-      {"multi_stage", "several merges in one file are not read yet"},
       {"tokenizer_base", "tokenizer merges are not written yet"},
       {"tokenizer_tokens", "tokenizer merges are not written yet"},
       {"tokenizer_union", "tokenizer merges are not written yet"},

@@ -44,6 +44,9 @@ struct SliceSpec {
 };
 
 struct MergeConfig {
+  // A stage's name in a file of several merges (mergekit-multi); unset for
+  // the final merge.
+  std::optional<std::string> name;
   std::string merge_method;
   std::optional<std::string> base_model;
   std::vector<ModelEntry> models;
@@ -64,6 +67,11 @@ struct MergeConfig {
       const ConfigLimits& limits = ConfigLimits());
   static absl::StatusOr<MergeConfig> FromYamlFile(
       const std::string& path, const ConfigLimits& limits = ConfigLimits());
+  // Every document of a file of several merges (`---` between them), in
+  // file order; FromYaml takes files of one merge only.
+  static absl::StatusOr<std::vector<MergeConfig>> AllFromYaml(
+      const std::string& text, const std::string& source_dir,
+      const ConfigLimits& limits = ConfigLimits());
 
   // The config in a canonical YAML form (keys sorted, no comments, numbers
   // that round-trip exactly): what the server stores, hashes for content

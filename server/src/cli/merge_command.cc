@@ -4,19 +4,23 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
+#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/cli_args.h"
-#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/base/byte_size.h"
 #include "mergeserve/base/exit_codes.h"
 #include "mergeserve/engine/executor.h"
+#include "mergeserve/engine/merge_stages.h"
 #include "mergeserve/engine/method_registry.h"
+#include "mergeserve/ui/progress_bar.h"
 #include "nlohmann/json.hpp"
 
 namespace mergeserve {
@@ -115,8 +119,29 @@ int RunMergeCommand(const std::vector<std::string>& argv) {
   const bool json = a.flags.count("json") && a.flags["json"] == "true";
   const bool quiet = a.flags.count("quiet") && a.flags["quiet"] == "true";
 
-  auto config = MergeConfig::FromYamlFile(a.positional[0]);
-  if (!config.ok()) return FailWith(config.status());
+  // A file may hold several merges (mergekit-multi): named stages, then
+  // the final one.
+  std::ifstream in(a.positional[0]);
+  if (!in) {
+    return FailWith(absl::NotFoundError(
+        absl::StrCat("cannot read config ", a.positional[0])));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  const auto parent = std::filesystem::path(a.positional[0]).parent_path();
+  auto documents = MergeConfig::AllFromYaml(
+      text.str(), parent.empty() ? "." : parent.string());
+  if (!documents.ok()) return FailWith(documents.status());
+  std::vector<MergeConfig> ordered;
+  if (documents->size() == 1 && !(*documents)[0].name) {
+    (*documents)[0].source_text = text.str();
+    ordered = *std::move(documents);
+  } else {
+    auto o = OrderStages(*std::move(documents));
+    if (!o.ok()) return FailWith(o.status());
+    ordered = *std::move(o);
+  }
+  const MergeConfig* config = &ordered.back();
 
   ProgressBar bar(stderr, absl::StrCat("merging (", config->merge_method, ")"));
   if (!quiet) {
@@ -126,7 +151,18 @@ int RunMergeCommand(const std::vector<std::string>& argv) {
       }
     };
   }
-  auto summary = RunMerge(*config, opts);
+  absl::StatusOr<MergeSummary> summary;
+  if (ordered.size() == 1) {
+    summary = RunMerge(*config, opts);
+  } else {
+    // Stages write next to the output (same filesystem), then go away.
+    const std::string scratch =
+        std::filesystem::absolute(opts.output_dir).string() +
+        ".mergeserve-stages";
+    summary = RunMergeStages(ordered, opts, scratch, [&](const std::string& s) {
+      if (!quiet) std::fprintf(stderr, "stage %s\n", s.c_str());
+    });
+  }
   bar.Finish();
   if (!summary.ok()) return FailWith(summary.status());
   const MergeSummary& s = *summary;

@@ -267,8 +267,8 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
                                         Budget& budget) {
   if (!root.IsMap()) return Invalid("the document must be a mapping");
   static const std::set<std::string> kTop = {
-      "merge_method", "base_model", "models",   "slices",
-      "parameters",   "dtype",      "out_dtype"};
+      "name",   "merge_method", "base_model", "models",
+      "slices", "parameters",   "dtype",      "out_dtype"};
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     if (!kTop.count(key)) {
@@ -281,6 +281,12 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
   }
   MergeConfig c;
   c.source_dir = source_dir;
+  if (root["name"]) {
+    if (!root["name"].IsScalar() || root["name"].as<std::string>().empty()) {
+      return Invalid("name must be a non-empty string");
+    }
+    c.name = root["name"].as<std::string>();
+  }
   if (!root["merge_method"]) return Invalid("missing merge_method");
   c.merge_method = root["merge_method"].as<std::string>();
   if (root["base_model"] && !root["base_model"].IsNull()) {
@@ -362,11 +368,38 @@ absl::StatusOr<MergeConfig> MergeConfig::FromYaml(const std::string& text,
                                 " bytes; at most ", limits.max_text_bytes,
                                 " are allowed"));
   }
+  MS_ASSIGN_OR_RETURN(std::vector<MergeConfig> all,
+                      AllFromYaml(text, source_dir, limits));
+  if (all.size() != 1 || all[0].name) {
+    return Invalid(absl::StrCat(
+        "the file holds ", all.size(), " merge", all.size() == 1 ? "" : "s",
+        all[0].name ? " (a named stage)" : "",
+        "; several merges in one file run with `mergeserve merge`, one "
+        "request is one merge"));
+  }
+  all[0].source_text = text;
+  return std::move(all[0]);
+}
+
+absl::StatusOr<std::vector<MergeConfig>> MergeConfig::AllFromYaml(
+    const std::string& text, const std::string& source_dir,
+    const ConfigLimits& limits) {
+  if (text.size() > limits.max_text_bytes) {
+    return Invalid(absl::StrCat("the document is ", text.size(),
+                                " bytes; at most ", limits.max_text_bytes,
+                                " are allowed"));
+  }
   Budget budget{limits, limits.max_values};
   try {
-    auto c = ParseConfig(YAML::Load(text), source_dir, budget);
-    if (c.ok()) c->source_text = text;
-    return c;
+    std::vector<MergeConfig> out;
+    for (const YAML::Node& doc : YAML::LoadAll(text)) {
+      if (doc.IsNull() && !out.empty()) continue;  // a trailing ---
+      if (out.size() >= 64) return Invalid("more than 64 merges in one file");
+      MS_ASSIGN_OR_RETURN(MergeConfig c, ParseConfig(doc, source_dir, budget));
+      out.push_back(std::move(c));
+    }
+    if (out.empty()) return Invalid("the document must be a mapping");
+    return out;
   } catch (const YAML::Exception& e) {
     return Invalid(e.what());
   }
@@ -467,7 +500,9 @@ void AppendParams(const ParamMap& params, const std::string& indent,
 }  // namespace
 
 std::string MergeConfig::ToYaml() const {
-  std::string out = absl::StrCat("merge_method: ", Scalar(merge_method), "\n");
+  std::string out;
+  if (name) absl::StrAppend(&out, "name: ", Scalar(*name), "\n");
+  absl::StrAppend(&out, "merge_method: ", Scalar(merge_method), "\n");
   if (base_model) {
     absl::StrAppend(&out, "base_model: ", Scalar(*base_model), "\n");
   }
