@@ -90,7 +90,6 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenCaseTest);
 // of the folder is either run below or named here.
 const std::map<std::string, std::string>& MergekitNotYet() {
   static const auto* kNotYet = new std::map<std::string, std::string>{
-      {"lora", "model+lora adapters are not applied yet"},
       {"tokenizer_base", "tokenizer merges are not written yet"},
       {"tokenizer_tokens", "tokenizer merges are not written yet"},
       {"tokenizer_union", "tokenizer merges are not written yet"},

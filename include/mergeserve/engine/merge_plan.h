@@ -66,6 +66,8 @@ class MergePlan {
  public:
   static absl::StatusOr<std::unique_ptr<MergePlan>> Create(
       MergeConfig config, const ModelResolver& resolver);
+  // Removes the folders LoRA references were merged into.
+  ~MergePlan();
 
   const MergeConfig& config() const { return config_; }
   const ModelFolder* base() const { return base_; }
@@ -114,6 +116,7 @@ class MergePlan {
   std::vector<PlannedTensor> tensors_;
   int num_layers_ = 0;
   int stacked_layers_ = 0;
+  std::vector<std::string> scratch_dirs_;  // model+lora folders
 };
 
 // N in "...layers.N....", or -1.

@@ -1,13 +1,19 @@
 #include "mergeserve/engine/merge_plan.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <optional>
+#include <random>
 #include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/lora_adapter.h"
 #include "mergeserve/engine/tensor_filter.h"
 
 namespace mergeserve {
@@ -94,14 +100,57 @@ ParamMap SourceParameters(const SliceSource& src, const SliceSpec& slice) {
 
 }  // namespace
 
+MergePlan::~MergePlan() {
+  folders_.clear();
+  for (const std::string& dir : scratch_dirs_) {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+}
+
 absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     MergeConfig config, const ModelResolver& resolver) {
   std::unique_ptr<MergePlan> plan(new MergePlan());
   plan->config_ = std::move(config);
   const MergeConfig& c = plan->config_;
   std::map<std::string, const ModelFolder*> opened;  // by resolved path
-  auto open =
-      [&](const std::string& ref) -> absl::StatusOr<const ModelFolder*> {
+  std::function<absl::StatusOr<const ModelFolder*>(const std::string&)> open;
+  open = [&](const std::string& ref) -> absl::StatusOr<const ModelFolder*> {
+    const size_t plus = ref.find('+');
+    if (plus != std::string::npos) {
+      // model+lora: the adapter merged into the model, once, into a
+      // private folder (mergekit's ModelReference.merged()).
+      if (ref.find('+', plus + 1) != std::string::npos || plus == 0 ||
+          plus + 1 == ref.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("model '", ref,
+                         "': a reference takes at most one '+' (MODEL+LORA)"));
+      }
+      auto it = opened.find("+" + ref);
+      if (it != opened.end()) return it->second;
+      MS_ASSIGN_OR_RETURN(const ModelFolder* model, open(ref.substr(0, plus)));
+      MS_ASSIGN_OR_RETURN(ModelLocation adapter,
+                          resolver(ref.substr(plus + 1)));
+      std::random_device rd;
+      std::error_code ec;
+      const std::string dir =
+          (fs::temp_directory_path(ec) /
+           absl::StrFormat("mergeserve-lora-%d-%08x%08x", getpid(), rd(), rd()))
+              .string();
+      plan->scratch_dirs_.push_back(dir);
+      absl::Status merged =
+          MergeLoraAdapter(*model, adapter.path, adapter.check, dir);
+      if (!merged.ok()) {
+        return absl::Status(
+            merged.code(),
+            absl::StrCat("model '", ref, "': ", merged.message()));
+      }
+      MS_ASSIGN_OR_RETURN(auto folder, ModelFolder::Open(dir));
+      plan->folders_.push_back(std::move(folder));
+      plan->folder_refs_.push_back(ref);
+      opened["+" + ref] = plan->folders_.back().get();
+      return plan->folders_.back().get();
+    }
     MS_ASSIGN_OR_RETURN(ModelLocation where, resolver(ref));
     const std::string& path = where.path;
     auto it = opened.find(path);

@@ -73,7 +73,7 @@ bool IsModelFile(const std::string& n) {
   if (n.empty() || n.find('/') != std::string::npos || n[0] == '.')
     return false;
   if (absl::EndsWith(n, ".safetensors") ||
-      n == "model.safetensors.index.json") {
+      n == "model.safetensors.index.json" || n == "adapter_config.json") {
     return true;
   }
   const auto& side = ModelSideFiles();
