@@ -203,5 +203,35 @@ TEST_F(MergeCliTest, ShardsTheOutput) {
   EXPECT_TRUE(fs::exists(dir_ + "/out/model-00001-of-00002.safetensors"));
 }
 
+// mergekit-yaml's command line: its flags translated (a 1K shard size is
+// 1000 bytes) or accepted with a note, unknown ones refused.
+TEST_F(MergeCliTest, MergekitYamlTakesMergekitsFlags) {
+  testing::WriteModel(dir_ + "/big",
+                      {{"a", {{200}, std::vector<float>(200, 1)}},
+                       {"b", {{200}, std::vector<float>(200, 2)}}});
+  testing::WriteFile(dir_ + "/k.yaml", "merge_method: linear\nmodels: [big]\n");
+  Result r = RunCli("mergekit-yaml " + dir_ + "/k.yaml " + dir_ +
+                    "/kout --out-shard-size 1K --lazy-unpickle --allow-crimes "
+                    "--random-seed 3 --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--lazy-unpickle has no effect here"));
+  EXPECT_THAT(r.output, HasSubstr("--allow-crimes has no effect here"));
+  EXPECT_THAT(r.output, HasSubstr("--random-seed has no effect here"));
+  // 800 bytes per tensor, 1000 per shard: two shards and an index.
+  EXPECT_TRUE(fs::exists(dir_ + "/kout/model.safetensors.index.json"));
+  EXPECT_EQ(testing::ReadModel(dir_ + "/kout")["b"][0], 2.f);
+  // Run again into the same folder, as mergekit would.
+  EXPECT_EQ(
+      RunCli("mergekit-yaml " + dir_ + "/k.yaml " + dir_ + "/kout --quiet")
+          .exit_code,
+      0);
+  r = RunCli("mergekit-yaml " + dir_ + "/k.yaml " + dir_ + "/kout --bogus");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("unknown flag '--bogus'"));
+  r = RunCli("mergekit-yaml " + dir_ + "/k.yaml " + dir_ +
+             "/kout --out-shard-size lots");
+  EXPECT_EQ(r.exit_code, 2);
+}
+
 }  // namespace
 }  // namespace mergeserve

@@ -20,6 +20,8 @@ constexpr char kUsage[] = R"(usage: mergeserve COMMAND [args]
 commands:
   merge CONFIG.yaml OUTPUT_DIR   run one merge in-process (mergekit-yaml
                                  equivalent); see `mergeserve merge --help`
+  mergekit-yaml CONFIG OUT [mergekit flags]
+                                 the same with mergekit-yaml's command line
   analyze CONFIG.yaml            the TIES paper's diagnostics of a merge
                                  (kept fractions, sign conflicts, norms,
                                  cosines); see `mergeserve analyze --help`
@@ -56,6 +58,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest(argv + 2, argv + argc);
   if (cmd == "merge") return mergeserve::RunMergeCommand(rest);
   if (cmd == "methods") return mergeserve::RunMethodsCommand(rest);
+  if (cmd == "mergekit-yaml") return mergeserve::RunMergekitYamlCommand(rest);
   if (cmd == "analyze") return mergeserve::RunAnalyzeCommand(rest);
   if (cmd == "eval") return mergeserve::RunEvalCommand(rest);
   if (cmd == "fisher") return mergeserve::RunFisherCommand(rest);

@@ -10,6 +10,8 @@ namespace mergeserve {
 // Returns the process exit code.
 int RunMergeCommand(const std::vector<std::string>& args);
 int RunMethodsCommand(const std::vector<std::string>& args);
+// mergekit-yaml's command line over RunMergeCommand.
+int RunMergekitYamlCommand(const std::vector<std::string>& args);
 
 }  // namespace mergeserve
 
