@@ -28,7 +28,8 @@ std::string Config(const std::string& extra) {
 
 TEST(DareTest, InverseRescaleIsUnbiased) {
   const std::string dir = Family();
-  auto out = testing::Merge(dir, Config("seed: 11"));
+  // The paper's and PEFT's default (mergekit's is L1 matching, below).
+  auto out = testing::Merge(dir, Config("seed: 11, semantics: peft"));
   ASSERT_TRUE(out.ok()) << out.status();
   const auto& w = (*out)["w"];
   double sum = 0;
@@ -74,6 +75,14 @@ TEST(DareTest, L1RescaleMatchesNorms) {
   double sum = 0;
   for (float v : (*out)["w"]) sum += std::fabs(v);
   EXPECT_NEAR(sum, static_cast<double>(kN), kN * 1e-5);  // L1 norm preserved
+  // It is the default under the mergekit preset (mergekit's `rescale`
+  // defaults to true for DARE and DELLA); `rescale: false` turns it off.
+  auto by_default = testing::Merge(dir, Config("seed: 3"));
+  ASSERT_TRUE(by_default.ok());
+  EXPECT_EQ((*by_default)["w"], (*out)["w"]);
+  auto off = testing::Merge(dir, Config("seed: 3, rescale: false"));
+  ASSERT_TRUE(off.ok());
+  for (float v : (*off)["w"]) EXPECT_TRUE(v == 0.f || v == 1.f);
 }
 
 }  // namespace

@@ -135,7 +135,8 @@ TEST(DellaTest, KeepsLargeEntriesMoreOftenAndRejectsBadEpsilon) {
   auto out = testing::Merge(
       dir,
       "merge_method: della_linear\nbase_model: base\nmodels:\n"
-      "  - model: e0\n    parameters: {density: 0.5, epsilon: 0.4}\n");
+      "  - model: e0\n    parameters: {density: 0.5, epsilon: 0.4}\n"
+      "parameters: {rescale_mode: inverse}\n");
   ASSERT_TRUE(out.ok()) << out.status();
   // Keep probability of column c is 0.1 + 0.8 c/(cols-1): compare the
   // smallest and largest columns' keep rates.

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/hub_cache.h"
 #include "mergeserve/engine/lora_adapter.h"
 #include "mergeserve/engine/tensor_filter.h"
 
@@ -27,6 +28,11 @@ ModelResolver LocalPathResolver(const std::string& source_dir) {
   return [source_dir](const std::string& ref) -> absl::StatusOr<std::string> {
     fs::path p(ref);
     if (p.is_relative()) p = fs::path(source_dir) / p;
+    std::error_code ec;
+    // A Hub id that is not a folder here comes from the shared HF cache.
+    if (!fs::exists(p, ec) && LooksLikeHubId(ref)) {
+      return FindInHubCache(ref, HubCacheDir());
+    }
     return p.lexically_normal().string();
   };
 }

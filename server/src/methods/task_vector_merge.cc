@@ -341,7 +341,9 @@ absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
   Rescale rescale = Rescale::kNone;
   if (o.sparsify == Sparsify::kRandom ||
       o.sparsify == Sparsify::kRankSampling) {
-    rescale = Rescale::kInverse;
+    // mergekit's `rescale` defaults to true for DARE and DELLA, meaning L1
+    // matching; the paper and PEFT rescale by 1/p.
+    rescale = sem == Semantics::kMergekit ? Rescale::kL1 : Rescale::kInverse;
   }
   if (o.sparsify != Sparsify::kNone && plan.Has("rescale")) {
     MS_ASSIGN_OR_RETURN(bool r, plan.Bool("rescale", true));
