@@ -83,6 +83,11 @@ class ShardedWriter {
 // Parent-relative temporary names start with this, so tools can ignore them.
 constexpr char kTempSuffix[] = ".mergeserve-tmp-";
 
+// A writer of one model.safetensors in `output_dir` (replaced at Commit):
+// for converted inputs (.bin checkpoints, models with a LoRA merged in).
+absl::StatusOr<std::unique_ptr<ShardedWriter>> SingleFileWriter(
+    const std::string& output_dir, std::vector<TensorSpec> tensors);
+
 }  // namespace mergeserve
 
 #endif  // MERGESERVE_FORMAT_SAFETENSORS_WRITER_H_

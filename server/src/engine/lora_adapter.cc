@@ -201,11 +201,7 @@ absl::Status MergeLoraAdapter(const ModelFolder& model,
   for (const TensorInfo* t : model.tensors()) {
     specs.push_back({t->name, t->dtype, t->shape});
   }
-  ShardedWriter::Options o;
-  o.output_dir = out_dir;
-  o.max_shard_bytes = ~uint64_t{0};
-  o.overwrite = true;
-  MS_ASSIGN_OR_RETURN(auto writer, ShardedWriter::Create(o, specs));
+  MS_ASSIGN_OR_RETURN(auto writer, SingleFileWriter(out_dir, specs));
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorInfo* t = model.tensors()[i];
     TensorView v = model.View(*t);

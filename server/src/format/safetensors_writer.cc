@@ -244,4 +244,13 @@ absl::Status ShardedWriter::Commit() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<ShardedWriter>> SingleFileWriter(
+    const std::string& output_dir, std::vector<TensorSpec> tensors) {
+  ShardedWriter::Options o;
+  o.output_dir = output_dir;
+  o.max_shard_bytes = ~uint64_t{0};
+  o.overwrite = true;
+  return ShardedWriter::Create(std::move(o), std::move(tensors));
+}
+
 }  // namespace mergeserve

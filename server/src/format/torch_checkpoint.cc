@@ -583,11 +583,7 @@ absl::Status ConvertTorchCheckpoint(const std::vector<std::string>& files,
       where.push_back({archives.size() - 1, i});
     }
   }
-  ShardedWriter::Options o;
-  o.output_dir = out_dir;
-  o.max_shard_bytes = ~uint64_t{0};
-  o.overwrite = true;
-  MS_ASSIGN_OR_RETURN(auto writer, ShardedWriter::Create(o, specs));
+  MS_ASSIGN_OR_RETURN(auto writer, SingleFileWriter(out_dir, specs));
   for (size_t k = 0; k < specs.size(); ++k) {
     const Archive& a = archives[where[k].first];
     const PickledTensor& t = a.tensors[where[k].second];
