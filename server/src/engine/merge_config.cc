@@ -390,10 +390,33 @@ absl::StatusOr<std::vector<MergeConfig>> MergeConfig::AllFromYaml(
                                 " are allowed"));
   }
   Budget budget{limits, limits.max_values};
+  // Documents split at column-0 "---" (and "...") lines, which YAML does
+  // not allow inside a document, each parsed on its own. (yaml-cpp's
+  // LoadAll can loop forever on malformed input; the fuzzer found one.)
+  std::vector<std::string> pieces(1);
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    const std::string_view line(text.data() + at, end - at);
+    const bool start =
+        line.substr(0, 3) == "---" && (line.size() == 3 || line[3] == ' ' ||
+                                       line[3] == '\t' || line[3] == '\r');
+    const bool finish = line.substr(0, 3) == "..." &&
+                        (line.size() == 3 || line[3] == ' ' || line[3] == '\r');
+    if (start || finish) {
+      if (pieces.size() > 64) return Invalid("more than 64 merges in one file");
+      pieces.emplace_back(start ? std::string(line.substr(3)) + "\n" : "");
+    } else {
+      pieces.back().append(line).append("\n");
+    }
+    at = end + 1;
+  }
   try {
     std::vector<MergeConfig> out;
-    for (const YAML::Node& doc : YAML::LoadAll(text)) {
-      if (doc.IsNull() && !out.empty()) continue;  // a trailing ---
+    for (const std::string& piece : pieces) {
+      const YAML::Node doc = YAML::Load(piece);
+      if (doc.IsNull()) continue;  // empty, or only comments
       if (out.size() >= 64) return Invalid("more than 64 merges in one file");
       MS_ASSIGN_OR_RETURN(MergeConfig c, ParseConfig(doc, source_dir, budget));
       out.push_back(std::move(c));
