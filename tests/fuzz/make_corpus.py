@@ -75,9 +75,20 @@ def main(out):
                             "models": [{"model": "x", "parameters": {"density": 0.5}}],
                             "parameters": {"seed": 3, "rescale_mode": "l1"}}),
     }
+    configs["slices"] = ("merge_method: passthrough\nslices:\n  - sources:\n"
+                         "      - model: a\n        layer_range: [0, 2]\n"
+                         "        parameters: {scale: [{filter: \"*\", value: 0.5}]}\n"
+                         "  - sources: [{model: b, layer_range: [1, 3]}]\n")
+    configs["stages"] = ("name: s\nmerge_method: linear\nmodels: [a, b]\n---\n"
+                         "merge_method: nuslerp\nmodels:\n  - model: s+lora\n"
+                         "    parameters: {weight: 1}\n  - model: org/name@v1\n"
+                         "    parameters: {weight: 2}\n...\n")
     for name, text in configs.items():
         with open(os.path.join(cfg, name + ".yaml"), "w") as f:
             f.write(text)
+    # Inputs that once hung the parser (yaml-cpp's LoadAll looped forever).
+    with open(os.path.join(cfg, "regress_loadall_loop"), "wb") as f:
+        f.write(b",\xff\xff\xff\xf8")
 
 
 if __name__ == "__main__":
