@@ -238,6 +238,8 @@ class JobManager {
   // Records, logs and announces the end of a held job (run or not): the
   // outcome, or back to the queue when this replica stopped without one.
   void Finish(JobRecord done, StopReason stop);
+  // Records a held job that could not start (no plan, never fits here).
+  void FailBeforeRun(JobRecord job, const absl::Status& why);
   void Update(const std::string& id, const std::function<void(JobRecord&)>& f,
               bool notify);
   void Notify(const JobRecord& r);

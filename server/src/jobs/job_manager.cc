@@ -338,11 +338,7 @@ void JobManager::Start(JobRecord job) {
   if (job.kind == kSweepJob || job.kind == kEvaluateJob) {
     auto work = TakeWorkPlan(job);
     if (!work.ok()) {
-      job.state = JobState::kFailed;
-      job.error_code = static_cast<int>(work.status().code());
-      job.error_message = std::string(work.status().message());
-      job.end_ms = NowMs();
-      Finish(std::move(job), StopReason::kNone);
+      FailBeforeRun(std::move(job), work.status());
       return;
     }
     item.memory = (*work)->memory;
@@ -367,11 +363,7 @@ void JobManager::Start(JobRecord job) {
       s = config.status();
     }
     if (!s.ok()) {
-      job.state = JobState::kFailed;
-      job.error_code = static_cast<int>(s.code());
-      job.error_message = std::string(s.message());
-      job.end_ms = NowMs();
-      Finish(std::move(job), StopReason::kNone);
+      FailBeforeRun(std::move(job), s);
       return;
     }
   }
@@ -414,16 +406,20 @@ void JobManager::Start(JobRecord job) {
     }
     // It can never run here (e.g. over this replica's memory budget): fail
     // it rather than hand it back to be claimed again and again.
-    job.state = JobState::kFailed;
-    job.error_code = static_cast<int>(ticket.status().code());
-    job.error_message = std::string(ticket.status().message());
-    job.end_ms = NowMs();
-    Finish(std::move(job), StopReason::kNone);
+    FailBeforeRun(std::move(job), ticket.status());
     return;
   }
   std::lock_guard<std::mutex> lock(mu_);
   auto it = active_.find(id);
   if (it != active_.end()) it->second.ticket = *ticket;
+}
+
+void JobManager::FailBeforeRun(JobRecord job, const absl::Status& why) {
+  job.state = JobState::kFailed;
+  job.error_code = static_cast<int>(why.code());
+  job.error_message = std::string(why.message());
+  job.end_ms = NowMs();
+  Finish(std::move(job), StopReason::kNone);
 }
 
 void JobManager::OnLeaseCheck(const LeaseCheck& c) {
