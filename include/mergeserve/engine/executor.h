@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "mergeserve/engine/merge_config.h"
@@ -76,6 +77,8 @@ struct MergeSummary {
   int64_t peak_rss_bytes = 0;  // of the whole process
   // EstimateMergeMemory for this merge: the bound the server reserves.
   int64_t memory_estimate_bytes = 0;
+  // What the planner changed without failing (MergePlan::warnings).
+  std::vector<std::string> warnings;
 };
 
 absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,

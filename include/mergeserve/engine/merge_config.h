@@ -43,6 +43,30 @@ struct SliceSpec {
   ParamMap parameters;  // between the sources' own and the global ones
 };
 
+// Where a token's default embedding row comes from (mergekit's
+// tokenizer/config.py TokenEmbeddingConfig.source).
+struct TokenSourceSpec {
+  enum class Kind { kModel, kZero, kModelToken };
+  Kind kind = Kind::kModel;
+  std::string model;                 // kModel, kModelToken
+  std::optional<int64_t> token_id;   // kModelToken: a raw row of `model`
+  std::optional<std::string> token;  // kModelToken: `model`'s row of a token
+};
+
+// One entry under `tokenizer: tokens:`.
+struct TokenSpec {
+  std::string token;
+  std::optional<TokenSourceSpec> source;
+  bool force = false;  // every model gets the default row
+};
+
+// `tokenizer:` (or `tokenizer_source: X`, which is {source: X}).
+struct TokenizerSpec {
+  std::string source = "union";    // "union", "base" or a model reference
+  std::vector<TokenSpec> tokens;   // in the order written
+  int64_t pad_to_multiple_of = 0;  // 0: no padding
+};
+
 struct MergeConfig {
   // A stage's name in a file of several merges (mergekit-multi); unset for
   // the final merge.
@@ -56,6 +80,12 @@ struct MergeConfig {
   ParamMap parameters;  // global; a model's own parameters override these
   std::optional<DType> dtype;
   std::optional<DType> out_dtype;
+  // A merged vocabulary (see README, "Tokenizers"); unset: the reference
+  // model's tokenizer files are copied.
+  std::optional<TokenizerSpec> tokenizer;
+  // A named template (chatml, llama3, ...), "auto" or a literal Jinja
+  // template, written into the output's tokenizer_config.json.
+  std::optional<std::string> chat_template;
   // Folder relative model paths resolve against (the config file's folder).
   std::string source_dir;
   // The YAML text it was parsed from.

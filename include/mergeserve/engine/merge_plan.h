@@ -5,6 +5,7 @@
 #ifndef MERGESERVE_ENGINE_MERGE_PLAN_H_
 #define MERGESERVE_ENGINE_MERGE_PLAN_H_
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -16,6 +17,8 @@
 #include "mergeserve/format/model_folder.h"
 
 namespace mergeserve {
+
+class TokenizerMerge;
 
 // Where a model reference points: a folder path, and (optionally) the check
 // every file opened from it must pass (the service's storage roots).
@@ -77,6 +80,18 @@ class MergePlan {
   int num_layers() const { return num_layers_; }
   // Layers of the output when slices stack layers (passthrough), else 0.
   int stacked_layers() const { return stacked_layers_; }
+  // The merged vocabulary when the config asks for one (tokenizer:,
+  // tokenizer_source:), else nullptr.
+  const TokenizerMerge* tokenizer() const { return tokenizer_.get(); }
+  // Embedding rows of the output when they differ from the reference
+  // model's config.json vocab_size (a tokenizer merge, or embeddings cut to
+  // the rows every model has), else 0.
+  int64_t vocab_size() const { return vocab_size_; }
+  // The chat template to write into tokenizer_config.json ("": keep).
+  const std::string& chat_template() const { return chat_template_; }
+  // What the planner changed without failing (embeddings cut to common
+  // rows), for the caller to show.
+  const std::vector<std::string>& warnings() const { return warnings_; }
   // Bytes of all input files.
   uint64_t input_bytes() const;
   // DATA_LOSS naming the model and file when an input was truncated or
@@ -106,6 +121,13 @@ class MergePlan {
  private:
   MergePlan() = default;
   const ParamValue* Find(const std::string& key, int model) const;
+  using OpenFn =
+      std::function<absl::StatusOr<const ModelFolder*>(const std::string&)>;
+  // Builds the merged vocabulary and every model's embeddings rebuilt in
+  // its order (read instead of the models' own through overlays_).
+  absl::Status PlanTokenizer(const OpenFn& open);
+  // `name` of folder `f`: its rebuilt embedding when there is one.
+  TensorView Lookup(const ModelFolder* f, const std::string& name) const;
 
   MergeConfig config_;
   std::vector<std::unique_ptr<ModelFolder>> folders_;
@@ -116,7 +138,15 @@ class MergePlan {
   std::vector<PlannedTensor> tensors_;
   int num_layers_ = 0;
   int stacked_layers_ = 0;
-  std::vector<std::string> scratch_dirs_;  // model+lora folders
+  std::vector<std::string> scratch_dirs_;  // model+lora, embeddings
+  std::unique_ptr<TokenizerMerge> tokenizer_;
+  // Input folder -> its rebuilt embeddings (tokenizer merges).
+  std::map<const ModelFolder*, const ModelFolder*> overlays_;
+  // Leading rows of embeddings wider than the output (views point here).
+  std::deque<TensorInfo> cut_infos_;
+  int64_t vocab_size_ = 0;
+  std::string chat_template_;
+  std::vector<std::string> warnings_;
 };
 
 // N in "...layers.N....", or -1.

@@ -166,6 +166,9 @@ int RunMergeCommand(const std::vector<std::string>& argv) {
   bar.Finish();
   if (!summary.ok()) return FailWith(summary.status());
   const MergeSummary& s = *summary;
+  for (const std::string& w : s.warnings) {
+    std::fprintf(stderr, "warning: %s\n", w.c_str());
+  }
   if (json) {
     nlohmann::json j = {{"method", s.method},
                         {"output_dir", s.output_dir},
@@ -177,7 +180,8 @@ int RunMergeCommand(const std::vector<std::string>& argv) {
                         {"bytes_written", s.bytes_written},
                         {"seconds", s.seconds},
                         {"peak_rss_bytes", s.peak_rss_bytes},
-                        {"memory_estimate_bytes", s.memory_estimate_bytes}};
+                        {"memory_estimate_bytes", s.memory_estimate_bytes},
+                        {"warnings", s.warnings}};
     std::cout << j.dump() << std::endl;
   } else {
     std::printf(

@@ -9,8 +9,10 @@
 #include "absl/strings/str_cat.h"
 #include "mergeserve/base/byte_size.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/hub_cache.h"
 #include "mergeserve/engine/magnitude_selector.h"
 #include "mergeserve/engine/method_registry.h"
+#include "mergeserve/engine/tokenizer_merge.h"
 #include "mergeserve/format/model_folder.h"
 #include "mergeserve/format/safetensors_writer.h"
 #include "nlohmann/json.hpp"
@@ -65,11 +67,63 @@ class DiscardSink : public TensorSink {
   }
 };
 
-// Copies config.json (with torch_dtype updated) and tokenizer files from the
-// reference model's folder, through its file check like the weights.
+// Files of a tokenizer that a merged tokenizer.json replaces: the slow
+// tokenizers' vocabularies would disagree with it.
+bool IsSlowTokenizerFile(const std::string& name) {
+  return name == "tokenizer.model" || name == "vocab.json" ||
+         name == "merges.txt" || name == "added_tokens.json" ||
+         name == "vocab.txt";
+}
+
+// The model card mergekit writes (card.py): what was merged, how, and the
+// config, with the Hub ids as base_model metadata.
+std::string ModelCard(const MergePlan& plan, const std::string& name,
+                      const std::string& config_yaml) {
+  const MergeConfig& c = plan.config();
+  std::vector<std::string> refs;
+  if (c.base_model) refs.push_back(*c.base_model);
+  for (const PlannedModel& m : plan.models()) {
+    if (std::find(refs.begin(), refs.end(), m.ref) == refs.end()) {
+      refs.push_back(m.ref);
+    }
+  }
+  std::string hub;
+  for (const std::string& r : refs) {
+    const std::string id = r.substr(0, r.find('+'));
+    if (LooksLikeHubId(id)) absl::StrAppend(&hub, "- ", id, "\n");
+  }
+  // slerp's base is one of its two endpoints, listed with the others.
+  const bool base_apart = c.base_model && c.merge_method != "slerp";
+  std::string out = absl::StrCat(
+      "---\nbase_model:", hub.empty() ? " []\n" : "\n", hub,
+      "library_name: transformers\ntags:\n- mergeserve\n- merge\n---\n# ",
+      name.empty() ? "Untitled Model (1)" : name,
+      "\n\nThis is a merge of pre-trained language models created with "
+      "mergeserve.\n\n## Merge Details\n### Merge Method\n\nThis model was "
+      "merged using the ",
+      c.merge_method, " merge method",
+      base_apart ? absl::StrCat(" using ", *c.base_model, " as a base") : "",
+      ".\n\n### Models Merged\n\nThe following models were included in the "
+      "merge:\n");
+  for (const std::string& r : refs) {
+    if (base_apart && r == *c.base_model) continue;
+    absl::StrAppend(&out, "* ", r, "\n");
+  }
+  absl::StrAppend(&out,
+                  "\n### Configuration\n\nThe following YAML configuration "
+                  "was used to produce this model:\n\n```yaml\n",
+                  config_yaml, "```\n");
+  return out;
+}
+
+// Copies config.json (with torch_dtype, vocab_size and stacked layers
+// updated) and tokenizer files from the reference model's folder, through
+// its file check like the weights; a tokenizer merge writes its own
+// tokenizer files. Adds the model card and the config.
 absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
                            const MergeConfig& config,
-                           const std::string& config_text) {
+                           const std::string& config_text,
+                           const std::string& output_dir) {
   const ModelFolder& ref = plan.reference();
   auto cfg = ref.ReadSideFile("config.json");
   if (cfg.ok()) {
@@ -82,25 +136,59 @@ absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
       if (plan.stacked_layers() > 0) {
         j["num_hidden_layers"] = plan.stacked_layers();
       }
+      if (plan.vocab_size() > 0) {
+        if (j.contains("text_config") && j["text_config"].is_object() &&
+            !j.contains("vocab_size")) {
+          j["text_config"]["vocab_size"] = plan.vocab_size();
+        } else {
+          j["vocab_size"] = plan.vocab_size();
+        }
+      }
       text = j.dump(2) + "\n";
     }
     MS_RETURN_IF_ERROR(writer.AddFile("config.json", text));
   } else if (!absl::IsNotFound(cfg.status())) {
     return cfg.status();
   }
+  const TokenizerMerge* tm = plan.tokenizer();
+  const ModelFolder& tokenizer_from = tm ? tm->source_folder() : ref;
+  const std::string& chat = plan.chat_template();
+  if (tm) {
+    MS_RETURN_IF_ERROR(writer.AddFile("tokenizer.json", tm->TokenizerJson()));
+    MS_RETURN_IF_ERROR(
+        writer.AddFile("tokenizer_config.json", tm->TokenizerConfigJson(chat)));
+  }
   for (const std::string& name : ModelSideFiles()) {
     if (name == "config.json") continue;  // rewritten above
-    auto text = ref.ReadSideFile(name);
+    if (tm && (name == "tokenizer.json" || name == "tokenizer_config.json" ||
+               IsSlowTokenizerFile(name))) {
+      continue;
+    }
+    const ModelFolder& from =
+        name == "generation_config.json" ? ref : tokenizer_from;
+    auto text = from.ReadSideFile(name);
     if (absl::IsNotFound(text.status())) continue;
     MS_RETURN_IF_ERROR(text.status());
-    MS_RETURN_IF_ERROR(writer.AddFile(name, *text));
+    std::string contents = *text;
+    if (!chat.empty() && name == "chat_template.jinja") contents = chat;
+    if (!chat.empty() && !tm && name == "tokenizer_config.json") {
+      auto j = nlohmann::json::parse(contents, nullptr, false);
+      if (!j.is_discarded() && j.is_object()) {
+        j["chat_template"] = chat;
+        contents = j.dump(2) + "\n";
+      }
+    }
+    MS_RETURN_IF_ERROR(writer.AddFile(name, contents));
   }
   // The request as a canonical document (as mergekit saves its config):
   // the same for the same merge however it was written or sent.
-  MS_RETURN_IF_ERROR(
-      writer.AddFile("mergeserve_config.yaml",
-                     config_text.empty() ? config.ToYaml() : config_text));
-  return absl::OkStatus();
+  const std::string yaml = config_text.empty() ? config.ToYaml() : config_text;
+  MS_RETURN_IF_ERROR(writer.AddFile("mergeserve_config.yaml", yaml));
+  return writer.AddFile(
+      "README.md",
+      ModelCard(plan,
+                fs::path(output_dir).lexically_normal().filename().string(),
+                yaml));
 }
 
 }  // namespace
@@ -221,6 +309,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
 
   MergeSummary summary;
   summary.method = config.merge_method;
+  summary.warnings = plan->warnings();
   summary.memory_estimate_bytes =
       EstimateMergeMemory(*plan, options.backend, pool.num_threads());
   progress.phase = "merge";
@@ -260,8 +349,8 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     if (options.on_progress) options.on_progress(progress);
   }
   if (writer) {
-    MS_RETURN_IF_ERROR(
-        CopySideFiles(*plan, *writer, config, options.config_text));
+    MS_RETURN_IF_ERROR(CopySideFiles(*plan, *writer, config,
+                                     options.config_text, options.output_dir));
     MS_RETURN_IF_ERROR(plan->CheckInputsUnchanged());
     summary.shards = writer->num_shards();
     if (options.before_commit) MS_RETURN_IF_ERROR(options.before_commit());

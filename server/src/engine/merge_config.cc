@@ -262,21 +262,167 @@ absl::StatusOr<std::vector<SliceSpec>> ParseSlices(const YAML::Node& node,
   return out;
 }
 
+// A plain string scalar, or an error naming `where`.
+absl::StatusOr<std::string> StringAt(const YAML::Node& node,
+                                     const std::string& where) {
+  if (!node || !node.IsScalar() || node.Scalar().empty()) {
+    return Invalid(absl::StrCat(where, " must be a non-empty string"));
+  }
+  return node.Scalar();
+}
+
+// mergekit's tokenizer/config.py: `source:` of a token is a model, or
+// {kind: zero}, or {kind: model_token, model, token_id | token}.
+absl::StatusOr<TokenSourceSpec> ParseTokenSource(const YAML::Node& node,
+                                                 const std::string& where) {
+  TokenSourceSpec out;
+  if (node.IsScalar()) {
+    MS_ASSIGN_OR_RETURN(out.model, StringAt(node, where));
+    return out;
+  }
+  if (!node.IsMap()) {
+    return Invalid(absl::StrCat(
+        where, " must be a model, {kind: zero} or {kind: model_token, ...}"));
+  }
+  MS_ASSIGN_OR_RETURN(std::string kind,
+                      StringAt(node["kind"], absl::StrCat(where, ".kind")));
+  for (const auto& kv : node) {
+    const std::string key = kv.first.as<std::string>();
+    if (key != "kind" && key != "model" && key != "token_id" &&
+        key != "token") {
+      return Invalid(
+          absl::StrCat("unknown key '", Abbreviate(key), "' in ", where));
+    }
+  }
+  if (kind == "zero") {
+    if (node.size() != 1) {
+      return Invalid(absl::StrCat(where, ": {kind: zero} takes no other keys"));
+    }
+    out.kind = TokenSourceSpec::Kind::kZero;
+    return out;
+  }
+  if (kind != "model_token") {
+    return Invalid(absl::StrCat(where,
+                                ": kind must be zero or model_token, got '",
+                                Abbreviate(kind), "'"));
+  }
+  out.kind = TokenSourceSpec::Kind::kModelToken;
+  MS_ASSIGN_OR_RETURN(out.model,
+                      StringAt(node["model"], absl::StrCat(where, ".model")));
+  if (static_cast<bool>(node["token_id"]) == static_cast<bool>(node["token"])) {
+    return Invalid(
+        absl::StrCat(where, ": model_token takes token_id or token (one)"));
+  }
+  if (node["token_id"]) {
+    try {
+      out.token_id = node["token_id"].as<int64_t>();
+    } catch (const YAML::Exception&) {
+      return Invalid(absl::StrCat(where, ".token_id must be a whole number"));
+    }
+    if (*out.token_id < 0) {
+      return Invalid(absl::StrCat(where, ".token_id must be >= 0"));
+    }
+  } else {
+    MS_ASSIGN_OR_RETURN(std::string t,
+                        StringAt(node["token"], absl::StrCat(where, ".token")));
+    out.token = std::move(t);
+  }
+  return out;
+}
+
+absl::StatusOr<TokenizerSpec> ParseTokenizer(const YAML::Node& node,
+                                             Budget& budget) {
+  TokenizerSpec out;
+  if (!node.IsMap()) {
+    return Invalid(
+        "tokenizer must be a mapping {source, tokens, "
+        "pad_to_multiple_of}");
+  }
+  for (const auto& kv : node) {
+    const std::string key = kv.first.as<std::string>();
+    if (key != "source" && key != "tokens" && key != "pad_to_multiple_of") {
+      return Invalid(
+          absl::StrCat("unknown key '", Abbreviate(key), "' in tokenizer"));
+    }
+  }
+  if (node["source"]) {
+    MS_ASSIGN_OR_RETURN(out.source,
+                        StringAt(node["source"], "tokenizer.source"));
+  }
+  if (node["pad_to_multiple_of"] && !node["pad_to_multiple_of"].IsNull()) {
+    try {
+      out.pad_to_multiple_of = node["pad_to_multiple_of"].as<int64_t>();
+    } catch (const YAML::Exception&) {
+      out.pad_to_multiple_of = -1;
+    }
+    if (out.pad_to_multiple_of < 1 || out.pad_to_multiple_of > (1 << 20)) {
+      return Invalid(
+          "tokenizer.pad_to_multiple_of must be a whole number in [1, "
+          "1048576]");
+    }
+  }
+  const YAML::Node tokens = node["tokens"];
+  if (tokens && !tokens.IsNull()) {
+    if (!tokens.IsMap()) {
+      return Invalid("tokenizer.tokens must map each token to its settings");
+    }
+    if (tokens.size() > budget.limits.max_list_values) {
+      return Invalid(absl::StrCat("tokenizer.tokens names more than ",
+                                  budget.limits.max_list_values, " tokens"));
+    }
+    for (const auto& kv : tokens) {
+      MS_RETURN_IF_ERROR(budget.Charge(1));
+      TokenSpec t;
+      MS_ASSIGN_OR_RETURN(t.token, StringAt(kv.first, "a token under tokens"));
+      const std::string where =
+          absl::StrCat("tokenizer.tokens['", Abbreviate(t.token), "']");
+      const YAML::Node v = kv.second;
+      if (!v.IsNull()) {
+        if (!v.IsMap()) {
+          return Invalid(
+              absl::StrCat(where, " must be a mapping {source, force}"));
+        }
+        for (const auto& e : v) {
+          const std::string key = e.first.as<std::string>();
+          if (key != "source" && key != "force") {
+            return Invalid(
+                absl::StrCat("unknown key '", Abbreviate(key), "' in ", where));
+          }
+        }
+        if (v["source"] && !v["source"].IsNull()) {
+          MS_ASSIGN_OR_RETURN(
+              t.source,
+              ParseTokenSource(v["source"], absl::StrCat(where, ".source")));
+        }
+        if (v["force"]) {
+          if (!YAML::convert<bool>::decode(v["force"], t.force)) {
+            return Invalid(absl::StrCat(where, ".force must be true or false"));
+          }
+        }
+      }
+      for (const TokenSpec& seen : out.tokens) {
+        if (seen.token == t.token) {
+          return Invalid(absl::StrCat(where, " is named twice"));
+        }
+      }
+      out.tokens.push_back(std::move(t));
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
                                         const std::string& source_dir,
                                         Budget& budget) {
   if (!root.IsMap()) return Invalid("the document must be a mapping");
   static const std::set<std::string> kTop = {
-      "name",   "merge_method", "base_model", "models",
-      "slices", "parameters",   "dtype",      "out_dtype"};
+      "name",      "merge_method",     "base_model",   "models",
+      "slices",    "parameters",       "dtype",        "out_dtype",
+      "tokenizer", "tokenizer_source", "chat_template"};
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     if (!kTop.count(key)) {
-      std::string hint;
-      if (key == "tokenizer_source" || key == "tokenizer") {
-        hint = " (tokenizer files are copied from the base model)";
-      }
-      return Invalid(absl::StrCat("unknown key '", Abbreviate(key), "'", hint));
+      return Invalid(absl::StrCat("unknown key '", Abbreviate(key), "'"));
     }
   }
   MergeConfig c;
@@ -304,6 +450,23 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
   }
   MS_ASSIGN_OR_RETURN(c.parameters,
                       ParseParams(root["parameters"], "global", false, budget));
+  const bool has_source =
+      root["tokenizer_source"] && !root["tokenizer_source"].IsNull();
+  const bool has_tokenizer = root["tokenizer"] && !root["tokenizer"].IsNull();
+  if (has_source && has_tokenizer) {
+    return Invalid("give tokenizer_source or tokenizer, not both");
+  }
+  if (has_source) {
+    c.tokenizer.emplace();
+    MS_ASSIGN_OR_RETURN(c.tokenizer->source,
+                        StringAt(root["tokenizer_source"], "tokenizer_source"));
+  } else if (has_tokenizer) {
+    MS_ASSIGN_OR_RETURN(c.tokenizer, ParseTokenizer(root["tokenizer"], budget));
+  }
+  if (root["chat_template"] && !root["chat_template"].IsNull()) {
+    MS_ASSIGN_OR_RETURN(c.chat_template,
+                        StringAt(root["chat_template"], "chat_template"));
+  }
   if (root["slices"]) {
     if (root["models"]) return Invalid("give models or slices, not both");
     MS_ASSIGN_OR_RETURN(c.slices, ParseSlices(root["slices"], budget));
@@ -538,6 +701,43 @@ std::string MergeConfig::ToYaml() const {
   if (!parameters.empty()) {
     absl::StrAppend(&out, "parameters:\n");
     AppendParams(parameters, "  ", &out);
+  }
+  if (tokenizer) {
+    absl::StrAppend(&out, "tokenizer:\n  source: ", Scalar(tokenizer->source),
+                    "\n");
+    if (tokenizer->pad_to_multiple_of > 0) {
+      absl::StrAppend(
+          &out, "  pad_to_multiple_of: ", tokenizer->pad_to_multiple_of, "\n");
+    }
+    if (!tokenizer->tokens.empty()) absl::StrAppend(&out, "  tokens:\n");
+    for (const TokenSpec& t : tokenizer->tokens) {
+      absl::StrAppend(&out, "    ", Quoted(t.token), ": {");
+      if (t.source) {
+        const TokenSourceSpec& src = *t.source;
+        switch (src.kind) {
+          case TokenSourceSpec::Kind::kModel:
+            absl::StrAppend(&out, "source: ", Scalar(src.model));
+            break;
+          case TokenSourceSpec::Kind::kZero:
+            absl::StrAppend(&out, "source: {kind: zero}");
+            break;
+          case TokenSourceSpec::Kind::kModelToken:
+            absl::StrAppend(
+                &out, "source: {kind: model_token, model: ", Scalar(src.model));
+            if (src.token_id) {
+              absl::StrAppend(&out, ", token_id: ", *src.token_id, "}");
+            } else {
+              absl::StrAppend(&out, ", token: ", Quoted(*src.token), "}");
+            }
+            break;
+        }
+        absl::StrAppend(&out, ", ");
+      }
+      absl::StrAppend(&out, "force: ", t.force ? "true" : "false", "}\n");
+    }
+  }
+  if (chat_template) {
+    absl::StrAppend(&out, "chat_template: ", Quoted(*chat_template), "\n");
   }
   if (!slices.empty()) {
     absl::StrAppend(&out, "slices:\n");

@@ -16,6 +16,7 @@
 #include "mergeserve/engine/hub_cache.h"
 #include "mergeserve/engine/lora_adapter.h"
 #include "mergeserve/engine/tensor_filter.h"
+#include "mergeserve/engine/tokenizer_merge.h"
 
 namespace mergeserve {
 namespace fs = std::filesystem;
@@ -95,6 +96,24 @@ bool IsInputEmbedding(const std::string& name) {
   return false;
 }
 
+// A fresh private folder name under the temp directory.
+std::string ScratchDir(const char* kind) {
+  std::random_device rd;
+  std::error_code ec;
+  return (fs::temp_directory_path(ec) /
+          absl::StrFormat("mergeserve-%s-%d-%08x%08x", kind, getpid(), rd(),
+                          rd()))
+      .string();
+}
+
+// Methods that merge embeddings of different row counts on the rows every
+// model has (mergekit's rectify_embed_sizes); the others keep the base's.
+bool TakesCommonRows(const std::string& method) {
+  static const std::set<std::string> kMethods = {
+      "linear", "slerp", "nuslerp", "karcher", "model_stock", "arcee_fusion"};
+  return kMethods.count(method) > 0;
+}
+
 // A source's parameters over its slice's (a filter list that matches
 // nothing at the source falls through to the global value, not the
 // slice's; see README).
@@ -137,12 +156,7 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
       MS_ASSIGN_OR_RETURN(const ModelFolder* model, open(ref.substr(0, plus)));
       MS_ASSIGN_OR_RETURN(ModelLocation adapter,
                           resolver(ref.substr(plus + 1)));
-      std::random_device rd;
-      std::error_code ec;
-      const std::string dir =
-          (fs::temp_directory_path(ec) /
-           absl::StrFormat("mergeserve-lora-%d-%08x%08x", getpid(), rd(), rd()))
-              .string();
+      const std::string dir = ScratchDir("lora");
       plan->scratch_dirs_.push_back(dir);
       absl::Status merged =
           MergeLoraAdapter(*model, adapter.path, adapter.check, dir);
@@ -236,6 +250,14 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     plan->models_.push_back(std::move(m));
   }
   plan->reference_ = plan->base_ ? plan->base_ : plan->models_[0].folder;
+  if (c.tokenizer) MS_RETURN_IF_ERROR(plan->PlanTokenizer(open));
+  if (c.chat_template) {
+    std::vector<const ModelFolder*> folders;
+    if (plan->base_) folders.push_back(plan->base_);
+    for (const PlannedModel& m : plan->models_) folders.push_back(m.folder);
+    MS_ASSIGN_OR_RETURN(plan->chat_template_,
+                        ResolveChatTemplate(*c.chat_template, folders));
+  }
 
   plan->num_layers_ = CountLayers(*plan->reference_);
 
@@ -251,8 +273,8 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
   // input embeddings of the first source, every slice's layers renumbered,
   // then the rest of the last source.
   struct Source {
-    const TensorInfo* info;
-    int model = -1;  // stacked: the slice
+    const TensorInfo* info;  // the name's tensor in the reference or slice
+    int model = -1;          // stacked: the slice
     std::string name;
     int layer = -1;
     double layer_t = 0;
@@ -291,7 +313,13 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     }
   }
   for (const Source& source : sources) {
-    const TensorInfo* info = source.info;
+    // The tensor as read: a rebuilt embedding replaces the model's own.
+    const TensorView read = plan->Lookup(
+        source.model >= 0
+            ? plan->models_[static_cast<size_t>(source.model)].folder
+            : plan->reference_,
+        source.info->name);
+    const TensorInfo* info = read.info;
     PlannedTensor t;
     t.name = source.name;
     t.shape = info->shape;
@@ -315,11 +343,10 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     if (source.model >= 0) {
       // A stacked slice: only its source is read; the gradient restarts in
       // every slice.
-      const PlannedModel& m = plan->models_[static_cast<size_t>(source.model)];
       t.layer = source.layer;
       t.layer_t = source.layer_t;
       t.input_name = info->name;
-      t.reference = m.folder->View(*info);
+      t.reference = read;
       if (t.merge) {
         t.models.resize(plan->models_.size());
         t.models[static_cast<size_t>(source.model)] = t.reference;
@@ -327,11 +354,68 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
       plan->tensors_.push_back(std::move(t));
       continue;
     }
-    t.reference = plan->reference_->View(*info);
+    t.reference = read;
+    // Embeddings whose row counts differ without a tokenizer merge: the
+    // rows every model has, or the base's (see TakesCommonRows).
+    bool cut = false;
+    if (t.merge && !plan->tokenizer_ && IsVocabTensor(t.name) &&
+        t.shape.size() == 2) {
+      std::vector<const ModelFolder*> all = {plan->reference_};
+      if (plan->base_) all.push_back(plan->base_);
+      for (const PlannedModel& m : plan->models_) all.push_back(m.folder);
+      int64_t rows = t.shape[0];
+      if (plan->base_ && !TakesCommonRows(c.merge_method)) {
+        const TensorInfo* b = plan->base_->Find(t.name);
+        if (b != nullptr && b->shape.size() == 2) rows = b->shape[0];
+      } else {
+        for (const ModelFolder* f : all) {
+          const TensorInfo* o = f->Find(t.name);
+          if (o != nullptr && o->shape.size() == 2 &&
+              o->shape[1] == t.shape[1]) {
+            rows = std::min(rows, o->shape[0]);
+          }
+        }
+      }
+      for (const ModelFolder* f : all) {
+        const TensorInfo* o = f->Find(t.name);
+        cut = cut || (o != nullptr && o->shape.size() == 2 &&
+                      o->shape[1] == t.shape[1] && o->shape[0] != rows);
+      }
+      if (cut) {
+        t.shape[0] = rows;
+        t.numel = rows * t.shape[1];
+        plan->vocab_size_ = rows;
+        plan->warnings_.push_back(absl::StrCat(
+            "tensor '", t.name, "': the models' row counts differ; merged on ",
+            rows, " rows (",
+            plan->base_ && !TakesCommonRows(c.merge_method)
+                ? "the base model's"
+                : "the rows every model has",
+            "); name a tokenizer merge (tokenizer_source) to keep every "
+            "token"));
+      }
+    }
+    // The leading `t.shape[0]` rows of `v`.
+    auto leading_rows = [&](TensorView v) {
+      if (!cut || v.info->shape[0] == t.shape[0]) return v;
+      TensorInfo info = *v.info;
+      info.shape[0] = t.shape[0];
+      info.nbytes = static_cast<uint64_t>(info.numel()) * DTypeSize(info.dtype);
+      plan->cut_infos_.push_back(std::move(info));
+      v.info = &plan->cut_infos_.back();
+      return v;
+    };
+    t.reference = leading_rows(t.reference);
     if (t.merge) {
       auto check = [&](const ModelFolder* f,
                        const std::string& ref) -> absl::StatusOr<TensorView> {
-        const TensorInfo* other = f->Find(t.name);
+        TensorView found = plan->Lookup(f, t.name);
+        const TensorInfo* other = found.info;
+        if (other != nullptr && cut && other->shape.size() == 2 &&
+            other->shape[1] == t.shape[1] && other->shape[0] > t.shape[0]) {
+          found = leading_rows(found);
+          other = found.info;
+        }
         if (other == nullptr) {
           return absl::NotFoundError(absl::StrCat("tensor '", t.name,
                                                   "' is missing from model '",
@@ -357,7 +441,7 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
                            ", which cannot be merged with ",
                            std::string(DTypeName(info->dtype))));
         }
-        return f->View(*other);
+        return found;
       };
       if (plan->base_) {
         MS_ASSIGN_OR_RETURN(t.base, check(plan->base_, *c.base_model));
@@ -425,6 +509,69 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
         check(m.parameters, absl::StrCat(" for model '", m.ref, "'")));
   }
   return plan;
+}
+
+TensorView MergePlan::Lookup(const ModelFolder* f,
+                             const std::string& name) const {
+  auto it = overlays_.find(f);
+  if (it != overlays_.end()) {
+    const TensorInfo* info = it->second->Find(name);
+    if (info != nullptr) return it->second->View(*info);
+  }
+  const TensorInfo* info = f->Find(name);
+  return info == nullptr ? TensorView() : f->View(*info);
+}
+
+absl::Status MergePlan::PlanTokenizer(const OpenFn& open) {
+  const TokenizerSpec& spec = *config_.tokenizer;
+  // Every model the merge reads, base first, each folder once.
+  std::vector<TokenizerInput> inputs;
+  std::set<const ModelFolder*> seen;
+  if (base_) {
+    inputs.push_back({*config_.base_model, base_});
+    seen.insert(base_);
+  }
+  for (const PlannedModel& m : models_) {
+    if (seen.insert(m.folder).second) inputs.push_back({m.ref, m.folder});
+  }
+  const ModelFolder* source = nullptr;
+  if (spec.source != "base" && spec.source != "union") {
+    for (const TokenizerInput& in : inputs) {
+      if (in.ref == spec.source) source = in.folder;
+    }
+    if (source == nullptr) {
+      MS_ASSIGN_OR_RETURN(source, open(spec.source));
+    }
+  }
+  MS_ASSIGN_OR_RETURN(
+      tokenizer_, TokenizerMerge::Build(spec, inputs, base_ ? 0 : -1, source));
+  std::vector<std::string> names;
+  for (const TensorInfo* info : reference_->tensors()) {
+    if (IsVocabTensor(info->name) && info->shape.size() == 2) {
+      names.push_back(info->name);
+    }
+  }
+  if (names.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tokenizer: the reference model has no embedding tensor (",
+        "embed_tokens, lm_head, wte, ...) to rebuild for the merged "
+        "vocabulary"));
+  }
+  std::vector<std::string> dirs;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    dirs.push_back(ScratchDir("embed"));
+    scratch_dirs_.push_back(dirs.back());
+  }
+  MS_RETURN_IF_ERROR(tokenizer_->RebuildEmbeddings(names, dirs));
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    MS_ASSIGN_OR_RETURN(auto folder, ModelFolder::Open(dirs[i]));
+    folders_.push_back(std::move(folder));
+    folder_refs_.push_back(
+        absl::StrCat(inputs[i].ref, " (embeddings in the merged vocabulary)"));
+    overlays_[inputs[i].folder] = folders_.back().get();
+  }
+  vocab_size_ = tokenizer_->rows();
+  return absl::OkStatus();
 }
 
 const ParamValue* MergePlan::Find(const std::string& key, int model) const {
