@@ -14,6 +14,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   python3 python3-numpy python3-torch python3-grpcio python3-protobuf python3-sklearn
+  python3-yaml
   python3-venv python3-pip python3-setuptools python3-wheel
 )
 missing=()

@@ -3,9 +3,11 @@
 // bad downloads, and structured requests.
 #include <grpcpp/grpcpp.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -375,6 +377,75 @@ TEST_F(MergeServiceTest, AnalyzeReturnsDiagnosticsWithoutStoringAResult) {
   grpc::ClientContext bctx;
   EXPECT_EQ(merges_->AnalyzeMerge(&bctx, req, &resp).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// mergekit configs name checkpoints as the Hub does: registered as
+// ORG/NAME@REV, a LoRA adapter, a pytorch_model.bin checkpoint and models
+// of different vocabularies merge through the service to the golden
+// cases' numbers, the config text unchanged but for the names.
+TEST_F(MergeServiceTest, MergekitConfigsNameRegisteredCheckpointsTheHubsWay) {
+  SetUpModels(8);
+  StartServer();
+  for (const std::string c : {"lora", "pytorch_bin", "tokenizer_union"}) {
+    const fs::path golden = fs::path(MERGESERVE_GOLDEN_MERGEKIT_DIR) / c;
+    fs::copy(golden, models_ + "/" + c, fs::copy_options::recursive);
+    std::string yaml = ReadAll((golden / "config.yaml").string());
+    for (const auto& e : fs::directory_iterator(golden)) {
+      const std::string folder = e.path().filename();
+      if (!e.is_directory() || folder == "expected") continue;
+      const std::string name = "golden/" + c + "." + folder + "@r1";
+      v1::RegisterCheckpointRequest req;
+      req.mutable_checkpoint()->set_name(name);
+      req.mutable_checkpoint()->set_path(models_ + "/" + c + "/" + folder);
+      req.mutable_checkpoint()->set_role(v1::CHECKPOINT_ROLE_AUXILIARY);
+      v1::Checkpoint out;
+      grpc::ClientContext ctx;
+      grpc::Status s = registry_->RegisterCheckpoint(&ctx, req, &out);
+      ASSERT_TRUE(s.ok()) << name << ": " << s.error_message();
+      EXPECT_EQ(out.name(), name);
+      yaml = std::regex_replace(yaml, std::regex("\\b" + folder + "\\b"), name);
+    }
+    ASSERT_THAT(yaml, HasSubstr("golden/" + c + ".m1@r1")) << yaml;
+    v1::MergeJob job;
+    grpc::Status s = Create(yaml, &job);
+    ASSERT_TRUE(s.ok()) << c << ": " << s.error_message() << "\n" << yaml;
+    const auto events = Watch(job.id());
+    ASSERT_FALSE(events.empty());
+    ASSERT_EQ(events.back().state(), v1::JOB_STATE_SUCCEEDED)
+        << c << ": " << events.back().error_message();
+    std::map<std::string, std::string> files;
+    ASSERT_TRUE(Download(job.id(), "", 0, &files).ok());
+    const std::string got = root_ + "/got-" + c;
+    fs::create_directories(got);
+    for (const auto& [name, bytes] : files) {
+      std::ofstream(got + "/" + name, std::ios::binary) << bytes;
+    }
+    const auto have = testing::ReadModel(got);
+    const auto want = testing::ReadModel((golden / "expected").string());
+    ASSERT_EQ(have.size(), want.size()) << c;
+    for (const auto& [name, w] : want) {
+      ASSERT_EQ(have.at(name).size(), w.size()) << c << " " << name;
+      for (size_t j = 0; j < w.size(); ++j) {
+        ASSERT_NEAR(have.at(name)[j], w[j], 1e-5 * (1 + std::fabs(w[j])))
+            << c << " " << name << "[" << j << "]";
+      }
+    }
+    EXPECT_TRUE(files.count("README.md")) << c;
+    if (c == "tokenizer_union") {
+      EXPECT_THAT(files["tokenizer.json"], HasSubstr("<|im_start|>"));
+      EXPECT_THAT(files["config.json"], HasSubstr("\"vocab_size\": 67"));
+    }
+  }
+  // Names that are no Hub id are refused with the rule.
+  v1::RegisterCheckpointRequest bad;
+  bad.mutable_checkpoint()->set_name("a/b/c");
+  bad.mutable_checkpoint()->set_path(models_ + "/base");
+  bad.mutable_checkpoint()->set_role(v1::CHECKPOINT_ROLE_BASE);
+  v1::Checkpoint out;
+  grpc::ClientContext ctx;
+  grpc::Status s = registry_->RegisterCheckpoint(&ctx, bad, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("ORG/NAME[@REVISION]"));
 }
 
 TEST_F(MergeServiceTest, JobsSurviveARestart) {

@@ -191,3 +191,37 @@ slices:
 
 }  // namespace
 }  // namespace mergeserve
+
+namespace mergeserve {
+namespace {
+
+TEST(RamTest, UniqueEntriesStaySharedOnesAverageAndPlusScalesUniqueOnes) {
+  const std::string dir = TempDir("ram");
+  testing::WriteModel(dir + "/base", {{"w", {{4}, {0, 0, 0, 0}}}});
+  // Entry 3 of a is below ε = 1e-5: it does not count and is dropped.
+  testing::WriteModel(dir + "/a", {{"w", {{4}, {1, 2, 0, 1e-6f}}}});
+  testing::WriteModel(dir + "/b", {{"w", {{4}, {0, 4, 3, 0}}}});
+  const std::string models = "base_model: base\nmodels: [a, b]\n";
+  auto ram = testing::Merge(dir, "merge_method: ram\n" + models);
+  ASSERT_TRUE(ram.ok()) << ram.status();
+  EXPECT_THAT((*ram)["w"],
+              Pointwise(FloatNear(1e-7), std::vector<float>{1, 3, 3, 0}));
+  // Each model has one shared and one unique entry: ρ = 1, so its unique
+  // entries are scaled by 1 + r·min(ρ, α).
+  auto plus = testing::Merge(dir, "merge_method: ramplus_tl\n" + models +
+                                      "parameters: {r: 0.5, alpha: 1.0}\n");
+  ASSERT_TRUE(plus.ok()) << plus.status();
+  EXPECT_THAT((*plus)["w"],
+              Pointwise(FloatNear(1e-6), std::vector<float>{1.5, 3, 4.5, 0}));
+  auto defaults = testing::Merge(dir, "merge_method: ramplus_tl\n" + models);
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_THAT(
+      (*defaults)["w"],
+      Pointwise(FloatNear(1e-6), std::vector<float>{1.02f, 3, 3.06f, 0}));
+  auto no_base = testing::Merge(dir, "merge_method: ram\nmodels: [a, b]\n");
+  EXPECT_THAT(std::string(no_base.status().message()),
+              HasSubstr("ram needs a base_model"));
+}
+
+}  // namespace
+}  // namespace mergeserve

@@ -162,7 +162,12 @@ class CheckpointRegistry {
   FileCheck FileCheckFor(const CheckpointRecord& record) const;
   // Letters, digits, '.', '_', '-'; 1 to 128 characters.
   static bool IsValidName(const std::string& name);
-  // INVALID_ARGUMENT naming the bad name (abbreviated) unless valid.
+  // A checkpoint's name may also take the Hub's form: ORG/NAME, with an
+  // optional @REVISION (each part a valid name), so configs copied from
+  // model cards name registered checkpoints unchanged.
+  static bool IsValidCheckpointName(const std::string& name);
+  // INVALID_ARGUMENT naming the bad name (abbreviated) unless valid (by
+  // IsValidCheckpointName when `what` is "checkpoint").
   static absl::Status CheckName(const char* what, const std::string& name);
 
  private:

@@ -24,7 +24,7 @@ const std::set<std::string>& KnownParameters() {
       "weight", "density", "gamma", "epsilon", "fisher", "gram", "normalize",
       "lambda", "rescale", "int8_mask", "t", "filter_wise", "nuslerp_flatten",
       "nuslerp_row_wise", "normalize_weights", "eps", "max_iter", "tol",
-      "select_topk", "scale",
+      "select_topk", "scale", "r",
       // extensions
       "semantics", "trim_scope", "keep", "sign_weighted", "consensus",
       "zero_sign", "divisor", "rescale_mode", "seed", "fisher_floor", "alpha",

@@ -53,6 +53,14 @@ const std::vector<MethodInfo>& AllMethods() {
        "copy one model (times `scale`); with slices, stack "
        "layers",
        NewPassthroughMethod},
+      {"ram",
+       "keep entries one task vector changes, average those several "
+       "change",
+       NewRamMethod},
+      {"ramplus_tl",
+       "ram, with each model's unique entries scaled by its share of "
+       "shared ones",
+       NewRamPlusTlMethod},
   };
   return *kMethods;
 }

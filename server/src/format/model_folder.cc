@@ -76,6 +76,12 @@ bool IsModelFile(const std::string& n) {
       n == "model.safetensors.index.json" || n == "adapter_config.json") {
     return true;
   }
+  // PyTorch checkpoints: read without running their pickles (see
+  // torch_checkpoint.h).
+  if (n == "pytorch_model.bin" || n == "pytorch_model.bin.index.json" ||
+      (absl::StartsWith(n, "pytorch_model-") && absl::EndsWith(n, ".bin"))) {
+    return true;
+  }
   const auto& side = ModelSideFiles();
   return std::find(side.begin(), side.end(), n) != side.end();
 }

@@ -15,21 +15,30 @@ namespace {
 // Slack for LibTorch's own allocations (kernels, caching allocator).
 constexpr int64_t kTorchSlack = int64_t{256} << 20;
 
-// Checkpoints a config refers to (base, models or slices' sources,
-// fisher/gram).
+// Checkpoints a config refers to (base, models or slices' sources, both
+// parts of MODEL+LORA, fisher/gram, a tokenizer's source model).
 std::set<std::string> ReferencedCheckpoints(const MergeConfig& c) {
   std::set<std::string> refs;
-  if (c.base_model) refs.insert(*c.base_model);
+  auto add = [&](const std::string& ref) {
+    const size_t plus = ref.find('+');
+    refs.insert(ref.substr(0, plus));
+    if (plus != std::string::npos) refs.insert(ref.substr(plus + 1));
+  };
+  if (c.base_model) add(*c.base_model);
   for (const SliceSpec& s : c.slices) {
-    for (const SliceSource& src : s.sources) refs.insert(src.model);
+    for (const SliceSource& src : s.sources) add(src.model);
   }
   for (const ModelEntry& m : c.models) {
-    refs.insert(m.model);
+    add(m.model);
     for (const auto& [key, value] : m.parameters) {
       if (IsPerModelOnlyParameter(key) && value.is_string()) {
         refs.insert(*value.AsString(key));
       }
     }
+  }
+  if (c.tokenizer && c.tokenizer->source != "base" &&
+      c.tokenizer->source != "union") {
+    add(c.tokenizer->source);
   }
   return refs;
 }

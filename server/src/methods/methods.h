@@ -28,6 +28,8 @@ std::unique_ptr<MergeMethod> NewNearSwapMethod();
 std::unique_ptr<MergeMethod> NewArceeFusionMethod();
 std::unique_ptr<MergeMethod> NewSceMethod();
 std::unique_ptr<MergeMethod> NewPassthroughMethod();
+std::unique_ptr<MergeMethod> NewRamMethod();
+std::unique_ptr<MergeMethod> NewRamPlusTlMethod();
 
 }  // namespace mergeserve
 

@@ -110,12 +110,28 @@ bool CheckpointRegistry::IsValidName(const std::string& name) {
   return true;
 }
 
+bool CheckpointRegistry::IsValidCheckpointName(const std::string& name) {
+  // [ORG/]NAME[@REVISION], as the Hub writes model ids.
+  const size_t at = name.find('@');
+  const std::string id = name.substr(0, at);
+  if (at != std::string::npos && !IsValidName(name.substr(at + 1))) {
+    return false;
+  }
+  const size_t slash = id.find('/');
+  if (slash == std::string::npos) return IsValidName(id);
+  return IsValidName(id.substr(0, slash)) && IsValidName(id.substr(slash + 1));
+}
+
 absl::Status CheckpointRegistry::CheckName(const char* what,
                                            const std::string& name) {
-  if (IsValidName(name)) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat("invalid ", what, " name '", Abbreviate(name),
-                   "': use 1-128 letters, digits, '.', '_' or '-'"));
+  const bool checkpoint = std::string(what) == "checkpoint";
+  if (checkpoint ? IsValidCheckpointName(name) : IsValidName(name)) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "invalid ", what, " name '", Abbreviate(name),
+      "': use 1-128 letters, digits, '.', '_' or '-'",
+      checkpoint ? " (or the Hub's ORG/NAME[@REVISION] of such parts)" : ""));
 }
 
 absl::StatusOr<std::unique_ptr<CheckpointRegistry>> CheckpointRegistry::Create(
