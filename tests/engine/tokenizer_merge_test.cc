@@ -155,6 +155,22 @@ TEST(TokenizerMergeTest, BadTokenizerRequestsFailBeforeAnyWrite) {
         << c.tail;
     EXPECT_FALSE(std::filesystem::exists(dir + "/out")) << c.tail;
   }
+  // Tokenizer files of the wrong shape, or nested past any real one, fail
+  // the merge (DATA_LOSS naming the file), not the process.
+  WriteTokModel(dir + "/odd", {{"a", 1}, {"b", 2}}, {}, 1);
+  for (const std::string& text :
+       {std::string(R"({"model":{"vocab":{"a":"0"}}})"),
+        std::string(R"({"model":[]})"),
+        std::string(R"({"model":{"vocab":[["a",0],5]}})"),
+        std::string(R"({"model":{"vocab":{}},"normalizer":)") +
+            std::string(100000, '[') + std::string(100000, ']') + "}"}) {
+    testing::WriteFile(dir + "/odd/tokenizer.json", text);
+    auto odd = testing::Merge(
+        dir,
+        "merge_method: linear\nmodels: [odd, ft]\ntokenizer_source: base\n");
+    EXPECT_EQ(odd.status().code(), absl::StatusCode::kDataLoss)
+        << text.substr(0, 60) << ": " << odd.status();
+  }
   // A base without tokenizer.json cannot start a union.
   auto out = testing::Merge(
       dir,
@@ -232,10 +248,14 @@ TEST(TokenizerMergeTest, ChatTemplatesByNameLiteralAndAuto) {
   WriteTokModel(dir + "/b", {{"a", 2}}, {{"a", 0}}, 1, json::array(), zephyr);
   WriteTokModel(dir + "/c", {{"a", 3}}, {{"a", 0}}, 1, json::array(),
                 "{{ other template entirely }}");
+  // A list of named templates whose names are not strings counts for none.
+  WriteTokModel(dir + "/d", {{"a", 4}}, {{"a", 0}}, 1);
+  testing::WriteFile(dir + "/d/tokenizer_config.json",
+                     R"({"chat_template":[{"name":5,"template":"x"}]})");
   auto chat = [&](const std::string& t) {
     auto out = testing::Merge(
-        dir,
-        "merge_method: linear\nmodels: [c, a, b]\nchat_template: " + t + "\n");
+        dir, "merge_method: linear\nmodels: [c, d, a, b]\nchat_template: " + t +
+                 "\n");
     EXPECT_TRUE(out.ok()) << out.status();
     return ReadJson(dir + "/out/tokenizer_config.json")
         .value("chat_template", "");

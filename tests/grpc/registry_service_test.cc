@@ -300,6 +300,19 @@ TEST_F(RegistryServiceTest, UploadsAreVerifiedAndAtomic) {
   ASSERT_TRUE(stub_->DeleteCheckpoint(&dctx, del, &empty).ok());
   EXPECT_FALSE(fs::exists(stored[0]));
   EXPECT_TRUE(fs::exists(models_ + "/base/model.safetensors"));
+  // A Hub-style name is stored as one folder beside the others, never
+  // inside another upload's folder.
+  s = Upload(*stub_, "org/up@v1", files, digests, 0, false, &out);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(out.name(), "org/up@v1");
+  stored.clear();
+  for (const auto& e : fs::directory_iterator(root_ + "/data/checkpoints")) {
+    stored.push_back(e.path());
+  }
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_THAT(stored[0].filename().string(),
+              ::testing::StartsWith("org+up@v1-"));
+  EXPECT_TRUE(fs::is_regular_file(stored[0] / "model.safetensors"));
 }
 
 TEST_F(RegistryServiceTest, SurvivesARestart) {

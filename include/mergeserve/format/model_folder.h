@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -18,6 +19,10 @@ namespace mergeserve {
 const std::vector<std::string>& ModelSideFiles();
 // A weight file (*.safetensors, the index) or a side file; a plain name.
 bool IsModelFile(const std::string& name);
+
+// Whether JSON `text` nests arrays and objects at most `max_depth` deep
+// (a scan of the text; strings are skipped).
+bool JsonNestingWithin(std::string_view text, int max_depth);
 
 // Vets the real path (symlinks resolved, read back from the opened file
 // descriptor, so a link swapped after a check cannot escape it) of every

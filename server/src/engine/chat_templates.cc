@@ -117,7 +117,8 @@ std::string ModelTemplate(const ModelFolder& f) {
       if (t.is_string()) return t.get<std::string>();
       if (t.is_array()) {
         for (const auto& e : t) {
-          if (e.is_object() && e.value("name", "") == "default" &&
+          if (e.is_object() && e.contains("name") && e["name"].is_string() &&
+              e["name"].get<std::string>() == "default" &&
               e.contains("template") && e["template"].is_string()) {
             return e["template"].get<std::string>();
           }

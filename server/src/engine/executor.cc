@@ -87,11 +87,22 @@ std::string ModelCard(const MergePlan& plan, const std::string& name,
       refs.push_back(m.ref);
     }
   }
-  std::string hub;
+  // mergekit lists each Hub model and adapter by id, without revision.
+  std::vector<std::string> ids;
   for (const std::string& r : refs) {
-    const std::string id = r.substr(0, r.find('+'));
-    if (LooksLikeHubId(id)) absl::StrAppend(&hub, "- ", id, "\n");
+    const size_t plus = r.find('+');
+    for (std::string part :
+         {r.substr(0, plus),
+          plus == std::string::npos ? std::string() : r.substr(plus + 1)}) {
+      if (!LooksLikeHubId(part)) continue;
+      part = part.substr(0, part.find('@'));
+      if (std::find(ids.begin(), ids.end(), part) == ids.end()) {
+        ids.push_back(part);
+      }
+    }
   }
+  std::string hub;
+  for (const std::string& id : ids) absl::StrAppend(&hub, "- ", id, "\n");
   // slerp's base is one of its two endpoints, listed with the others.
   const bool base_apart = c.base_model && c.merge_method != "slerp";
   std::string out = absl::StrCat(

@@ -543,8 +543,15 @@ absl::Status MergePlan::PlanTokenizer(const OpenFn& open) {
       MS_ASSIGN_OR_RETURN(source, open(spec.source));
     }
   }
-  MS_ASSIGN_OR_RETURN(
-      tokenizer_, TokenizerMerge::Build(spec, inputs, base_ ? 0 : -1, source));
+  // The tokenizer files are the user's: a shape the checks missed must
+  // fail this merge, not the process.
+  try {
+    MS_ASSIGN_OR_RETURN(tokenizer_, TokenizerMerge::Build(
+                                        spec, inputs, base_ ? 0 : -1, source));
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat(
+        "tokenizer: a tokenizer file is malformed (", e.what(), ")"));
+  }
   std::vector<std::string> names;
   for (const TensorInfo* info : reference_->tensors()) {
     if (IsVocabTensor(info->name) && info->shape.size() == 2) {

@@ -245,6 +245,8 @@ absl::StatusOr<std::unique_ptr<TokenizerMerge>> TokenizerMerge::Build(
   MS_ASSIGN_OR_RETURN(json base_tok_config,
                       ReadJson(*ref.folder, ref.ref, "tokenizer_config.json"));
   const int64_t base_size = ConfigVocabSize(base_config);
+  // Strip walks what ModelVocab checks.
+  MS_RETURN_IF_ERROR(ModelVocab(base_tok, ref.ref).status());
   if (base_size >= 0) Strip(base_tok, base_size);
 
   // Every input's vocabulary (a model without tokenizer files has the

@@ -86,6 +86,29 @@ bool IsModelFile(const std::string& n) {
   return std::find(side.begin(), side.end(), n) != side.end();
 }
 
+bool JsonNestingWithin(std::string_view text, int max_depth) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return false;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return true;
+}
+
 ModelFolder::~ModelFolder() {
   shards_.clear();
   if (!converted_dir_.empty()) {
@@ -275,7 +298,14 @@ absl::StatusOr<std::string> ModelFolder::ReadSideFile(const std::string& name,
     return absl::NotFoundError(
         absl::StrCat("no side file ", name, " in ", path_));
   }
-  return ReadChecked((dir / name).string(), check_, max_bytes);
+  MS_ASSIGN_OR_RETURN(std::string text,
+                      ReadChecked((dir / name).string(), check_, max_bytes));
+  if (absl::EndsWith(name, ".json") && !JsonNestingWithin(text, 256)) {
+    // Copying or printing a parsed document recurses once per level.
+    return absl::DataLossError(
+        absl::StrCat(name, " in ", path_, " nests deeper than 256 levels"));
+  }
+  return text;
 }
 
 uint64_t ModelFolder::total_bytes() const {

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 
@@ -105,6 +106,17 @@ void UploadGuard::Loop() {
 
 // --- UploadReactor
 // -------------------------------------------------------------
+
+namespace {
+// A name as one folder name: Hub-style names (org/name@rev) must neither
+// nest under another upload's folder nor leave folders the orphan sweep
+// would take for its own. '+' cannot occur in a name.
+std::string OnDiskName(const std::string& name) {
+  std::string out = name;
+  std::replace(out.begin(), out.end(), '/', '+');
+  return out;
+}
+}  // namespace
 
 bool UploadReactor::AllowedFile(const std::string& n) {
   return IsModelFile(n) || n == "program.pt";
@@ -226,8 +238,8 @@ absl::Status UploadReactor::Begin(const v1::UploadHeader& header) {
   }
   MS_RETURN_IF_ERROR(c_.guard.Admit(tenant, header.files_size(), total));
   MS_ASSIGN_OR_RETURN(std::string hex, SecureRandomHex(4));
-  temp_dir_ = absl::StrCat(c_.registry.data_dir(), "/uploads/", name, ".tmp-",
-                           TempTag(), hex);
+  temp_dir_ = absl::StrCat(c_.registry.data_dir(), "/uploads/",
+                           OnDiskName(name), ".tmp-", TempTag(), hex);
   std::error_code ec;
   fs::create_directories(temp_dir_, ec);
   if (ec) {
@@ -375,7 +387,8 @@ void UploadReactor::Complete() {
   auto hex = SecureRandomHex(4);
   const std::string final_dir = absl::StrCat(
       c_.registry.data_dir(), dataset ? "/datasets/" : "/checkpoints/",
-      dataset ? dataset_.name : record_.name, "-", hex.ok() ? *hex : "0");
+      OnDiskName(dataset ? dataset_.name : record_.name), "-",
+      hex.ok() ? *hex : "0");
   std::error_code ec;
   fs::create_directories(fs::path(final_dir).parent_path(), ec);
   fs::rename(temp_dir_, final_dir, ec);
