@@ -11,6 +11,7 @@ and finiteness; configs mergekit rejects must be rejected."""
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -98,15 +99,84 @@ def make_llama(folder, layers, seed, dtype, tokenizer=False):
             json.dump({"bos_token": "t1", "eos_token": "t2", "unk_token": "t0"}, f)
 
 
+def make_gpt2(folder, layers, seed, dtype):
+    """GPT-2's tensor names (transformer.h.N, tied embeddings, n_layer)."""
+    g = torch.Generator().manual_seed(seed)
+    def r(*shape):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    t = {"transformer.wte.weight": r(32, 8), "transformer.wpe.weight": r(16, 8),
+         "transformer.ln_f.weight": r(8), "transformer.ln_f.bias": r(8)}
+    for i in range(layers):
+        p = f"transformer.h.{i}."
+        t.update({p + "ln_1.weight": r(8), p + "ln_1.bias": r(8),
+                  p + "attn.c_attn.weight": r(8, 24), p + "attn.c_attn.bias": r(24),
+                  p + "attn.c_proj.weight": r(8, 8), p + "ln_2.weight": r(8),
+                  p + "mlp.c_fc.weight": r(8, 32), p + "mlp.c_proj.weight": r(32, 8)})
+    os.makedirs(folder, exist_ok=True)
+    write_safetensors(os.path.join(folder, "model.safetensors"), t)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+                   "n_layer": layers, "n_embd": 8, "n_head": 2, "vocab_size": 32}, f)
+
+
+def make_llava(folder, seed, dtype):
+    """LLaVA's two stacks: a 2-layer Llama text model and a 2-layer CLIP
+    vision tower (4-D patch embedding), with the projector between."""
+    g = torch.Generator().manual_seed(seed)
+    def r(*shape):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    t = {"language_model.model.embed_tokens.weight": r(32, 8),
+         "language_model.lm_head.weight": r(32, 8),
+         "language_model.model.norm.weight": r(8),
+         "vision_tower.vision_model.embeddings.patch_embedding.weight": r(16, 3, 4, 4),
+         "vision_tower.vision_model.embeddings.class_embedding": r(16),
+         "vision_tower.vision_model.post_layernorm.weight": r(16),
+         "multi_modal_projector.linear_1.weight": r(8, 16),
+         "multi_modal_projector.linear_1.bias": r(8)}
+    for i in range(2):
+        p = f"language_model.model.layers.{i}."
+        for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            t[p + f"self_attn.{m}.weight"] = r(8, 8)
+        t[p + "mlp.up_proj.weight"] = r(16, 8)
+        t[p + "input_layernorm.weight"] = r(8)
+        p = f"vision_tower.vision_model.encoder.layers.{i}."
+        for m in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            t[p + f"self_attn.{m}.weight"] = r(16, 16)
+        t[p + "mlp.fc1.weight"] = r(32, 16)
+        t[p + "layer_norm1.weight"] = r(16)
+    os.makedirs(folder, exist_ok=True)
+    write_safetensors(os.path.join(folder, "model.safetensors"), t)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+                   "text_config": {"model_type": "llama", "num_hidden_layers": 2,
+                                   "vocab_size": 32},
+                   "vision_config": {"model_type": "clip_vision_model",
+                                     "num_hidden_layers": 2}}, f)
+
+
 # ---- mergekit's math, restated (float64) -----------------------------------
 
-def layer_t(name, layers):
-    parts = name.split(".")
-    for i, p in enumerate(parts[:-1]):
-        if p == "layers" and parts[i + 1].isdigit():
-            n = int(parts[i + 1])
-            return 1.0 if layers <= 1 else n / (layers - 1)
-    return 0.0
+LAYER = re.compile(r"(^|\.)(layers|h)\.(\d+)(\.|$)")
+
+
+def layer_of(name):
+    """(stack, N) for a tensor inside a layer, else None."""
+    m = LAYER.search(name)
+    return (name[:m.start(2)], int(m.group(3))) if m else None
+
+
+def layer_t(name, stacks):
+    """t = N / (L - 1), L counted per stack as mergekit counts per module."""
+    ref = layer_of(name)
+    if ref is None:
+        return 0.0
+    layers = stacks[ref[0]]
+    return 1.0 if layers <= 1 else ref[1] / (layers - 1)
+
+
+def is_input_embedding(name):
+    return any(k in name for k in ("embed_tokens", "wte", "wpe", "embed_in",
+                                   "word_embeddings", "position_embeddings"))
 
 
 def param(value, name, t, default=None):
@@ -177,7 +247,7 @@ def ram(taus, eps, plus, r=0.1, alpha=0.2):
     return (u + tz * overlap / counts.clamp(min=1)).sum(0).reshape(taus[0].shape)
 
 
-def reference(cfg, models, layers):
+def reference(cfg, models, stacks):
     """Expected output tensors (float64) of a one-document config, or None
     where the math is not restated here."""
     method = cfg["merge_method"]
@@ -193,23 +263,23 @@ def reference(cfg, models, layers):
         srcs = [s["sources"][0] for s in cfg["slices"]]
         first, last = models[srcs[0]["model"]], models[srcs[-1]["model"]]
         for n, v in first.items():
-            if "embed_tokens" in n:
+            if layer_of(n) is None and is_input_embedding(n):
                 out[n] = v.double()
         for s in srcs:
             a, b = s["layer_range"]
             for n, v in models[s["model"]].items():
-                parts = n.split(".")
-                if len(parts) > 2 and parts[1] == "layers" and a <= int(parts[2]) < b:
-                    parts[2] = str(int(parts[2]) - a + offset)
-                    out[".".join(parts)] = v.double()
+                m = LAYER.search(n)
+                if m and a <= int(m.group(3)) < b:
+                    renamed = n[:m.start(3)] + str(int(m.group(3)) - a + offset) + n[m.end(3):]
+                    out[renamed] = v.double()
             offset += b - a
         for n, v in last.items():
-            if ".layers." not in n and "embed_tokens" not in n:
+            if layer_of(n) is None and not is_input_embedding(n):
                 out[n] = v.double()
         return out
     ref_model = models[base] if base else models[entries[0]["model"]]
     for name in ref_model:
-        t = layer_t(name, layers)
+        t = layer_t(name, stacks)
         xs = [models[e["model"]][name].double() for e in entries]
         if method == "passthrough":
             out[name] = xs[0] * model_param(cfg, entries[0], "scale", name, t, 1.0)
@@ -285,9 +355,20 @@ EXPECT = {
     "tests/model_stock_filterwise.yml": ("runs", "golden/model_stock"),
     "tests/multislerp.yml": ("runs", "golden-mergekit/multislerp"),
     "tests/nearswap.yml": ("math", None),
-    "tests/passthrough_copy.yml": ("math", None),
+    "tests/gpt2_copy.yml": ("math", None),
+    "tests/gpt2_stack.yml": ("math", None),
+    "tests/granite_copy.yml": ("math", None),
+    "tests/granite_linear.yml": ("math", None),
+    "tests/granite_slerp.yml": ("math", None),
     "tests/passthrough_scale.yml": ("math", None),
-    "tests/passthrough_stack.yml": ("math", None),
+    "tests/vlm_linear.yml": ("math", None),
+    "tests/vlm_slerp.yml": ("math", None),
+    "tests/vlm_task_arithmetic.yml": ("math", None),
+    "tests/vlm_ties.yml": ("math", None),
+    "tests/vlm_breadcrumbs.yml": ("runs", "golden/breadcrumbs_*"),
+    "tests/vlm_dare_ties.yml": ("runs", "a random draw (golden/dare_* pin the seeded math)"),
+    "tests/vlm_model_stock.yml": ("runs", "golden/model_stock"),
+    "tests/vlm_model_stock_filterwise.yml": ("runs", "golden/model_stock"),
     "tests/ram.yml": ("math", None),
     "tests/ramplus_tl.yml": ("math", None),
     "tests/sce.yml": ("runs", "golden-mergekit/sce"),
@@ -300,7 +381,10 @@ for _base in ("base", "nobase"):
         for _flat in ("flat", "noflat"):
             EXPECT[f"tests/nuslerp_{_base}_{_rows}_{_flat}.yml"] = (
                 "runs", "golden-mergekit/nuslerp, nuslerp_flat")
+            EXPECT[f"tests/vlm_nuslerp_{_base}_{_rows}_{_flat}.yml"] = (
+                "runs", "golden-mergekit/nuslerp, nuslerp_flat")
 EXPECT["tests/nuslerp_weights_sum_to_zero.yml"] = ("runs", "golden-mergekit/nuslerp")
+EXPECT["tests/vlm_nuslerp_weights_sum_to_zero.yml"] = ("runs", "golden-mergekit/nuslerp")
 
 HUB_13B = ["psmathur/orca_mini_v3_13b", "garage-bAInd/Platypus2-13B",
            "WizardLM/WizardLM-13B-V1.2", "WizardLM/WizardMath-13B-V1.0",
@@ -329,9 +413,23 @@ class MergekitExamples(unittest.TestCase):
             cls.models[repo] = read_model(snap)
         # mergekit's test fixtures: three 4-layer models and a base with a
         # tokenizer (their picollama, bf16 here as the configs ask).
-        for seed, name in enumerate(["model_a", "model_b", "model_c", "model_base"]):
+        for seed, name in enumerate(["model_a", "model_b", "model_c", "model_base",
+                                     "granite_a", "granite_b"]):
             folder = os.path.join(cls.tmp, "work", name)
             make_llama(folder, 4, seed, torch.bfloat16, tokenizer=(name == "model_base"))
+            if name.startswith("granite"):
+                with open(os.path.join(folder, "config.json")) as f:
+                    config = json.load(f)
+                config.update(model_type="granite", architectures=["GraniteForCausalLM"])
+                with open(os.path.join(folder, "config.json"), "w") as f:
+                    json.dump(config, f)
+            cls.models[name] = read_model(folder)
+        folder = os.path.join(cls.tmp, "work", "gpt2_like")
+        make_gpt2(folder, 12, 20, torch.float32)
+        cls.models["gpt2_like"] = read_model(folder)
+        for seed, name in enumerate(["vlm_a", "vlm_b", "vlm_c"]):
+            folder = os.path.join(cls.tmp, "work", name)
+            make_llava(folder, 30 + seed, torch.float32)
             cls.models[name] = read_model(folder)
 
     @classmethod
@@ -372,7 +470,12 @@ class MergekitExamples(unittest.TestCase):
         refs = [final.get("base_model")] + [m["model"] for m in final.get("models") or []] + \
             [s["model"] for sl in final.get("slices") or [] for s in sl["sources"]]
         ref_name = next(r for r in refs if r in self.models)
-        layers = sum(1 for n in self.models[ref_name] if n.endswith("input_layernorm.weight"))
+        stacks = {}
+        for n in self.models[ref_name]:
+            ref = layer_of(n)
+            if ref:
+                stacks.setdefault(ref[0], set()).add(ref[1])
+        stacks = {k: len(v) for k, v in stacks.items()}
         if kind == "runs":
             # Same tensors and shapes as the reference model.
             ref = self.models[ref_name]
@@ -380,7 +483,7 @@ class MergekitExamples(unittest.TestCase):
             for n in ref:
                 self.assertEqual(tuple(got[n].shape), tuple(ref[n].shape), f"{rel}: {n}")
             return
-        want = reference(final, self.models, layers)
+        want = reference(final, self.models, stacks)
         self.assertIsNotNone(want, rel)
         self.assertEqual(sorted(got), sorted(want), rel)
         tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-5}
@@ -393,7 +496,7 @@ class MergekitExamples(unittest.TestCase):
         if "slices" in final and final["merge_method"] == "passthrough":
             with open(os.path.join(out, "config.json")) as f:
                 config = json.load(f)
-            self.assertEqual(config["num_hidden_layers"],
+            self.assertEqual(config.get("num_hidden_layers", config.get("n_layer")),
                              sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0]
                                  for s in final["slices"]), rel)
         if "chat_template" in final:

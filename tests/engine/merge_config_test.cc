@@ -5,6 +5,7 @@
 #include "mergeserve/engine/merge_plan.h"
 #include "mergeserve/engine/method_registry.h"
 #include "mergeserve/engine/tensor_filter.h"
+#include "test_util.h"
 
 namespace mergeserve {
 namespace {
@@ -255,6 +256,40 @@ TEST(LayerIndexTest, FindsTheLayerNumber) {
   EXPECT_EQ(LayerIndexOf("layers.3.x"), 3);
   EXPECT_EQ(LayerIndexOf("model.embed_tokens.weight"), -1);
   EXPECT_EQ(LayerIndexOf("model.sublayers.2.x"), -1);
+  // GPT-2's naming, and the stack a layer belongs to.
+  EXPECT_EQ(LayerIndexOf("transformer.h.11.attn.c_attn.weight"), 11);
+  EXPECT_EQ(LayerIndexOf("transformer.wte.weight"), -1);
+  EXPECT_EQ(LayerStackOf("vision_tower.encoder.layers.2.fc1.weight"),
+            "vision_tower.encoder.");
+  EXPECT_EQ(LayerStackOf("transformer.h.0.ln_1.weight"), "transformer.");
+  EXPECT_EQ(LayerStackOf("lm_head.weight"), "");
+}
+
+TEST(LayerIndexTest, GradientsCountTheLayersOfEachStack) {
+  // A text stack of 2 layers and a vision stack of 4: layer 1 is the last
+  // of the text stack (t = 1) but a third of the way up the vision one.
+  const std::string dir = testing::TempDir("stacks");
+  testing::TestModel base, expert;
+  for (int l = 0; l < 4; ++l) {
+    const std::string v = "vision.layers." + std::to_string(l) + ".w";
+    base[v] = {{1}, {0}};
+    expert[v] = {{1}, {3}};
+    if (l < 2) {
+      const std::string t = "text.layers." + std::to_string(l) + ".w";
+      base[t] = {{1}, {0}};
+      expert[t] = {{1}, {3}};
+    }
+  }
+  testing::WriteModel(dir + "/base", base);
+  testing::WriteModel(dir + "/e", expert);
+  auto out = testing::Merge(
+      dir,
+      "merge_method: task_arithmetic\nbase_model: base\nmodels:\n"
+      "  - model: e\n    parameters: {weight: [0, 1]}\n");
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_FLOAT_EQ((*out)["text.layers.1.w"][0], 3);
+  EXPECT_FLOAT_EQ((*out)["vision.layers.1.w"][0], 1);
+  EXPECT_FLOAT_EQ((*out)["vision.layers.3.w"][0], 3);
 }
 
 }  // namespace

@@ -149,8 +149,11 @@ class MergePlan {
   std::vector<std::string> warnings_;
 };
 
-// N in "...layers.N....", or -1.
+// N in "...layers.N...." or "...h.N...." (GPT-2's naming), or -1.
 int LayerIndexOf(const std::string& tensor_name);
+// What comes before that key ("language_model.model.",
+// "vision_tower.vision_model.encoder."): layers of one stack share it.
+std::string LayerStackOf(const std::string& tensor_name);
 
 }  // namespace mergeserve
 

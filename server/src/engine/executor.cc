@@ -145,7 +145,15 @@ absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
           config.out_dtype ? config.out_dtype : config.dtype;
       if (out) j["torch_dtype"] = std::string(TorchDTypeName(*out));
       if (plan.stacked_layers() > 0) {
-        j["num_hidden_layers"] = plan.stacked_layers();
+        // The architecture's own key (GPT-2: n_layer).
+        bool set = false;
+        for (const char* key : {"num_hidden_layers", "n_layer", "num_layers"}) {
+          if (j.contains(key)) {
+            j[key] = plan.stacked_layers();
+            set = true;
+          }
+        }
+        if (!set) j["num_hidden_layers"] = plan.stacked_layers();
       }
       if (plan.vocab_size() > 0) {
         if (j.contains("text_config") && j["text_config"].is_object() &&

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -38,50 +39,81 @@ ModelResolver LocalPathResolver(const std::string& source_dir) {
   };
 }
 
-int LayerIndexOf(const std::string& name) {
-  static const std::string kKey = "layers.";
-  size_t pos = 0;
-  while ((pos = name.find(kKey, pos)) != std::string::npos) {
-    if (pos == 0 || name[pos - 1] == '.') {
-      size_t i = pos + kKey.size();
-      int n = 0;
-      size_t digits = 0;
-      while (i < name.size() &&
-             std::isdigit(static_cast<unsigned char>(name[i]))) {
-        n = n * 10 + (name[i] - '0');
-        ++i;
-        ++digits;
+namespace {
+
+// Where "KEY.N." names a layer: `layers.N` (Llama, Mistral, ViT encoders,
+// ...) or `h.N` (GPT-2, GPT-J, Falcon, Bloom), after a '.' or at the
+// start, N followed by '.' or the end.
+struct LayerRef {
+  size_t pos = std::string::npos;  // where the key starts
+  size_t end = 0;                  // just past N
+  int index = -1;
+};
+
+LayerRef FindLayer(const std::string& name) {
+  for (const char* key : {"layers.", "h."}) {
+    const size_t klen = std::strlen(key);
+    size_t pos = 0;
+    while ((pos = name.find(key, pos)) != std::string::npos) {
+      if (pos == 0 || name[pos - 1] == '.') {
+        size_t i = pos + klen;
+        int n = 0;
+        size_t digits = 0;
+        while (i < name.size() && digits < 7 &&
+               std::isdigit(static_cast<unsigned char>(name[i]))) {
+          n = n * 10 + (name[i] - '0');
+          ++i;
+          ++digits;
+        }
+        if (digits > 0 && (i == name.size() || name[i] == '.')) {
+          return {pos, i, n};
+        }
       }
-      if (digits > 0 && (i == name.size() || name[i] == '.')) return n;
+      pos += klen;
     }
-    pos += kKey.size();
   }
-  return -1;
+  return {};
+}
+
+}  // namespace
+
+int LayerIndexOf(const std::string& name) { return FindLayer(name).index; }
+
+std::string LayerStackOf(const std::string& name) {
+  const LayerRef r = FindLayer(name);
+  return r.index < 0 ? "" : name.substr(0, r.pos);
 }
 
 namespace {
 
-int CountLayers(const ModelFolder& f) {
-  std::set<int> layers;
+// Layers per stack (the text model's and a vision tower's are counted
+// apart, as mergekit counts per module).
+std::map<std::string, int> StackLayers(const ModelFolder& f) {
+  std::map<std::string, std::set<int>> layers;
   for (const TensorInfo* info : f.tensors()) {
-    const int l = LayerIndexOf(info->name);
-    if (l >= 0) layers.insert(l);
+    const LayerRef r = FindLayer(info->name);
+    if (r.index >= 0) layers[info->name.substr(0, r.pos)].insert(r.index);
   }
-  return static_cast<int>(layers.size());
+  std::map<std::string, int> out;
+  for (const auto& [stack, set] : layers) {
+    out[stack] = static_cast<int>(set.size());
+  }
+  return out;
+}
+
+// The layers of a model's largest stack (what slices count).
+int CountLayers(const ModelFolder& f) {
+  int most = 0;
+  for (const auto& [stack, n] : StackLayers(f)) most = std::max(most, n);
+  return most;
 }
 
 // `name` with its layer index `from` rewritten to `to`.
 std::string WithLayer(const std::string& name, int from, int to) {
-  const std::string key = absl::StrCat("layers.", from, ".");
-  size_t pos = 0;
-  while ((pos = name.find(key, pos)) != std::string::npos) {
-    if (pos == 0 || name[pos - 1] == '.') {
-      return absl::StrCat(name.substr(0, pos), "layers.", to, ".",
-                          name.substr(pos + key.size()));
-    }
-    ++pos;
-  }
-  return name;
+  const LayerRef r = FindLayer(name);
+  if (r.index != from) return name;
+  const size_t dot = name.find('.', r.pos);
+  return absl::StrCat(name.substr(0, dot + 1), to, name.substr(r.end));
 }
 
 // Input embeddings: merged from the first slice's sources; every other
@@ -260,6 +292,7 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
   }
 
   plan->num_layers_ = CountLayers(*plan->reference_);
+  const std::map<std::string, int> stacks = StackLayers(*plan->reference_);
 
   // Which tensors are merged (the rest are copied from the reference, e.g.
   // per-task parts the base also has): a regex, default all floating ones.
@@ -336,9 +369,11 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     }
     t.layer = LayerIndexOf(t.name);
     if (t.layer >= 0) {
-      t.layer_t = plan->num_layers_ <= 1
-                      ? 1.0
-                      : static_cast<double>(t.layer) / (plan->num_layers_ - 1);
+      // t = N / (L − 1) with L the layers of this tensor's own stack.
+      auto it = stacks.find(LayerStackOf(t.name));
+      const int layers = it == stacks.end() ? plan->num_layers_ : it->second;
+      t.layer_t =
+          layers <= 1 ? 1.0 : static_cast<double>(t.layer) / (layers - 1);
     }
     if (source.model >= 0) {
       // A stacked slice: only its source is read; the gradient restarts in
