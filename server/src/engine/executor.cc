@@ -76,9 +76,11 @@ bool IsSlowTokenizerFile(const std::string& name) {
 }
 
 // The model card mergekit writes (card.py): what was merged, how, and the
-// config, with the Hub ids as base_model metadata.
-std::string ModelCard(const MergePlan& plan, const std::string& name,
-                      const std::string& config_yaml) {
+// config, with the Hub ids as base_model metadata. Titled by the stage's
+// name, not (as mergekit does) by the output folder's, so a merge gives the
+// same bytes wherever it is written: a server's result and a one-shot
+// merge compare equal.
+std::string ModelCard(const MergePlan& plan, const std::string& config_yaml) {
   const MergeConfig& c = plan.config();
   std::vector<std::string> refs;
   if (c.base_model) refs.push_back(*c.base_model);
@@ -108,7 +110,7 @@ std::string ModelCard(const MergePlan& plan, const std::string& name,
   std::string out = absl::StrCat(
       "---\nbase_model:", hub.empty() ? " []\n" : "\n", hub,
       "library_name: transformers\ntags:\n- mergeserve\n- merge\n---\n# ",
-      name.empty() ? "Untitled Model (1)" : name,
+      plan.config().name ? *plan.config().name : "Merged model",
       "\n\nThis is a merge of pre-trained language models created with "
       "mergeserve.\n\n## Merge Details\n### Merge Method\n\nThis model was "
       "merged using the ",
@@ -133,8 +135,7 @@ std::string ModelCard(const MergePlan& plan, const std::string& name,
 // tokenizer files. Adds the model card and the config.
 absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
                            const MergeConfig& config,
-                           const std::string& config_text,
-                           const std::string& output_dir) {
+                           const std::string& config_text) {
   const ModelFolder& ref = plan.reference();
   auto cfg = ref.ReadSideFile("config.json");
   if (cfg.ok()) {
@@ -203,11 +204,7 @@ absl::Status CopySideFiles(const MergePlan& plan, ShardedWriter& writer,
   // the same for the same merge however it was written or sent.
   const std::string yaml = config_text.empty() ? config.ToYaml() : config_text;
   MS_RETURN_IF_ERROR(writer.AddFile("mergeserve_config.yaml", yaml));
-  return writer.AddFile(
-      "README.md",
-      ModelCard(plan,
-                fs::path(output_dir).lexically_normal().filename().string(),
-                yaml));
+  return writer.AddFile("README.md", ModelCard(plan, yaml));
 }
 
 }  // namespace
@@ -368,8 +365,8 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     if (options.on_progress) options.on_progress(progress);
   }
   if (writer) {
-    MS_RETURN_IF_ERROR(CopySideFiles(*plan, *writer, config,
-                                     options.config_text, options.output_dir));
+    MS_RETURN_IF_ERROR(
+        CopySideFiles(*plan, *writer, config, options.config_text));
     MS_RETURN_IF_ERROR(plan->CheckInputsUnchanged());
     summary.shards = writer->num_shards();
     if (options.before_commit) MS_RETURN_IF_ERROR(options.before_commit());
