@@ -64,12 +64,18 @@ def read_model(folder):
     return out
 
 
+def randn(g, dtype):
+    """A sampler of N(0, 0.5²) tensors of `dtype` from generator `g`."""
+    def r(*shape):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    return r
+
+
 def make_llama(folder, layers, seed, dtype, tokenizer=False):
     """A Llama-shaped model: hidden 8, 32 tokens."""
     g = torch.Generator().manual_seed(seed)
     t = {}
-    def r(*shape):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    r = randn(g, dtype)
     t["model.embed_tokens.weight"] = r(32, 8)
     t["lm_head.weight"] = r(32, 8)
     t["model.norm.weight"] = r(8)
@@ -102,8 +108,7 @@ def make_llama(folder, layers, seed, dtype, tokenizer=False):
 def make_gpt2(folder, layers, seed, dtype):
     """GPT-2's tensor names (transformer.h.N, tied embeddings, n_layer)."""
     g = torch.Generator().manual_seed(seed)
-    def r(*shape):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    r = randn(g, dtype)
     t = {"transformer.wte.weight": r(32, 8), "transformer.wpe.weight": r(16, 8),
          "transformer.ln_f.weight": r(8), "transformer.ln_f.bias": r(8)}
     for i in range(layers):
@@ -123,8 +128,7 @@ def make_llava(folder, seed, dtype):
     """LLaVA's two stacks: a 2-layer Llama text model and a 2-layer CLIP
     vision tower (4-D patch embedding), with the projector between."""
     g = torch.Generator().manual_seed(seed)
-    def r(*shape):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    r = randn(g, dtype)
     t = {"language_model.model.embed_tokens.weight": r(32, 8),
          "language_model.lm_head.weight": r(32, 8),
          "language_model.model.norm.weight": r(8),

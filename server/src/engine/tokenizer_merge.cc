@@ -471,6 +471,15 @@ absl::Status TokenizerMerge::RebuildEmbeddings(
   };
 
   const int64_t n = num_tokens();
+  // Each token's id in each model (-1: absent), looked up once for every
+  // tensor rebuilt.
+  std::vector<int64_t> ids(static_cast<size_t>(n) * n_in, -1);
+  for (int64_t i = 0; i < n; ++i) {
+    for (size_t m = 0; m < n_in; ++m) {
+      auto f = vocabs_[m].ids.find(tokens_[static_cast<size_t>(i)]);
+      if (f != vocabs_[m].ids.end()) ids[i * n_in + m] = f->second;
+    }
+  }
   for (size_t k = 0; k < names.size(); ++k) {
     const int64_t c = cols[k];
     std::vector<float> def(c), tmp(c);
@@ -482,14 +491,10 @@ absl::Status TokenizerMerge::RebuildEmbeddings(
       auto it = named.find(token);
       const TokenSpec* ts = it == named.end() ? nullptr : it->second;
       const bool force = ts != nullptr && ts->force;
-      std::vector<int64_t> own(n_in, -1);
+      const int64_t* own = &ids[i * n_in];
       std::vector<size_t> holders;
       for (size_t m = 0; m < n_in; ++m) {
-        auto f = vocabs_[m].ids.find(token);
-        if (f != vocabs_[m].ids.end()) {
-          own[m] = f->second;
-          holders.push_back(m);
-        }
+        if (own[m] >= 0) holders.push_back(m);
       }
       // The default row, computed when some model needs it.
       bool need_default = force || holders.size() < n_in;
