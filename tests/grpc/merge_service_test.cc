@@ -386,7 +386,10 @@ TEST_F(MergeServiceTest, AnalyzeReturnsDiagnosticsWithoutStoringAResult) {
 TEST_F(MergeServiceTest, MergekitConfigsNameRegisteredCheckpointsTheHubsWay) {
   SetUpModels(8);
   StartServer();
-  for (const std::string c : {"lora", "pytorch_bin", "tokenizer_union"}) {
+  // multi_stage: a file of three merges, one job; its stages run in the
+  // job's scratch, which is gone when it ends.
+  for (const std::string c :
+       {"lora", "pytorch_bin", "tokenizer_union", "multi_stage"}) {
     const fs::path golden = fs::path(MERGESERVE_GOLDEN_MERGEKIT_DIR) / c;
     fs::copy(golden, models_ + "/" + c, fs::copy_options::recursive);
     std::string yaml = ReadAll((golden / "config.yaml").string());
@@ -434,6 +437,32 @@ TEST_F(MergeServiceTest, MergekitConfigsNameRegisteredCheckpointsTheHubsWay) {
     if (c == "tokenizer_union") {
       EXPECT_THAT(files["tokenizer.json"], HasSubstr("<|im_start|>"));
       EXPECT_THAT(files["config.json"], HasSubstr("\"vocab_size\": 67"));
+    }
+    if (c == "multi_stage") {
+      EXPECT_THAT(files["mergeserve_config.yaml"], HasSubstr("name: stage-a"));
+      std::error_code ec;
+      EXPECT_TRUE(fs::is_empty(root_ + "/data/scratch", ec) || ec)
+          << "stage scratch left behind";
+      // The same file again is the same job (one content address for all
+      // three merges).
+      v1::MergeJob again;
+      ASSERT_TRUE(Create(yaml, &again).ok());
+      EXPECT_EQ(again.id(), job.id());
+      // An analysis takes one merge.
+      v1::AnalyzeMergeRequest req;
+      req.mutable_spec()->set_config_yaml(yaml);
+      v1::AnalyzeMergeResponse resp;
+      grpc::ClientContext actx;
+      grpc::Status a = merges_->AnalyzeMerge(&actx, req, &resp);
+      EXPECT_EQ(a.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_THAT(a.error_message(), HasSubstr("several"));
+      // A wrong stage fails at submission, naming it, before any merge.
+      const std::string wrong =
+          std::regex_replace(yaml, std::regex("density: 0.6"), "density: 1.6");
+      v1::MergeJob none;
+      grpc::Status w = Create(wrong, &none);
+      EXPECT_EQ(w.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_THAT(w.error_message(), HasSubstr("merge 'stage-b'"));
     }
   }
   // Names that are no Hub id are refused with the rule.

@@ -25,6 +25,7 @@ struct MergeProgress {
   uint64_t bytes_total = 0;  // output bytes in all
   std::string phase;         // "prepare", "merge"
   std::string tensor;        // last tensor finished
+  std::string stage;         // the stage being merged; "" for the final
 };
 
 struct MergeOptions {
@@ -87,6 +88,12 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
 // once, when it is submitted). options.resolver is not used.
 absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
                                           const MergeOptions& options);
+
+// Writes into `dir` what RunMergePlan would write for `plan` (the same side
+// files, tensor names, shapes and dtypes, in one file) without tensor data:
+// a sparse file that reads as zeros and takes no disk. A stage of a
+// multi-merge file is planned on its predecessors' sketches before any runs.
+absl::Status WritePlanSketch(const MergePlan& plan, const std::string& dir);
 
 // Memory a merge will need beyond the mapped inputs: whole-tensor methods
 // hold every model's copy of the largest tensor plus temporaries; streaming

@@ -3,6 +3,7 @@
 #define MERGESERVE_ENGINE_MERGE_CONFIG_H_
 
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -108,6 +109,10 @@ struct MergeConfig {
   // addressing and saves next to a merged model. FromYaml(ToYaml()) gives
   // back the same config.
   std::string ToYaml() const;
+  // Every model the config reads, each once: base, models, slices'
+  // sources (both parts of MODEL+LORA), per-model checkpoints (fisher,
+  // gram) and a tokenizer's source model.
+  std::set<std::string> References() const;
 };
 
 // Parameter keys the engine understands (mergekit's, then extensions).

@@ -36,6 +36,9 @@ class ShardedWriter {
     // Replace an existing non-empty output_dir at Commit().
     bool overwrite = false;
     std::map<std::string, std::string> metadata = {{"format", "pt"}};
+    // Reserve each shard's blocks up front (a full disk fails before any
+    // work); false leaves a sparse file, for outputs never written.
+    bool reserve = true;
   };
 
   static absl::StatusOr<std::unique_ptr<ShardedWriter>> Create(

@@ -219,6 +219,10 @@ class JobManager {
                                     const std::optional<JobRecord>& stale);
   absl::StatusOr<JobRecord> SubmitKind(const std::string& kind,
                                        MergeRequest request);
+  // A folder for the stages of a request of several merges: `what` says
+  // which use ("plan-", "run-"), `id` makes it unique.
+  std::string StageScratch(const std::string& what,
+                           const std::string& id) const;
   absl::StatusOr<PlannedMerge> PlanKind(const std::string& kind,
                                         MergeRequest request) const;
   void RunJob(const std::string& id, std::shared_ptr<PlannedMerge> planned,

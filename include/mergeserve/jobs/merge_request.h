@@ -10,18 +10,30 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "mergeserve/engine/merge_config.h"
 #include "mergeserve/engine/merge_plan.h"
+#include "mergeserve/engine/merge_stages.h"
 #include "mergeserve/registry/checkpoint_registry.h"
 
 namespace mergeserve {
 
 struct MergeRequest {
   std::string tenant;
-  MergeConfig config;
+  MergeConfig config;  // the merge whose output is the result
+  // Named merges `config` reads (a file of several merges, mergekit-multi),
+  // in the order they run. Their outputs live only while the job runs.
+  std::vector<MergeConfig> stages;
+
+  StagedMerge Staged() const { return {stages, config}; }
 };
+
+// A request of one merge or several, as sent in YAML.
+absl::StatusOr<MergeRequest> MergeRequestFromYaml(
+    std::string tenant, const std::string& text, const std::string& source_dir,
+    const ConfigLimits& limits = ConfigLimits());
 
 struct PlannedMerge {
   MergeRequest request;
@@ -39,9 +51,15 @@ struct PlannedMerge {
 };
 
 // `threads`: the worker threads the merge will use (for the memory bound).
+// A request of several merges plans each stage on sketches of the stages
+// it reads, written under `scratch_dir` (a folder only this call uses,
+// removed before it returns); such a plan is not runnable, the job plans
+// each stage again when the one before has run. Data-aware methods take
+// one merge per request.
 absl::StatusOr<PlannedMerge> PlanMerge(MergeRequest request,
                                        const CheckpointRegistry& registry,
-                                       int threads);
+                                       int threads,
+                                       const std::string& scratch_dir = "");
 
 // Memory the data-aware step of `config` may hold (LibTorch programs,
 // gradients, optimiser state, Gram matrices): an estimate from the

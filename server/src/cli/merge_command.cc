@@ -129,39 +129,37 @@ int RunMergeCommand(const std::vector<std::string>& argv) {
   std::stringstream text;
   text << in.rdbuf();
   const auto parent = std::filesystem::path(a.positional[0]).parent_path();
-  auto documents = MergeConfig::AllFromYaml(
-      text.str(), parent.empty() ? "." : parent.string());
-  if (!documents.ok()) return FailWith(documents.status());
-  std::vector<MergeConfig> ordered;
-  if (documents->size() == 1 && !(*documents)[0].name) {
-    (*documents)[0].source_text = text.str();
-    ordered = *std::move(documents);
-  } else {
-    auto o = OrderStages(*std::move(documents));
-    if (!o.ok()) return FailWith(o.status());
-    ordered = *std::move(o);
-  }
-  const MergeConfig* config = &ordered.back();
+  auto staged =
+      ParseStagedMerge(text.str(), parent.empty() ? "." : parent.string());
+  if (!staged.ok()) return FailWith(staged.status());
+  const MergeConfig* config = &staged->final;
 
   ProgressBar bar(stderr, absl::StrCat("merging (", config->merge_method, ")"));
   if (!quiet) {
     opts.on_progress = [&](const MergeProgress& p) {
-      if (p.phase == "merge") {
+      if (p.phase == "merge" && p.stage.empty()) {
         bar.Update(p.tensors_done, p.tensors_total, p.tensor);
       }
     };
   }
   absl::StatusOr<MergeSummary> summary;
-  if (ordered.size() == 1) {
+  if (staged->stages.empty()) {
     summary = RunMerge(*config, opts);
   } else {
     // Stages write next to the output (same filesystem), then go away.
-    const std::string scratch =
-        std::filesystem::absolute(opts.output_dir).string() +
-        ".mergeserve-stages";
-    summary = RunMergeStages(ordered, opts, scratch, [&](const std::string& s) {
-      if (!quiet) std::fprintf(stderr, "stage %s\n", s.c_str());
-    });
+    // Every merge is planned first, on sketches of the stages it reads.
+    StageSetup setup;
+    setup.resolver = LocalPathResolver(config->source_dir);
+    setup.scratch_dir = std::filesystem::absolute(opts.output_dir).string() +
+                        ".mergeserve-stages";
+    auto checked = CheckStages(*staged, setup, opts.backend, opts.threads);
+    if (checked.ok()) {
+      summary = RunMergeStages(*staged, opts, setup, [&](const std::string& s) {
+        if (!quiet) std::fprintf(stderr, "stage %s\n", s.c_str());
+      });
+    } else {
+      summary = checked.status();
+    }
   }
   bar.Finish();
   if (!summary.ok()) return FailWith(summary.status());

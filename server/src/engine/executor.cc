@@ -381,4 +381,20 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   return summary;
 }
 
+absl::Status WritePlanSketch(const MergePlan& plan, const std::string& dir) {
+  std::vector<TensorSpec> specs;
+  for (const PlannedTensor& t : plan.tensors()) {
+    specs.push_back({t.name, t.out_dtype, t.shape});
+  }
+  ShardedWriter::Options wo;
+  wo.output_dir = dir;
+  wo.max_shard_bytes = ~uint64_t{0};
+  wo.overwrite = true;
+  wo.reserve = false;
+  MS_ASSIGN_OR_RETURN(std::unique_ptr<ShardedWriter> writer,
+                      ShardedWriter::Create(wo, std::move(specs)));
+  MS_RETURN_IF_ERROR(CopySideFiles(plan, *writer, plan.config(), ""));
+  return writer->Commit();
+}
+
 }  // namespace mergeserve

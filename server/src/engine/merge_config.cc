@@ -537,8 +537,8 @@ absl::StatusOr<MergeConfig> MergeConfig::FromYaml(const std::string& text,
     return Invalid(absl::StrCat(
         "the file holds ", all.size(), " merge", all.size() == 1 ? "" : "s",
         all[0].name ? " (a named stage)" : "",
-        "; several merges in one file run with `mergeserve merge`, one "
-        "request is one merge"));
+        "; several merges in one file run as a merge job or with "
+        "`mergeserve merge`, and this request takes one merge"));
   }
   all[0].source_text = text;
   return std::move(all[0]);
@@ -684,6 +684,32 @@ void AppendParams(const ParamMap& params, const std::string& indent,
 }
 
 }  // namespace
+
+std::set<std::string> MergeConfig::References() const {
+  std::set<std::string> refs;
+  auto add = [&](const std::string& ref) {
+    const size_t plus = ref.find('+');
+    refs.insert(ref.substr(0, plus));
+    if (plus != std::string::npos) refs.insert(ref.substr(plus + 1));
+  };
+  if (base_model) add(*base_model);
+  for (const SliceSpec& s : slices) {
+    for (const SliceSource& src : s.sources) add(src.model);
+  }
+  for (const ModelEntry& m : models) {
+    add(m.model);
+    for (const auto& [key, value] : m.parameters) {
+      if (IsPerModelOnlyParameter(key) && value.is_string()) {
+        refs.insert(*value.AsString(key));
+      }
+    }
+  }
+  if (tokenizer && tokenizer->source != "base" &&
+      tokenizer->source != "union") {
+    add(tokenizer->source);
+  }
+  return refs;
+}
 
 std::string MergeConfig::ToYaml() const {
   std::string out;

@@ -1,11 +1,13 @@
 #include "mergeserve/engine/merge_stages.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
-#include <set>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/method_registry.h"
 
 namespace mergeserve {
 namespace fs = std::filesystem;
@@ -16,21 +18,51 @@ std::string ModelPart(const std::string& ref) {
   return ref.substr(0, ref.find('+'));
 }
 
-// Every model reference of a document.
-std::vector<std::string*> Refs(MergeConfig& c) {
-  std::vector<std::string*> refs;
-  if (c.base_model) refs.push_back(&*c.base_model);
-  for (ModelEntry& m : c.models) refs.push_back(&m.model);
-  for (SliceSpec& s : c.slices) {
-    for (SliceSource& src : s.sources) refs.push_back(&src.model);
-  }
-  return refs;
+// Stage names to their folders first, then the caller's resolver.
+ModelResolver StageResolver(const std::map<std::string, std::string>* folders,
+                            const StageSetup& setup) {
+  return [folders, inner = setup.resolver, check_for = setup.check_for](
+             const std::string& ref) -> absl::StatusOr<ModelLocation> {
+    auto it = folders->find(ref);
+    if (it != folders->end()) {
+      return ModelLocation(it->second,
+                           check_for ? check_for(it->second) : nullptr);
+    }
+    if (!inner) return ModelLocation(ref);
+    return inner(ref);
+  };
 }
+
+absl::Status InStage(const MergeConfig& c, const absl::Status& s) {
+  if (s.ok() || !c.name) return s;
+  return absl::Status(s.code(),
+                      absl::StrCat("merge '", *c.name, "': ", s.message()));
+}
+
+struct RemoveOnExit {
+  std::string dir;
+  ~RemoveOnExit() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+};
 
 }  // namespace
 
-absl::StatusOr<std::vector<MergeConfig>> OrderStages(
-    std::vector<MergeConfig> documents) {
+std::string StagedMerge::ToYaml() const {
+  std::string out;
+  for (const MergeConfig& s : stages)
+    absl::StrAppend(&out, s.ToYaml(), "---\n");
+  return out + final.ToYaml();
+}
+
+bool StagedMerge::IsStage(const std::string& ref) const {
+  const std::string part = ModelPart(ref);
+  return std::any_of(stages.begin(), stages.end(),
+                     [&](const MergeConfig& s) { return *s.name == part; });
+}
+
+absl::StatusOr<StagedMerge> OrderStages(std::vector<MergeConfig> documents) {
   std::map<std::string, size_t> by_name;
   int finals = 0;
   for (size_t i = 0; i < documents.size(); ++i) {
@@ -50,7 +82,7 @@ absl::StatusOr<std::vector<MergeConfig>> OrderStages(
         finals));
   }
   // Depth-first: each document after the stages it references.
-  std::vector<MergeConfig> out;
+  StagedMerge out;
   std::vector<int> state(documents.size(), 0);  // 1 visiting, 2 done
   std::function<absl::Status(size_t)> visit = [&](size_t i) -> absl::Status {
     if (state[i] == 2) return absl::OkStatus();
@@ -60,12 +92,16 @@ absl::StatusOr<std::vector<MergeConfig>> OrderStages(
                        *documents[i].name, "'"));
     }
     state[i] = 1;
-    for (std::string* ref : Refs(documents[i])) {
-      auto it = by_name.find(ModelPart(*ref));
+    for (const std::string& ref : documents[i].References()) {
+      auto it = by_name.find(ref);
       if (it != by_name.end()) MS_RETURN_IF_ERROR(visit(it->second));
     }
     state[i] = 2;
-    out.push_back(documents[i]);
+    if (documents[i].name) {
+      out.stages.push_back(documents[i]);
+    } else {
+      out.final = documents[i];
+    }
     return absl::OkStatus();
   };
   for (size_t i = 0; i < documents.size(); ++i) {
@@ -74,51 +110,95 @@ absl::StatusOr<std::vector<MergeConfig>> OrderStages(
   return out;  // stages no merge uses are not run
 }
 
+absl::StatusOr<StagedMerge> ParseStagedMerge(const std::string& text,
+                                             const std::string& source_dir,
+                                             const ConfigLimits& limits) {
+  MS_ASSIGN_OR_RETURN(std::vector<MergeConfig> documents,
+                      MergeConfig::AllFromYaml(text, source_dir, limits));
+  if (documents.size() == 1 && !documents[0].name) {
+    StagedMerge one;
+    one.final = std::move(documents[0]);
+    one.final.source_text = text;
+    return one;
+  }
+  return OrderStages(std::move(documents));
+}
+
+absl::StatusOr<StagesCheck> CheckStages(const StagedMerge& merge,
+                                        const StageSetup& setup,
+                                        Backend backend, int threads) {
+  StagesCheck check;
+  std::map<std::string, std::string> sketches;
+  const std::string root = (fs::path(setup.scratch_dir) / "sketch").string();
+  RemoveOnExit cleanup{merge.stages.empty() ? std::string()
+                                            : setup.scratch_dir};
+  const ModelResolver resolver = StageResolver(&sketches, setup);
+  auto plan_one =
+      [&](const MergeConfig& c) -> absl::StatusOr<std::unique_ptr<MergePlan>> {
+    MS_RETURN_IF_ERROR(InStage(c, CreateMethod(c.merge_method).status()));
+    auto plan = MergePlan::Create(c, resolver);
+    if (!plan.ok()) return InStage(c, plan.status());
+    check.memory =
+        std::max(check.memory, EstimateMergeMemory(**plan, backend, threads));
+    check.tensors_total += static_cast<int64_t>((*plan)->tensors().size());
+    return plan;
+  };
+  for (const MergeConfig& stage : merge.stages) {
+    MS_ASSIGN_OR_RETURN(std::unique_ptr<MergePlan> plan, plan_one(stage));
+    const std::string dir = (fs::path(root) / *stage.name).string();
+    MS_RETURN_IF_ERROR(InStage(stage, WritePlanSketch(*plan, dir)));
+    sketches[*stage.name] = dir;
+  }
+  MS_ASSIGN_OR_RETURN(std::unique_ptr<MergePlan> final_plan,
+                      plan_one(merge.final));
+  for (const PlannedTensor& t : final_plan->tensors()) {
+    check.output_bytes += static_cast<int64_t>(t.out_bytes());
+  }
+  if (merge.stages.empty()) check.final_plan = std::move(final_plan);
+  return check;
+}
+
 absl::StatusOr<MergeSummary> RunMergeStages(
-    std::vector<MergeConfig> ordered, const MergeOptions& options,
-    const std::string& scratch_dir,
+    const StagedMerge& merge, const MergeOptions& options,
+    const StageSetup& setup,
     const std::function<void(const std::string&)>& on_stage) {
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() {
-      std::error_code ec;
-      fs::remove_all(dir, ec);
-    }
-  } cleanup{scratch_dir};
+  RemoveOnExit cleanup{merge.stages.empty() ? std::string()
+                                            : setup.scratch_dir};
   std::map<std::string, std::string> outputs;  // stage -> folder
-  for (size_t i = 0; i + 1 < ordered.size(); ++i) {
-    MergeConfig& stage = ordered[i];
-    for (std::string* ref : Refs(stage)) {
-      auto it = outputs.find(ModelPart(*ref));
-      if (it != outputs.end()) {
-        *ref = it->second + ref->substr(ModelPart(*ref).size());
-      }
-    }
+  const ModelResolver resolver = StageResolver(&outputs, setup);
+  // A stage's output has no registered digest: nothing about it is cached.
+  auto digest = [&merge, inner = options.digest](const std::string& ref) {
+    return merge.IsStage(ref) || !inner ? std::string() : inner(ref);
+  };
+  for (const MergeConfig& stage : merge.stages) {
     if (on_stage) on_stage(*stage.name);
     MergeOptions o = options;
-    o.output_dir = (fs::path(scratch_dir) / *stage.name).string();
+    o.output_dir = (fs::path(setup.scratch_dir) / *stage.name).string();
     o.overwrite = true;
     o.config_text.clear();
-    o.on_progress = nullptr;
-    auto s = RunMerge(stage, o);
-    if (!s.ok()) {
-      return absl::Status(
-          s.status().code(),
-          absl::StrCat("merge '", *stage.name, "': ", s.status().message()));
+    o.before_commit = nullptr;
+    o.diagnostics = nullptr;
+    o.resolver = resolver;
+    o.digest = digest;
+    if (options.on_progress) {
+      o.on_progress = [&options, &stage](const MergeProgress& p) {
+        MergeProgress q = p;
+        q.stage = *stage.name;
+        options.on_progress(q);
+      };
     }
+    auto s = RunMerge(stage, o);
+    if (!s.ok()) return InStage(stage, s.status());
     outputs[*stage.name] = o.output_dir;
   }
-  MergeConfig& final = ordered.back();
   MergeOptions o = options;
-  // The saved config is the final merge as written, not its scratch paths.
-  if (o.config_text.empty()) o.config_text = final.ToYaml();
-  for (std::string* ref : Refs(final)) {
-    auto it = outputs.find(ModelPart(*ref));
-    if (it != outputs.end()) {
-      *ref = it->second + ref->substr(ModelPart(*ref).size());
-    }
+  o.resolver = resolver;
+  o.digest = digest;
+  // The saved config is the whole request, stages included.
+  if (o.config_text.empty() && !merge.stages.empty()) {
+    o.config_text = merge.ToYaml();
   }
-  return RunMerge(final, o);
+  return RunMerge(merge.final, o);
 }
 
 }  // namespace mergeserve

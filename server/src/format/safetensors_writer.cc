@@ -146,7 +146,9 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
     // Reserve the whole shard now, so a disk too small fails before the
     // merge starts (file systems without fallocate get a sparse file).
     const int rc =
-        ::posix_fallocate(shard.fd, 0, static_cast<off_t>(shard.size));
+        w->options_.reserve
+            ? ::posix_fallocate(shard.fd, 0, static_cast<off_t>(shard.size))
+            : EOPNOTSUPP;
     if (rc == ENOSPC || rc == EDQUOT || rc == EFBIG) {
       errno = rc;
       return IoError("cannot reserve space for", path);

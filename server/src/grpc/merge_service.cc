@@ -41,9 +41,9 @@ grpc::ServerUnaryReactor* MergeServiceImpl::CreateMergeJob(
   // Parsing and planning open every checkpoint: on the control executor.
   const std::string tenant = call.tenant();
   return call.Offload(control_, [this, tenant, request, response] {
-    auto config = SpecToConfig(request->spec(), limits_);
-    if (!config.ok()) return config.status();
-    auto job = jobs_.Submit({tenant, *std::move(config)});
+    auto merge = SpecToMergeRequest(tenant, request->spec(), limits_);
+    if (!merge.ok()) return merge.status();
+    auto job = jobs_.Submit(*std::move(merge));
     if (job.ok()) ToProto(*job, response);
     return job.status();
   });

@@ -3,6 +3,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "mergeserve/base/status_macros.h"
 
 namespace mergeserve {
 
@@ -224,6 +225,21 @@ void SetIf(bool has, double v, const char* key, ParamMap* params) {
 }
 
 }  // namespace
+
+absl::StatusOr<MergeRequest> SpecToMergeRequest(std::string tenant,
+                                                const v1::MergeSpec& spec,
+                                                const ConfigLimits& limits) {
+  if (spec.spec_case() == v1::MergeSpec::kConfigYaml &&
+      !spec.config_yaml().empty()) {
+    return MergeRequestFromYaml(std::move(tenant), spec.config_yaml(), "",
+                                limits);
+  }
+  MS_ASSIGN_OR_RETURN(MergeConfig config, SpecToConfig(spec, limits));
+  MergeRequest r;
+  r.tenant = std::move(tenant);
+  r.config = std::move(config);
+  return r;
+}
 
 absl::StatusOr<MergeConfig> SpecToConfig(const v1::MergeSpec& spec,
                                          const ConfigLimits& limits) {

@@ -34,6 +34,11 @@ absl::StatusOr<JobState> JobStateFromProto(v1::JobState state);
 // YAML form within `limits`, the structured form field by field.
 absl::StatusOr<MergeConfig> SpecToConfig(const v1::MergeSpec& spec,
                                          const ConfigLimits& limits);
+// A merge job's spec: config_yaml may hold several merges (named stages
+// and the final one, as mergekit-multi reads them).
+absl::StatusOr<MergeRequest> SpecToMergeRequest(std::string tenant,
+                                                const v1::MergeSpec& spec,
+                                                const ConfigLimits& limits);
 // The method name of a MergeMethod value (MERGE_METHOD_TASK_ARITHMETIC ->
 // "task_arithmetic"): the proto enum is the one list, no table to keep.
 std::string MethodName(v1::MergeMethod method);

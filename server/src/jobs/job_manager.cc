@@ -12,6 +12,7 @@
 #include "mergeserve/base/secure_random.h"
 #include "mergeserve/base/sha256.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/base/temp_tag.h"
 #include "mergeserve/engine/executor.h"
 #include "mergeserve/engine/method_registry.h"
 #include "mergeserve/jobs/evaluation_job.h"
@@ -132,8 +133,22 @@ absl::StatusOr<JobRecord> JobManager::SubmitAnalysis(MergeRequest request) {
 absl::StatusOr<PlannedMerge> JobManager::PlanKind(const std::string& kind,
                                                   MergeRequest request) const {
   if (kind == kAnalyzeJob) return PlanAnalysis(std::move(request));
+  std::string scratch;
+  if (!request.stages.empty()) {
+    // Sketches of the stages, while the request is planned.
+    MS_ASSIGN_OR_RETURN(std::string hex, SecureRandomHex(4));
+    scratch = StageScratch("plan-", hex);
+  }
   return PlanMerge(std::move(request), *options_.registry,
-                   options_.threads_per_job);
+                   options_.threads_per_job, scratch);
+}
+
+std::string JobManager::StageScratch(const std::string& what,
+                                     const std::string& id) const {
+  // Under scratch/ with this replica's tag: the orphan sweep of another
+  // replica leaves it alone while this one lives.
+  return absl::StrCat(options_.data_dir, "/scratch/stages-", what, TempTag(),
+                      id);
 }
 
 absl::Status JobManager::Admit(const std::string& tenant) {
@@ -351,16 +366,17 @@ void JobManager::Start(JobRecord job) {
     // Submitted to another replica, or an earlier attempt: plan again from
     // the stored request (its inputs may have changed meanwhile).
     absl::Status s;
-    auto config = MergeConfig::FromYaml(job.config_yaml, options_.data_dir);
-    if (config.ok()) {
-      auto p = PlanKind(job.kind, {job.tenant, *std::move(config)});
+    auto request =
+        MergeRequestFromYaml(job.tenant, job.config_yaml, options_.data_dir);
+    if (request.ok()) {
+      auto p = PlanKind(job.kind, *std::move(request));
       if (p.ok()) {
         planned = std::make_shared<PlannedMerge>(*std::move(p));
       } else {
         s = p.status();
       }
     } else {
-      s = config.status();
+      s = request.status();
     }
     if (!s.ok()) {
       FailBeforeRun(std::move(job), s);
@@ -553,7 +569,27 @@ void JobManager::RunJob(const std::string& id,
     mo.resolver = prepared->resolver;
     mo.digest = prepared->digest;
     absl::StatusOr<MergeSummary> s;
-    if (planned->runnable && planned->plan != nullptr) {
+    if (!planned->request.stages.empty()) {
+      // Each stage is planned and run when the ones it reads have run, into
+      // scratch that goes away with the job; stages show as phases.
+      StageSetup setup;
+      setup.resolver = prepared->resolver;
+      setup.scratch_dir = StageScratch("run-", id);
+      setup.check_for = StorageRoots::OwnedFileCheck;
+      auto stage_progress = mo.on_progress;
+      mo.on_progress = [&](const MergeProgress& p) {
+        if (p.stage.empty()) return stage_progress(p);
+        Update(
+            id,
+            [&](JobRecord& r) {
+              r.phase = "stage " + p.stage;
+              r.phase_done = p.tensors_done;
+              r.phase_total = p.tensors_total;
+            },
+            throttled(p.tensors_done == p.tensors_total));
+      };
+      s = RunMergeStages(planned->request.Staged(), mo, setup);
+    } else if (planned->runnable && planned->plan != nullptr) {
       s = RunMergePlan(std::move(planned->plan), mo);
     } else {
       s = RunMerge(prepared->config, mo);
@@ -1051,6 +1087,11 @@ absl::StatusOr<std::shared_ptr<WorkTicket>> JobManager::RunWork(WorkItem item) {
 absl::StatusOr<PlannedMerge> JobManager::PlanAnalysis(
     MergeRequest request) const {
   const std::string& method = request.config.merge_method;
+  if (!request.stages.empty()) {
+    return absl::InvalidArgumentError(
+        "an analysis takes one merge; this request holds several (analyze "
+        "each on its own)");
+  }
   if (method != "ri" && !IsAnalyzable(method)) {
     return AnalyzableError(method);
   }

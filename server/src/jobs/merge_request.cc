@@ -15,39 +15,90 @@ namespace {
 // Slack for LibTorch's own allocations (kernels, caching allocator).
 constexpr int64_t kTorchSlack = int64_t{256} << 20;
 
-// Checkpoints a config refers to (base, models or slices' sources, both
-// parts of MODEL+LORA, fisher/gram, a tokenizer's source model).
-std::set<std::string> ReferencedCheckpoints(const MergeConfig& c) {
+// The content address's lines for every checkpoint the merges read (a
+// stage's output is not a checkpoint: it is addressed by its merge, which
+// the canonical request holds).
+absl::StatusOr<std::string> InputLines(const StagedMerge& merge,
+                                       const CheckpointRegistry& registry,
+                                       const std::string& tenant) {
   std::set<std::string> refs;
-  auto add = [&](const std::string& ref) {
-    const size_t plus = ref.find('+');
-    refs.insert(ref.substr(0, plus));
-    if (plus != std::string::npos) refs.insert(ref.substr(plus + 1));
-  };
-  if (c.base_model) add(*c.base_model);
-  for (const SliceSpec& s : c.slices) {
-    for (const SliceSource& src : s.sources) add(src.model);
+  for (const MergeConfig& c : merge.stages) {
+    for (const std::string& r : c.References()) refs.insert(r);
   }
-  for (const ModelEntry& m : c.models) {
-    add(m.model);
-    for (const auto& [key, value] : m.parameters) {
-      if (IsPerModelOnlyParameter(key) && value.is_string()) {
-        refs.insert(*value.AsString(key));
-      }
+  for (const std::string& r : merge.final.References()) {
+    refs.insert(r);
+  }
+  std::string lines;
+  for (const std::string& ref : refs) {
+    if (merge.IsStage(ref)) continue;
+    MS_ASSIGN_OR_RETURN(CheckpointRecord c, registry.Get(tenant, ref, false));
+    absl::StrAppend(&lines, ref, " ", c.content_digest, "\n");
+  }
+  return lines;
+}
+
+absl::StatusOr<PlannedMerge> PlanStagedMerge(MergeRequest request,
+                                             const CheckpointRegistry& registry,
+                                             int threads,
+                                             const std::string& scratch_dir) {
+  if (scratch_dir.empty()) {
+    return absl::InternalError("a request of several merges needs scratch");
+  }
+  StagedMerge merge = request.Staged();
+  std::vector<const MergeConfig*> all;
+  for (const MergeConfig& s : merge.stages) all.push_back(&s);
+  all.push_back(&merge.final);
+  for (const MergeConfig* c : all) {
+    if (c->merge_method == "ri" || IsDataAware(*c)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          c->name ? absl::StrCat("merge '", *c->name, "': ") : "",
+          c->merge_method,
+          " computes statistics from data and runs as a request of its own, "
+          "not in a file of several merges"));
     }
   }
-  if (c.tokenizer && c.tokenizer->source != "base" &&
-      c.tokenizer->source != "union") {
-    add(c.tokenizer->source);
-  }
-  return refs;
+  StageSetup setup;
+  setup.resolver = registry.Resolver(request.tenant);
+  setup.scratch_dir = scratch_dir;
+  MS_ASSIGN_OR_RETURN(StagesCheck check,
+                      CheckStages(merge, setup, Backend::kFused, threads));
+  PlannedMerge p;
+  p.canonical_yaml = merge.ToYaml();
+  p.memory = check.memory;
+  p.output_bytes = check.output_bytes;
+  p.tensors_total = check.tensors_total;
+  MS_ASSIGN_OR_RETURN(std::string lines,
+                      InputLines(merge, registry, request.tenant));
+  p.digest = Sha256Hex(absl::StrCat("tenant ", request.tenant, "\n",
+                                    p.canonical_yaml, "\n--\n", lines));
+  for (MergeConfig& c : request.stages) c.source_text.clear();
+  request.config.source_text.clear();
+  p.request = std::move(request);
+  return p;
 }
 
 }  // namespace
 
+absl::StatusOr<MergeRequest> MergeRequestFromYaml(std::string tenant,
+                                                  const std::string& text,
+                                                  const std::string& source_dir,
+                                                  const ConfigLimits& limits) {
+  MS_ASSIGN_OR_RETURN(StagedMerge staged,
+                      ParseStagedMerge(text, source_dir, limits));
+  MergeRequest r;
+  r.tenant = std::move(tenant);
+  r.config = std::move(staged.final);
+  r.stages = std::move(staged.stages);
+  return r;
+}
+
 absl::StatusOr<PlannedMerge> PlanMerge(MergeRequest request,
                                        const CheckpointRegistry& registry,
-                                       int threads) {
+                                       int threads,
+                                       const std::string& scratch_dir) {
+  if (!request.stages.empty()) {
+    return PlanStagedMerge(std::move(request), registry, threads, scratch_dir);
+  }
   const MergeConfig& config = request.config;
   const std::string& tenant = request.tenant;
   if (config.merge_method != "ri" &&
@@ -82,7 +133,7 @@ absl::StatusOr<PlannedMerge> PlanMerge(MergeRequest request,
   // reads, and the tenant (results are never shared across tenants).
   std::string lines =
       absl::StrCat("tenant ", tenant, "\n", p.canonical_yaml, "\n--\n");
-  for (const std::string& ref : ReferencedCheckpoints(config)) {
+  for (const std::string& ref : config.References()) {
     MS_ASSIGN_OR_RETURN(CheckpointRecord c, registry.Get(tenant, ref, false));
     absl::StrAppend(&lines, ref, " ", c.content_digest, "\n");
   }
