@@ -83,6 +83,12 @@ def main(out):
                          "merge_method: nuslerp\nmodels:\n  - model: s+lora\n"
                          "    parameters: {weight: 1}\n  - model: org/name@v1\n"
                          "    parameters: {weight: 2}\n...\n")
+    configs["modules"] = ("merge_method: ties\nbase_model: base\nmodules:\n"
+                          "  text_decoder:\n    parameters: {density: 0.5}\n"
+                          "    models: [a, {model: b, parameters: {weight: 2}}]\n"
+                          "  vision_tower:\n    slices:\n      - sources:\n"
+                          "          - {model: a, layer_range: [0, 4]}\n"
+                          "          - {model: b, layer_range: [0, 4]}\n")
     for name, text in configs.items():
         with open(os.path.join(cfg, name + ".yaml"), "w") as f:
             f.write(text)

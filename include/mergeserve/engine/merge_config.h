@@ -68,6 +68,16 @@ struct TokenizerSpec {
   int64_t pad_to_multiple_of = 0;  // 0: no padding
 };
 
+// One entry under mergekit's `modules:` (a vision-language model's text
+// decoder, vision tower, projector): what merges that module's tensors.
+// Exactly one of models and slices.
+struct ModuleSpec {
+  std::string name;
+  std::vector<ModelEntry> models;
+  std::vector<SliceSpec> slices;
+  ParamMap parameters;  // between the models' own and the global ones
+};
+
 struct MergeConfig {
   // A stage's name in a file of several merges (mergekit-multi); unset for
   // the final merge.
@@ -78,6 +88,9 @@ struct MergeConfig {
   // mergekit's `slices:`, instead of `models:` (the plan turns one slice
   // over every layer into models; passthrough stacks several).
   std::vector<SliceSpec> slices;
+  // mergekit's `modules:`, instead of models and slices (see README,
+  // "Modules"): per module, in name order.
+  std::vector<ModuleSpec> modules;
   ParamMap parameters;  // global; a model's own parameters override these
   std::optional<DType> dtype;
   std::optional<DType> out_dtype;

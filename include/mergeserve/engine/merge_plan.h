@@ -59,10 +59,23 @@ struct PlannedTensor {
   // (mergekit's plan_tensor). Only the slice's source has a view in
   // `models` (the others have data == nullptr).
   std::string input_name;
+  // Under `modules:`: the index in MergePlan::modules(), else -1.
+  int module = -1;
 
   uint64_t out_bytes() const {
     return static_cast<uint64_t>(numel) * DTypeSize(out_dtype);
   }
+};
+
+// A module under `modules:` with what merges it: its parameters and each
+// planned model's own (by index in MergePlan::models()).
+struct PlannedModule {
+  std::string name;
+  ParamMap parameters;
+  std::vector<ParamMap> model_parameters;
+  // A module given as one slice: its layer range, checked against the
+  // module's layers.
+  int64_t layer_begin = -1, layer_end = -1;
 };
 
 class MergePlan {
@@ -77,6 +90,7 @@ class MergePlan {
   const ModelFolder& reference() const { return *reference_; }
   const std::vector<PlannedModel>& models() const { return models_; }
   const std::vector<PlannedTensor>& tensors() const { return tensors_; }
+  const std::vector<PlannedModule>& modules() const { return modules_; }
   int num_layers() const { return num_layers_; }
   // Layers of the output when slices stack layers (passthrough), else 0.
   int stacked_layers() const { return stacked_layers_; }
@@ -101,8 +115,9 @@ class MergePlan {
   // every tensor (the whole check runs once, before the result commits).
   absl::Status CheckTensorInputsUnchanged(const PlannedTensor& t) const;
 
-  // Parameter lookup: the model's own value, else the global one, else
-  // `fallback`. model < 0 reads only the global value.
+  // Parameter lookup: the model's own value, else (under `modules:`) the
+  // tensor's module's, else the global one, else `fallback`. model < 0
+  // skips the model's own value.
   absl::StatusOr<double> Number(const std::string& key, int model,
                                 const PlannedTensor& t, double fallback) const;
   // A model-independent number that must not vary per tensor.
@@ -126,6 +141,9 @@ class MergePlan {
   // Builds the merged vocabulary and every model's embeddings rebuilt in
   // its order (read instead of the models' own through overlays_).
   absl::Status PlanTokenizer(const OpenFn& open);
+  // `modules:` as models: every module merges the same models, each with
+  // its own parameters (kept in modules_).
+  absl::Status PlanModuleModels();
   // `name` of folder `f`: its rebuilt embedding when there is one.
   TensorView Lookup(const ModelFolder* f, const std::string& name) const;
 
@@ -136,6 +154,7 @@ class MergePlan {
   const ModelFolder* reference_ = nullptr;
   std::vector<PlannedModel> models_;
   std::vector<PlannedTensor> tensors_;
+  std::vector<PlannedModule> modules_;
   int num_layers_ = 0;
   int stacked_layers_ = 0;
   std::vector<std::string> scratch_dirs_;  // model+lora, embeddings

@@ -411,14 +411,101 @@ absl::StatusOr<TokenizerSpec> ParseTokenizer(const YAML::Node& node,
   return out;
 }
 
+// mergekit's models: [NAME | {model, parameters}]; `where` prefixes errors
+// ("modules.vision_tower.").
+absl::StatusOr<std::vector<ModelEntry>> ParseModels(const YAML::Node& models,
+                                                    const std::string& where,
+                                                    Budget& budget) {
+  if (!models || !models.IsSequence() || models.size() == 0) {
+    return Invalid(
+        absl::StrCat(where, "models (or slices) must be a non-empty list"));
+  }
+  if (models.size() > budget.limits.max_models) {
+    return Invalid(absl::StrCat(where, "models lists ", models.size(),
+                                " entries; at most ", budget.limits.max_models,
+                                " are allowed"));
+  }
+  std::vector<ModelEntry> out;
+  for (size_t i = 0; i < models.size(); ++i) {
+    const YAML::Node m = models[i];
+    MS_RETURN_IF_ERROR(budget.Charge(1));
+    ModelEntry e;
+    if (m.IsScalar()) {
+      e.model = m.as<std::string>();
+    } else if (m.IsMap()) {
+      for (const auto& kv : m) {
+        const std::string key = kv.first.as<std::string>();
+        if (key != "model" && key != "parameters") {
+          return Invalid(absl::StrCat("unknown key '", Abbreviate(key), "' in ",
+                                      where, "models[", i, "]"));
+        }
+      }
+      if (!m["model"] || !m["model"].IsScalar()) {
+        return Invalid(
+            absl::StrCat(where, "models[", i, "] needs 'model: NAME_OR_PATH'"));
+      }
+      e.model = m["model"].as<std::string>();
+      MS_ASSIGN_OR_RETURN(
+          e.parameters,
+          ParseParams(m["parameters"],
+                      absl::StrCat("model '", Abbreviate(e.model), "'"), true,
+                      budget));
+    } else {
+      return Invalid(absl::StrCat(where, "models[", i, "] must be a mapping"));
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+// mergekit's modules: {NAME: {models | slices, parameters}}.
+absl::StatusOr<std::vector<ModuleSpec>> ParseModules(const YAML::Node& node,
+                                                     Budget& budget) {
+  if (!node.IsMap() || node.size() == 0) {
+    return Invalid("modules must be a non-empty mapping of module names");
+  }
+  std::vector<ModuleSpec> out;
+  for (const auto& kv : node) {
+    MS_RETURN_IF_ERROR(budget.Charge(1));
+    ModuleSpec m;
+    if (!kv.first.IsScalar()) return Invalid("a module name must be a string");
+    m.name = kv.first.as<std::string>();
+    const std::string where = absl::StrCat("modules.", Abbreviate(m.name), ".");
+    const YAML::Node& def = kv.second;
+    if (!def.IsMap()) return Invalid(absl::StrCat(where, " must be a mapping"));
+    for (const auto& entry : def) {
+      const std::string key = entry.first.as<std::string>();
+      if (key != "models" && key != "slices" && key != "parameters") {
+        return Invalid(
+            absl::StrCat("unknown key '", Abbreviate(key), "' in ", where));
+      }
+    }
+    if (static_cast<bool>(def["models"]) == static_cast<bool>(def["slices"])) {
+      return Invalid(absl::StrCat(where, " needs models or slices (one)"));
+    }
+    MS_ASSIGN_OR_RETURN(m.parameters,
+                        ParseParams(def["parameters"], where, false, budget));
+    if (def["slices"]) {
+      MS_ASSIGN_OR_RETURN(m.slices, ParseSlices(def["slices"], budget));
+    } else {
+      MS_ASSIGN_OR_RETURN(m.models, ParseModels(def["models"], where, budget));
+    }
+    out.push_back(std::move(m));
+  }
+  std::sort(
+      out.begin(), out.end(),
+      [](const ModuleSpec& a, const ModuleSpec& b) { return a.name < b.name; });
+  return out;
+}
+
 absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
                                         const std::string& source_dir,
                                         Budget& budget) {
   if (!root.IsMap()) return Invalid("the document must be a mapping");
   static const std::set<std::string> kTop = {
-      "name",      "merge_method",     "base_model",   "models",
-      "slices",    "parameters",       "dtype",        "out_dtype",
-      "tokenizer", "tokenizer_source", "chat_template"};
+      "name",      "merge_method",     "base_model",    "models",
+      "slices",    "parameters",       "dtype",         "out_dtype",
+      "tokenizer", "tokenizer_source", "chat_template", "modules"};
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     if (!kTop.count(key)) {
@@ -467,49 +554,19 @@ absl::StatusOr<MergeConfig> ParseConfig(const YAML::Node& root,
     MS_ASSIGN_OR_RETURN(c.chat_template,
                         StringAt(root["chat_template"], "chat_template"));
   }
-  if (root["slices"]) {
+  if (root["slices"] && !root["modules"]) {
     if (root["models"]) return Invalid("give models or slices, not both");
     MS_ASSIGN_OR_RETURN(c.slices, ParseSlices(root["slices"], budget));
     return c;
   }
-  const YAML::Node models = root["models"];
-  if (!models || !models.IsSequence() || models.size() == 0) {
-    return Invalid("models (or slices) must be a non-empty list");
-  }
-  if (models.size() > budget.limits.max_models) {
-    return Invalid(absl::StrCat("models lists ", models.size(),
-                                " entries; at most ", budget.limits.max_models,
-                                " are allowed"));
-  }
-  for (size_t i = 0; i < models.size(); ++i) {
-    const YAML::Node m = models[i];
-    MS_RETURN_IF_ERROR(budget.Charge(1));
-    ModelEntry e;
-    if (m.IsScalar()) {
-      e.model = m.as<std::string>();
-    } else if (m.IsMap()) {
-      for (const auto& kv : m) {
-        const std::string key = kv.first.as<std::string>();
-        if (key != "model" && key != "parameters") {
-          return Invalid(absl::StrCat("unknown key '", Abbreviate(key),
-                                      "' in models[", i, "]"));
-        }
-      }
-      if (!m["model"] || !m["model"].IsScalar()) {
-        return Invalid(
-            absl::StrCat("models[", i, "] needs 'model: NAME_OR_PATH'"));
-      }
-      e.model = m["model"].as<std::string>();
-      MS_ASSIGN_OR_RETURN(
-          e.parameters,
-          ParseParams(m["parameters"],
-                      absl::StrCat("model '", Abbreviate(e.model), "'"), true,
-                      budget));
-    } else {
-      return Invalid(absl::StrCat("models[", i, "] must be a mapping"));
+  if (root["modules"]) {
+    if (root["models"] || root["slices"]) {
+      return Invalid("give one of models, slices or modules");
     }
-    c.models.push_back(std::move(e));
+    MS_ASSIGN_OR_RETURN(c.modules, ParseModules(root["modules"], budget));
+    return c;
   }
+  MS_ASSIGN_OR_RETURN(c.models, ParseModels(root["models"], "", budget));
   return c;
 }
 
@@ -683,6 +740,39 @@ void AppendParams(const ParamMap& params, const std::string& indent,
   }
 }
 
+void AppendSlices(const std::vector<SliceSpec>& slices, const std::string& in,
+                  std::string* out) {
+  absl::StrAppend(out, in, "slices:\n");
+  for (const SliceSpec& slice : slices) {
+    absl::StrAppend(out, in, "  - sources:\n");
+    for (const SliceSource& src : slice.sources) {
+      absl::StrAppend(out, in, "      - model: ", Scalar(src.model), "\n", in,
+                      "        layer_range: [", src.layer_begin, ", ",
+                      src.layer_end, "]\n");
+      if (!src.parameters.empty()) {
+        absl::StrAppend(out, in, "        parameters:\n");
+        AppendParams(src.parameters, in + "          ", out);
+      }
+    }
+    if (!slice.parameters.empty()) {
+      absl::StrAppend(out, in, "    parameters:\n");
+      AppendParams(slice.parameters, in + "      ", out);
+    }
+  }
+}
+
+void AppendModels(const std::vector<ModelEntry>& models, const std::string& in,
+                  std::string* out) {
+  absl::StrAppend(out, in, "models:\n");
+  for (const ModelEntry& m : models) {
+    absl::StrAppend(out, in, "  - model: ", Scalar(m.model), "\n");
+    if (!m.parameters.empty()) {
+      absl::StrAppend(out, in, "    parameters:\n");
+      AppendParams(m.parameters, in + "      ", out);
+    }
+  }
+}
+
 }  // namespace
 
 std::set<std::string> MergeConfig::References() const {
@@ -696,12 +786,21 @@ std::set<std::string> MergeConfig::References() const {
   for (const SliceSpec& s : slices) {
     for (const SliceSource& src : s.sources) add(src.model);
   }
-  for (const ModelEntry& m : models) {
-    add(m.model);
-    for (const auto& [key, value] : m.parameters) {
-      if (IsPerModelOnlyParameter(key) && value.is_string()) {
-        refs.insert(*value.AsString(key));
+  auto add_models = [&](const std::vector<ModelEntry>& entries) {
+    for (const ModelEntry& m : entries) {
+      add(m.model);
+      for (const auto& [key, value] : m.parameters) {
+        if (IsPerModelOnlyParameter(key) && value.is_string()) {
+          refs.insert(*value.AsString(key));
+        }
       }
+    }
+  };
+  add_models(models);
+  for (const ModuleSpec& m : modules) {
+    add_models(m.models);
+    for (const SliceSpec& s : m.slices) {
+      for (const SliceSource& src : s.sources) add(src.model);
     }
   }
   if (tokenizer && tokenizer->source != "base" &&
@@ -765,33 +864,24 @@ std::string MergeConfig::ToYaml() const {
   if (chat_template) {
     absl::StrAppend(&out, "chat_template: ", Quoted(*chat_template), "\n");
   }
-  if (!slices.empty()) {
-    absl::StrAppend(&out, "slices:\n");
-    for (const SliceSpec& slice : slices) {
-      absl::StrAppend(&out, "  - sources:\n");
-      for (const SliceSource& src : slice.sources) {
-        absl::StrAppend(&out, "      - model: ", Scalar(src.model),
-                        "\n        layer_range: [", src.layer_begin, ", ",
-                        src.layer_end, "]\n");
-        if (!src.parameters.empty()) {
-          absl::StrAppend(&out, "        parameters:\n");
-          AppendParams(src.parameters, "          ", &out);
-        }
-      }
-      if (!slice.parameters.empty()) {
+  if (!modules.empty()) {
+    absl::StrAppend(&out, "modules:\n");
+    for (const ModuleSpec& m : modules) {
+      absl::StrAppend(&out, "  ", Scalar(m.name), ":\n");
+      if (!m.parameters.empty()) {
         absl::StrAppend(&out, "    parameters:\n");
-        AppendParams(slice.parameters, "      ", &out);
+        AppendParams(m.parameters, "      ", &out);
+      }
+      if (!m.slices.empty()) {
+        AppendSlices(m.slices, "    ", &out);
+      } else {
+        AppendModels(m.models, "    ", &out);
       }
     }
-    return out;
-  }
-  absl::StrAppend(&out, "models:\n");
-  for (const ModelEntry& m : models) {
-    absl::StrAppend(&out, "  - model: ", Scalar(m.model), "\n");
-    if (!m.parameters.empty()) {
-      absl::StrAppend(&out, "    parameters:\n");
-      AppendParams(m.parameters, "      ", &out);
-    }
+  } else if (!slices.empty()) {
+    AppendSlices(slices, "", &out);
+  } else {
+    AppendModels(models, "", &out);
   }
   return out;
 }

@@ -13,9 +13,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/hub_cache.h"
 #include "mergeserve/engine/lora_adapter.h"
+#include "mergeserve/engine/model_modules.h"
 #include "mergeserve/engine/tensor_filter.h"
 #include "mergeserve/engine/tokenizer_merge.h"
 
@@ -222,6 +224,7 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
   if (c.base_model) {
     MS_ASSIGN_OR_RETURN(plan->base_, open(*c.base_model));
   }
+  if (!c.modules.empty()) MS_RETURN_IF_ERROR(plan->PlanModuleModels());
   const bool stacked = !c.slices.empty() && c.merge_method == "passthrough";
   if (!c.slices.empty() && !stacked) {
     // One slice over every layer of its sources is the `models:` form
@@ -345,7 +348,41 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
       sources.push_back({info, -1, info->name});
     }
   }
+  // Under `modules:`, each tensor is merged as its module says; tensors of
+  // modules the config leaves out are not written (as in mergekit, whose
+  // planner walks only the listed modules).
+  std::optional<ModelModules> modules;
+  std::map<std::string, int> module_index;
+  std::map<std::string, int> left_out;
+  std::map<int, std::set<int>> module_layers;
+  if (!c.modules.empty()) {
+    modules = ModelModules::Of(*plan->reference_);
+    const std::string ref = c.base_model ? *c.base_model : c.models[0].model;
+    for (size_t i = 0; i < plan->modules_.size(); ++i) {
+      const std::string& name = plan->modules_[i].name;
+      const auto& names = modules->names();
+      if (std::find(names.begin(), names.end(), name) == names.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("modules: '", name, "' is not a module of model '",
+                         ref, "' (", modules->source(),
+                         "; its modules: ", absl::StrJoin(names, ", "), ")"));
+      }
+      module_index[name] = static_cast<int>(i);
+    }
+  }
   for (const Source& source : sources) {
+    int module = -1;
+    if (modules) {
+      const std::string name = modules->ModuleOf(source.name);
+      auto it = module_index.find(name);
+      if (it == module_index.end()) {
+        ++left_out[name];
+        continue;
+      }
+      module = it->second;
+      const int layer = LayerIndexOf(source.name);
+      if (layer >= 0) module_layers[module].insert(layer);
+    }
     // The tensor as read: a rebuilt embedding replaces the model's own.
     const TensorView read = plan->Lookup(
         source.model >= 0
@@ -355,6 +392,7 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     const TensorInfo* info = read.info;
     PlannedTensor t;
     t.name = source.name;
+    t.module = module;
     t.shape = info->shape;
     t.numel = info->numel();
     t.merge =
@@ -488,6 +526,26 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     }
     plan->tensors_.push_back(std::move(t));
   }
+  for (const auto& [name, count] : left_out) {
+    plan->warnings_.push_back(absl::StrCat(
+        name.empty() ? "tensors no module claims"
+                     : absl::StrCat("module '", name, "'"),
+        " (", count, " tensor", count == 1 ? "" : "s",
+        ") not under modules: left out of the output, as mergekit leaves "
+        "them"));
+  }
+  for (size_t i = 0; i < plan->modules_.size(); ++i) {
+    const PlannedModule& m = plan->modules_[i];
+    if (m.layer_end < 0) continue;
+    const int64_t layers =
+        static_cast<int64_t>(module_layers[static_cast<int>(i)].size());
+    if (m.layer_begin != 0 || m.layer_end != layers) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "modules: '", m.name, "' merges one slice over all of its ", layers,
+          " layers here, not layer_range [", m.layer_begin, ", ", m.layer_end,
+          ") (stacking layers within a module is not supported)"));
+    }
+  }
 
   // Range checks that hold for every method. A per-tensor value is always
   // one of the numbers written (a filter entry's value, or a point between
@@ -543,7 +601,67 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     MS_RETURN_IF_ERROR(
         check(m.parameters, absl::StrCat(" for model '", m.ref, "'")));
   }
+  for (const PlannedModule& m : plan->modules_) {
+    MS_RETURN_IF_ERROR(
+        check(m.parameters, absl::StrCat(" (module '", m.name, "')")));
+    for (size_t i = 0; i < m.model_parameters.size(); ++i) {
+      MS_RETURN_IF_ERROR(
+          check(m.model_parameters[i],
+                absl::StrCat(" for model '", plan->models_[i].ref,
+                             "' in module '", m.name, "'")));
+    }
+  }
   return plan;
+}
+
+absl::Status MergePlan::PlanModuleModels() {
+  std::vector<std::string> refs;  // the first module's, in its order
+  for (const ModuleSpec& spec : config_.modules) {
+    PlannedModule m;
+    m.name = spec.name;
+    m.parameters = spec.parameters;
+    std::vector<ModelEntry> entries = spec.models;
+    if (!spec.slices.empty()) {
+      const SliceSpec& slice = spec.slices[0];
+      if (spec.slices.size() != 1 || config_.merge_method == "passthrough") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "modules: '", spec.name,
+            "' stacks slices; a module merges one slice over all of its "
+            "layers here (stacking layers within a module is not supported)"));
+      }
+      for (const SliceSource& src : slice.sources) {
+        entries.push_back({src.model, SourceParameters(src, slice)});
+      }
+      m.layer_begin = slice.sources[0].layer_begin;
+      m.layer_end = slice.sources[0].layer_end;
+    }
+    std::vector<std::string> these;
+    for (const ModelEntry& e : entries) these.push_back(e.model);
+    if (std::set<std::string>(these.begin(), these.end()).size() !=
+        these.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "modules: '", spec.name, "' names a model more than once"));
+    }
+    if (refs.empty()) {
+      refs = these;
+    } else if (std::set<std::string>(these.begin(), these.end()) !=
+               std::set<std::string>(refs.begin(), refs.end())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "modules: '", spec.name, "' merges ", absl::StrJoin(these, ", "),
+          " but '", config_.modules[0].name, "' merges ",
+          absl::StrJoin(refs, ", "),
+          "; every module merges the same models here (their parameters may "
+          "differ)"));
+    }
+    for (const std::string& ref : refs) {
+      for (const ModelEntry& e : entries) {
+        if (e.model == ref) m.model_parameters.push_back(e.parameters);
+      }
+    }
+    modules_.push_back(std::move(m));
+  }
+  for (const std::string& ref : refs) config_.models.push_back({ref, {}});
+  return absl::OkStatus();
 }
 
 TensorView MergePlan::Lookup(const ModelFolder* f,
@@ -636,16 +754,28 @@ absl::StatusOr<double> MergePlan::Number(const std::string& key, int model,
   // Per model, then global, then the method's default; a filter list that
   // matches nothing at one level falls through to the next (mergekit's
   // ConfigReader.parameter).
+  const PlannedModule* module =
+      t.module >= 0 ? &modules_[static_cast<size_t>(t.module)] : nullptr;
   if (model >= 0) {
     // A model's own values see its input tensor's name (stacked slices
     // renumber layers), the global ones the output's.
-    const auto& p = models_[static_cast<size_t>(model)].parameters;
+    const auto& p = module != nullptr
+                        ? module->model_parameters[static_cast<size_t>(model)]
+                        : models_[static_cast<size_t>(model)].parameters;
     auto it = p.find(key);
     if (it != p.end()) {
       MS_ASSIGN_OR_RETURN(
           std::optional<double> v,
           it->second.TryResolveNumber(
               key, t.input_name.empty() ? t.name : t.input_name, t.layer_t));
+      if (v) return *v;
+    }
+  }
+  if (module != nullptr) {
+    auto it = module->parameters.find(key);
+    if (it != module->parameters.end()) {
+      MS_ASSIGN_OR_RETURN(std::optional<double> v,
+                          it->second.TryResolveNumber(key, t.name, t.layer_t));
       if (v) return *v;
     }
   }
