@@ -172,6 +172,32 @@ TEST(MergeStagesTest, ASketchHasTheOutputsNamesShapesAndFilesButNoData) {
   EXPECT_LT(st.st_blocks * 512, 4096 + st.st_size);
 }
 
+TEST(MergeStagesTest, AStageNameIsNeverAPath) {
+  const std::string dir = testing::TempDir("stages_paths");
+  testing::WriteModel(dir + "/m", {{"w", {{1}, {2}}}});
+  testing::WriteModel(dir + "/n", {{"w", {{1}, {4}}}});
+  // Stage folders are named by place: "../../escape" writes nothing there.
+  auto staged = ParseStagedMerge(
+      "name: ../../escape\nmerge_method: linear\nmodels: [m, n]\n---\n"
+      "merge_method: linear\nmodels: [../../escape, m]\n",
+      dir);
+  ASSERT_TRUE(staged.ok()) << staged.status();
+  ASSERT_TRUE(CheckStages(*staged, StagesIn(dir), Backend::kFused, 1).ok());
+  MergeOptions o;
+  o.output_dir = dir + "/out";
+  ASSERT_TRUE(RunMergeStages(*staged, o, StagesIn(dir)).ok());
+  EXPECT_THAT(testing::ReadModel(dir + "/out")["w"],
+              ::testing::ElementsAre(2.5f));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/../escape"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/scratch/../../escape"));
+  // '+' joins a model and its LoRA, so no stage may hold it.
+  auto plus = ParseStagedMerge(
+      "name: a+b\nmerge_method: linear\nmodels: [m]\n---\n"
+      "merge_method: linear\nmodels: [a+b]\n",
+      dir);
+  EXPECT_THAT(std::string(plus.status().message()), HasSubstr("holds '+'"));
+}
+
 TEST(MergeStagesTest, StageNamesWinOverFolders) {
   const std::string dir = testing::TempDir("stages_names");
   testing::WriteModel(dir + "/m", {{"w", {{1}, {2}}}});

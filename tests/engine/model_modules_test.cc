@@ -200,5 +200,70 @@ TEST(ModelModulesTest, ErrorsNameTheModule) {
               HasSubstr("in module 'default'"));
 }
 
+TEST(ModelModulesTest, ParametersComeFromTheMostSpecificLevel) {
+  const std::string dir = testing::TempDir("modules_levels");
+  testing::WriteModel(dir + "/a", Llava(1));
+  testing::WriteModel(dir + "/b", Llava(3));
+  // slerp's t per module (read per tensor); a slice's t under the source's
+  // filter list that matches nothing (mergekit: falls to the slice's).
+  auto merged = testing::Merge(dir, R"(
+merge_method: slerp
+base_model: a
+parameters: {t: 0.0}
+modules:
+  default:
+    parameters: {t: 0.25}
+    models: [a, b]
+  language_model.model.layers:
+    slices:
+      - sources:
+          - model: a
+            layer_range: [0, 2]
+            parameters: {t: [{filter: nothing_matches, value: 1.0}]}
+          - model: b
+            layer_range: [0, 2]
+        parameters: {t: 0.5}
+  vision_tower.vision_model.encoder.layers:
+    models: [a, b]
+)");
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  auto& m = *merged;
+  // Collinear inputs: slerp is the lerp a + t (b - a).
+  EXPECT_THAT(m["multi_modal_projector.linear_1.weight"], ElementsAre(1.5f));
+  EXPECT_THAT(m["language_model.model.layers.0.mlp.weight"], ElementsAre(2.f));
+  EXPECT_THAT(m["vision_tower.vision_model.encoder.layers.0.fc.weight"],
+              ElementsAre(1.f));
+}
+
+TEST(ModelModulesTest, WholeMergeSettingsMustAgreeAcrossModules) {
+  const std::string dir = testing::TempDir("modules_agree");
+  testing::WriteModel(dir + "/a", Llava(2));
+  testing::WriteModel(dir + "/b", Llava(4));
+  const std::string modules =
+      "  language_model.model.layers:\n    models: [a, b]\n"
+      "    parameters: {normalize: true}\n"
+      "  vision_tower.vision_model.encoder.layers:\n    models: [a, b]\n"
+      "    parameters: {normalize: true}\n"
+      "  default:\n    models: [a, b]\n";
+  // normalize is one setting for the whole linear merge.
+  auto agree = testing::Merge(
+      dir, "merge_method: linear\nparameters: {normalize: true}\nmodules:\n" +
+               modules);
+  ASSERT_TRUE(agree.ok()) << agree.status();
+  auto differ = testing::Merge(
+      dir, "merge_method: linear\nparameters: {normalize: false}\nmodules:\n" +
+               modules);
+  ASSERT_FALSE(differ.ok());
+  EXPECT_THAT(std::string(differ.status().message()),
+              HasSubstr("parameter 'normalize' holds for the whole merge, but "
+                        "the modules give it different values"));
+  auto twice = MergeConfig::FromYaml(
+      "merge_method: linear\nmodules:\n  default:\n    models: [a]\n"
+      "  default:\n    models: [b]\n",
+      dir);
+  EXPECT_THAT(std::string(twice.status().message()),
+              HasSubstr("'default' is named twice"));
+}
+
 }  // namespace
 }  // namespace mergeserve

@@ -132,6 +132,9 @@ struct MergeConfig {
 bool IsKnownParameter(const std::string& key);
 // Keys that are only meaningful per model (they name a checkpoint).
 bool IsPerModelOnlyParameter(const std::string& key);
+// A parameter value as the canonical YAML writes it (equal values, equal
+// text).
+std::string ParamYaml(const ParamValue& value);
 
 }  // namespace mergeserve
 

@@ -72,6 +72,7 @@ struct PlannedTensor {
 struct PlannedModule {
   std::string name;
   ParamMap parameters;
+  ParamMap slice_parameters;  // a module given as a slice: the slice's own
   std::vector<ParamMap> model_parameters;
   // A module given as one slice: its layer range, checked against the
   // module's layers.
@@ -135,7 +136,11 @@ class MergePlan {
 
  private:
   MergePlan() = default;
-  const ParamValue* Find(const std::string& key, int model) const;
+  // A value read once for the whole merge (not per model or tensor): the
+  // global one, or under `modules:` each module's (its slice's, its own,
+  // else the global), which must then agree; null when none is given.
+  absl::StatusOr<const ParamValue*> WholeMergeValue(
+      const std::string& key) const;
   using OpenFn =
       std::function<absl::StatusOr<const ModelFolder*>(const std::string&)>;
   // Builds the merged vocabulary and every model's embeddings rebuilt in

@@ -62,6 +62,7 @@ struct StageSetup {
 struct StagesCheck {
   int64_t memory = 0;         // the largest stage's EstimateMergeMemory
   int64_t output_bytes = 0;   // the final merge's tensor bytes
+  int64_t scratch_bytes = 0;  // the stages' tensor bytes, held while running
   int64_t tensors_total = 0;  // tensors of every merge together
   // The final merge's plan when it reads no stage (then it is the plan to
   // run), else null.

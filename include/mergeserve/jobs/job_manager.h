@@ -223,6 +223,9 @@ class JobManager {
   // which use ("plan-", "run-"), `id` makes it unique.
   std::string StageScratch(const std::string& what,
                            const std::string& id) const;
+  // Removes stage folders earlier attempts of job `id` left, except `mine`.
+  void RemoveEarlierStageRuns(const std::string& id,
+                              const std::string& mine) const;
   absl::StatusOr<PlannedMerge> PlanKind(const std::string& kind,
                                         MergeRequest request) const;
   void RunJob(const std::string& id, std::shared_ptr<PlannedMerge> planned,

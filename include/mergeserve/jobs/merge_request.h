@@ -47,6 +47,9 @@ struct PlannedMerge {
   std::string digest;        // content address, tenant included
   int64_t memory = 0;        // upper bound while it runs
   int64_t output_bytes = 0;  // bytes the result will take
+  // Bytes a request of several merges holds in scratch while it runs (its
+  // stages' outputs), counted against the tenant's storage with the result.
+  int64_t scratch_bytes = 0;
   int64_t tensors_total = 0;
 };
 

@@ -282,7 +282,11 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
       ctx.model_digests.push_back(options.digest(m.ref));
       known = known && !ctx.model_digests.back().empty();
     }
-    if (config.base_model) ctx.base_digest = options.digest(*config.base_model);
+    if (config.base_model) {
+      ctx.base_digest = options.digest(*config.base_model);
+      // A base without a digest (a stage's output) makes keys ambiguous.
+      known = known && !ctx.base_digest.empty();
+    }
     if (known) ctx.cache = options.cache;
   }
 

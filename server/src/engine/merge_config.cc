@@ -492,9 +492,15 @@ absl::StatusOr<std::vector<ModuleSpec>> ParseModules(const YAML::Node& node,
     }
     out.push_back(std::move(m));
   }
-  std::sort(
+  std::stable_sort(
       out.begin(), out.end(),
       [](const ModuleSpec& a, const ModuleSpec& b) { return a.name < b.name; });
+  for (size_t i = 1; i < out.size(); ++i) {
+    if (out[i].name == out[i - 1].name) {
+      return Invalid(absl::StrCat("modules: '", Abbreviate(out[i].name),
+                                  "' is named twice"));
+    }
+  }
   return out;
 }
 
@@ -885,5 +891,7 @@ std::string MergeConfig::ToYaml() const {
   }
   return out;
 }
+
+std::string ParamYaml(const ParamValue& value) { return ValueYaml(value); }
 
 }  // namespace mergeserve

@@ -604,6 +604,8 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
   for (const PlannedModule& m : plan->modules_) {
     MS_RETURN_IF_ERROR(
         check(m.parameters, absl::StrCat(" (module '", m.name, "')")));
+    MS_RETURN_IF_ERROR(check(m.slice_parameters,
+                             absl::StrCat(" (module '", m.name, "' slice)")));
     for (size_t i = 0; i < m.model_parameters.size(); ++i) {
       MS_RETURN_IF_ERROR(
           check(m.model_parameters[i],
@@ -630,8 +632,9 @@ absl::Status MergePlan::PlanModuleModels() {
             "layers here (stacking layers within a module is not supported)"));
       }
       for (const SliceSource& src : slice.sources) {
-        entries.push_back({src.model, SourceParameters(src, slice)});
+        entries.push_back({src.model, src.parameters});
       }
+      m.slice_parameters = slice.parameters;
       m.layer_begin = slice.sources[0].layer_begin;
       m.layer_end = slice.sources[0].layer_end;
     }
@@ -734,18 +737,42 @@ absl::Status MergePlan::PlanTokenizer(const OpenFn& open) {
   return absl::OkStatus();
 }
 
-const ParamValue* MergePlan::Find(const std::string& key, int model) const {
-  if (model >= 0) {
-    const auto& p = models_[static_cast<size_t>(model)].parameters;
+absl::StatusOr<const ParamValue*> MergePlan::WholeMergeValue(
+    const std::string& key) const {
+  auto find = [&](const ParamMap& p) -> const ParamValue* {
     auto it = p.find(key);
-    if (it != p.end()) return &it->second;
+    return it == p.end() ? nullptr : &it->second;
+  };
+  const ParamValue* global = find(config_.parameters);
+  if (modules_.empty()) return global;
+  const ParamValue* first = nullptr;
+  for (size_t i = 0; i < modules_.size(); ++i) {
+    const PlannedModule& m = modules_[i];
+    const ParamValue* v = find(m.slice_parameters);
+    if (v == nullptr) v = find(m.parameters);
+    if (v == nullptr) v = global;
+    if (i == 0) {
+      first = v;
+    } else if ((v == nullptr) != (first == nullptr) ||
+               (v != nullptr && ParamYaml(*v) != ParamYaml(*first))) {
+      auto text = [](const ParamValue* p) {
+        return p == nullptr ? std::string("unset") : ParamYaml(*p);
+      };
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameter '", key,
+          "' holds for the whole merge, but the modules give it different "
+          "values ('",
+          modules_[0].name, "': ", text(first), ", '", m.name, "': ", text(v),
+          ")"));
+    }
   }
-  auto it = config_.parameters.find(key);
-  return it == config_.parameters.end() ? nullptr : &it->second;
+  return first;
 }
 
 bool MergePlan::Has(const std::string& key) const {
-  return config_.parameters.count(key) > 0;
+  auto v = WholeMergeValue(key);
+  // Disagreeing modules: reported by the lookup that reads the value.
+  return !v.ok() || *v != nullptr;
 }
 
 absl::StatusOr<double> MergePlan::Number(const std::string& key, int model,
@@ -772,8 +799,10 @@ absl::StatusOr<double> MergePlan::Number(const std::string& key, int model,
     }
   }
   if (module != nullptr) {
-    auto it = module->parameters.find(key);
-    if (it != module->parameters.end()) {
+    // mergekit's ConfigReader.parameter: the slice's, then the module's.
+    for (const ParamMap* p : {&module->slice_parameters, &module->parameters}) {
+      auto it = p->find(key);
+      if (it == p->end()) continue;
       MS_ASSIGN_OR_RETURN(std::optional<double> v,
                           it->second.TryResolveNumber(key, t.name, t.layer_t));
       if (v) return *v;
@@ -788,7 +817,7 @@ absl::StatusOr<double> MergePlan::Number(const std::string& key, int model,
 
 absl::StatusOr<double> MergePlan::GlobalNumber(const std::string& key,
                                                double fallback) const {
-  const ParamValue* v = Find(key, -1);
+  MS_ASSIGN_OR_RETURN(const ParamValue* v, WholeMergeValue(key));
   if (v == nullptr) return fallback;
   if (!v->is_number()) {
     return absl::InvalidArgumentError(
@@ -799,14 +828,14 @@ absl::StatusOr<double> MergePlan::GlobalNumber(const std::string& key,
 
 absl::StatusOr<bool> MergePlan::Bool(const std::string& key,
                                      bool fallback) const {
-  const ParamValue* v = Find(key, -1);
+  MS_ASSIGN_OR_RETURN(const ParamValue* v, WholeMergeValue(key));
   if (v == nullptr) return fallback;
   return v->AsBool(key);
 }
 
 absl::StatusOr<std::string> MergePlan::String(
     const std::string& key, const std::string& fallback) const {
-  const ParamValue* v = Find(key, -1);
+  MS_ASSIGN_OR_RETURN(const ParamValue* v, WholeMergeValue(key));
   if (v == nullptr) return fallback;
   return v->AsString(key);
 }

@@ -39,6 +39,11 @@ absl::Status InStage(const MergeConfig& c, const absl::Status& s) {
                       absl::StrCat("merge '", *c.name, "': ", s.message()));
 }
 
+// A stage's folder, by its place (a name is the user's text, never a path).
+std::string StageFolder(const std::string& root, size_t index) {
+  return (fs::path(root) / absl::StrCat("stage-", index)).string();
+}
+
 struct RemoveOnExit {
   std::string dir;
   ~RemoveOnExit() {
@@ -69,6 +74,11 @@ absl::StatusOr<StagedMerge> OrderStages(std::vector<MergeConfig> documents) {
     if (!documents[i].name) {
       ++finals;
       continue;
+    }
+    if (documents[i].name->find('+') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config: merge name '", *documents[i].name,
+          "' holds '+', which joins a model and its LoRA in references"));
     }
     if (!by_name.emplace(*documents[i].name, i).second) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -143,9 +153,13 @@ absl::StatusOr<StagesCheck> CheckStages(const StagedMerge& merge,
     check.tensors_total += static_cast<int64_t>((*plan)->tensors().size());
     return plan;
   };
-  for (const MergeConfig& stage : merge.stages) {
+  for (size_t i = 0; i < merge.stages.size(); ++i) {
+    const MergeConfig& stage = merge.stages[i];
     MS_ASSIGN_OR_RETURN(std::unique_ptr<MergePlan> plan, plan_one(stage));
-    const std::string dir = (fs::path(root) / *stage.name).string();
+    for (const PlannedTensor& t : plan->tensors()) {
+      check.scratch_bytes += static_cast<int64_t>(t.out_bytes());
+    }
+    const std::string dir = StageFolder(root, i);
     MS_RETURN_IF_ERROR(InStage(stage, WritePlanSketch(*plan, dir)));
     sketches[*stage.name] = dir;
   }
@@ -170,10 +184,11 @@ absl::StatusOr<MergeSummary> RunMergeStages(
   auto digest = [&merge, inner = options.digest](const std::string& ref) {
     return merge.IsStage(ref) || !inner ? std::string() : inner(ref);
   };
-  for (const MergeConfig& stage : merge.stages) {
+  for (size_t i = 0; i < merge.stages.size(); ++i) {
+    const MergeConfig& stage = merge.stages[i];
     if (on_stage) on_stage(*stage.name);
     MergeOptions o = options;
-    o.output_dir = (fs::path(setup.scratch_dir) / *stage.name).string();
+    o.output_dir = StageFolder(setup.scratch_dir, i);
     o.overwrite = true;
     o.config_text.clear();
     o.before_commit = nullptr;

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <limits>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "mergeserve/base/byte_size.h"
@@ -143,6 +144,23 @@ absl::StatusOr<PlannedMerge> JobManager::PlanKind(const std::string& kind,
                    options_.threads_per_job, scratch);
 }
 
+void JobManager::RemoveEarlierStageRuns(const std::string& id,
+                                        const std::string& mine) const {
+  // An earlier attempt of this job on a replica that died left its stages
+  // here (the orphan sweep spares them until that replica id restarts);
+  // this attempt owns the job now.
+  std::error_code ec;
+  for (const auto& e :
+       fs::directory_iterator(options_.data_dir + "/scratch", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("stages-run-", 0) == 0 && absl::EndsWith(name, id) &&
+        e.path().string() != mine) {
+      fs::remove_all(e.path(), ec);
+      LogEvent("orphan_removed", {{"path", e.path().string()}, {"job", id}});
+    }
+  }
+}
+
 std::string JobManager::StageScratch(const std::string& what,
                                      const std::string& id) const {
   // Under scratch/ with this replica's tag: the orphan sweep of another
@@ -241,9 +259,9 @@ absl::StatusOr<JobRecord> JobManager::SubmitKind(const std::string& kind,
   if (options_.quotas != nullptr && !analysis) {
     MS_ASSIGN_OR_RETURN(Quota quota, options_.quotas->Get(tenant));
     MS_ASSIGN_OR_RETURN(int64_t stored, StoredBytes(tenant));
-    MS_RETURN_IF_ERROR(CheckQuota(tenant, "max_stored_bytes",
-                                  quota.max_stored_bytes, stored,
-                                  planned.output_bytes));
+    MS_RETURN_IF_ERROR(
+        CheckQuota(tenant, "max_stored_bytes", quota.max_stored_bytes, stored,
+                   planned.output_bytes + planned.scratch_bytes));
   }
   MS_RETURN_IF_ERROR(CheckRoom(planned.memory, "merge"));
   JobRecord j;
@@ -575,6 +593,7 @@ void JobManager::RunJob(const std::string& id,
       StageSetup setup;
       setup.resolver = prepared->resolver;
       setup.scratch_dir = StageScratch("run-", id);
+      RemoveEarlierStageRuns(id, setup.scratch_dir);
       setup.check_for = StorageRoots::OwnedFileCheck;
       auto stage_progress = mo.on_progress;
       mo.on_progress = [&](const MergeProgress& p) {

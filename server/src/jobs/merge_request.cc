@@ -66,6 +66,7 @@ absl::StatusOr<PlannedMerge> PlanStagedMerge(MergeRequest request,
   p.canonical_yaml = merge.ToYaml();
   p.memory = check.memory;
   p.output_bytes = check.output_bytes;
+  p.scratch_bytes = check.scratch_bytes;
   p.tensors_total = check.tensors_total;
   MS_ASSIGN_OR_RETURN(std::string lines,
                       InputLines(merge, registry, request.tenant));
@@ -108,6 +109,12 @@ absl::StatusOr<PlannedMerge> PlanMerge(MergeRequest request,
   PlannedMerge p;
   p.canonical_yaml = config.ToYaml();
   p.data_aware = IsDataAware(config);
+  if ((p.data_aware || config.merge_method == "ri") &&
+      !config.modules.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        config.merge_method,
+        " computes statistics per model and takes models:, not modules:"));
+  }
   // Opening the plan checks names, tensors, shapes, parameter ranges and
   // every input file's location now, before the job waits in the queue;
   // data-aware requests are planned with stand-ins for the statistics they

@@ -31,6 +31,11 @@ namespace {
 
 absl::StatusOr<size_t> CheckGrid(const MergeConfig& config,
                                  const SweepGrid& grid) {
+  if (!config.modules.empty()) {
+    return absl::InvalidArgumentError(
+        "sweep: a config with modules: sets values per module; sweep one "
+        "with models:");
+  }
   size_t points = 1;
   for (const SweepAxis& axis : grid) {
     if (axis.values.empty()) {
