@@ -22,7 +22,7 @@ FROM debian:12-slim
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       libtorch1.13 libabsl20220623 libyaml-cpp0.7 libgrpc++1.51 libprotobuf32 libre2-9 \
-      libprometheus-cpp-pull1.0 libprometheus-cpp-core1.0 libsqlite3-0 libpq5 libssl3 \
+      libprometheus-cpp-core1.0 libopenblas0-pthread libsqlite3-0 libpq5 libssl3 \
       python3-grpcio python3-protobuf ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /

@@ -38,6 +38,9 @@ const std::string& DigitsZoo();
 std::string ReadFileBytes(const std::string& path);
 // Writes the file bytes verbatim.
 void WriteFile(const std::string& path, const std::string& bytes);
+// Sends `request` to 127.0.0.1:`port` and reads until the server closes
+// ("" when it cannot connect).
+std::string HttpExchange(int port, const std::string& request);
 
 }  // namespace mergeserve::testing
 

@@ -94,7 +94,9 @@ def main():
         wall, stdout = run([PY, os.path.join(HERE, "torch_ties.py"),
                             os.path.join(model, "base"), torch_out] + experts +
                            ["--density", "0.2"] +
-                           (["--threads", str(args.threads)] if args.threads else []))
+                           # Every core: torch defaults to one thread per
+                           # physical core, and a one-thread peer flatters us.
+                           ["--threads", str(args.threads or os.cpu_count())])
         walls.append(wall)
         rss.append(json.loads(stdout.strip().splitlines()[-1])["peak_rss_bytes"])
     torch_wall = statistics.median(walls)

@@ -1,9 +1,5 @@
 // Scrapes the Prometheus endpoint over HTTP and checks the counters move.
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <regex>
 #include <thread>
@@ -20,25 +16,8 @@ namespace {
 using ::testing::HasSubstr;
 
 std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string req =
-      "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  (void)!write(fd, req.data(), req.size());
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0)
-    out.append(buf, static_cast<size_t>(n));
-  close(fd);
-  return out;
+  return testing::HttpExchange(
+      port, "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n");
 }
 
 // The value of the first sample line starting with `prefix`.

@@ -1,6 +1,11 @@
 #include "grpc/service_metrics.h"
 
+#include <prometheus/text_serializer.h>
+
+#include <sstream>
+
 #include "absl/strings/str_cat.h"
+#include "mergeserve/base/status_macros.h"
 
 namespace mergeserve {
 namespace {
@@ -154,13 +159,15 @@ absl::StatusOr<std::unique_ptr<ServiceMetrics>> ServiceMetrics::Create(
   m->leases_lost_ = &replica.Add({{"event", "lease_lost"}});
   m->handed_back_ = &replica.Add({{"event", "handed_back"}});
   if (!listen.empty()) {
-    try {
-      m->exposer_ = std::make_unique<prometheus::Exposer>(listen);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
-    }
-    m->exposer_->RegisterCollectable(m->registry_);
+    std::weak_ptr<prometheus::Registry> registry = m->registry_;
+    MS_ASSIGN_OR_RETURN(
+        m->endpoint_, MetricsEndpoint::Start(listen, [registry] {
+          std::ostringstream out;
+          if (auto r = registry.lock()) {
+            prometheus::TextSerializer().Serialize(out, r->Collect());
+          }
+          return out.str();
+        }));
   }
   return m;
 }
@@ -172,11 +179,7 @@ void ServiceMetrics::StopWatching() {
   if (poller_.joinable()) poller_.join();
 }
 
-int ServiceMetrics::port() const {
-  if (!exposer_) return 0;
-  auto ports = exposer_->GetListeningPorts();
-  return ports.empty() ? 0 : ports[0];
-}
+int ServiceMetrics::port() const { return endpoint_ ? endpoint_->port() : 0; }
 
 void ServiceMetrics::RecordRpc(const std::string& method, int code) {
   rpcs_->Add({{"method", method}, {"code", CodeName(code)}}).Increment();

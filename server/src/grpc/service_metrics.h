@@ -7,7 +7,6 @@
 
 #include <grpcpp/support/server_interceptor.h>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
@@ -18,6 +17,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "grpc/metrics_endpoint.h"
 #include "mergeserve/jobs/job_manager.h"
 
 namespace mergeserve {
@@ -44,7 +44,7 @@ class ServiceMetrics {
  private:
   ServiceMetrics() = default;
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsEndpoint> endpoint_;
   prometheus::Family<prometheus::Counter>* rpcs_ = nullptr;
   prometheus::Family<prometheus::Histogram>* job_seconds_ = nullptr;
   prometheus::Gauge* queue_depth_ = nullptr;
