@@ -70,14 +70,16 @@ class MergeMethod {
 };
 
 // Runs fn(chunk_index, worker) over the fixed chunks of a tensor of `numel`
-// elements, a window of chunks at a time, and calls after_window(begin,
-// count) between windows so callers can drop consumed pages. Releasing per
-// window rather than per chunk keeps RSS bounded without an madvise (and its
-// cross-core TLB shootdown) for every chunk.
+// elements, a window of chunks at a time, and calls before_window(begin,
+// count) before and after_window(begin, count) after each window, so
+// callers can map its pages in one call and drop them once consumed.
+// Releasing per window rather than per chunk keeps RSS bounded without an
+// madvise (and its cross-core TLB shootdown) for every chunk.
 void ForEachChunkWindowed(
     ThreadPool& pool, int64_t numel, int64_t chunk,
     const std::function<void(int64_t, int)>& fn,
-    const std::function<void(int64_t, int64_t)>& after_window);
+    const std::function<void(int64_t, int64_t)>& after_window,
+    const std::function<void(int64_t, int64_t)>& before_window = nullptr);
 
 // Reads elements [begin, begin+count) of a view as fp32.
 inline void LoadF32(const TensorView& v, int64_t begin, int64_t count,
@@ -108,6 +110,17 @@ inline void ReleaseRange(const TensorView& v, int64_t begin, int64_t count) {
     v.file->Release(static_cast<uint64_t>(v.data - v.file->data()) +
                         static_cast<uint64_t>(begin) * es,
                     static_cast<uint64_t>(count) * es);
+  }
+}
+
+// Maps elements [begin, begin+count) of the view in one call before they
+// are read (see MappedFile::Populate).
+inline void PopulateRange(const TensorView& v, int64_t begin, int64_t count) {
+  if (v.file != nullptr && v.data != nullptr) {
+    const size_t es = DTypeSize(v.info->dtype);
+    v.file->Populate(static_cast<uint64_t>(v.data - v.file->data()) +
+                         static_cast<uint64_t>(begin) * es,
+                     static_cast<uint64_t>(count) * es);
   }
 }
 

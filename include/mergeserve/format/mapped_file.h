@@ -45,6 +45,10 @@ class MappedFile {
   void Release(uint64_t offset, uint64_t length) const;
   // Asks the kernel to read ahead [offset, offset+length).
   void Prefetch(uint64_t offset, uint64_t length) const;
+  // Maps the pages of [offset, offset+length) into this process in one call
+  // (MADV_POPULATE_READ), instead of one page fault per few pages as the
+  // merge reads them; a no-op where the kernel lacks it (before 5.14).
+  void Populate(uint64_t offset, uint64_t length) const;
 
   // DATA_LOSS naming the file when a read hit a truncated page, or when the
   // file's size or modification time differ from when it was opened.

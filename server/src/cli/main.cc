@@ -1,4 +1,6 @@
 // mergeserve: the merge engine's command line.
+#include <malloc.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -48,6 +50,13 @@ int main(int argc, char** argv) {
   // A file size limit (or a quota that acts like one) must fail the write
   // with EFBIG, reported as a full disk, not kill the process.
   std::signal(SIGXFSZ, SIG_IGN);
+  // Selection histograms and chunk buffers (a few MiB each) are allocated
+  // per tensor. glibc would hand such blocks back to the kernel on free and
+  // fault fresh zero pages in for the next tensor: 150k page faults per
+  // 170M-parameter merge, a fifth of its time. Keeping them in the heap
+  // makes the next tensor reuse the same pages.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
   if (argc < 2 || std::strcmp(argv[1], "-h") == 0 ||
       std::strcmp(argv[1], "--help") == 0 ||
       std::strcmp(argv[1], "help") == 0) {

@@ -316,6 +316,7 @@ absl::Status MagnitudeSelector::ForEachChunk(
     const ChunkFn& fn, std::vector<Scratch>& scratch,
     const std::function<void()>& after_tensor) const {
   ErrorSlot error;
+  const bool whole_model = domain.size() > 1;
   size_t start = 0;
   for (size_t ti = 0; ti < domain.size(); ++ti) {
     size_t end = start;
@@ -339,10 +340,20 @@ absl::Status MagnitudeSelector::ForEachChunk(
           if (!st.ok()) error.Set(std::move(st));
         },
         [&](int64_t begin, int64_t count) {
-          // This window of the tensor is consumed: drop its pages from RSS.
+          // This window is consumed. Over a whole model (trim_scope: model)
+          // its pages leave RSS now; one tensor's stay mapped for the next
+          // pass and the merge, which release them (a page read in three
+          // passes is then faulted in once, not three times).
+          if (!whole_model) return;
           if (t.base.data != nullptr) ReleaseRange(t.base, begin, count);
           for (int m : models) {
             ReleaseRange(t.models[static_cast<size_t>(m)], begin, count);
+          }
+        },
+        [&](int64_t begin, int64_t count) {
+          if (t.base.data != nullptr) PopulateRange(t.base, begin, count);
+          for (int m : models) {
+            PopulateRange(t.models[static_cast<size_t>(m)], begin, count);
           }
         });
     after_tensor();

@@ -28,15 +28,18 @@ bool AllFinite(const float* v, int64_t n) {
 void ForEachChunkWindowed(
     ThreadPool& pool, int64_t numel, int64_t chunk,
     const std::function<void(int64_t, int)>& fn,
-    const std::function<void(int64_t, int64_t)>& after_window) {
+    const std::function<void(int64_t, int64_t)>& after_window,
+    const std::function<void(int64_t, int64_t)>& before_window) {
   // 4M elements per window: 8 MiB per bf16 model in flight.
   const int64_t per_window = std::max<int64_t>(1, (int64_t{4} << 20) / chunk);
   const int64_t nchunks = (numel + chunk - 1) / chunk;
   for (int64_t first = 0; first < nchunks; first += per_window) {
     const int64_t n = std::min(per_window, nchunks - first);
-    pool.Run(n, [&](int64_t i, int w) { fn(first + i, w); });
     const int64_t begin = first * chunk;
-    after_window(begin, std::min(numel, (first + n) * chunk) - begin);
+    const int64_t count = std::min(numel, (first + n) * chunk) - begin;
+    if (before_window) before_window(begin, count);
+    pool.Run(n, [&](int64_t i, int w) { fn(first + i, w); });
+    after_window(begin, count);
   }
 }
 

@@ -190,4 +190,19 @@ void MappedFile::Prefetch(uint64_t offset, uint64_t length) const {
   ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_WILLNEED);
 }
 
+void MappedFile::Populate(uint64_t offset, uint64_t length) const {
+#ifndef MADV_POPULATE_READ
+  constexpr int MADV_POPULATE_READ = 22;  // Linux 5.14
+#endif
+  if (data_ == nullptr || length == 0) return;
+  const uint64_t page = PageSize();
+  const uint64_t begin = offset / page * page;
+  const uint64_t end = std::min(offset + length, size_);
+  if (end <= begin) return;
+  // A truncated file makes this fail (EFAULT) rather than raise SIGBUS; the
+  // read that follows then meets the guard, which names the file.
+  ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin,
+            MADV_POPULATE_READ);
+}
+
 }  // namespace mergeserve

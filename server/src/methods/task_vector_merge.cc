@@ -876,6 +876,12 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         for (int m : experts_) {
           ReleaseRange(t.models[static_cast<size_t>(m)], begin, count);
         }
+      },
+      [&](int64_t begin, int64_t count) {
+        if (use_base) PopulateRange(t.base, begin, count);
+        for (int m : experts_) {
+          PopulateRange(t.models[static_cast<size_t>(m)], begin, count);
+        }
       });
   MS_RETURN_IF_ERROR(error.status());
   if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
