@@ -29,6 +29,10 @@ std::map<std::string, std::vector<float>> ReadModel(const std::string& dir);
 // Parses `yaml` (model paths relative to `dir`) and merges into dir/out.
 absl::StatusOr<std::map<std::string, std::vector<float>>> Merge(
     const std::string& dir, const std::string& yaml, MergeOptions options = {});
+// Merges `yaml` on the fused backend (2 threads), then on ATen.
+absl::StatusOr<std::pair<std::map<std::string, std::vector<float>>,
+                         std::map<std::string, std::vector<float>>>>
+MergeOnBothBackends(const std::string& dir, const std::string& yaml);
 // Random normal values.
 std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale = 1.f);
 // The digits zoo (tests/tools/make_zoo.py), generated once per process

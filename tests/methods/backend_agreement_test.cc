@@ -71,16 +71,10 @@ TEST_P(BackendAgreementTest, FusedEqualsAten) {
         "  - model: e2\n    parameters: {weight: 2.0, density: 0.5}\n"
         "parameters: {" +
         c.params + "}\n";
-    MergeOptions fused;
-    fused.threads = 2;
-    auto a = testing::Merge(dir, yaml, fused);
-    ASSERT_TRUE(a.ok()) << a.status();
-    MergeOptions aten;
-    aten.backend = Backend::kAten;
-    auto b = testing::Merge(dir, yaml, aten);
-    ASSERT_TRUE(b.ok()) << b.status();
-    for (const auto& [name, va] : *a) {
-      const auto& vb = b->at(name);
+    auto both = testing::MergeOnBothBackends(dir, yaml);
+    ASSERT_TRUE(both.ok()) << both.status();
+    for (const auto& [name, va] : both->first) {
+      const auto& vb = both->second.at(name);
       ASSERT_EQ(va.size(), vb.size());
       size_t diff = 0;
       for (size_t j = 0; j < va.size(); ++j) {
@@ -114,7 +108,9 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"dare_linear", "dare_linear", "seed: 3"},
         Case{"dare_ties_l1", "dare_ties", "seed: 4, rescale: true"},
         Case{"breadcrumbs", "breadcrumbs", "gamma: 0.05"},
-        Case{"breadcrumbs_ties", "breadcrumbs_ties", "gamma: 0.05"}),
+        Case{"breadcrumbs_ties", "breadcrumbs_ties", "gamma: 0.05"},
+        Case{"model_stock", "model_stock", ""},
+        Case{"model_stock_rows", "model_stock", "filter_wise: true"}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 }  // namespace

@@ -103,25 +103,27 @@ inline void ReleaseView(const TensorView& v) {
   }
 }
 
-// Same for elements [begin, begin+count) of the view.
-inline void ReleaseRange(const TensorView& v, int64_t begin, int64_t count) {
+// Calls (file.*op)(offset, length) for the bytes of elements [begin,
+// begin+count) of a view backed by a mapped file.
+inline void OnFileRange(const TensorView& v, int64_t begin, int64_t count,
+                        void (MappedFile::*op)(uint64_t, uint64_t) const) {
   if (v.file != nullptr && v.data != nullptr) {
     const size_t es = DTypeSize(v.info->dtype);
-    v.file->Release(static_cast<uint64_t>(v.data - v.file->data()) +
-                        static_cast<uint64_t>(begin) * es,
-                    static_cast<uint64_t>(count) * es);
+    (v.file->*op)(static_cast<uint64_t>(v.data - v.file->data()) +
+                      static_cast<uint64_t>(begin) * es,
+                  static_cast<uint64_t>(count) * es);
   }
+}
+
+// Same as ReleaseView for elements [begin, begin+count) of the view.
+inline void ReleaseRange(const TensorView& v, int64_t begin, int64_t count) {
+  OnFileRange(v, begin, count, &MappedFile::Release);
 }
 
 // Maps elements [begin, begin+count) of the view in one call before they
 // are read (see MappedFile::Populate).
 inline void PopulateRange(const TensorView& v, int64_t begin, int64_t count) {
-  if (v.file != nullptr && v.data != nullptr) {
-    const size_t es = DTypeSize(v.info->dtype);
-    v.file->Populate(static_cast<uint64_t>(v.data - v.file->data()) +
-                         static_cast<uint64_t>(begin) * es,
-                     static_cast<uint64_t>(count) * es);
-  }
+  OnFileRange(v, begin, count, &MappedFile::Populate);
 }
 
 // Error for a NaN/Inf found in `tensor` of model `model_ref`.

@@ -24,7 +24,7 @@ const std::vector<MethodInfo>& AllMethods() {
        NewDellaLinearMethod},
       {"slerp", "spherical interpolation of two models", NewSlerpMethod},
       {"model_stock", "geometric interpolation towards the base",
-       NewModelStockMethod},
+       NewModelStockMethod, true},
       {"fisher",
        "Fisher-weighted average (diagonals from the server or client)",
        NewFisherMethod},
