@@ -96,20 +96,6 @@ std::string ReadFileBytes(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), {});
 }
 
-absl::StatusOr<std::pair<std::map<std::string, std::vector<float>>,
-                         std::map<std::string, std::vector<float>>>>
-MergeOnBothBackends(const std::string& dir, const std::string& yaml) {
-  MergeOptions fused;
-  fused.threads = 2;
-  auto a = Merge(dir, yaml, fused);
-  if (!a.ok()) return a.status();
-  MergeOptions aten;
-  aten.backend = Backend::kAten;
-  auto b = Merge(dir, yaml, aten);
-  if (!b.ok()) return b.status();
-  return std::make_pair(*std::move(a), *std::move(b));
-}
-
 std::string HttpExchange(int port, const std::string& request) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in addr{};

@@ -36,4 +36,18 @@ const std::string& DigitsZoo() {
   return *zoo;
 }
 
+absl::StatusOr<std::pair<std::map<std::string, std::vector<float>>,
+                         std::map<std::string, std::vector<float>>>>
+MergeOnBothBackends(const std::string& dir, const std::string& yaml) {
+  MergeOptions fused;
+  fused.threads = 2;
+  auto a = Merge(dir, yaml, fused);
+  if (!a.ok()) return a.status();
+  MergeOptions aten;
+  aten.backend = Backend::kAten;
+  auto b = Merge(dir, yaml, aten);
+  if (!b.ok()) return b.status();
+  return std::make_pair(*std::move(a), *std::move(b));
+}
+
 }  // namespace mergeserve::testing

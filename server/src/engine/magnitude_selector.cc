@@ -17,6 +17,9 @@ constexpr size_t kBins = 1 << 16;
 // Up to this many bucket members per query are kept as lists in the second
 // pass, so ties can be counted per chunk without another pass over the data.
 constexpr uint64_t kMaxListed = uint64_t{8} << 20;
+// A tensor whose inputs (all models) take at most this many bytes stays
+// mapped from the first selection pass to the merge.
+constexpr uint64_t kKeepMappedBytes = uint64_t{256} << 20;
 
 // First error from any worker wins.
 class ErrorSlot {
@@ -323,6 +326,14 @@ absl::Status MagnitudeSelector::ForEachChunk(
     while (end < chunks.size() && chunks[end].tensor == static_cast<int>(ti))
       ++end;
     const PlannedTensor& t = *domain[ti];
+    // Inputs of this tensor read by the passes; kept mapped between passes
+    // only up to kKeepMappedBytes, so memory stays bounded on any model.
+    uint64_t input_bytes = t.base.data != nullptr ? t.base.info->nbytes : 0;
+    for (int m : models) {
+      const TensorView& v = t.models[static_cast<size_t>(m)];
+      if (v.data != nullptr) input_bytes += v.info->nbytes;
+    }
+    const bool release = whole_model || input_bytes > kKeepMappedBytes;
     ForEachChunkWindowed(
         pool_, t.numel, chunk_elems_,
         [&](int64_t i, int w) {
@@ -341,10 +352,10 @@ absl::Status MagnitudeSelector::ForEachChunk(
         },
         [&](int64_t begin, int64_t count) {
           // This window is consumed. Over a whole model (trim_scope: model)
-          // its pages leave RSS now; one tensor's stay mapped for the next
-          // pass and the merge, which release them (a page read in three
-          // passes is then faulted in once, not three times).
-          if (!whole_model) return;
+          // or a tensor too large to hold, its pages leave RSS now; others
+          // stay mapped for the next pass and the merge, which release
+          // them (a page read in three passes is faulted in once).
+          if (!release) return;
           if (t.base.data != nullptr) ReleaseRange(t.base, begin, count);
           for (int m : models) {
             ReleaseRange(t.models[static_cast<size_t>(m)], begin, count);

@@ -137,6 +137,13 @@ class ModelStockMethod : public MergeMethod {
       return error;
     };
 
+    // A tensor of up to 256 MiB of inputs stays mapped from pass 1 to pass
+    // 2 (faulted in once); a larger one is read twice, to bound memory.
+    uint64_t input_bytes = t.base.info->nbytes;
+    for (int m : experts_) {
+      input_bytes += t.models[static_cast<size_t>(m)].info->nbytes;
+    }
+    const bool hold = input_bytes <= (uint64_t{256} << 20);
     // Pass 1: per chunk, the sums of each row segment it covers.
     std::vector<std::vector<double>> partial(static_cast<size_t>(chunks));
     MS_RETURN_IF_ERROR(pass(
@@ -166,7 +173,9 @@ class ModelStockMethod : public MergeMethod {
           }
           return absl::OkStatus();
         },
-        [](int64_t, int64_t) {}));
+        [&](int64_t begin, int64_t count) {
+          if (!hold) release(begin, count);
+        }));
     if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
     std::vector<double> total(static_cast<size_t>(rows) * stats, 0.0);
     for (int64_t ci = 0; ci < chunks; ++ci) {
