@@ -19,6 +19,8 @@ struct MethodInfo {
   bool streams = false;
   // Ranks task-vector magnitudes (MagnitudeSelector) before merging.
   bool selects = false;
+  // Streams whole rows per chunk (a statistic per row, DELLA's ranks).
+  bool row_chunks = false;
 };
 // nullptr if unknown.
 const MethodInfo* FindMethod(const std::string& name);

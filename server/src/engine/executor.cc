@@ -220,16 +220,20 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
   const MethodInfo* info = FindMethod(plan.config().merge_method);
   const bool whole =
       backend == Backend::kAten || info == nullptr || !info->streams;
-  const int64_t chunk = ExecContext().chunk_elems;
+  int64_t chunk = ExecContext().chunk_elems;
   const int64_t workers = std::max(threads, 1);
   const int64_t models = static_cast<int64_t>(plan.models().size());
-  int64_t largest = 0, chunks = 0, tensors = 0;
+  int64_t largest = 0, chunks = 0, tensors = 0, row = 0;
   for (const PlannedTensor& t : plan.tensors()) {
     ++tensors;
     if (!t.merge) continue;
     largest = std::max(largest, t.numel);
     chunks += (t.numel + chunk - 1) / chunk;
+    const int64_t rows = t.shape.size() >= 2 ? t.shape[0] : 1;
+    row = std::max(row, rows > 0 ? t.numel / rows : t.numel);
   }
+  // Whole rows per chunk: a row longer than a chunk is one chunk.
+  if (info != nullptr && info->row_chunks) chunk = std::max(chunk, row);
   // Always: the plan's tensor tables (names, shapes, views per model), the
   // writer's index, thread stacks and allocator slack.
   int64_t need = (int64_t{64} << 20) + tensors * (models + 2) * 256;
@@ -239,7 +243,11 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
   } else {
     // Per worker: base, τ per model (twice with diagnostics), mask, random,
     // sums, output and its conversion buffer, one chunk each.
-    need += workers * (10 + 2 * models) * chunk * 4;
+    // DELLA adds its per-row radix keys, indices and ranks.
+    const int64_t ranks = info != nullptr && info->row_chunks ? 5 : 0;
+    need += workers * (10 + 2 * models + ranks) * chunk * 4;
+    // and its draws, one bit per element and model, of the largest tensor.
+    if (ranks > 0) need += models * largest / 8;
     // Per model and chunk: keep sets of a whole-model trim (tie counts).
     need += models * chunks * 16;
   }

@@ -1,5 +1,6 @@
 #include "methods/task_vector_merge.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -38,6 +39,9 @@ int64_t FloorCount(double fraction, int64_t n) {
 struct Buffers {
   std::vector<float> base, tv, rnd, mask, sum, acc, den, out;
   std::vector<float> raw;  // untrimmed τ, only when collecting diagnostics
+  // Per-row ranking (della): keys and indices, twice for the radix passes.
+  std::vector<uint32_t> key[3], idx[1], rank;
+  std::vector<uint64_t> pairs;
   void Reserve(size_t experts, size_t chunk) {
     if (base.size() >= chunk && tv.size() >= experts * chunk) return;
     base.assign(chunk, 0);
@@ -183,6 +187,114 @@ void FinishByCount(float* __restrict out, const float* __restrict base,
 // Keeps entries with |x| >= v.
 void TrimBelow(float* __restrict x, float v, int64_t n) {
   for (int64_t j = 0; j < n; ++j) x[j] = std::fabs(x[j]) >= v ? x[j] : 0.f;
+}
+
+// Rank of |x[j]| within one row, ascending, equal values ranked by index:
+// torch.sort(stable=True) then scatter, as the ATen path does. Non-negative
+// floats order as their bit patterns, so this sorts 32-bit keys.
+//
+// Task-vector magnitudes spread over a few hundred values of their top 16
+// bits (exponent and 7 mantissa bits) and rarely use the low 16 (bf16
+// deltas): one stable counting pass on the top 16 bits, over the range the
+// row uses, then an insertion pass that orders the few keys differing only
+// in their low bits. A byte-wise LSD radix sort stalls here: most bytes take
+// a handful of values, and every count of the same bucket waits on the last.
+void RowRanks(const float* __restrict x, int64_t cols, Buffers& b,
+              uint32_t* __restrict rank) {
+  const size_t n = static_cast<size_t>(cols);
+  for (auto* v : {&b.key[0], &b.key[1], &b.idx[0]}) {
+    if (v->size() < n) v->resize(n);
+  }
+  uint32_t* key = b.key[0].data();
+  uint32_t lo = 0xffff, hi = 0;  // top 16 bits of the non-zero keys
+  for (size_t j = 0; j < n; ++j) {
+    uint32_t k;
+    const float a = std::fabs(x[j]);
+    std::memcpy(&k, &a, 4);
+    key[j] = k;
+    const uint32_t top = k >> 16;
+    if (k != 0) {
+      lo = std::min(lo, top);
+      hi = std::max(hi, top);
+    }
+  }
+  uint32_t* sk = b.key[1].data();
+  uint32_t* si = b.idx[0].data();
+  // Bucket 0 holds exact zeros (the smallest keys), then one per top value.
+  const size_t buckets = hi >= lo ? hi - lo + 2 : 1;
+  bool counted = buckets <= 4 * n + 1024;
+  if (counted) {
+    std::vector<uint32_t>& start = b.key[2];
+    start.assign(buckets, 0);
+    auto bucket = [lo](uint32_t k) -> size_t {
+      return k == 0 ? 0 : (k >> 16) - lo + 1;
+    };
+    for (size_t j = 0; j < n; ++j) ++start[bucket(key[j])];
+    uint32_t sum = 0;
+    for (uint32_t& c : start) {
+      const uint32_t v = c;
+      c = sum;
+      sum += v;
+    }
+    for (size_t j = 0; j < n; ++j) {
+      const uint32_t pos = start[bucket(key[j])]++;
+      sk[pos] = key[j];
+      si[pos] = static_cast<uint32_t>(j);
+    }
+    // Stable insertion by the full key within each top-16 bucket (equal
+    // keys never pass each other, so they stay in index order). Bounded:
+    // a row whose keys share their top bits goes to the sort below.
+    size_t moves = 0;
+    for (size_t i = 1; i < n && counted; ++i) {
+      if (sk[i] >= sk[i - 1]) continue;
+      const uint32_t k = sk[i], id = si[i];
+      size_t j = i;
+      while (j > 0 && sk[j - 1] > k) {
+        sk[j] = sk[j - 1];
+        si[j] = si[j - 1];
+        --j;
+      }
+      sk[j] = k;
+      si[j] = id;
+      moves += i - j;
+      counted = moves <= 8 * n;
+    }
+  }
+  if (!counted) {
+    // (key, index) pairs are unique: any sort gives the stable order.
+    std::vector<uint64_t>& pairs = b.pairs;
+    pairs.resize(n);
+    for (size_t j = 0; j < n; ++j) pairs[j] = uint64_t{key[j]} << 32 | j;
+    std::sort(pairs.begin(), pairs.end());
+    for (size_t i = 0; i < n; ++i) si[i] = static_cast<uint32_t>(pairs[i]);
+  }
+  for (size_t i = 0; i < n; ++i) rank[si[i]] = static_cast<uint32_t>(i);
+}
+
+// DELLA's keep marks for one chunk of whole rows: keep probability
+// p = rank/(cols-1)·2ε + (d−ε) per row, kept where u < p. `mark` receives
+// 1/p for survivors when rescaling by 1/p, else 1; 0 where dropped. The float
+// operations are the ATen path's, in its order, so both agree bitwise.
+void MarkRankSampled(const float* __restrict tv, const float* __restrict u,
+                     int64_t cnt, int64_t cols, double density, double eps,
+                     bool inverse, Buffers& b, float* __restrict mark) {
+  const float span = static_cast<float>(cols - 1);
+  const float width = static_cast<float>(2 * eps);
+  const float low = static_cast<float>(density - eps);
+  const float flat = static_cast<float>(density);
+  if (b.rank.size() < static_cast<size_t>(cnt)) {
+    b.rank.resize(static_cast<size_t>(cnt));
+  }
+  uint32_t* rank = b.rank.data();
+  for (int64_t r = 0; r < cnt; r += cols) {
+    RowRanks(tv + r, cols, b, rank + r);
+    for (int64_t j = r; j < r + cols; ++j) {
+      const float p =
+          cols > 1 ? (static_cast<float>(rank[j]) / span) * width + low : flat;
+      const bool keep = u[j] < p;
+      mark[j] = keep ? (inverse ? 1.f / p : 1.f) : 0.f;
+    }
+  }
 }
 
 // Cached per-expert selections: every tensor's set (model scope), or one
@@ -672,6 +784,8 @@ absl::Status TaskVectorMerge::ComputeScale(const MergePlan& plan,
   const size_t n = experts_.size();
   p.scale.assign(n, 1.f);
   if (opts_.rescale == Rescale::kInverse) {
+    // DELLA's 1/p is per element, applied with its marks.
+    if (opts_.sparsify == Sparsify::kRankSampling) return absl::OkStatus();
     for (size_t k = 0; k < n; ++k) {
       const double d = p.density[k];
       if (d > 0 && d < 1) p.scale[k] = static_cast<float>(1.0 / d);
@@ -689,12 +803,36 @@ absl::Status TaskVectorMerge::ComputeScale(const MergePlan& plan,
   return absl::OkStatus();
 }
 
+namespace {
+int64_t RowLength(const PlannedTensor& t) {
+  const int64_t rows = t.shape.size() >= 2 ? t.shape[0] : 1;
+  return rows > 0 ? t.numel / rows : t.numel;
+}
+}  // namespace
+
+int64_t TaskVectorMerge::PassChunk(const PlannedTensor& t,
+                                   const ExecContext& ctx) const {
+  if (opts_.sparsify != Sparsify::kRankSampling) return ctx.chunk_elems;
+  // DELLA ranks within rows: chunks hold whole rows (at least one).
+  const int64_t cols = std::max<int64_t>(RowLength(t), 1);
+  return cols * std::max<int64_t>(1, ctx.chunk_elems / cols);
+}
+
 absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
-    const MergePlan& plan, const PlannedTensor& t, const TensorParams& p,
+    const MergePlan& plan, const PlannedTensor& t, TensorParams& p,
     ExecContext& ctx, PassMode mode, TensorSink* out) const {
   const size_t n = experts_.size();
-  const int64_t chunk = ctx.chunk_elems;
+  const int64_t cols = RowLength(t);
+  const int64_t chunk = PassChunk(t, ctx);
   const int64_t nchunks = (t.numel + chunk - 1) / chunk;
+  // DELLA with L1 rescaling samples twice (norms, then merge): the first
+  // pass keeps its draws as one bit per element and chunk-aligned words, so
+  // the merge pass neither ranks nor draws again.
+  const int64_t words = (chunk + 63) / 64;
+  if (mode == PassMode::kL1 && opts_.sparsify == Sparsify::kRankSampling) {
+    p.sampled.assign(
+        n, std::vector<uint64_t>(static_cast<size_t>(nchunks * words), 0));
+  }
   std::vector<Buffers> buffers(static_cast<size_t>(ctx.pool->num_threads()));
   std::vector<double> l1(mode == PassMode::kL1 ? 2 * n * nchunks : 0, 0.0);
   std::vector<int64_t> balance(mode == PassMode::kCensus ? nchunks : 0, 0);
@@ -749,9 +887,36 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
           bool masked = true;
           switch (opts_.sparsify) {
             case Sparsify::kNone:
-            case Sparsify::kRankSampling:  // handled by the ATen path
               masked = false;
               break;
+            case Sparsify::kRankSampling: {
+              if (p.density[k] >= 1) {
+                masked = false;
+                break;
+              }
+              uint64_t* bits =
+                  p.sampled.empty()
+                      ? nullptr
+                      : p.sampled[k].data() + static_cast<size_t>(ci) * words;
+              if (bits != nullptr && mode != PassMode::kL1) {
+                // The L1 pass ranked and sampled this chunk already.
+                for (int64_t j = 0; j < cnt; ++j)
+                  mark[j] = (bits[j >> 6] >> (j & 63)) & 1 ? 1.f : 0.f;
+                break;
+              }
+              ElementRandom rng(opts_.seed, t.name, m);
+              rng.Fill(begin, cnt, b.rnd.data());
+              MarkRankSampled(tv, b.rnd.data(), cnt, cols, p.density[k],
+                              p.epsilon[k], opts_.rescale == Rescale::kInverse,
+                              b, mark);
+              if (bits != nullptr) {
+                for (int64_t j = 0; j < cnt; ++j) {
+                  bits[j >> 6] |= static_cast<uint64_t>(mark[j] != 0.f)
+                                  << (j & 63);
+                }
+              }
+              break;
+            }
             case Sparsify::kMagnitude:
               if (p.keep[k].kind == TopSet::kThreshold && p.keep[k].all_ties) {
                 // The common case, fused: keep |τ| >= threshold.
@@ -906,8 +1071,7 @@ absl::Status TaskVectorMerge::MergeTensor(const MergePlan& plan,
   MS_ASSIGN_OR_RETURN(TensorParams p, Resolve(plan, t, ctx));
   const bool selects = opts_.sparsify == Sparsify::kMagnitude ||
                        opts_.sparsify == Sparsify::kOutliers;
-  if (ctx.backend == Backend::kAten ||
-      opts_.sparsify == Sparsify::kRankSampling) {
+  if (ctx.backend == Backend::kAten) {
     // The ATen path selects per tensor itself (kthvalue); model-scope sets
     // come from Prepare.
     return MergeAten(plan, t, p, ctx, out);

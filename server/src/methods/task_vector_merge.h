@@ -83,6 +83,8 @@ struct TensorParams {
   // largest outliers).
   std::vector<TopSet> keep, drop;
   int majority = 0;  // sign used where the election ties (zero_sign majority)
+  // DELLA's draws per expert, one bit per element, from the L1 pass.
+  std::vector<std::vector<uint64_t>> sampled;
 };
 
 class TaskVectorMerge : public MergeMethod {
@@ -94,8 +96,7 @@ class TaskVectorMerge : public MergeMethod {
                            ExecContext& ctx, TensorSink& out) override;
 
   bool HoldsWholeTensors(const ExecContext& ctx) const override {
-    return ctx.backend == Backend::kAten ||
-           opts_.sparsify == Sparsify::kRankSampling;
+    return ctx.backend == Backend::kAten;
   }
 
   const TaskVectorOptions& options() const { return opts_; }
@@ -110,14 +111,16 @@ class TaskVectorMerge : public MergeMethod {
 
   // Fused CPU path: one streaming pass over fixed chunks of the tensor.
   enum class PassMode { kL1, kCensus, kMerge };
+  // Elements per chunk of a pass: ctx.chunk_elems, or whole rows for DELLA.
+  int64_t PassChunk(const PlannedTensor& t, const ExecContext& ctx) const;
   struct PassResult {
     std::vector<double> l1_all, l1_kept;  // per expert, kL1
     int64_t balance = 0;                  // #(s>0) - #(s<0), kCensus
   };
   absl::StatusOr<PassResult> RunPass(const MergePlan& plan,
-                                     const PlannedTensor& t,
-                                     const TensorParams& p, ExecContext& ctx,
-                                     PassMode mode, TensorSink* out) const;
+                                     const PlannedTensor& t, TensorParams& p,
+                                     ExecContext& ctx, PassMode mode,
+                                     TensorSink* out) const;
   absl::Status ComputeScale(const MergePlan& plan, const PlannedTensor& t,
                             TensorParams& p, ExecContext& ctx) const;
   std::string CacheKey(const ExecContext& ctx, const char* kind, int model,
