@@ -73,6 +73,70 @@ TEST_P(CachedMergeTest, SweepReusesSelectionsAndMatchesColdMerges) {
   EXPECT_GT(cache.stats().entries, 0);
 }
 
+// A λ-only change reads the cached merged update (no new misses: neither the
+// update nor a selection is computed again) and gives the cold merge's bytes;
+// a weight change computes a new update from the cached selections.
+TEST(CachedUpdateTest, LambdaOnlyPointsReuseTheMergedUpdate) {
+  const std::string dir = testing::TempDir("update");
+  std::mt19937 rng(5);
+  testing::TestModel base;
+  base["a"] = {{120, 40}, testing::RandomValues(120 * 40, rng), DType::kBF16};
+  base["b"] = {{40}, testing::RandomValues(40, rng), DType::kF32};
+  testing::WriteModel(dir + "/base", base);
+  for (int e = 0; e < 3; ++e) {
+    testing::TestModel m = base;
+    for (auto& [n, t] : m) {
+      auto d = testing::RandomValues(t.values.size(), rng, 0.05f);
+      for (size_t j = 0; j < d.size(); ++j) t.values[j] += d[j];
+    }
+    testing::WriteModel(dir + "/e" + std::to_string(e), m);
+  }
+  struct Case {
+    const char* method;
+    const char* params;
+  };
+  for (const Case& c :
+       {Case{"ties", ""}, Case{"ties", "semantics: paper"},
+        Case{"ties", "consensus: count, zero_sign: majority"},
+        Case{"breadcrumbs_ties", "gamma: 0.05"}, Case{"dare_ties", "seed: 3"},
+        Case{"della", "seed: 4"}, Case{"task_arithmetic", "normalize: true"}}) {
+    TaskVectorCache cache(1 << 22);
+    MergeOptions cached;
+    cached.cache = &cache;
+    cached.digest = [](const std::string& ref) { return "digest-of-" + ref; };
+    auto yaml = [&](double lambda, double w0) {
+      return std::string("merge_method: ") + c.method +
+             "\nbase_model: base\nmodels:\n"
+             "  - model: e0\n    parameters: {density: 0.3, weight: " +
+             std::to_string(w0) +
+             "}\n"
+             "  - model: e1\n    parameters: {density: 0.5}\n"
+             "  - model: e2\n    parameters: {density: 0.4}\n"
+             "parameters: {lambda: " +
+             std::to_string(lambda) + (*c.params ? ", " : "") + c.params +
+             "}\n";
+    };
+    int64_t misses = 0;
+    for (double lambda : {0.7, 1.0, 1.3}) {
+      auto warm = testing::Merge(dir, yaml(lambda, 1.0), cached);
+      auto cold = testing::Merge(dir, yaml(lambda, 1.0));
+      ASSERT_TRUE(warm.ok() && cold.ok()) << c.method << warm.status();
+      EXPECT_EQ(*warm, *cold) << c.method << " " << c.params << " " << lambda;
+      if (lambda != 0.7) {
+        EXPECT_EQ(cache.stats().misses, misses)
+            << c.method << " " << c.params << ": recomputed at " << lambda;
+      }
+      misses = cache.stats().misses;
+    }
+    // A new weight: one new update per tensor, the selections reused.
+    auto warm = testing::Merge(dir, yaml(1.0, 0.6), cached);
+    auto cold = testing::Merge(dir, yaml(1.0, 0.6));
+    ASSERT_TRUE(warm.ok() && cold.ok()) << c.method << warm.status();
+    EXPECT_EQ(*warm, *cold) << c.method << " " << c.params << " weight";
+    EXPECT_EQ(cache.stats().misses, misses + 2) << c.method << " " << c.params;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Scopes, CachedMergeTest,
                          ::testing::Values("trim_scope: tensor",
                                            "trim_scope: model",

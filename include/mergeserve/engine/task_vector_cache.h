@@ -1,12 +1,16 @@
 // An LRU cache bounded by bytes for what a merge derives from its inputs and
 // can reuse across merges of the same checkpoints: per-tensor and per-model
-// trim thresholds (the two radix-select passes of TIES/breadcrumbs), keyed by
-// the checkpoints' content digests. A sweep over λ or weights on the same
-// models then runs one streaming pass per point instead of three.
+// trim thresholds (the two radix-select passes of TIES/breadcrumbs) and merged
+// updates, keyed by the checkpoints' content digests. A sweep over weights on
+// the same models then runs one streaming pass per point instead of three,
+// and a sweep over λ reads only the base and the update.
 //
-// Task vectors themselves are not kept: τ in fp32 is twice the bytes of the
+// Per-expert task vectors are not kept: τ in fp32 is twice the bytes of the
 // bf16 inputs it is computed from, so reading a cached τ would cost more
-// memory traffic than recomputing it from the page-cached checkpoints.
+// memory traffic than recomputing it from the page-cached checkpoints. The
+// merged update of a whole merge (one fp32 tensor where there were one bf16
+// tensor per model, plus the selection passes) is kept: a λ-only change
+// reads it and the base.
 #ifndef MERGESERVE_ENGINE_TASK_VECTOR_CACHE_H_
 #define MERGESERVE_ENGINE_TASK_VECTOR_CACHE_H_
 
@@ -38,6 +42,7 @@ class TaskVectorCache {
   void Put(const std::string& key, std::shared_ptr<const void> value,
            int64_t bytes);
   CacheStats stats() const;
+  int64_t capacity_bytes() const { return capacity_; }
 
   template <typename T>
   std::shared_ptr<const T> GetAs(const std::string& key) {

@@ -6,6 +6,9 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "mergeserve/base/huge_buffer.h"
 #include "mergeserve/base/philox.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/diagnostics.h"
@@ -151,37 +154,37 @@ void AddAgreeing(float* __restrict acc, float* __restrict den,
   }
 }
 
-void Finish(float* __restrict out, const float* __restrict base,
-            const float* __restrict acc, float lambda, float scale, int64_t n) {
+// The merge's result before λ: out = base + λ·q, with q one of the forms
+// below. q is computed and kept on its own (a λ-only change reuses it), and
+// the float operations are the same as computing base + λ·(...) in one
+// expression, so outputs do not change.
+void Quotient(float* __restrict q, const float* __restrict acc, float scale,
+              int64_t n) {
   if (scale == 1.f) {
-    for (int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * acc[j];
+    std::copy(acc, acc + n, q);
   } else {
-    for (int64_t j = 0; j < n; ++j)
-      out[j] = base[j] + lambda * (acc[j] * scale);
+    for (int64_t j = 0; j < n; ++j) q[j] = acc[j] * scale;
   }
 }
 
-void FinishDivided(float* __restrict out, const float* __restrict base,
-                   const float* __restrict acc, float lambda, float divisor,
-                   int64_t n) {
-  for (int64_t j = 0; j < n; ++j)
-    out[j] = base[j] + lambda * (acc[j] / divisor);
+void QuotientDivided(float* __restrict q, const float* __restrict acc,
+                     float divisor, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) q[j] = acc[j] / divisor;
 }
 
-void FinishByWeight(float* __restrict out, const float* __restrict base,
-                    const float* __restrict acc, const float* __restrict den,
-                    float lambda, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    out[j] = base[j] + lambda * (acc[j] / (den[j] == 0 ? 1.f : den[j]));
-  }
+void QuotientByWeight(float* __restrict q, const float* __restrict acc,
+                      const float* __restrict den, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) q[j] = acc[j] / (den[j] == 0 ? 1.f : den[j]);
 }
 
-void FinishByCount(float* __restrict out, const float* __restrict base,
-                   const float* __restrict acc, const float* __restrict den,
-                   float lambda, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    out[j] = base[j] + lambda * (acc[j] / std::max(den[j], 1.f));
-  }
+void QuotientByCount(float* __restrict q, const float* __restrict acc,
+                     const float* __restrict den, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) q[j] = acc[j] / std::max(den[j], 1.f);
+}
+
+void ApplyLambda(float* __restrict out, const float* __restrict base,
+                 const float* __restrict q, float lambda, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * q[j];
 }
 
 // Keeps entries with |x| >= v.
@@ -820,7 +823,8 @@ int64_t TaskVectorMerge::PassChunk(const PlannedTensor& t,
 
 absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
     const MergePlan& plan, const PlannedTensor& t, TensorParams& p,
-    ExecContext& ctx, PassMode mode, TensorSink* out) const {
+    ExecContext& ctx, PassMode mode, TensorSink* out,
+    float* keep_update) const {
   const size_t n = experts_.size();
   const int64_t cols = RowLength(t);
   const int64_t chunk = PassChunk(t, ctx);
@@ -967,6 +971,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         float* acc = b.acc.data();
         float* den = b.den.data();
         float* o = b.out.data();
+        float* q = b.rnd.data();  // the draws are used up by now
         std::fill(acc, acc + cnt, 0.f);
         if (!elect) {
           float wsum = 0;
@@ -976,18 +981,17 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
                       cnt);
             wsum += wk;
           }
-          const float lambda = use_base ? p.lambda : 1.f;
           switch (opts_.divisor) {
             case Divisor::kNone:
-              Finish(o, base, acc, lambda, 1.f, cnt);
+              Quotient(q, acc, 1.f, cnt);
               break;
             case Divisor::kWeight:
               // Divide (not multiply by 1/x) to match the references bitwise.
-              FinishDivided(o, base, acc, lambda,
-                            std::fabs(wsum) < 1e-8f ? 1.f : wsum, cnt);
+              QuotientDivided(q, acc, std::fabs(wsum) < 1e-8f ? 1.f : wsum,
+                              cnt);
               break;
             case Divisor::kCount:
-              Finish(o, base, acc, lambda, 1.f / static_cast<float>(n), cnt);
+              Quotient(q, acc, 1.f / static_cast<float>(n), cnt);
               break;
           }
         } else {
@@ -1018,16 +1022,18 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
           }
           switch (opts_.divisor) {
             case Divisor::kNone:
-              Finish(o, base, acc, p.lambda, 1.f, cnt);
+              Quotient(q, acc, 1.f, cnt);
               break;
             case Divisor::kWeight:
-              FinishByWeight(o, base, acc, den, p.lambda, cnt);
+              QuotientByWeight(q, acc, den, cnt);
               break;
             case Divisor::kCount:
-              FinishByCount(o, base, acc, den, p.lambda, cnt);
+              QuotientByCount(q, acc, den, cnt);
               break;
           }
         }
+        if (keep_update != nullptr) std::copy(q, q + cnt, keep_update + begin);
+        ApplyLambda(o, base, q, use_base ? p.lambda : 1.f, cnt);
         if (diagnose) {
           ctx.diagnostics->Add(
               t.name, ci,
@@ -1076,6 +1082,25 @@ absl::Status TaskVectorMerge::MergeTensor(const MergePlan& plan,
     // come from Prepare.
     return MergeAten(plan, t, p, ctx, out);
   }
+  // In the server, a merge that differs from an earlier one only in λ reads
+  // the base and the earlier merged update. An update over a quarter of the
+  // cache is not kept (it would evict everything else).
+  std::string update_key;
+  std::shared_ptr<HugeBuffer> update;
+  const size_t update_bytes = static_cast<size_t>(t.numel) * sizeof(float);
+  if (ctx.cache != nullptr && ctx.diagnostics == nullptr && opts_.use_base) {
+    update_key = UpdateKey(ctx, t, p);
+    if (!update_key.empty()) {
+      auto hit = ctx.cache->GetAs<HugeBuffer>(update_key);
+      if (hit != nullptr) {
+        return ApplyCachedUpdate(plan, t, p, hit->as<float>(), ctx, out);
+      }
+      if (static_cast<int64_t>(update_bytes) <=
+          ctx.cache->capacity_bytes() / 4) {
+        update = std::make_shared<HugeBuffer>(update_bytes);
+      }
+    }
+  }
   if (selects && opts_.scope == TrimScope::kTensor) {
     MS_RETURN_IF_ERROR(SelectForTensor(plan, t, ctx, p));
   }
@@ -1087,9 +1112,81 @@ absl::Status TaskVectorMerge::MergeTensor(const MergePlan& plan,
                         RunPass(plan, t, p, ctx, PassMode::kCensus, nullptr));
     p.majority = r.balance > 0 ? 1 : -1;
   }
-  MS_ASSIGN_OR_RETURN(PassResult r,
-                      RunPass(plan, t, p, ctx, PassMode::kMerge, &out));
+  MS_ASSIGN_OR_RETURN(
+      PassResult r, RunPass(plan, t, p, ctx, PassMode::kMerge, &out,
+                            update != nullptr ? update->as<float>() : nullptr));
   (void)r;
+  if (update != nullptr) {
+    ctx.cache->Put(update_key, update,
+                   static_cast<int64_t>(update_bytes + update_key.size()));
+  }
+  return absl::OkStatus();
+}
+
+std::string TaskVectorMerge::UpdateKey(const ExecContext& ctx,
+                                       const PlannedTensor& t,
+                                       const TensorParams& p) const {
+  // Everything q depends on but λ: the inputs' content, the tensor, every
+  // option and per-model number, the chunking (tie lists), and for a
+  // whole-model trim the sets Prepare chose (they depend on the domain).
+  if (ctx.base_digest.empty()) return "";
+  std::string key = absl::StrCat(
+      "update|", ctx.base_digest, "|", t.name, "|", ctx.chunk_elems, "|",
+      static_cast<int>(opts_.sparsify), static_cast<int>(opts_.scope),
+      static_cast<int>(opts_.keep), static_cast<int>(opts_.consensus),
+      opts_.sign_weighted, static_cast<int>(opts_.zero_sign),
+      static_cast<int>(opts_.divisor), static_cast<int>(opts_.rescale),
+      opts_.use_base, "|", opts_.seed, "|", p.majority);
+  for (size_t k = 0; k < experts_.size(); ++k) {
+    const std::string& digest =
+        ctx.model_digests[static_cast<size_t>(experts_[k])];
+    if (digest.empty()) return "";
+    absl::StrAppend(&key, "|", digest,
+                    absl::StrFormat(":%a,%a,%a,%a", p.weight[k], p.density[k],
+                                    p.gamma[k], p.epsilon[k]));
+  }
+  if (opts_.scope == TrimScope::kModel) {
+    for (const TopSet& set : p.keep) {
+      absl::StrAppend(&key, "|", static_cast<int>(set.kind),
+                      absl::StrFormat(":%a:", set.value), set.all_ties, ":",
+                      set.tensor_ties, ":", absl::StrJoin(set.chunk_ties, ","));
+    }
+  }
+  return key;
+}
+
+absl::Status TaskVectorMerge::ApplyCachedUpdate(
+    const MergePlan& plan, const PlannedTensor& t, const TensorParams& p,
+    const float* update, ExecContext& ctx, TensorSink& out) const {
+  const int64_t chunk = ctx.chunk_elems;
+  struct Scratch {
+    std::vector<float> base, out;
+  };
+  std::vector<Scratch> scratch(static_cast<size_t>(ctx.pool->num_threads()));
+  FirstError error;
+  ForEachChunkWindowed(
+      *ctx.pool, t.numel, chunk,
+      [&](int64_t ci, int w) {
+        if (error.failed() || ctx.is_cancelled()) return;
+        Scratch& s = scratch[static_cast<size_t>(w)];
+        s.base.resize(static_cast<size_t>(chunk));
+        s.out.resize(static_cast<size_t>(chunk));
+        const int64_t begin = ci * chunk;
+        const int64_t cnt = std::min(chunk, t.numel - begin);
+        if (!LoadDelta(t.base, begin, cnt, nullptr, s.base.data())) {
+          error.Set(NonFiniteError(t.name, *plan.config().base_model));
+          return;
+        }
+        ApplyLambda(s.out.data(), s.base.data(), update + begin, p.lambda, cnt);
+        absl::Status st = out.WriteF32(begin, s.out.data(), cnt);
+        if (!st.ok()) error.Set(std::move(st));
+      },
+      [&](int64_t begin, int64_t count) { ReleaseRange(t.base, begin, count); },
+      [&](int64_t begin, int64_t count) {
+        PopulateRange(t.base, begin, count);
+      });
+  MS_RETURN_IF_ERROR(error.status());
+  if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
   return absl::OkStatus();
 }
 

@@ -117,10 +117,20 @@ class TaskVectorMerge : public MergeMethod {
     std::vector<double> l1_all, l1_kept;  // per expert, kL1
     int64_t balance = 0;                  // #(s>0) - #(s<0), kCensus
   };
+  // keep_update, when set, receives the merged update q of every element
+  // (kMerge), out = base + λ·q.
   absl::StatusOr<PassResult> RunPass(const MergePlan& plan,
                                      const PlannedTensor& t, TensorParams& p,
                                      ExecContext& ctx, PassMode mode,
-                                     TensorSink* out) const;
+                                     TensorSink* out,
+                                     float* keep_update = nullptr) const;
+  // The merged update is cached per tensor in the server, so a point of a λ
+  // sweep reads only the base and q.
+  std::string UpdateKey(const ExecContext& ctx, const PlannedTensor& t,
+                        const TensorParams& p) const;
+  absl::Status ApplyCachedUpdate(const MergePlan& plan, const PlannedTensor& t,
+                                 const TensorParams& p, const float* update,
+                                 ExecContext& ctx, TensorSink& out) const;
   absl::Status ComputeScale(const MergePlan& plan, const PlannedTensor& t,
                             TensorParams& p, ExecContext& ctx) const;
   std::string CacheKey(const ExecContext& ctx, const char* kind, int model,
