@@ -18,6 +18,8 @@
 
 namespace mergeserve {
 
+class StagingArena;
+
 // |θ_model − θ_base| (or |θ_model| without a base) over `domain`, the k-th
 // largest, 1 <= k <= total elements.
 struct SelectionQuery {
@@ -45,9 +47,14 @@ std::vector<DomainChunk> ChunkDomain(
 
 class MagnitudeSelector {
  public:
+  // `staging`: where passes copy input windows (see ForEachStagedChunk);
+  // null reads the mapping.
   MagnitudeSelector(const MergePlan& plan, ThreadPool& pool,
-                    int64_t chunk_elems)
-      : plan_(plan), pool_(pool), chunk_elems_(chunk_elems) {}
+                    int64_t chunk_elems, StagingArena* staging = nullptr)
+      : plan_(plan),
+        pool_(pool),
+        chunk_elems_(chunk_elems),
+        staging_(staging) {}
 
   absl::StatusOr<std::vector<SelectionResult>> Select(
       const std::vector<const PlannedTensor*>& domain,
@@ -69,12 +76,12 @@ class MagnitudeSelector {
     std::vector<float> base, value;
     std::vector<uint32_t> bits;
   };
-  // fn(chunk index, chunk, worker, base values or nullptr)
-  using ChunkFn = std::function<absl::Status(size_t, const DomainChunk&, int,
-                                             const float*)>;
+  // fn(chunk index, chunk, worker, the chunk's tensor with its inputs
+  // staged, base values or nullptr)
+  using ChunkFn = std::function<absl::Status(
+      size_t, const DomainChunk&, int, const PlannedTensor&, const float*)>;
   // Runs fn over every chunk, tensor by tensor (chunks of a tensor in
-  // parallel), loading the base chunk first and releasing each tensor's
-  // pages once it is done.
+  // parallel), loading the base chunk first.
   absl::Status ForEachChunk(const std::vector<const PlannedTensor*>& domain,
                             const std::vector<DomainChunk>& chunks,
                             const std::vector<int>& models, const ChunkFn& fn,
@@ -90,6 +97,7 @@ class MagnitudeSelector {
   const MergePlan& plan_;
   ThreadPool& pool_;
   int64_t chunk_elems_;
+  StagingArena* staging_;
 };
 
 }  // namespace mergeserve

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "mergeserve/base/huge_buffer.h"
 #include "mergeserve/base/thread_pool.h"
 #include "mergeserve/engine/merge_plan.h"
 #include "mergeserve/engine/task_vector_cache.h"
@@ -17,6 +18,7 @@
 namespace mergeserve {
 
 class DiagnosticsCollector;
+class StagingArena;
 
 // kFused: streaming CPU kernels (chunked, bounded memory). kAten: whole-tensor
 // ATen ops on ctx.device (CPU or CUDA); methods without fused kernels always
@@ -34,6 +36,8 @@ struct ExecContext {
   DiagnosticsCollector* diagnostics = nullptr;
   // Reusable derived data (trim thresholds), or null.
   TaskVectorCache* cache = nullptr;
+  // Where fused passes copy their input windows; null: they read the map.
+  StagingArena* staging = nullptr;
   // Content digest per plan model and of the base ("" = unknown: no caching).
   std::vector<std::string> model_digests;
   std::string base_digest;
@@ -69,24 +73,12 @@ class MergeMethod {
                                    ExecContext& ctx, TensorSink& out) = 0;
 };
 
-// Runs fn(chunk_index, worker) over the fixed chunks of a tensor of `numel`
-// elements, a window of chunks at a time, and calls before_window(begin,
-// count) before and after_window(begin, count) after each window, so
-// callers can map its pages in one call and drop them once consumed.
-// Releasing per window rather than per chunk keeps RSS bounded without an
-// madvise (and its cross-core TLB shootdown) for every chunk.
-void ForEachChunkWindowed(
-    ThreadPool& pool, int64_t numel, int64_t chunk,
-    const std::function<void(int64_t, int)>& fn,
-    const std::function<void(int64_t, int64_t)>& after_window,
-    const std::function<void(int64_t, int64_t)>& before_window = nullptr);
-
 // Reads elements [begin, begin+count) of a view as fp32.
 inline void LoadF32(const TensorView& v, int64_t begin, int64_t count,
                     float* dst) {
   const size_t es = DTypeSize(v.info->dtype);
-  LoadAsF32(v.info->dtype, v.data + static_cast<size_t>(begin) * es, count,
-            dst);
+  LoadAsF32(v.info->dtype, v.data + static_cast<size_t>(begin - v.first) * es,
+            count, dst);
 }
 
 // Reads elements [begin, begin+count) of a view as fp32 minus `base` (when
@@ -125,6 +117,51 @@ inline void ReleaseRange(const TensorView& v, int64_t begin, int64_t count) {
 inline void PopulateRange(const TensorView& v, int64_t begin, int64_t count) {
   OnFileRange(v, begin, count, &MappedFile::Populate);
 }
+
+// Reused memory a merge copies its input windows into (ForEachStagedChunk):
+// one huge-page buffer per input slot, kept across windows, passes and
+// tensors. Not thread-safe: one merge's passes run one after another.
+class StagingArena {
+ public:
+  // Input bytes one window holds, all inputs together.
+  static constexpr size_t kStagingBytes = size_t{32} << 20;
+  // A tensor whose inputs take at most this is staged whole, once, and
+  // held for the next pass over it (TIES reads a tensor three times).
+  static constexpr size_t kHoldBytes = size_t{256} << 20;
+
+  explicit StagingArena(size_t window_bytes = kStagingBytes,
+                        size_t hold_bytes = kHoldBytes)
+      : window_bytes(window_bytes), hold_bytes(hold_bytes) {}
+  // At least `bytes` for input `slot`.
+  uint8_t* Buffer(size_t slot, size_t bytes);
+
+  const size_t window_bytes, hold_bytes;
+
+  // What the slots hold whole: the tensor and, per slot, the view copied.
+  const PlannedTensor* held = nullptr;
+  std::vector<const TensorView*> held_views;
+
+ private:
+  std::vector<HugeBuffer> buffers_;
+};
+
+constexpr uint64_t kStagePiece = uint64_t{1} << 20;
+
+// Runs fn(chunk_index, worker, inputs) over the fixed chunks of t, a window
+// at a time. Before each window, its elements of t.base (when `base`) and of
+// t.models[m] for m in `models` are copied from their files into `arena`
+// (pread, in parallel pieces); `inputs` is t with those views pointing at
+// the copies, so fn reads them with LoadDelta as it would the mapping.
+//
+// Why copy: the passes used to read the mapped pages, and a first touch of
+// a mapped 4 KiB page costs microseconds on a virtual machine (the
+// hypervisor fills its own page table), more than copying the page.
+// Pages are never mapped into this process, so RSS stays at the window.
+// Without an arena (or for views not backed by a file) fn reads t's views.
+absl::Status ForEachStagedChunk(
+    ThreadPool& pool, StagingArena* arena, const PlannedTensor& t, bool base,
+    const std::vector<int>& models, int64_t chunk,
+    const std::function<void(int64_t, int, const PlannedTensor&)>& fn);
 
 // Error for a NaN/Inf found in `tensor` of model `model_ref`.
 absl::Status NonFiniteError(const std::string& tensor,

@@ -50,6 +50,10 @@ class MappedFile {
   // merge reads them; a no-op where the kernel lacks it (before 5.14).
   void Populate(uint64_t offset, uint64_t length) const;
 
+  // Copies [offset, offset+length) into dst with pread, without mapping the
+  // pages into this process. DATA_LOSS naming the file if it is shorter now.
+  absl::Status ReadAt(uint64_t offset, uint64_t length, void* dst) const;
+
   // DATA_LOSS naming the file when a read hit a truncated page, or when the
   // file's size or modification time differ from when it was opened.
   absl::Status CheckUnchanged() const;

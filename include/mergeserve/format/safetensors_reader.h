@@ -38,6 +38,9 @@ struct TensorView {
   const TensorInfo* info = nullptr;
   const uint8_t* data = nullptr;
   const MappedFile* file = nullptr;
+  // Index of the element at data[0]: 0 for a mapped tensor, the window's
+  // first element for a staged copy of one window (ForEachStagedChunk).
+  int64_t first = 0;
 };
 
 class SafetensorsReader {

@@ -241,6 +241,10 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
     // Every model's copy of the largest tensor in fp32 plus temporaries.
     need += (models + 5) * largest * 4;
   } else {
+    // The staged inputs (ForEachStagedChunk): a held tensor or a window,
+    // rounded to huge pages per model.
+    need += static_cast<int64_t>(StagingArena::kHoldBytes) +
+            models * (int64_t{2} << 20);
     // Per worker: base, τ per model (twice with diagnostics), mask, random,
     // sums, output and its conversion buffer, one chunk each.
     // DELLA adds its per-row radix keys, indices and ranks.
@@ -278,8 +282,10 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
 
   ThreadPool pool(options.threads);
   at::set_num_threads(pool.num_threads());
+  StagingArena staging;
   ExecContext ctx;
   ctx.pool = &pool;
+  ctx.staging = &staging;
   ctx.backend = options.backend;
   ctx.device = options.device;
   ctx.cancelled = options.cancelled;
@@ -346,12 +352,18 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
     const PlannedTensor& t = tensors[i];
     if (t.merge) {
+      absl::Status merged;
       if (writer) {
         WriterSink sink(*writer, i, t, options.reject_non_finite);
-        MS_RETURN_IF_ERROR(method->MergeTensor(*plan, t, ctx, sink));
+        merged = method->MergeTensor(*plan, t, ctx, sink);
       } else {
-        MS_RETURN_IF_ERROR(method->MergeTensor(*plan, t, ctx, discard));
+        merged = method->MergeTensor(*plan, t, ctx, discard);
       }
+      if (merged.code() == absl::StatusCode::kDataLoss) {
+        // A staged read found a file shorter than at open: name the model.
+        MS_RETURN_IF_ERROR(plan->CheckTensorInputsUnchanged(t));
+      }
+      MS_RETURN_IF_ERROR(merged);
       if (t.base.data) summary.bytes_read += t.base.info->nbytes;
       for (const TensorView& v : t.models) {
         if (v.data != nullptr) summary.bytes_read += v.info->nbytes;

@@ -17,9 +17,6 @@ constexpr size_t kBins = 1 << 16;
 // Up to this many bucket members per query are kept as lists in the second
 // pass, so ties can be counted per chunk without another pass over the data.
 constexpr uint64_t kMaxListed = uint64_t{8} << 20;
-// A tensor whose inputs (all models) take at most this many bytes stays
-// mapped from the first selection pass to the merge.
-constexpr uint64_t kKeepMappedBytes = uint64_t{256} << 20;
 
 // First error from any worker wins.
 class ErrorSlot {
@@ -122,10 +119,9 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   auto run_pass = [&](auto&& per_chunk, auto&& flush) {
     return ForEachChunk(
         domain, chunks, models,
-        [&](size_t, const DomainChunk& c, int w,
+        [&](size_t, const DomainChunk& c, int w, const PlannedTensor& t,
             const float* base) -> absl::Status {
           Scratch& s = scratch[static_cast<size_t>(w)];
-          const PlannedTensor& t = *domain[static_cast<size_t>(c.tensor)];
           for (size_t m = 0; m < nm; ++m) {
             MS_RETURN_IF_ERROR(MagnitudeBits(t, models[m], c.begin, c.count,
                                              base, s.value.data(),
@@ -208,10 +204,9 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   std::vector<std::vector<uint64_t>> lo(slots, std::vector<uint64_t>(kBins, 0));
   MS_RETURN_IF_ERROR(ForEachChunk(
       domain, chunks, models,
-      [&](size_t ci, const DomainChunk& c, int w,
+      [&](size_t ci, const DomainChunk& c, int w, const PlannedTensor& t,
           const float* base) -> absl::Status {
         Scratch& s = scratch[static_cast<size_t>(w)];
-        const PlannedTensor& t = *domain[static_cast<size_t>(c.tensor)];
         for (size_t m = 0; m < nm; ++m) {
           MS_RETURN_IF_ERROR(MagnitudeBits(t, models[m], c.begin, c.count, base,
                                            s.value.data(), s.bits.data()));
@@ -296,11 +291,10 @@ absl::StatusOr<std::vector<int64_t>> MagnitudeSelector::CountEqualPerChunk(
   std::vector<Scratch> scratch(static_cast<size_t>(pool_.num_threads()));
   MS_RETURN_IF_ERROR(ForEachChunk(
       domain, chunks, {model},
-      [&](size_t i, const DomainChunk& c, int w,
+      [&](size_t i, const DomainChunk& c, int w, const PlannedTensor& t,
           const float* base) -> absl::Status {
         Scratch& s = scratch[static_cast<size_t>(w)];
-        MS_RETURN_IF_ERROR(MagnitudeBits(*domain[static_cast<size_t>(c.tensor)],
-                                         model, c.begin, c.count, base,
+        MS_RETURN_IF_ERROR(MagnitudeBits(t, model, c.begin, c.count, base,
                                          s.value.data(), s.bits.data()));
         int64_t n = 0;
         for (int64_t j = 0; j < c.count; ++j) {
@@ -319,24 +313,15 @@ absl::Status MagnitudeSelector::ForEachChunk(
     const ChunkFn& fn, std::vector<Scratch>& scratch,
     const std::function<void()>& after_tensor) const {
   ErrorSlot error;
-  const bool whole_model = domain.size() > 1;
   size_t start = 0;
   for (size_t ti = 0; ti < domain.size(); ++ti) {
     size_t end = start;
     while (end < chunks.size() && chunks[end].tensor == static_cast<int>(ti))
       ++end;
     const PlannedTensor& t = *domain[ti];
-    // Inputs of this tensor read by the passes; kept mapped between passes
-    // only up to kKeepMappedBytes, so memory stays bounded on any model.
-    uint64_t input_bytes = t.base.data != nullptr ? t.base.info->nbytes : 0;
-    for (int m : models) {
-      const TensorView& v = t.models[static_cast<size_t>(m)];
-      if (v.data != nullptr) input_bytes += v.info->nbytes;
-    }
-    const bool release = whole_model || input_bytes > kKeepMappedBytes;
-    ForEachChunkWindowed(
-        pool_, t.numel, chunk_elems_,
-        [&](int64_t i, int w) {
+    const absl::Status staged = ForEachStagedChunk(
+        pool_, staging_, t, t.base.data != nullptr, models, chunk_elems_,
+        [&](int64_t i, int w, const PlannedTensor& in) {
           if (error.failed()) return;
           const size_t ci = start + static_cast<size_t>(i);
           const DomainChunk& c = chunks[ci];
@@ -346,27 +331,11 @@ absl::Status MagnitudeSelector::ForEachChunk(
             s.value.resize(static_cast<size_t>(chunk_elems_));
             s.bits.resize(static_cast<size_t>(chunk_elems_));
           }
-          absl::Status st = LoadBase(t, c.begin, c.count, s.base.data());
-          if (st.ok()) st = fn(ci, c, w, s.base.data());
+          absl::Status st = LoadBase(in, c.begin, c.count, s.base.data());
+          if (st.ok()) st = fn(ci, c, w, in, s.base.data());
           if (!st.ok()) error.Set(std::move(st));
-        },
-        [&](int64_t begin, int64_t count) {
-          // This window is consumed. Over a whole model (trim_scope: model)
-          // or a tensor too large to hold, its pages leave RSS now; others
-          // stay mapped for the next pass and the merge, which release
-          // them (a page read in three passes is faulted in once).
-          if (!release) return;
-          if (t.base.data != nullptr) ReleaseRange(t.base, begin, count);
-          for (int m : models) {
-            ReleaseRange(t.models[static_cast<size_t>(m)], begin, count);
-          }
-        },
-        [&](int64_t begin, int64_t count) {
-          if (t.base.data != nullptr) PopulateRange(t.base, begin, count);
-          for (int m : models) {
-            PopulateRange(t.models[static_cast<size_t>(m)], begin, count);
-          }
         });
+    if (!staged.ok()) error.Set(staged);
     after_tensor();
     MS_RETURN_IF_ERROR(error.Take());
     start = end;

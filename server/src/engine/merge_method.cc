@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "mergeserve/engine/merge_plan.h"
 
 namespace mergeserve {
 
@@ -25,22 +27,112 @@ bool AllFinite(const float* v, int64_t n) {
   return bad == 0;
 }
 
-void ForEachChunkWindowed(
-    ThreadPool& pool, int64_t numel, int64_t chunk,
-    const std::function<void(int64_t, int)>& fn,
-    const std::function<void(int64_t, int64_t)>& after_window,
-    const std::function<void(int64_t, int64_t)>& before_window) {
-  // 4M elements per window: 8 MiB per bf16 model in flight.
-  const int64_t per_window = std::max<int64_t>(1, (int64_t{4} << 20) / chunk);
-  const int64_t nchunks = (numel + chunk - 1) / chunk;
-  for (int64_t first = 0; first < nchunks; first += per_window) {
-    const int64_t n = std::min(per_window, nchunks - first);
-    const int64_t begin = first * chunk;
-    const int64_t count = std::min(numel, (first + n) * chunk) - begin;
-    if (before_window) before_window(begin, count);
-    pool.Run(n, [&](int64_t i, int w) { fn(first + i, w); });
-    after_window(begin, count);
+uint8_t* StagingArena::Buffer(size_t slot, size_t bytes) {
+  if (buffers_.size() <= slot) buffers_.resize(slot + 1);
+  if (buffers_[slot].size() < bytes) buffers_[slot] = HugeBuffer(bytes);
+  return buffers_[slot].as<uint8_t>();
+}
+
+absl::Status ForEachStagedChunk(
+    ThreadPool& pool, StagingArena* arena, const PlannedTensor& t, bool base,
+    const std::vector<int>& models, int64_t chunk,
+    const std::function<void(int64_t, int, const PlannedTensor&)>& fn) {
+  // The views this pass reads, and the copy of t whose views point at their
+  // staged windows.
+  PlannedTensor in = t;
+  std::vector<TensorView*> staged;
+  std::vector<const TensorView*> source;
+  std::vector<const TensorView*> mapped;  // read in place (no arena)
+  auto add = [&](const TensorView& v, TensorView& copy) {
+    if (v.data == nullptr || v.file == nullptr) return;
+    if (arena == nullptr) {
+      mapped.push_back(&v);
+      return;
+    }
+    staged.push_back(&copy);
+    source.push_back(&v);
+  };
+  if (base) add(t.base, in.base);
+  for (int m : models) {
+    add(t.models[static_cast<size_t>(m)], in.models[static_cast<size_t>(m)]);
   }
+  size_t row_bytes = 0;  // one element of every staged input
+  for (const TensorView* v : source) row_bytes += DTypeSize(v->info->dtype);
+  // A small tensor is staged whole and kept for the next pass over it;
+  // others a window of at most kStagingBytes (whole chunks) at a time.
+  const bool whole =
+      !source.empty() &&
+      static_cast<uint64_t>(t.numel) * row_bytes <= arena->hold_bytes;
+  int64_t window = int64_t{4} << 20;
+  if (row_bytes > 0) {
+    window = std::min<int64_t>(
+        window, static_cast<int64_t>(arena->window_bytes / row_bytes));
+  }
+  window = std::max(chunk, window / chunk * chunk);
+  if (whole)
+    window = std::max<int64_t>(1, (t.numel + chunk - 1) / chunk) * chunk;
+  // Slot per staged view: where the held tensor has it already, reuse.
+  std::vector<size_t> slot(source.size());
+  bool reuse = whole && arena->held == &t;
+  for (size_t i = 0; i < source.size() && reuse; ++i) {
+    const auto& held = arena->held_views;
+    auto it = std::find(held.begin(), held.end(), source[i]);
+    reuse = it != held.end();
+    if (reuse) slot[i] = static_cast<size_t>(it - held.begin());
+  }
+  if (!reuse) {
+    for (size_t i = 0; i < source.size(); ++i) slot[i] = i;
+    if (arena != nullptr) {
+      arena->held = whole ? &t : nullptr;
+      arena->held_views = source;
+    }
+  }
+
+  // Pieces of at most 1 MiB, so both cores copy.
+  struct Piece {
+    size_t input;
+    uint64_t offset, bytes;
+    uint8_t* dst;
+  };
+  absl::Status status;
+  std::mutex mu;
+  std::vector<Piece> pieces;
+  for (int64_t begin = 0; begin < t.numel && status.ok(); begin += window) {
+    const int64_t count = std::min(window, t.numel - begin);
+    pieces.clear();
+    for (size_t i = 0; i < source.size(); ++i) {
+      const TensorView& v = *source[i];
+      const size_t es = DTypeSize(v.info->dtype);
+      const uint64_t bytes = static_cast<uint64_t>(count) * es;
+      uint8_t* dst = arena->Buffer(slot[i], static_cast<size_t>(window) * es);
+      const uint64_t offset = static_cast<uint64_t>(v.data - v.file->data()) +
+                              static_cast<uint64_t>(begin) * es;
+      for (uint64_t o = 0; o < bytes && !reuse; o += kStagePiece) {
+        pieces.push_back(
+            {i, offset + o, std::min(kStagePiece, bytes - o), dst + o});
+      }
+      staged[i]->data = dst;
+      staged[i]->first = begin;
+    }
+    pool.Run(static_cast<int64_t>(pieces.size()), [&](int64_t k, int) {
+      const Piece& p = pieces[static_cast<size_t>(k)];
+      absl::Status st = source[p.input]->file->ReadAt(p.offset, p.bytes, p.dst);
+      if (!st.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (status.ok()) status = std::move(st);
+      }
+    });
+    if (!status.ok()) {
+      if (arena != nullptr) arena->held = nullptr;
+      break;
+    }
+    for (const TensorView* v : mapped) PopulateRange(*v, begin, count);
+    const int64_t first = begin / chunk;
+    const int64_t n = (count + chunk - 1) / chunk;
+    pool.Run(n, [&](int64_t i, int w) { fn(first + i, w, in); });
+    for (const TensorView* v : mapped) ReleaseRange(*v, begin, count);
+  }
+  return status;
 }
 
 namespace {
@@ -78,7 +170,7 @@ bool DeltaLoop(const uint8_t* src, int64_t n, const float* base, float* dst,
 bool LoadDelta(const TensorView& v, int64_t begin, int64_t count,
                const float* base, float* dst) {
   const size_t es = DTypeSize(v.info->dtype);
-  const uint8_t* src = v.data + static_cast<size_t>(begin) * es;
+  const uint8_t* src = v.data + static_cast<size_t>(begin - v.first) * es;
   switch (v.info->dtype) {
     case DType::kBF16:
       return DeltaLoop(src, count, base, dst, [](const uint8_t* p, int64_t j) {

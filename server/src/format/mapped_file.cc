@@ -190,6 +190,28 @@ void MappedFile::Prefetch(uint64_t offset, uint64_t length) const {
   ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_WILLNEED);
 }
 
+absl::Status MappedFile::ReadAt(uint64_t offset, uint64_t length,
+                                void* dst) const {
+  auto* out = static_cast<uint8_t*>(dst);
+  while (length > 0) {
+    const ssize_t n = ::pread(fd_, out, length, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("cannot read ", path_));
+    }
+    if (n == 0) {
+      return absl::DataLossError(absl::StrCat(
+          path_,
+          " is shorter than when it was opened (changed while being "
+          "read)"));
+    }
+    out += n;
+    offset += static_cast<uint64_t>(n);
+    length -= static_cast<uint64_t>(n);
+  }
+  return absl::OkStatus();
+}
+
 void MappedFile::Populate(uint64_t offset, uint64_t length) const {
 #ifndef MADV_POPULATE_READ
   constexpr int MADV_POPULATE_READ = 22;  // Linux 5.14

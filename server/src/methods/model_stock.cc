@@ -99,51 +99,30 @@ class ModelStockMethod : public MergeMethod {
       std::lock_guard<std::mutex> lock(mu);
       if (error.ok()) error = std::move(st);
     };
-    auto release = [&](int64_t begin, int64_t count) {
-      ReleaseRange(t.base, begin, count);
-      for (int m : experts_) {
-        ReleaseRange(t.models[static_cast<size_t>(m)], begin, count);
-      }
-    };
-    auto populate = [&](int64_t begin, int64_t count) {
-      PopulateRange(t.base, begin, count);
-      for (int m : experts_) {
-        PopulateRange(t.models[static_cast<size_t>(m)], begin, count);
-      }
-    };
-
     // Runs body(scratch, chunk, begin, n) on every chunk once the base and
     // each expert (minus the base when `deltas`) are loaded.
     auto pass = [&](bool deltas,
                     const std::function<absl::Status(Scratch&, int64_t, int64_t,
-                                                     int64_t)>& body,
-                    const std::function<void(int64_t, int64_t)>& after) {
-      ForEachChunkWindowed(
-          *ctx.pool, numel, chunk,
-          [&](int64_t ci, int w) {
+                                                     int64_t)>& body) {
+      absl::Status staged = ForEachStagedChunk(
+          *ctx.pool, ctx.staging, t, /*base=*/true, experts_, chunk,
+          [&](int64_t ci, int w, const PlannedTensor& in) {
             Scratch& s = buffers(w);
             const int64_t begin = ci * chunk;
             const int64_t n = std::min(chunk, numel - begin);
             absl::Status st =
-                Load(plan, t, -1, begin, n, nullptr, s.base.data());
+                Load(plan, in, -1, begin, n, nullptr, s.base.data());
             for (size_t i = 0; st.ok() && i < e; ++i) {
-              st = Load(plan, t, experts_[i], begin, n,
+              st = Load(plan, in, experts_[i], begin, n,
                         deltas ? s.base.data() : nullptr, s.x[i].data());
             }
             if (st.ok()) st = body(s, ci, begin, n);
             if (!st.ok()) fail(std::move(st));
-          },
-          after, populate);
+          });
+      if (!staged.ok()) fail(std::move(staged));
       return error;
     };
 
-    // A tensor of up to 256 MiB of inputs stays mapped from pass 1 to pass
-    // 2 (faulted in once); a larger one is read twice, to bound memory.
-    uint64_t input_bytes = t.base.info->nbytes;
-    for (int m : experts_) {
-      input_bytes += t.models[static_cast<size_t>(m)].info->nbytes;
-    }
-    const bool hold = input_bytes <= (uint64_t{256} << 20);
     // Pass 1: per chunk, the sums of each row segment it covers.
     std::vector<std::vector<double>> partial(static_cast<size_t>(chunks));
     MS_RETURN_IF_ERROR(pass(
@@ -172,9 +151,6 @@ class ModelStockMethod : public MergeMethod {
             }
           }
           return absl::OkStatus();
-        },
-        [&](int64_t begin, int64_t count) {
-          if (!hold) release(begin, count);
         }));
     if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
     std::vector<double> total(static_cast<size_t>(rows) * stats, 0.0);
@@ -223,8 +199,7 @@ class ModelStockMethod : public MergeMethod {
             avg[j] = tj * a + (1 - tj) * w0[j];
           }
           return out.WriteF32(begin, avg, n);
-        },
-        release));
+        }));
     if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
     return absl::OkStatus();
   }

@@ -507,7 +507,7 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
   }
   int64_t total = 0;
   for (const PlannedTensor* t : domain) total += t->numel;
-  MagnitudeSelector selector(plan, *ctx.pool, ctx.chunk_elems);
+  MagnitudeSelector selector(plan, *ctx.pool, ctx.chunk_elems, ctx.staging);
   std::vector<SelectionQuery> queries;
   std::vector<TopSet> sets(experts_.size());
   std::vector<int64_t> wanted(experts_.size(), 0);
@@ -723,7 +723,7 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
     owner.swap(remaining_owner);
   }
   if (!queries.empty()) {
-    MagnitudeSelector selector(plan, *ctx.pool, ctx.chunk_elems);
+    MagnitudeSelector selector(plan, *ctx.pool, ctx.chunk_elems, ctx.staging);
     const std::vector<const PlannedTensor*> domain = {&t};
     MS_ASSIGN_OR_RETURN(auto results, selector.Select(domain, queries));
     for (size_t q = 0; q < queries.size(); ++q) {
@@ -849,9 +849,9 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
   if (opts_.zero_sign == ZeroSign::kMajority)
     tie_sign = p.majority > 0 ? 1.f : -1.f;
 
-  ForEachChunkWindowed(
-      *ctx.pool, t.numel, chunk,
-      [&](int64_t ci, int w) {
+  const absl::Status staged = ForEachStagedChunk(
+      *ctx.pool, ctx.staging, t, use_base, experts_, chunk,
+      [&](int64_t ci, int w, const PlannedTensor& in) {
         if (error.failed() || ctx.is_cancelled()) return;
         Buffers& b = buffers[static_cast<size_t>(w)];
         b.Reserve(n, static_cast<size_t>(chunk));
@@ -859,7 +859,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         const int64_t cnt = std::min(chunk, t.numel - begin);
         float* base = b.base.data();
         if (use_base) {
-          if (!LoadDelta(t.base, begin, cnt, nullptr, base)) {
+          if (!LoadDelta(in.base, begin, cnt, nullptr, base)) {
             error.Set(NonFiniteError(t.name, *plan.config().base_model));
             return;
           }
@@ -870,7 +870,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         for (size_t k = 0; k < n; ++k) {
           const int m = experts_[k];
           float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
-          if (!LoadDelta(t.models[static_cast<size_t>(m)], begin, cnt,
+          if (!LoadDelta(in.models[static_cast<size_t>(m)], begin, cnt,
                          use_base ? base : nullptr, tv)) {
             error.Set(NonFiniteError(
                 t.name, plan.models()[static_cast<size_t>(m)].ref));
@@ -1041,19 +1041,8 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         }
         absl::Status st = out->WriteF32(begin, o, cnt);
         if (!st.ok()) error.Set(std::move(st));
-      },
-      [&](int64_t begin, int64_t count) {
-        if (use_base) ReleaseRange(t.base, begin, count);
-        for (int m : experts_) {
-          ReleaseRange(t.models[static_cast<size_t>(m)], begin, count);
-        }
-      },
-      [&](int64_t begin, int64_t count) {
-        if (use_base) PopulateRange(t.base, begin, count);
-        for (int m : experts_) {
-          PopulateRange(t.models[static_cast<size_t>(m)], begin, count);
-        }
       });
+  MS_RETURN_IF_ERROR(staged);
   MS_RETURN_IF_ERROR(error.status());
   if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
   PassResult r;
@@ -1164,27 +1153,24 @@ absl::Status TaskVectorMerge::ApplyCachedUpdate(
   };
   std::vector<Scratch> scratch(static_cast<size_t>(ctx.pool->num_threads()));
   FirstError error;
-  ForEachChunkWindowed(
-      *ctx.pool, t.numel, chunk,
-      [&](int64_t ci, int w) {
+  const absl::Status staged = ForEachStagedChunk(
+      *ctx.pool, ctx.staging, t, /*base=*/true, {}, chunk,
+      [&](int64_t ci, int w, const PlannedTensor& in) {
         if (error.failed() || ctx.is_cancelled()) return;
         Scratch& s = scratch[static_cast<size_t>(w)];
         s.base.resize(static_cast<size_t>(chunk));
         s.out.resize(static_cast<size_t>(chunk));
         const int64_t begin = ci * chunk;
         const int64_t cnt = std::min(chunk, t.numel - begin);
-        if (!LoadDelta(t.base, begin, cnt, nullptr, s.base.data())) {
+        if (!LoadDelta(in.base, begin, cnt, nullptr, s.base.data())) {
           error.Set(NonFiniteError(t.name, *plan.config().base_model));
           return;
         }
         ApplyLambda(s.out.data(), s.base.data(), update + begin, p.lambda, cnt);
         absl::Status st = out.WriteF32(begin, s.out.data(), cnt);
         if (!st.ok()) error.Set(std::move(st));
-      },
-      [&](int64_t begin, int64_t count) { ReleaseRange(t.base, begin, count); },
-      [&](int64_t begin, int64_t count) {
-        PopulateRange(t.base, begin, count);
       });
+  MS_RETURN_IF_ERROR(staged);
   MS_RETURN_IF_ERROR(error.status());
   if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
   return absl::OkStatus();
