@@ -38,8 +38,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--torch-runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--only", choices=["merge", "sweep"], default=None,
-                    help="run one part: the merge comparison or the λ sweep")
+    ap.add_argument("--only", choices=["merge", "sweep", "methods"], default=None,
+                    help="run one part: the merge comparison, the λ and weight "
+                         "sweeps, or every streaming method one-shot")
     args = ap.parse_args()
 
     model = os.path.join(args.work, "llama170m")
@@ -65,9 +66,11 @@ def main():
     }
     mergeserve = os.path.join(args.build, "mergeserve")
     threads = ["--threads", str(args.threads)] if args.threads else []
-    if args.only != "merge":
+    if args.only in (None, "methods"):
+        methods(args, model, mergeserve, threads)
+    if args.only in (None, "sweep"):
         sweep(args, model, experts, mergeserve, threads)
-    if args.only == "sweep":
+    if args.only in ("sweep", "methods"):
         return
     _, bw_out = run([os.path.join(args.build, "tests", "mergeserve_membw"), "1024"])
     bandwidth = json.loads(bw_out)["read_bytes_per_second"]
@@ -134,10 +137,38 @@ def main():
           f"{'yes' if identical else 'NO'}")
 
 
+def methods(args, model, mergeserve, threads):
+    """Every task-vector method and model_stock one-shot on the same inputs:
+    wall time against TIES's, and peak RSS."""
+    base_yaml = open(os.path.join(model, "ties.yaml")).read()
+    rows = []
+    for method in ["task_arithmetic", "ties", "dare_ties", "breadcrumbs", "della",
+                   "model_stock"]:
+        cfg = os.path.join(model, f"method_{method}.yaml")
+        with open(cfg, "w") as f:
+            f.write(base_yaml.replace("merge_method: ties", f"merge_method: {method}"))
+        out_dir = os.path.join(args.work, f"out_method_{method}")
+        walls, rss = [], []
+        for _ in range(args.runs):
+            wall, stdout = run([mergeserve, "merge", cfg, out_dir, "--overwrite",
+                                "--quiet", "--json"] + threads)
+            walls.append(wall)
+            rss.append(json.loads(stdout)["peak_rss_bytes"])
+        rows.append((method, statistics.median(walls), max(rss)))
+    ties = dict((m, w) for m, w, _ in rows)["ties"]
+    print(f"\nEvery method one-shot on the same 4 experts (density 0.2 where it "
+          f"applies), medians of {args.runs}:")
+    print("| method | wall s | vs TIES | peak RSS |")
+    print("|---|---:|---:|---:|")
+    for method, wall, peak in rows:
+        print(f"| {method} | {wall:.2f} | {wall / ties:.2f}x | {gib(peak):.2f} GiB |")
+
+
 def sweep(args, model, experts, mergeserve, threads):
-    """A 10-point λ sweep of TIES on the same checkpoints: through the server
-    (its task-vector cache keeps the trim selections after the first point)
-    against 10 cold one-shot `mergeserve merge` runs."""
+    """10-point sweeps of TIES on the same checkpoints, over λ and over one
+    expert's weight: jobs on one server (its cache keeps the trim selections,
+    and for λ the merged update) against 10 cold one-shot `mergeserve merge`
+    runs."""
     import shutil
     import signal
     import socket
@@ -145,60 +176,68 @@ def sweep(args, model, experts, mergeserve, threads):
     os.environ.setdefault("MERGESERVE_PY_STUBS", os.path.join(args.build, "python"))
     from mergeserve_client import Client
 
-    lambdas = [round(0.1 * i, 1) for i in range(1, 11)]
     base_yaml = open(os.path.join(model, "ties.yaml")).read()
-    texts = [base_yaml.replace("lambda: 1.0", f"lambda: {lam}") for lam in lambdas]
+    grids = {
+        "λ = 0.1 … 1.0": [base_yaml.replace("lambda: 1.0", f"lambda: {0.1 * i:.1f}")
+                          for i in range(1, 11)],
+        "expert0's weight = 0.1 … 1.0": [
+            base_yaml.replace("weight: 1.0", f"weight: {0.1 * i:.1f}", 1)
+            for i in range(1, 11)],
+    }
 
     # Page cache warm for both sides (the first cold run would otherwise read
     # from disk).
     run([mergeserve, "merge", os.path.join(model, "ties.yaml"),
          os.path.join(args.work, "sweep_cold"), "--overwrite", "--quiet"] + threads)
-    cold = []
-    for i, text in enumerate(texts):
-        cfg = os.path.join(model, f"sweep_{i}.yaml")
-        with open(cfg, "w") as f:
-            f.write(text)
-        wall, _ = run([mergeserve, "merge", cfg, os.path.join(args.work, "sweep_cold"),
-                       "--overwrite", "--quiet"] + threads)
-        cold.append(wall)
+    results = {}
+    for name, texts in grids.items():
+        cold = []
+        for i, text in enumerate(texts):
+            cfg = os.path.join(model, f"sweep_{i}.yaml")
+            with open(cfg, "w") as f:
+                f.write(text)
+            wall, _ = run([mergeserve, "merge", cfg, os.path.join(args.work, "sweep_cold"),
+                           "--overwrite", "--quiet"] + threads)
+            cold.append(wall)
 
-    data = os.path.join(args.work, "sweep_data")
-    shutil.rmtree(data, ignore_errors=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([mergeserve, "serve", f"--listen=127.0.0.1:{port}",
-                               "--metrics-listen=", f"--data-dir={data}",
-                               "--allow-root", model], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        warm = []
-        with Client(f"127.0.0.1:{port}") as c:
-            c.register("base", os.path.join(model, "base"), role="base")
-            for e in experts:
-                c.register(os.path.basename(e), e, base="base")
-            for text in texts:
-                start = time.monotonic()
-                c.merge(text)
-                warm.append(time.monotonic() - start)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait()
-    print(f"\nλ sweep, 10 points of TIES (density 0.2) on the same 4 experts:")
-    print("| run | total s | first point s | median point s |")
-    print("|---|---:|---:|---:|")
-    print(f"| 10 cold one-shot `mergeserve merge` | {sum(cold):.2f} | {cold[0]:.2f} | "
-          f"{statistics.median(cold):.2f} |")
-    print(f"| 10 jobs on one server (cache warm after the first) | {sum(warm):.2f} | "
-          f"{warm[0]:.2f} | {statistics.median(warm[1:]):.2f} |")
-    print(f"\nsweep speed-up from reuse: {sum(cold) / sum(warm):.2f}x "
-          f"(per warm point: {statistics.median(cold) / statistics.median(warm[1:]):.2f}x)")
+        # A fresh server per grid: the first point finds nothing cached.
+        data = os.path.join(args.work, "sweep_data")
+        shutil.rmtree(data, ignore_errors=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([mergeserve, "serve", f"--listen=127.0.0.1:{port}",
+                                   "--metrics-listen=", f"--data-dir={data}",
+                                   "--allow-root", model], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            warm = []
+            with Client(f"127.0.0.1:{port}") as c:
+                c.register("base", os.path.join(model, "base"), role="base")
+                for e in experts:
+                    c.register(os.path.basename(e), e, base="base")
+                for text in texts:
+                    start = time.monotonic()
+                    c.merge(text)
+                    warm.append(time.monotonic() - start)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait()
+        results[name] = (cold, warm)
+
+    print(f"\n10-point sweeps of TIES (density 0.2) on the same 4 experts:")
+    print("| sweep | 10 cold one-shot s | 10 jobs on one server s | first job s | "
+          "median later job s | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, (cold, warm) in results.items():
+        print(f"| {name} | {sum(cold):.2f} | {sum(warm):.2f} | {warm[0]:.2f} | "
+              f"{statistics.median(warm[1:]):.2f} | {sum(cold) / sum(warm):.2f}x |")
 
 
 if __name__ == "__main__":

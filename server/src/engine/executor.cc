@@ -250,8 +250,9 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
     // DELLA adds its per-row radix keys, indices and ranks.
     const int64_t ranks = info != nullptr && info->row_chunks ? 5 : 0;
     need += workers * (10 + 2 * models + ranks) * chunk * 4;
-    // and its draws, one bit per element and model, of the largest tensor.
-    if (ranks > 0) need += models * largest / 8;
+    // DARE's and DELLA's draws, one bit per element and model, of the
+    // largest tensor.
+    need += models * largest / 8;
     // Per model and chunk: keep sets of a whole-model trim (tie counts).
     need += models * chunks * 16;
   }

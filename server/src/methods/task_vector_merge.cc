@@ -829,11 +829,12 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
   const int64_t cols = RowLength(t);
   const int64_t chunk = PassChunk(t, ctx);
   const int64_t nchunks = (t.numel + chunk - 1) / chunk;
-  // DELLA with L1 rescaling samples twice (norms, then merge): the first
-  // pass keeps its draws as one bit per element and chunk-aligned words, so
-  // the merge pass neither ranks nor draws again.
+  // DARE and DELLA with L1 rescaling sample twice (norms, then merge): the
+  // first pass keeps its draws as one bit per element and chunk-aligned
+  // words, so the merge pass neither draws nor ranks again.
   const int64_t words = (chunk + 63) / 64;
-  if (mode == PassMode::kL1 && opts_.sparsify == Sparsify::kRankSampling) {
+  if (mode == PassMode::kL1 && (opts_.sparsify == Sparsify::kRankSampling ||
+                                opts_.sparsify == Sparsify::kRandom)) {
     p.sampled.assign(
         n, std::vector<uint64_t>(static_cast<size_t>(nchunks * words), 0));
   }
@@ -893,6 +894,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
             case Sparsify::kNone:
               masked = false;
               break;
+            case Sparsify::kRandom:
             case Sparsify::kRankSampling: {
               if (p.density[k] >= 1) {
                 masked = false;
@@ -903,16 +905,22 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
                       ? nullptr
                       : p.sampled[k].data() + static_cast<size_t>(ci) * words;
               if (bits != nullptr && mode != PassMode::kL1) {
-                // The L1 pass ranked and sampled this chunk already.
+                // The L1 pass drew (and ranked) this chunk already.
                 for (int64_t j = 0; j < cnt; ++j)
                   mark[j] = (bits[j >> 6] >> (j & 63)) & 1 ? 1.f : 0.f;
                 break;
               }
               ElementRandom rng(opts_.seed, t.name, m);
               rng.Fill(begin, cnt, b.rnd.data());
-              MarkRankSampled(tv, b.rnd.data(), cnt, cols, p.density[k],
-                              p.epsilon[k], opts_.rescale == Rescale::kInverse,
-                              b, mark);
+              const float* u = b.rnd.data();
+              if (opts_.sparsify == Sparsify::kRankSampling) {
+                MarkRankSampled(tv, u, cnt, cols, p.density[k], p.epsilon[k],
+                                opts_.rescale == Rescale::kInverse, b, mark);
+              } else {
+                const float d = static_cast<float>(p.density[k]);
+                for (int64_t j = 0; j < cnt; ++j)
+                  mark[j] = u[j] < d ? 1.f : 0.f;
+              }
               if (bits != nullptr) {
                 for (int64_t j = 0; j < cnt; ++j) {
                   bits[j >> 6] |= static_cast<uint64_t>(mark[j] != 0.f)
@@ -935,19 +943,6 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
               float* drop = b.rnd.data();
               MarkTopSet(p.drop[k], ci, tv, cnt, drop);
               for (int64_t j = 0; j < cnt; ++j) mark[j] *= 1.f - drop[j];
-              break;
-            }
-            case Sparsify::kRandom: {
-              const float d = static_cast<float>(p.density[k]);
-              if (p.density[k] >= 1) {
-                masked = false;
-              } else {
-                ElementRandom rng(opts_.seed, t.name, m);
-                rng.Fill(begin, cnt, b.rnd.data());
-                const float* u = b.rnd.data();
-                for (int64_t j = 0; j < cnt; ++j)
-                  mark[j] = u[j] < d ? 1.f : 0.f;
-              }
               break;
             }
           }

@@ -83,7 +83,8 @@ struct TensorParams {
   // largest outliers).
   std::vector<TopSet> keep, drop;
   int majority = 0;  // sign used where the election ties (zero_sign majority)
-  // DELLA's draws per expert, one bit per element, from the L1 pass.
+  // DARE's or DELLA's draws per expert, one bit per element, from the L1
+  // pass.
   std::vector<std::vector<uint64_t>> sampled;
 };
 
