@@ -300,6 +300,27 @@ void MarkRankSampled(const float* __restrict tv, const float* __restrict u,
   }
 }
 
+// Kept draws as bits (1: kept) and back, without a branch per element.
+void BitsFromMark(const float* __restrict mark, int64_t n,
+                  uint64_t* __restrict bits) {
+  for (int64_t w = 0; w * 64 < n; ++w) {
+    const float* m = mark + w * 64;
+    const int64_t len = std::min<int64_t>(64, n - w * 64);
+    uint64_t word = 0;
+    for (int64_t j = 0; j < len; ++j) {
+      word |= static_cast<uint64_t>(m[j] != 0.f) << j;
+    }
+    bits[w] = word;
+  }
+}
+
+void MarkFromBits(const uint64_t* __restrict bits, int64_t n,
+                  float* __restrict mark) {
+  for (int64_t j = 0; j < n; ++j) {
+    mark[j] = static_cast<float>((bits[j >> 6] >> (j & 63)) & 1);
+  }
+}
+
 // Cached per-expert selections: every tensor's set (model scope), or one
 // tensor's keep and drop sets (tensor scope).
 using PerTensorSets = std::map<std::string, TopSet>;
@@ -906,8 +927,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
                       : p.sampled[k].data() + static_cast<size_t>(ci) * words;
               if (bits != nullptr && mode != PassMode::kL1) {
                 // The L1 pass drew (and ranked) this chunk already.
-                for (int64_t j = 0; j < cnt; ++j)
-                  mark[j] = (bits[j >> 6] >> (j & 63)) & 1 ? 1.f : 0.f;
+                MarkFromBits(bits, cnt, mark);
                 break;
               }
               ElementRandom rng(opts_.seed, t.name, m);
@@ -921,12 +941,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
                 for (int64_t j = 0; j < cnt; ++j)
                   mark[j] = u[j] < d ? 1.f : 0.f;
               }
-              if (bits != nullptr) {
-                for (int64_t j = 0; j < cnt; ++j) {
-                  bits[j >> 6] |= static_cast<uint64_t>(mark[j] != 0.f)
-                                  << (j & 63);
-                }
-              }
+              if (bits != nullptr) BitsFromMark(mark, cnt, bits);
               break;
             }
             case Sparsify::kMagnitude:
