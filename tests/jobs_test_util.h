@@ -16,7 +16,7 @@ inline MergeRequest Request(const std::string& yaml,
                             const std::string& tenant = kDefaultTenant) {
   auto config = MergeConfig::FromYaml(yaml, "");
   EXPECT_TRUE(config.ok()) << config.status();
-  return {tenant, config.ok() ? *config : MergeConfig{}};
+  return {tenant, config.ok() ? *config : MergeConfig{}, {}};
 }
 
 }  // namespace mergeserve::testing

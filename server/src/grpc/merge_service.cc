@@ -115,7 +115,7 @@ grpc::ServerUnaryReactor* MergeServiceImpl::AnalyzeMerge(
       done.Finish(config.status());
       return;
     }
-    auto job = jobs_.SubmitAnalysis({done.tenant(), *std::move(config)});
+    auto job = jobs_.SubmitAnalysis({done.tenant(), *std::move(config), {}});
     if (!job.ok()) {
       done.Finish(job.status());
       return;

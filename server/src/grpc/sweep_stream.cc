@@ -32,7 +32,7 @@ void StartSweep(JobManager& jobs, BackgroundExecutor& control,
     }
     params.tasks.assign(req.tasks().begin(), req.tasks().end());
     params.max_examples = std::max<int64_t>(0, req.max_examples());
-    auto job = SubmitSweep(jobs, {tenant, *std::move(config)}, params);
+    auto job = SubmitSweep(jobs, {tenant, *std::move(config), {}}, params);
     if (!job.ok()) {
       out->Done(job.status());
       return;

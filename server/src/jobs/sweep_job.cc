@@ -114,7 +114,7 @@ absl::StatusOr<PlannedWorkJob> PlanSweepJob(JobManager& jobs,
       MergeConfig config,
       MergeConfig::FromYaml(job.config_yaml, jobs.options().data_dir));
   MS_ASSIGN_OR_RETURN(SweepParams params, SweepParamsFromJson(job.params));
-  MergeRequest request{job.tenant, std::move(config)};
+  MergeRequest request{job.tenant, std::move(config), {}};
   // Planned again: the inputs may have changed since it was queued.
   MS_ASSIGN_OR_RETURN(SweepPlan plan,
                       PlanSweep(jobs, request, params.grid, OptionsOf(params)));
