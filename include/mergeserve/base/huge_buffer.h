@@ -24,6 +24,9 @@ class HugeBuffer {
 
   void* data() const { return data_; }
   size_t size() const { return size_; }
+  // Bytes mapped: size() rounded up to whole huge pages (small pages for a
+  // buffer under one huge page).
+  size_t mapped() const { return mapped_; }
   template <typename T>
   T* as() const {
     return static_cast<T*>(data_);
@@ -31,8 +34,8 @@ class HugeBuffer {
 
  private:
   void* data_ = nullptr;
-  size_t size_ = 0;    // as asked
-  size_t mapped_ = 0;  // rounded up to whole huge pages
+  size_t size_ = 0;  // as asked
+  size_t mapped_ = 0;
 };
 
 }  // namespace mergeserve

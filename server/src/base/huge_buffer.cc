@@ -8,16 +8,20 @@
 namespace mergeserve {
 namespace {
 constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kSmallPage = 4096;
 }  // namespace
 
 HugeBuffer::HugeBuffer(size_t bytes) : size_(bytes) {
   if (bytes == 0) return;
-  mapped_ = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  // Under one huge page, small pages: a 4 KiB tensor must not hold 2 MiB.
+  const bool huge = bytes >= kHugePage;
+  const size_t unit = huge ? kHugePage : kSmallPage;
+  mapped_ = (bytes + unit - 1) / unit * unit;
   void* p = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
   // Advice only: without THP the buffer works with small pages.
-  ::madvise(p, mapped_, MADV_HUGEPAGE);
+  if (huge) ::madvise(p, mapped_, MADV_HUGEPAGE);
   data_ = p;
 }
 

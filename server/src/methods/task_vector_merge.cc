@@ -1117,7 +1117,7 @@ absl::Status TaskVectorMerge::MergeTensor(const MergePlan& plan,
   (void)r;
   if (update != nullptr) {
     ctx.cache->Put(update_key, update,
-                   static_cast<int64_t>(update_bytes + update_key.size()));
+                   static_cast<int64_t>(update->mapped() + update_key.size()));
   }
   return absl::OkStatus();
 }
