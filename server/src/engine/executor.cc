@@ -223,11 +223,26 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
   int64_t chunk = ExecContext().chunk_elems;
   const int64_t workers = std::max(threads, 1);
   const int64_t models = static_cast<int64_t>(plan.models().size());
-  int64_t largest = 0, chunks = 0, tensors = 0, row = 0;
+  int64_t largest = 0, chunks = 0, tensors = 0, row = 0, staged = 0;
   for (const PlannedTensor& t : plan.tensors()) {
     ++tensors;
     if (!t.merge) continue;
     largest = std::max(largest, t.numel);
+    // Staged inputs (ForEachStagedChunk): the whole tensor up to the hold
+    // limit, else one window.
+    int64_t bytes =
+        t.base.info != nullptr
+            ? t.numel * static_cast<int64_t>(DTypeSize(t.base.info->dtype))
+            : 0;
+    for (const TensorView& v : t.models) {
+      if (v.info != nullptr) {
+        bytes += t.numel * static_cast<int64_t>(DTypeSize(v.info->dtype));
+      }
+    }
+    staged = std::max(staged,
+                      bytes <= static_cast<int64_t>(StagingArena::kHoldBytes)
+                          ? bytes
+                          : static_cast<int64_t>(StagingArena::kStagingBytes));
     chunks += (t.numel + chunk - 1) / chunk;
     const int64_t rows = t.shape.size() >= 2 ? t.shape[0] : 1;
     row = std::max(row, rows > 0 ? t.numel / rows : t.numel);
@@ -241,10 +256,8 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
     // Every model's copy of the largest tensor in fp32 plus temporaries.
     need += (models + 5) * largest * 4;
   } else {
-    // The staged inputs (ForEachStagedChunk): a held tensor or a window,
-    // rounded to huge pages per model.
-    need += static_cast<int64_t>(StagingArena::kHoldBytes) +
-            models * (int64_t{2} << 20);
+    // The staged inputs, rounded to huge pages per model.
+    need += staged + (models + 1) * (int64_t{2} << 20);
     // Per worker: base, τ per model (twice with diagnostics), mask, random,
     // sums, output and its conversion buffer, one chunk each.
     // DELLA adds its per-row radix keys, indices and ranks.
