@@ -86,6 +86,19 @@ std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale) {
   return v;
 }
 
+void WriteExperts(const std::string& dir, const TestModel& base, int count,
+                  std::mt19937& rng, float scale) {
+  WriteModel(dir + "/base", base);
+  for (int e = 0; e < count; ++e) {
+    TestModel m = base;
+    for (auto& [name, t] : m) {
+      const auto d = RandomValues(t.values.size(), rng, scale);
+      for (size_t j = 0; j < d.size(); ++j) t.values[j] += d[j];
+    }
+    WriteModel(dir + "/e" + std::to_string(e), m);
+  }
+}
+
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
   out << bytes;

@@ -35,6 +35,10 @@ absl::StatusOr<std::pair<std::map<std::string, std::vector<float>>,
 MergeOnBothBackends(const std::string& dir, const std::string& yaml);
 // Random normal values.
 std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale = 1.f);
+// Writes DIR/base and DIR/e0 .. e<count-1>: `base` plus random normal
+// deltas of `scale` (drawn expert by expert, tensor by tensor).
+void WriteExperts(const std::string& dir, const TestModel& base, int count,
+                  std::mt19937& rng, float scale);
 // The digits zoo (tests/tools/make_zoo.py), generated once per process
 // under the test temp dir; its folder.
 const std::string& DigitsZoo();

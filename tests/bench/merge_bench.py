@@ -31,6 +31,18 @@ def gib(x):
     return x / (1 << 30)
 
 
+def one_shot(args, mergeserve, cfg, out_dir, threads):
+    """`mergeserve merge` --runs times: the median wall and the largest
+    peak RSS."""
+    walls, rss = [], []
+    for _ in range(args.runs):
+        wall, stdout = run([mergeserve, "merge", cfg, out_dir, "--overwrite",
+                            "--quiet", "--json"] + threads)
+        walls.append(wall)
+        rss.append(json.loads(stdout)["peak_rss_bytes"])
+    return statistics.median(walls), max(rss)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -82,14 +94,9 @@ def main():
         with open(cfg, "w") as f:
             f.write(text)
         out_dir = os.path.join(args.work, "out_" + str(abs(hash(label))))
-        walls, rss = [], []
-        for _ in range(args.runs):
-            wall, stdout = run([mergeserve, "merge", cfg, out_dir, "--overwrite",
-                                "--quiet", "--json"] + threads)
-            walls.append(wall)
-            rss.append(json.loads(stdout)["peak_rss_bytes"])
+        wall, peak = one_shot(args, mergeserve, cfg, out_dir, threads)
         outputs[label] = os.path.join(out_dir, "model.safetensors")
-        rows.append((label, statistics.median(walls), max(rss)))
+        rows.append((label, wall, peak))
 
     torch_out = os.path.join(args.work, "torch_out.safetensors")
     walls, rss = [], []
@@ -148,13 +155,8 @@ def methods(args, model, mergeserve, threads):
         with open(cfg, "w") as f:
             f.write(base_yaml.replace("merge_method: ties", f"merge_method: {method}"))
         out_dir = os.path.join(args.work, f"out_method_{method}")
-        walls, rss = [], []
-        for _ in range(args.runs):
-            wall, stdout = run([mergeserve, "merge", cfg, out_dir, "--overwrite",
-                                "--quiet", "--json"] + threads)
-            walls.append(wall)
-            rss.append(json.loads(stdout)["peak_rss_bytes"])
-        rows.append((method, statistics.median(walls), max(rss)))
+        wall, peak = one_shot(args, mergeserve, cfg, out_dir, threads)
+        rows.append((method, wall, peak))
     ties = dict((m, w) for m, w, _ in rows)["ties"]
     print(f"\nEvery method one-shot on the same 4 experts (density 0.2 where it "
           f"applies), medians of {args.runs}:")

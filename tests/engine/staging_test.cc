@@ -27,15 +27,7 @@ class StagingTest : public ::testing::Test {
     base["w"] = {
         {37, 1001}, testing::RandomValues(37 * 1001, rng), DType::kBF16};
     base["v"] = {{300}, testing::RandomValues(300, rng), DType::kF32};
-    testing::WriteModel(dir_ + "/base", base);
-    for (int e = 0; e < 2; ++e) {
-      testing::TestModel m = base;
-      for (auto& [n, t] : m) {
-        auto d = testing::RandomValues(t.values.size(), rng, 0.1f);
-        for (size_t j = 0; j < d.size(); ++j) t.values[j] += d[j];
-      }
-      testing::WriteModel(dir_ + "/e" + std::to_string(e), m);
-    }
+    testing::WriteExperts(dir_, base, 2, rng, 0.1f);
     auto config = MergeConfig::FromYaml(
         "merge_method: ties\nbase_model: base\nmodels: [e0, e1]\n", dir_);
     ASSERT_TRUE(config.ok());

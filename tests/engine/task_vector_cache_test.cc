@@ -38,15 +38,7 @@ TEST_P(CachedMergeTest, SweepReusesSelectionsAndMatchesColdMerges) {
       {200, 64}, testing::RandomValues(200 * 64, rng), DType::kBF16};
   base["model.layers.1.w"] = {
       {100, 64}, testing::RandomValues(100 * 64, rng), DType::kBF16};
-  testing::WriteModel(dir + "/base", base);
-  for (int e = 0; e < 2; ++e) {
-    testing::TestModel m = base;
-    for (auto& [n, t] : m) {
-      auto d = testing::RandomValues(t.values.size(), rng, 0.05f);
-      for (size_t j = 0; j < d.size(); ++j) t.values[j] += d[j];
-    }
-    testing::WriteModel(dir + "/e" + std::to_string(e), m);
-  }
+  testing::WriteExperts(dir, base, 2, rng, 0.05f);
   TaskVectorCache cache(1 << 20);
   MergeOptions cached;
   cached.cache = &cache;
@@ -82,15 +74,7 @@ TEST(CachedUpdateTest, LambdaOnlyPointsReuseTheMergedUpdate) {
   testing::TestModel base;
   base["a"] = {{120, 40}, testing::RandomValues(120 * 40, rng), DType::kBF16};
   base["b"] = {{40}, testing::RandomValues(40, rng), DType::kF32};
-  testing::WriteModel(dir + "/base", base);
-  for (int e = 0; e < 3; ++e) {
-    testing::TestModel m = base;
-    for (auto& [n, t] : m) {
-      auto d = testing::RandomValues(t.values.size(), rng, 0.05f);
-      for (size_t j = 0; j < d.size(); ++j) t.values[j] += d[j];
-    }
-    testing::WriteModel(dir + "/e" + std::to_string(e), m);
-  }
+  testing::WriteExperts(dir, base, 3, rng, 0.05f);
   struct Case {
     const char* method;
     const char* params;

@@ -145,8 +145,6 @@ class StagingArena {
   std::vector<HugeBuffer> buffers_;
 };
 
-constexpr uint64_t kStagePiece = uint64_t{1} << 20;
-
 // Runs fn(chunk_index, worker, inputs) over the fixed chunks of t, a window
 // at a time. Before each window, its elements of t.base (when `base`) and of
 // t.models[m] for m in `models` are copied from their files into `arena`

@@ -65,6 +65,12 @@ struct PlannedTensor {
   uint64_t out_bytes() const {
     return static_cast<uint64_t>(numel) * DTypeSize(out_dtype);
   }
+  // Elements per row: shape[0] rows of a tensor with two or more dims, one
+  // row for a vector (DELLA ranks within rows).
+  int64_t row_length() const {
+    const int64_t rows = shape.size() >= 2 ? shape[0] : 1;
+    return rows > 0 ? numel / rows : numel;
+  }
 };
 
 // A module under `modules:` with what merges it: its parameters and each

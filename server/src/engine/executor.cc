@@ -244,8 +244,7 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
                           ? bytes
                           : static_cast<int64_t>(StagingArena::kStagingBytes));
     chunks += (t.numel + chunk - 1) / chunk;
-    const int64_t rows = t.shape.size() >= 2 ? t.shape[0] : 1;
-    row = std::max(row, rows > 0 ? t.numel / rows : t.numel);
+    row = std::max(row, t.row_length());
   }
   // Whole rows per chunk: a row longer than a chunk is one chunk.
   if (info != nullptr && info->row_chunks) chunk = std::max(chunk, row);

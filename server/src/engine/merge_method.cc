@@ -27,6 +27,11 @@ bool AllFinite(const float* v, int64_t n) {
   return bad == 0;
 }
 
+namespace {
+// Bytes one pread of a staged window copies (pieces spread over the pool).
+constexpr uint64_t kStagePiece = uint64_t{1} << 20;
+}  // namespace
+
 uint8_t* StagingArena::Buffer(size_t slot, size_t bytes) {
   if (buffers_.size() <= slot) buffers_.resize(slot + 1);
   if (buffers_[slot].size() < bytes) buffers_[slot] = HugeBuffer(bytes);

@@ -827,18 +827,11 @@ absl::Status TaskVectorMerge::ComputeScale(const MergePlan& plan,
   return absl::OkStatus();
 }
 
-namespace {
-int64_t RowLength(const PlannedTensor& t) {
-  const int64_t rows = t.shape.size() >= 2 ? t.shape[0] : 1;
-  return rows > 0 ? t.numel / rows : t.numel;
-}
-}  // namespace
-
 int64_t TaskVectorMerge::PassChunk(const PlannedTensor& t,
                                    const ExecContext& ctx) const {
   if (opts_.sparsify != Sparsify::kRankSampling) return ctx.chunk_elems;
   // DELLA ranks within rows: chunks hold whole rows (at least one).
-  const int64_t cols = std::max<int64_t>(RowLength(t), 1);
+  const int64_t cols = std::max<int64_t>(t.row_length(), 1);
   return cols * std::max<int64_t>(1, ctx.chunk_elems / cols);
 }
 
@@ -847,7 +840,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
     ExecContext& ctx, PassMode mode, TensorSink* out,
     float* keep_update) const {
   const size_t n = experts_.size();
-  const int64_t cols = RowLength(t);
+  const int64_t cols = t.row_length();
   const int64_t chunk = PassChunk(t, ctx);
   const int64_t nchunks = (t.numel + chunk - 1) / chunk;
   // DARE and DELLA with L1 rescaling sample twice (norms, then merge): the
