@@ -9,7 +9,7 @@ PKGS=(
   libtorch-dev libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libre2-dev
   zlib1g-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev prometheus-cpp-dev
-  libopenblas0-pthread
+  libopenblas0-pthread liblapack-dev libblas-dev
   libsqlite3-dev libpq-dev postgresql postgresql-client libssl-dev openssl
   protobuf-compiler
   libgtest-dev libgmock-dev libbenchmark-dev

@@ -86,6 +86,15 @@ std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale) {
   return v;
 }
 
+std::vector<std::map<std::string, std::vector<float>>> ReadExperts(
+    const std::string& dir, int count) {
+  std::vector<std::map<std::string, std::vector<float>>> out;
+  for (int e = 0; e < count; ++e) {
+    out.push_back(ReadModel(dir + "/e" + std::to_string(e)));
+  }
+  return out;
+}
+
 void WriteExperts(const std::string& dir, const TestModel& base, int count,
                   std::mt19937& rng, float scale) {
   WriteModel(dir + "/base", base);

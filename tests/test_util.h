@@ -39,6 +39,9 @@ std::vector<float> RandomValues(size_t n, std::mt19937& rng, float scale = 1.f);
 // deltas of `scale` (drawn expert by expert, tensor by tensor).
 void WriteExperts(const std::string& dir, const TestModel& base, int count,
                   std::mt19937& rng, float scale);
+// Reads DIR/e0 .. e<count-1> back (as WriteExperts rounded them).
+std::vector<std::map<std::string, std::vector<float>>> ReadExperts(
+    const std::string& dir, int count);
 // The digits zoo (tests/tools/make_zoo.py), generated once per process
 // under the test temp dir; its folder.
 const std::string& DigitsZoo();

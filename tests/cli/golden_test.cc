@@ -1,8 +1,9 @@
 // Every worked case in ../shared/spec/golden through `mergeserve merge`,
 // compared with the authors' results at the spec's tolerance: fp32 within
 // 1e-5 of the tensor's scale, bf16 bit-exact or one ulp. Then the cases of
-// ../shared/spec/golden-mergekit this release runs, each at the tolerance
-// its tolerance.json states.
+// ../shared/spec/golden-mergekit this release runs and every case of
+// ../shared/spec/golden-svd (tsv, iso_c, iso_cts, consensus_*), each at the
+// tolerance its tolerance.json states.
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -94,19 +95,37 @@ const std::map<std::string, std::string>& MergekitNotYet() {
   return *kNotYet;
 }
 
-std::vector<std::string> MergekitCases(bool runnable) {
+// Case folders (paths) under `dir`; of golden-mergekit those run (runnable)
+// or not.
+std::vector<std::string> CasesUnder(const std::string& dir, bool runnable) {
   std::vector<std::string> cases;
   std::error_code ec;
-  for (const auto& e :
-       fs::directory_iterator(MERGESERVE_GOLDEN_MERGEKIT_DIR, ec)) {
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename();
     if (fs::exists(e.path() / "config.yaml") &&
         (MergekitNotYet().count(name) == 0) == runnable) {
-      cases.push_back(name);
+      cases.push_back(e.path().string());
     }
   }
   std::sort(cases.begin(), cases.end());
   return cases;
+}
+
+std::vector<std::string> MergekitCases(bool runnable) {
+  return CasesUnder(MERGESERVE_GOLDEN_MERGEKIT_DIR, runnable);
+}
+
+std::vector<std::string> ToleranceCases() {
+  std::vector<std::string> all = MergekitCases(true);
+  for (const std::string& c : CasesUnder(MERGESERVE_GOLDEN_SVD_DIR, true)) {
+    all.push_back(c);
+  }
+  return all;
+}
+
+TEST(SvdGoldenTest, AllFiveCasesArePresent) {
+  EXPECT_EQ(CasesUnder(MERGESERVE_GOLDEN_SVD_DIR, true).size(), 5u)
+      << "golden-svd cases not found under " << MERGESERVE_GOLDEN_SVD_DIR;
 }
 
 TEST(MergekitGoldenTest, EveryCaseIsRunOrNamedWithWhatIsMissing) {
@@ -145,7 +164,7 @@ class MergekitGoldenCaseTest : public ::testing::TestWithParam<std::string> {};
 // The measure the cases' tolerance.json names: per tensor,
 // max|actual − expected| / max|expected|.
 TEST_P(MergekitGoldenCaseTest, MatchesMergekitsMath) {
-  const fs::path dir = fs::path(MERGESERVE_GOLDEN_MERGEKIT_DIR) / GetParam();
+  const fs::path dir = GetParam();
   std::ifstream tf(dir / "tolerance.json");
   const auto tolerance = nlohmann::json::parse(tf, nullptr, false);
   ASSERT_TRUE(tolerance.is_object()) << dir / "tolerance.json";
@@ -218,10 +237,16 @@ TEST_P(MergekitGoldenCaseTest, MatchesMergekitsMath) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(SpecMergekit, MergekitGoldenCaseTest,
-                         ::testing::ValuesIn(MergekitCases(true)),
+// Test names: "svd_tsv", "mergekit_<case>" (the folder's suffix, then the
+// case).
+INSTANTIATE_TEST_SUITE_P(Spec, MergekitGoldenCaseTest,
+                         ::testing::ValuesIn(ToleranceCases()),
                          [](const ::testing::TestParamInfo<std::string>& i) {
-                           return i.param;
+                           const fs::path p(i.param);
+                           std::string folder =
+                               p.parent_path().filename().string();
+                           folder = folder.substr(folder.find('-') + 1);
+                           return folder + "_" + p.filename().string();
                          });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(MergekitGoldenCaseTest);
 

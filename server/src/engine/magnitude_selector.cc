@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "engine/first_error.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/merge_method.h"
 
@@ -17,24 +18,6 @@ constexpr size_t kBins = 1 << 16;
 // Up to this many bucket members per query are kept as lists in the second
 // pass, so ties can be counted per chunk without another pass over the data.
 constexpr uint64_t kMaxListed = uint64_t{8} << 20;
-
-// First error from any worker wins.
-class ErrorSlot {
- public:
-  void Set(absl::Status s) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (status_.ok()) status_ = std::move(s);
-  }
-  bool failed() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return !status_.ok();
-  }
-  absl::Status Take() { return status_; }
-
- private:
-  std::mutex mu_;
-  absl::Status status_;
-};
 
 }  // namespace
 
@@ -312,7 +295,7 @@ absl::Status MagnitudeSelector::ForEachChunk(
     const std::vector<DomainChunk>& chunks, const std::vector<int>& models,
     const ChunkFn& fn, std::vector<Scratch>& scratch,
     const std::function<void()>& after_tensor) const {
-  ErrorSlot error;
+  FirstError error;
   size_t start = 0;
   for (size_t ti = 0; ti < domain.size(); ++ti) {
     size_t end = start;
@@ -337,7 +320,7 @@ absl::Status MagnitudeSelector::ForEachChunk(
         });
     if (!staged.ok()) error.Set(staged);
     after_tensor();
-    MS_RETURN_IF_ERROR(error.Take());
+    MS_RETURN_IF_ERROR(error.status());
     start = end;
   }
   return absl::OkStatus();

@@ -29,6 +29,9 @@ const std::set<std::string>& KnownParameters() {
       "semantics", "trim_scope", "keep", "sign_weighted", "consensus",
       "zero_sign", "divisor", "rescale_mode", "seed", "fisher_floor", "alpha",
       "ridge",
+      // matrix and consensus methods (tsv, iso_c, iso_cts, consensus_*)
+      "svd", "sv_reduction", "common_space_fraction", "tall_mask_lambda",
+      "consensus_k",
       // data-aware steps (run by the service)
       "fisher_mode", "examples", "batch_size", "ri_method", "steps", "lr",
       "weight_decay",

@@ -62,6 +62,23 @@ const std::vector<MethodInfo>& AllMethods() {
        "ram, with each model's unique entries scaled by its share of "
        "shared ones",
        NewRamPlusTlMethod},
+      {"tsv",
+       "per matrix, each task's top singular vectors, orthogonalised "
+       "(TSV-Merge)",
+       NewTsvMethod},
+      {"iso_c", "per matrix, the summed task matrix with a flat spectrum",
+       NewIsoCMethod},
+      {"iso_cts",
+       "iso_c on a common subspace plus each task's own directions outside "
+       "it",
+       NewIsoCtsMethod},
+      {"consensus_ta",
+       "task arithmetic keeping entries at least k tasks' TALL masks mark",
+       NewConsensusTaMethod},
+      {"consensus_ties",
+       "TIES (paper preset, disjoint sum) keeping entries at least k tasks' "
+       "TALL masks mark",
+       NewConsensusTiesMethod},
   };
   return *kMethods;
 }

@@ -30,6 +30,11 @@ std::unique_ptr<MergeMethod> NewSceMethod();
 std::unique_ptr<MergeMethod> NewPassthroughMethod();
 std::unique_ptr<MergeMethod> NewRamMethod();
 std::unique_ptr<MergeMethod> NewRamPlusTlMethod();
+std::unique_ptr<MergeMethod> NewTsvMethod();
+std::unique_ptr<MergeMethod> NewIsoCMethod();
+std::unique_ptr<MergeMethod> NewIsoCtsMethod();
+std::unique_ptr<MergeMethod> NewConsensusTaMethod();
+std::unique_ptr<MergeMethod> NewConsensusTiesMethod();
 
 }  // namespace mergeserve
 

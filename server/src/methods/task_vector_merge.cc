@@ -13,6 +13,7 @@
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/diagnostics.h"
 #include "mergeserve/engine/magnitude_selector.h"
+#include "engine/first_error.h"
 
 namespace mergeserve {
 namespace {
@@ -56,26 +57,6 @@ struct Buffers {
     den.assign(chunk, 0);
     out.assign(chunk, 0);
   }
-};
-
-class FirstError {
- public:
-  void Set(absl::Status s) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (status_.ok()) status_ = std::move(s);
-  }
-  bool failed() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return !status_.ok();
-  }
-  absl::Status status() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return status_;
-  }
-
- private:
-  std::mutex mu_;
-  absl::Status status_;
 };
 
 // Marks (1/0) the entries of magnitude `a` that belong to `set` in chunk `ci`.
@@ -406,11 +387,12 @@ absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
   o.sparsify = kind.sparsify;
   o.consensus = kind.consensus;
   o.use_base = kind.use_base;
-  MS_ASSIGN_OR_RETURN(Semantics sem,
-                      Choose<Semantics>(plan, "semantics", Semantics::kMergekit,
-                                        {{"mergekit", Semantics::kMergekit},
-                                         {"paper", Semantics::kPaper},
-                                         {"peft", Semantics::kPeft}}));
+  MS_ASSIGN_OR_RETURN(
+      Semantics sem,
+      Choose<Semantics>(plan, "semantics", kind.default_semantics,
+                        {{"mergekit", Semantics::kMergekit},
+                         {"paper", Semantics::kPaper},
+                         {"peft", Semantics::kPeft}}));
   MS_ASSIGN_OR_RETURN(bool normalize,
                       plan.Bool("normalize", kind.default_normalize));
   switch (sem) {
@@ -441,6 +423,7 @@ absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
   if (o.consensus == Consensus::kNone) {
     o.divisor = normalize ? Divisor::kWeight : Divisor::kNone;
   }
+  if (kind.default_divisor_none) o.divisor = Divisor::kNone;
   MS_ASSIGN_OR_RETURN(o.scope,
                       Choose<TrimScope>(plan, "trim_scope", o.scope,
                                         {{"tensor", TrimScope::kTensor},
@@ -538,7 +521,8 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
     const int m = experts_[k];
     double density = 1;
     for (size_t i = 0; i < domain.size(); ++i) {
-      MS_ASSIGN_OR_RETURN(double d, plan.Number("density", m, *domain[i], 1));
+      MS_ASSIGN_OR_RETURN(double d, plan.Number("density", m, *domain[i],
+                                                kind_.default_density));
       if (i > 0 && d != density) {
         return absl::InvalidArgumentError(absl::StrCat(
             "trim_scope: model needs one density per model; model '",
@@ -660,7 +644,8 @@ absl::StatusOr<TensorParams> TaskVectorMerge::Resolve(const MergePlan& plan,
   for (size_t k = 0; k < n; ++k) {
     const int m = experts_[k];
     MS_ASSIGN_OR_RETURN(double w, plan.Number("weight", m, t, 1));
-    MS_ASSIGN_OR_RETURN(double d, plan.Number("density", m, t, 1));
+    MS_ASSIGN_OR_RETURN(double d,
+                        plan.Number("density", m, t, kind_.default_density));
     MS_ASSIGN_OR_RETURN(double g, plan.Number("gamma", m, t, 0.01));
     MS_ASSIGN_OR_RETURN(double e, plan.Number("epsilon", m, t, 0.15));
     p.weight[k] = w;
@@ -1042,6 +1027,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
               t.name, ci,
               ChunkDiagnostics(b, n, chunk, cnt, base, o, use_base));
         }
+        if (out == nullptr) return;
         absl::Status st = out->WriteF32(begin, o, cnt);
         if (!st.ok()) error.Set(std::move(st));
       });
@@ -1066,13 +1052,25 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
 absl::Status TaskVectorMerge::MergeTensor(const MergePlan& plan,
                                           const PlannedTensor& t,
                                           ExecContext& ctx, TensorSink& out) {
+  return Merge(plan, t, ctx, &out, nullptr);
+}
+
+absl::Status TaskVectorMerge::MergedUpdate(const MergePlan& plan,
+                                           const PlannedTensor& t,
+                                           ExecContext& ctx, float* update) {
+  return Merge(plan, t, ctx, nullptr, update);
+}
+
+absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
+                                    const PlannedTensor& t, ExecContext& ctx,
+                                    TensorSink* out, float* wanted_update) {
   MS_ASSIGN_OR_RETURN(TensorParams p, Resolve(plan, t, ctx));
   const bool selects = opts_.sparsify == Sparsify::kMagnitude ||
                        opts_.sparsify == Sparsify::kOutliers;
   if (ctx.backend == Backend::kAten) {
     // The ATen path selects per tensor itself (kthvalue); model-scope sets
     // come from Prepare.
-    return MergeAten(plan, t, p, ctx, out);
+    return MergeAten(plan, t, p, ctx, out, wanted_update);
   }
   // In the server, a merge that differs from an earlier one only in λ reads
   // the base and the earlier merged update. An update over a quarter of the
@@ -1085,7 +1083,11 @@ absl::Status TaskVectorMerge::MergeTensor(const MergePlan& plan,
     if (!update_key.empty()) {
       auto hit = ctx.cache->GetAs<HugeBuffer>(update_key);
       if (hit != nullptr) {
-        return ApplyCachedUpdate(plan, t, p, hit->as<float>(), ctx, out);
+        if (out == nullptr) {
+          std::copy_n(hit->as<float>(), t.numel, wanted_update);
+          return absl::OkStatus();
+        }
+        return ApplyCachedUpdate(plan, t, p, hit->as<float>(), ctx, *out);
       }
       if (static_cast<int64_t>(update_bytes) <=
           ctx.cache->capacity_bytes() / 4) {
@@ -1104,11 +1106,14 @@ absl::Status TaskVectorMerge::MergeTensor(const MergePlan& plan,
                         RunPass(plan, t, p, ctx, PassMode::kCensus, nullptr));
     p.majority = r.balance > 0 ? 1 : -1;
   }
-  MS_ASSIGN_OR_RETURN(
-      PassResult r, RunPass(plan, t, p, ctx, PassMode::kMerge, &out,
-                            update != nullptr ? update->as<float>() : nullptr));
+  float* keep = update != nullptr ? update->as<float>() : wanted_update;
+  MS_ASSIGN_OR_RETURN(PassResult r,
+                      RunPass(plan, t, p, ctx, PassMode::kMerge, out, keep));
   (void)r;
   if (update != nullptr) {
+    if (wanted_update != nullptr) {
+      std::copy_n(update->as<float>(), t.numel, wanted_update);
+    }
     ctx.cache->Put(update_key, update,
                    static_cast<int64_t>(update->mapped() + update_key.size()));
   }

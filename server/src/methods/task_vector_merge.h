@@ -35,6 +35,11 @@ struct TaskVectorKind {
   Consensus consensus = Consensus::kNone;
   bool default_normalize = false;
   bool use_base = true;  // false: linear (average the weights themselves)
+  // Defaults a method changes (consensus_ties: the paper preset with the
+  // disjoint sum and density 0.2); the config may still override them.
+  Semantics default_semantics = Semantics::kMergekit;
+  bool default_divisor_none = false;
+  double default_density = 1;
 };
 
 struct TaskVectorOptions {
@@ -96,6 +101,11 @@ class TaskVectorMerge : public MergeMethod {
   absl::Status MergeTensor(const MergePlan& plan, const PlannedTensor& tensor,
                            ExecContext& ctx, TensorSink& out) override;
 
+  // The merged update q of every element of t (out = base + λ·q), on
+  // ctx's backend, without writing anything; consensus methods mask it.
+  absl::Status MergedUpdate(const MergePlan& plan, const PlannedTensor& t,
+                            ExecContext& ctx, float* update);
+
   bool HoldsWholeTensors(const ExecContext& ctx) const override {
     return ctx.backend == Backend::kAten;
   }
@@ -138,9 +148,13 @@ class TaskVectorMerge : public MergeMethod {
                        const std::string& tensor, int64_t keep,
                        int64_t drop) const;
   // ATen path (task_vector_merge_aten.cc).
+  // keep_update as in RunPass.
   absl::Status MergeAten(const MergePlan& plan, const PlannedTensor& t,
                          const TensorParams& p, ExecContext& ctx,
-                         TensorSink& out) const;
+                         TensorSink* out, float* keep_update = nullptr) const;
+  // MergeTensor's work; out may be null when update is set.
+  absl::Status Merge(const MergePlan& plan, const PlannedTensor& t,
+                     ExecContext& ctx, TensorSink* out, float* update);
 
   TaskVectorKind kind_;
   TaskVectorOptions opts_;

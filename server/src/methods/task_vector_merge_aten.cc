@@ -14,6 +14,8 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "engine/aten_util.h"
 #include "mergeserve/base/philox.h"
@@ -63,12 +65,19 @@ at::Tensor Uniforms(uint64_t seed, const std::string& tensor, int model,
   return u.to(device);
 }
 
+// Copies the merged update (any device) to host memory.
+void KeepUpdate(const at::Tensor& acc, float* dst) {
+  const at::Tensor h = acc.to(at::kCPU).to(at::kFloat).contiguous();
+  std::copy_n(h.data_ptr<float>(), h.numel(), dst);
+}
+
 }  // namespace
 
 absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
                                         const PlannedTensor& t,
                                         const TensorParams& p, ExecContext& ctx,
-                                        TensorSink& out) const {
+                                        TensorSink* out,
+                                        float* keep_update) const {
   return CatchAten("merge", [&]() -> absl::Status {
     const std::string dev_name =
         ctx.backend == Backend::kAten ? ctx.device : std::string("cpu");
@@ -183,6 +192,7 @@ absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
       } else if (opts_.divisor == Divisor::kCount) {
         acc = acc * (1.f / static_cast<float>(n));
       }
+      if (keep_update != nullptr) KeepUpdate(acc, keep_update);
       result = opts_.use_base ? base + acc * p.lambda : acc;
     } else {
       std::vector<at::Tensor> e(n);
@@ -227,9 +237,11 @@ absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
           acc = acc / den.clamp_min(1.f);
           break;
       }
+      if (keep_update != nullptr) KeepUpdate(acc, keep_update);
       result = base + acc * p.lambda;
     }
-    return WriteToSink(result, out);
+    if (out == nullptr) return absl::OkStatus();
+    return WriteToSink(result, *out);
   });
 }
 

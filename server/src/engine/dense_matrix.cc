@@ -1,0 +1,98 @@
+#include "engine/dense_matrix.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+extern "C" {
+// Fortran LAPACK/BLAS (column-major, arguments by pointer).
+void dgesdd_(const char* jobz, const int* m, const int* n, double* a,
+             const int* lda, double* s, double* u, const int* ldu, double* vt,
+             const int* ldvt, double* work, const int* lwork, int* iwork,
+             int* info);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
+            const int* k, const double* alpha, const double* a, const int* lda,
+            const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
+
+namespace mergeserve {
+
+absl::StatusOr<ThinSvd> ComputeThinSvd(const DenseMatrix& a) {
+  const int64_t m = a.rows, n = a.cols, r = std::min(m, n);
+  ThinSvd out;
+  out.u = DenseMatrix(m, r);
+  out.vt = DenseMatrix(r, n);
+  out.s.assign(static_cast<size_t>(r), 0.0);
+  if (r == 0) return out;
+  if (m > INT32_MAX / std::max<int64_t>(n, 1)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("matrix of ", m, "x", n, " is too large for LAPACK"));
+  }
+  // The row-major m×n buffer is the column-major n×m matrix Aᵀ, whose SVD is
+  // V·S·Uᵀ: LAPACK's U (n×r, column-major) is our Vt (r×n, row-major) and
+  // its VT (r×m, column-major) is our U (m×r, row-major). No transposes.
+  std::vector<double> work_a = a.data;  // dgesdd overwrites its input
+  const int M = static_cast<int>(n), N = static_cast<int>(m),
+            R = static_cast<int>(r);
+  std::vector<int> iwork(static_cast<size_t>(8 * r));
+  int info = 0, lwork = -1;
+  double query = 0;
+  const char jobz = 'S';
+  dgesdd_(&jobz, &M, &N, work_a.data(), &M, out.s.data(), out.vt.data.data(),
+          &M, out.u.data.data(), &R, &query, &lwork, iwork.data(), &info);
+  if (info != 0) {
+    return absl::InternalError(absl::StrCat("dgesdd workspace query: ", info));
+  }
+  lwork = static_cast<int>(query);
+  std::vector<double> work(static_cast<size_t>(std::max(lwork, 1)));
+  dgesdd_(&jobz, &M, &N, work_a.data(), &M, out.s.data(), out.vt.data.data(),
+          &M, out.u.data.data(), &R, work.data(), &lwork, iwork.data(), &info);
+  if (info < 0) {
+    return absl::InternalError(absl::StrCat("dgesdd argument ", -info));
+  }
+  if (info > 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("SVD of a ", m, "x", n,
+                     " matrix did not converge (dgesdd ", info, ")"));
+  }
+  return out;
+}
+
+namespace {
+
+// Row-major C (m×n) = op(A)·B via the column-major identity Cᵀ = Bᵀ·op(A)ᵀ.
+DenseMatrix Gemm(const DenseMatrix& a, bool trans_a, const DenseMatrix& b) {
+  const int64_t m = trans_a ? a.cols : a.rows;
+  const int64_t k = trans_a ? a.rows : a.cols;
+  const int64_t n = b.cols;
+  DenseMatrix c(m, n);
+  if (m == 0 || n == 0) return c;
+  if (k == 0) return c;
+  const int M = static_cast<int>(n), N = static_cast<int>(m),
+            K = static_cast<int>(k);
+  const int ldb = static_cast<int>(b.cols), lda = static_cast<int>(a.cols);
+  const double one = 1, zero = 0;
+  const char tb = 'N', ta = trans_a ? 'T' : 'N';
+  dgemm_(&tb, &ta, &M, &N, &K, &one, b.data.data(), &ldb, a.data.data(), &lda,
+         &zero, c.data.data(), &M);
+  return c;
+}
+
+}  // namespace
+
+DenseMatrix MatMul(const DenseMatrix& a, const DenseMatrix& b) {
+  return Gemm(a, false, b);
+}
+
+DenseMatrix MatMulTransA(const DenseMatrix& a, const DenseMatrix& b) {
+  return Gemm(a, true, b);
+}
+
+absl::StatusOr<DenseMatrix> PolarFactor(const DenseMatrix& a) {
+  auto svd = ComputeThinSvd(a);
+  if (!svd.ok()) return svd.status();
+  return MatMul(svd->u, svd->vt);
+}
+
+}  // namespace mergeserve
