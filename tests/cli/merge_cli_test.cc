@@ -180,13 +180,19 @@ TEST_F(MergeCliTest, AnalyzePrintsTablesJsonAndAnSvgChart) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("conflict%"));
   EXPECT_THAT(r.output, HasSubstr("pairwise cosine"));
+  // "a" is a matrix: its subspace overlap, per tensor and per layer.
+  EXPECT_THAT(r.output, HasSubstr("overlap"));
+  EXPECT_THAT(r.output, HasSubstr("top singular subspaces"));
   std::ifstream svg(dir_ + "/chart.svg");
   std::string text((std::istreambuf_iterator<char>(svg)), {});
   EXPECT_THAT(text, HasSubstr("<svg"));
+  EXPECT_THAT(text, HasSubstr("per layer"));
   EXPECT_THAT(text, HasSubstr("</svg>"));
   r = RunCli("analyze " + dir_ + "/c.yaml --json");
   ASSERT_EQ(r.exit_code, 0);
   EXPECT_THAT(r.output, HasSubstr("\"conflict_rate\""));
+  EXPECT_THAT(r.output, HasSubstr("\"subspace_overlap\""));
+  EXPECT_THAT(r.output, HasSubstr("\"layers\""));
   EXPECT_FALSE(fs::exists(dir_ + "/out"));
   testing::WriteFile(
       dir_ + "/s.yaml",

@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <map>
+#include <random>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -69,6 +71,72 @@ TEST(DiagnosticsTest, TrimAndMethodsOutsideTheFamily) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad.status().message()),
               HasSubstr("task-vector methods"));
+}
+
+// Subspace overlap, per matrix and per layer: tasks whose task vectors
+// share their column space overlap fully (1), unrelated random ones little
+// (about k/rows); vectors get none. The JSON keeps every figure.
+TEST(DiagnosticsTest, SubspaceOverlapPerMatrixAndLayer) {
+  const std::string dir = testing::TempDir("diag_overlap");
+  std::mt19937 rng(8);
+  const int64_t rows = 64, cols = 32, rank = 16;  // k = 32 / 2 = 16
+  // Layer 0: τ_a = Q·A, τ_b = Q·B with one 64×16 Q (same column space).
+  const auto q = testing::RandomValues(rows * rank, rng);
+  auto shared = [&](const std::vector<float>& coef) {
+    std::vector<float> out(rows * cols, 0.f);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        for (int64_t l = 0; l < rank; ++l)
+          out[i * cols + j] += q[i * rank + l] * coef[l * cols + j];
+    return out;
+  };
+  const std::vector<float> zeros(rows * cols, 0.f), bias(cols, 0.f);
+  testing::TestModel base, a, b;
+  const char* kShared = "model.layers.0.w";
+  const char* kRandom = "model.layers.1.w";
+  for (auto* m : {&base, &a, &b}) (*m)["model.norm.weight"] = {{cols}, bias};
+  base[kShared] = base[kRandom] = {{rows, cols}, zeros};
+  a[kShared] = {{rows, cols}, shared(testing::RandomValues(rank * cols, rng))};
+  b[kShared] = {{rows, cols}, shared(testing::RandomValues(rank * cols, rng))};
+  a[kRandom] = {{rows, cols}, testing::RandomValues(rows * cols, rng)};
+  b[kRandom] = {{rows, cols}, testing::RandomValues(rows * cols, rng)};
+  a["model.norm.weight"].values[0] = 1;
+  testing::WriteModel(dir + "/base", base);
+  testing::WriteModel(dir + "/a", a);
+  testing::WriteModel(dir + "/b", b);
+  auto config = MergeConfig::FromYaml(
+      "merge_method: task_arithmetic\nbase_model: base\nmodels:\n"
+      "  - model: a\n  - model: b\n",
+      dir);
+  ASSERT_TRUE(config.ok());
+  auto d = AnalyzeMerge(*config, {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  std::map<std::string, TensorDiagnostics> by_name;
+  for (const auto& t : d->tensors) by_name[t.name] = t;
+  EXPECT_TRUE(by_name["model.norm.weight"].subspace_overlap.empty());
+  const auto& s = by_name[kShared];
+  ASSERT_EQ(s.subspace_overlap.size(), 2u);
+  EXPECT_EQ(s.subspace_rank, rank);
+  EXPECT_NEAR(s.subspace_overlap[0][1], 1.0, 1e-6);
+  EXPECT_DOUBLE_EQ(s.subspace_overlap[0][0], 1.0);
+  const double random = by_name[kRandom].subspace_overlap[0][1];
+  EXPECT_GT(random, 0.05);  // k/rows = 0.25 in expectation
+  EXPECT_LT(random, 0.5);
+  EXPECT_NEAR(MeanPairwise(d->overall.subspace_overlap),
+              (s.subspace_overlap[0][1] + random) / 2, 1e-12);
+  // Layers 0 and 1, then the tensors outside layers.
+  ASSERT_EQ(d->layers.size(), 3u);
+  EXPECT_EQ(d->layers[0].layer, 0);
+  EXPECT_NEAR(d->layers[0].subspace_overlap, 1.0, 1e-6);
+  EXPECT_EQ(d->layers[1].layer, 1);
+  EXPECT_DOUBLE_EQ(d->layers[1].subspace_overlap, random);
+  EXPECT_EQ(d->layers[2].layer, -1);
+  EXPECT_EQ(d->layers[2].matrices, 0);
+  auto back = DiagnosticsFromJson(DiagnosticsToJson(*d));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->tensors[1].subspace_overlap, d->tensors[1].subspace_overlap);
+  EXPECT_EQ(back->layers.size(), 3u);
+  EXPECT_DOUBLE_EQ(back->layers[1].subspace_overlap, random);
 }
 
 }  // namespace

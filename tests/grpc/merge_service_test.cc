@@ -352,6 +352,16 @@ TEST_F(MergeServiceTest, AnalyzeReturnsDiagnosticsWithoutStoringAResult) {
   EXPECT_GT(resp.overall().conflict_rate(), 0);
   EXPECT_EQ(resp.overall().cosine_size(), 4);
   EXPECT_DOUBLE_EQ(resp.overall().cosine(0), 1.0);
+  // Four 64x256 matrices, one per layer: each has a subspace overlap in
+  // (0, 1) between the two unrelated random task vectors.
+  ASSERT_EQ(resp.layers_size(), 4);
+  for (const auto& l : resp.layers()) {
+    EXPECT_EQ(l.matrices(), 1);
+    EXPECT_GT(l.subspace_overlap(), 0);
+    EXPECT_LT(l.subspace_overlap(), 1);
+  }
+  EXPECT_EQ(resp.tensors(0).subspace_rank(), 32);
+  EXPECT_EQ(resp.overall().subspace_overlap_size(), 4);
   v1::ListMergeJobsRequest list;
   v1::ListMergeJobsResponse jobs;
   grpc::ClientContext lctx;

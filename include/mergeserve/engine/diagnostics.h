@@ -1,7 +1,9 @@
 // The TIES paper's diagnostics of a merge, gathered while it streams: per
 // tensor and overall, the fraction of each expert's entries the trim keeps,
 // how often kept entries disagree in sign, the norms of the task vectors and
-// of the merged one, and the pairwise cosines of the task vectors.
+// of the merged one, and the pairwise cosines of the task vectors; and for
+// every matrix, how much the tasks' top singular subspaces overlap (the
+// quantity the TSV and Iso papers use to explain interference).
 #ifndef MERGESERVE_ENGINE_DIAGNOSTICS_H_
 #define MERGESERVE_ENGINE_DIAGNOSTICS_H_
 
@@ -37,6 +39,24 @@ struct TensorDiagnostics {
   std::vector<double> tau_norm;             // ‖τ_i‖₂
   double merged_norm = 0;                   // ‖τ_m‖₂ (λ included)
   std::vector<std::vector<double>> cosine;  // N × N, cos(τ_i, τ_j)
+  // Matrices (2-D tensors) only, else empty / 0: for the top k = ⌊r/N⌋
+  // (at least 1) left singular vectors U_i of each τ_i, ‖U_iᵀU_j‖²_F / k,
+  // the mean squared cosine of the principal angles between the two
+  // subspaces (1: the same subspace; about k/rows for unrelated ones).
+  // `overall` holds the mean over matrices.
+  std::vector<std::vector<double>> subspace_overlap;  // N × N
+  int64_t subspace_rank = 0;                          // k
+};
+
+// Mean of the off-diagonal entries (0 for fewer than two experts).
+double MeanPairwise(const std::vector<std::vector<double>>& m);
+
+// One layer ("layers.N." in the names; -1: tensors outside layers).
+struct LayerDiagnostics {
+  int layer = -1;
+  double conflict_rate = 0;     // over its tensors, weighted by size
+  double subspace_overlap = 0;  // mean pairwise, over its matrices
+  int matrices = 0;             // tensors with a subspace overlap
 };
 
 struct MergeDiagnostics {
@@ -44,7 +64,12 @@ struct MergeDiagnostics {
   std::vector<std::string> experts;
   std::vector<TensorDiagnostics> tensors;
   TensorDiagnostics overall;
+  std::vector<LayerDiagnostics> layers;  // in layer order, -1 last
 };
+
+// Per-layer figures of `tensors` (for MergeDiagnostics::layers).
+std::vector<LayerDiagnostics> SummarizeLayers(
+    const std::vector<TensorDiagnostics>& tensors);
 
 // The layout `mergeserve analyze --json` prints (method, experts, overall,
 // tensors), and back (an analysis job's stored result).

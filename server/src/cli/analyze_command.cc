@@ -21,9 +21,14 @@ Runs the merge a config describes without writing it and reports, per tensor
 and overall: the fraction of each expert's entries the trim keeps, the
 sign-conflict rate among entries kept by two or more experts, the norms of
 the task vectors and of the merged one, and the pairwise cosines of the task
-vectors (the TIES paper's diagnostics). --plot saves a chart of the conflict
-rate per tensor and the cosine matrix, as PNG for FILE.png and SVG
-otherwise (--svg FILE is the same). Covers the task-vector methods.
+vectors (the TIES paper's diagnostics). For every matrix (2-D tensor) it also
+reports how much the tasks' top singular subspaces overlap: for the top
+k = r/N left singular vectors U_i of each task vector, ||U_i^T U_j||^2 / k
+(1: the same subspace; about k/rows for unrelated ones), the quantity the
+TSV and Iso papers use to explain interference; then per layer. --plot saves
+a chart of the conflict rate per tensor, the cosine matrix and the overlap
+per layer, as PNG for FILE.png and SVG otherwise (--svg FILE is the same).
+Covers the task-vector methods.
 )";
 
 }  // namespace
@@ -38,6 +43,13 @@ ChartData ToChart(const MergeDiagnostics& d) {
   }
   c.overall_conflict_rate = d.overall.conflict_rate;
   c.cosine = d.overall.cosine;
+  c.subspace_overlap = d.overall.subspace_overlap;
+  for (const auto& l : d.layers) {
+    c.layers.push_back(LayerLabel(l.layer));
+    c.layer_conflict_rate.push_back(l.conflict_rate);
+    c.layer_overlap.push_back(l.subspace_overlap);
+    c.layer_matrices.push_back(l.matrices);
+  }
   return c;
 }
 
@@ -100,6 +112,7 @@ int RunAnalyzeCommand(const std::vector<std::string>& args) {
     std::cout << DiagnosticsToJson(*d) << std::endl;
     return 0;
   }
+  const ChartData chart = ToChart(*d);
   std::printf("%s over %zu experts:", d->method.c_str(), d->experts.size());
   for (const auto& e : d->experts) std::printf(" %s", e.c_str());
   std::printf("\n\n%-48s %-24s %9s %10s\n", "tensor", "kept % per expert",
@@ -121,6 +134,7 @@ int RunAnalyzeCommand(const std::vector<std::string>& args) {
     for (double c : d->overall.cosine[i]) std::printf(" %7.3f", c);
     std::printf("\n");
   }
+  std::fputs(LayerTableText(chart).c_str(), stdout);
   if (!svg.empty()) std::printf("\nchart written to %s\n", svg.c_str());
   return 0;
 }

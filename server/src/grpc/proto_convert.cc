@@ -189,6 +189,10 @@ void ToProto(const TensorDiagnostics& t, v1::TensorDiagnostics* out) {
   for (const auto& row : t.cosine) {
     for (double c : row) out->add_cosine(c);
   }
+  for (const auto& row : t.subspace_overlap) {
+    for (double c : row) out->add_subspace_overlap(c);
+  }
+  out->set_subspace_rank(t.subspace_rank);
 }
 
 }  // namespace
@@ -198,6 +202,13 @@ void ToProto(const MergeDiagnostics& d, v1::AnalyzeMergeResponse* out) {
   for (const auto& e : d.experts) out->add_experts(e);
   for (const auto& t : d.tensors) ToProto(t, out->add_tensors());
   ToProto(d.overall, out->mutable_overall());
+  for (const auto& l : d.layers) {
+    v1::LayerDiagnostics* layer = out->add_layers();
+    layer->set_layer(l.layer);
+    layer->set_conflict_rate(l.conflict_rate);
+    layer->set_subspace_overlap(l.subspace_overlap);
+    layer->set_matrices(l.matrices);
+  }
 }
 
 absl::StatusOr<JobState> JobStateFromProto(v1::JobState state) {

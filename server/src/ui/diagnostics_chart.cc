@@ -28,13 +28,40 @@ std::string Escape(const std::string& s) {
 
 }  // namespace
 
+std::string LayerLabel(int layer) {
+  return layer >= 0 ? absl::StrCat("layer ", layer) : "other";
+}
+
+std::string LayerTableText(const ChartData& d) {
+  if (d.subspace_overlap.empty()) return "";
+  std::string s = absl::StrFormat("\n%-16s %9s %9s %9s\n", "layer", "conflict%",
+                                  "overlap", "matrices");
+  for (size_t i = 0; i < d.layers.size(); ++i) {
+    absl::StrAppendFormat(&s, "%-16s %9.2f %9.3f %9d\n", d.layers[i],
+                          100 * d.layer_conflict_rate[i], d.layer_overlap[i],
+                          d.layer_matrices[i]);
+  }
+  s += "\npairwise overlap of the tasks' top singular subspaces (mean over "
+       "matrices):\n";
+  for (size_t i = 0; i < d.experts.size() && i < d.subspace_overlap.size();
+       ++i) {
+    absl::StrAppendFormat(&s, "  %-16s", d.experts[i]);
+    for (double v : d.subspace_overlap[i])
+      absl::StrAppendFormat(&s, " %7.3f", v);
+    s += "\n";
+  }
+  return s;
+}
+
 std::string RenderDiagnosticsSvg(const ChartData& d) {
   const int row = 16, label_w = 330, bar_w = 360, top = 56;
   const int n = static_cast<int>(d.tensors.size());
   const int e = static_cast<int>(d.experts.size());
   const int cell = 36;
   const int width = label_w + bar_w + 80;
-  const int height = top + (n + 1) * row + 60 + (e + 1) * cell + 40;
+  const int nl = static_cast<int>(d.layers.size());
+  const int height = top + (n + 1) * row + 60 + (e + 1) * cell + 40 +
+                     (nl > 0 ? 40 + nl * row : 0);
   std::string s = absl::StrFormat(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
       "font-family=\"sans-serif\" font-size=\"11\">\n"
@@ -90,6 +117,28 @@ std::string RenderDiagnosticsSvg(const ChartData& d) {
           label_w + j * cell + cell / 2, my + i * cell + cell / 2 + 4, c);
     }
   }
+  if (nl > 0) {
+    const int ly = my + (e + 1) * cell + 30;
+    absl::StrAppendFormat(
+        &s,
+        "<text x=\"10\" y=\"%d\" font-size=\"13\" font-weight=\"bold\">"
+        "subspace overlap of the tasks' top singular vectors, per layer"
+        "</text>\n",
+        ly - 10);
+    for (int i = 0; i < nl; ++i) {
+      const double v = d.layer_overlap[static_cast<size_t>(i)];
+      const int y = ly + i * row;
+      const int w = static_cast<int>(bar_w * std::min(1.0, v));
+      absl::StrAppendFormat(
+          &s,
+          "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n"
+          "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
+          "fill=\"#428bca\"/>\n"
+          "<text x=\"%d\" y=\"%d\">%.3f</text>\n",
+          label_w - 6, y + 11, Escape(d.layers[static_cast<size_t>(i)]),
+          label_w, y + 2, w, row - 4, label_w + w + 4, y + 11, v);
+    }
+  }
   s += "</svg>\n";
   return s;
 }
@@ -109,7 +158,9 @@ std::string RenderDiagnosticsPng(const ChartData& d) {
   const int n = static_cast<int>(d.tensors.size());
   const int e = static_cast<int>(d.experts.size());
   const int width = std::max(label_w + bar_w + 140, label_w + e * cell + 20);
-  const int height = top + (n + 1) * row + 70 + e * cell + 30;
+  const int nl = static_cast<int>(d.layers.size());
+  const int height =
+      top + (n + 1) * row + 70 + e * cell + 30 + (nl > 0 ? 60 + nl * row : 0);
   PngCanvas c(std::max(width, 900), height);
   const Rgb ink{0, 0, 0}, red{217, 83, 79}, grey{153, 153, 153};
   c.DrawText(12, 12,
@@ -152,6 +203,23 @@ std::string RenderDiagnosticsPng(const ChartData& d) {
       c.DrawText(x + (cell - PngCanvas::TextWidth(label, k)) / 2,
                  y + cell / 2 - 7, label,
                  shade < 110 ? Rgb{255, 255, 255} : ink, k);
+    }
+  }
+  if (nl > 0) {
+    const Rgb blue{66, 139, 202};
+    const int ly = my + e * cell + 70;
+    c.DrawText(12, ly - 34,
+               "subspace overlap of the tasks' top singular vectors, per layer",
+               ink, k);
+    for (int i = 0; i < nl; ++i) {
+      const double v = d.layer_overlap[static_cast<size_t>(i)];
+      const int y = ly + i * row;
+      const std::string& name = d.layers[static_cast<size_t>(i)];
+      c.DrawText(label_w - 12 - PngCanvas::TextWidth(name, k), y + 4, name, ink,
+                 k);
+      const int w = static_cast<int>(bar_w * std::min(1.0, v));
+      c.FillRect(label_w, y + 2, w, row - 4, blue);
+      c.DrawText(label_w + w + 8, y + 4, absl::StrFormat("%.3f", v), ink, k);
     }
   }
   return c.EncodePng();
