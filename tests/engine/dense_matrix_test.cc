@@ -52,7 +52,7 @@ TEST(DenseMatrixTest, ProductsMatchTheDefinition) {
 // orthonormal columns / rows.
 TEST(DenseMatrixTest, ThinSvdRebuildsTallAndWideMatrices) {
   std::mt19937 rng(2);
-  for (auto [m, n] : {std::pair<int64_t, int64_t>{9, 4}, {4, 9}, {6, 6}}) {
+  for (auto [m, n] : {std::pair<int64_t, int64_t>{9, 4}, {4, 9}, {6, 6}, {64, 64}, {200, 120}, {120, 200}}) {
     const DenseMatrix a = Random(m, n, rng);
     auto svd = ComputeThinSvd(a);
     ASSERT_TRUE(svd.ok()) << svd.status();

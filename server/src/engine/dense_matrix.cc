@@ -29,25 +29,32 @@ absl::StatusOr<ThinSvd> ComputeThinSvd(const DenseMatrix& a) {
     return absl::ResourceExhaustedError(
         absl::StrCat("matrix of ", m, "x", n, " is too large for LAPACK"));
   }
-  // The row-major m×n buffer is the column-major n×m matrix Aᵀ, whose SVD is
-  // V·S·Uᵀ: LAPACK's U (n×r, column-major) is our Vt (r×n, row-major) and
-  // its VT (r×m, column-major) is our U (m×r, row-major). No transposes.
-  std::vector<double> work_a = a.data;  // dgesdd overwrites its input
-  const int M = static_cast<int>(n), N = static_cast<int>(m),
+  // The same call torch.linalg.svd makes on CPU (gesdd, jobz 'S', on a
+  // column-major copy of A): on a rank-deficient matrix the singular
+  // vectors of its null space are not unique, and the methods' polar
+  // factors and flat spectra keep them (the authors' code does), so only
+  // the same LAPACK call on the same layout gives the authors' completion.
+  std::vector<double> col(a.data.size());
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) col[j * m + i] = a.at(i, j);
+  }
+  const int M = static_cast<int>(m), N = static_cast<int>(n),
             R = static_cast<int>(r);
+  std::vector<double> u(static_cast<size_t>(m * r)),
+      vt(static_cast<size_t>(r * n));
   std::vector<int> iwork(static_cast<size_t>(8 * r));
   int info = 0, lwork = -1;
   double query = 0;
   const char jobz = 'S';
-  dgesdd_(&jobz, &M, &N, work_a.data(), &M, out.s.data(), out.vt.data.data(),
-          &M, out.u.data.data(), &R, &query, &lwork, iwork.data(), &info);
+  dgesdd_(&jobz, &M, &N, col.data(), &M, out.s.data(), u.data(), &M, vt.data(),
+          &R, &query, &lwork, iwork.data(), &info);
   if (info != 0) {
     return absl::InternalError(absl::StrCat("dgesdd workspace query: ", info));
   }
   lwork = static_cast<int>(query);
   std::vector<double> work(static_cast<size_t>(std::max(lwork, 1)));
-  dgesdd_(&jobz, &M, &N, work_a.data(), &M, out.s.data(), out.vt.data.data(),
-          &M, out.u.data.data(), &R, work.data(), &lwork, iwork.data(), &info);
+  dgesdd_(&jobz, &M, &N, col.data(), &M, out.s.data(), u.data(), &M, vt.data(),
+          &R, work.data(), &lwork, iwork.data(), &info);
   if (info < 0) {
     return absl::InternalError(absl::StrCat("dgesdd argument ", -info));
   }
@@ -55,6 +62,13 @@ absl::StatusOr<ThinSvd> ComputeThinSvd(const DenseMatrix& a) {
     return absl::FailedPreconditionError(
         absl::StrCat("SVD of a ", m, "x", n,
                      " matrix did not converge (dgesdd ", info, ")"));
+  }
+  // Column-major U (m×r) and VT (r×n) to row-major.
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < r; ++j) out.u.at(i, j) = u[j * m + i];
+  }
+  for (int64_t i = 0; i < r; ++i) {
+    for (int64_t j = 0; j < n; ++j) out.vt.at(i, j) = vt[j * r + i];
   }
   return out;
 }

@@ -252,8 +252,9 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
   // writer's index, thread stacks and allocator slack.
   int64_t need = (int64_t{64} << 20) + tensors * (models + 2) * 256;
   if (whole) {
-    // Every model's copy of the largest tensor in fp32 plus temporaries.
-    need += (models + 5) * largest * 4;
+    // Every model's copy of the largest tensor in fp32 plus temporaries
+    // (more for the matrix methods).
+    need += WholeTensorBytes(info, models, largest);
   } else {
     // The staged inputs, rounded to huge pages per model.
     need += staged + (models + 1) * (int64_t{2} << 20);
@@ -330,8 +331,9 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     progress.bytes_total += t.out_bytes();
     if (options.memory_budget > 0 && t.merge && whole_tensor) {
       // Whole-tensor paths hold every model's copy plus a few temporaries.
-      const int64_t need =
-          static_cast<int64_t>(t.models.size() + 4) * t.numel * 4;
+      const int64_t need = WholeTensorBytes(
+          FindMethod(config.merge_method),
+          static_cast<int64_t>(t.models.size()), t.numel);
       if (need > options.memory_budget) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "tensor '", t.name, "' needs about ", FormatBytes(need), " for ",

@@ -1,9 +1,26 @@
 #include "mergeserve/engine/method_registry.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "methods/methods.h"
 
 namespace mergeserve {
+
+namespace {
+// tsv, iso_c, iso_cts per element of a matrix, all fp64: τ_i, the sum or
+// projection, dgesdd's copy, U and Vt, the stacked U and Vt, their polar
+// factors' SVDs and products, and the result; 14 doubles with room.
+constexpr int64_t kMatrixBytes = 14 * 8;
+}  // namespace
+
+int64_t WholeTensorBytes(const MethodInfo* info, int64_t models,
+                         int64_t numel) {
+  // Every model's fp32 copy of the tensor plus a few temporaries.
+  const int64_t copies = (models + 5) * numel * 4;
+  if (info == nullptr || info->held_bytes_per_element == 0) return copies;
+  return std::max(copies, info->held_bytes_per_element * numel);
+}
 
 const std::vector<MethodInfo>& AllMethods() {
   static const auto* kMethods = new std::vector<MethodInfo>{
@@ -65,13 +82,13 @@ const std::vector<MethodInfo>& AllMethods() {
       {"tsv",
        "per matrix, each task's top singular vectors, orthogonalised "
        "(TSV-Merge)",
-       NewTsvMethod},
+       NewTsvMethod, false, false, false, kMatrixBytes},
       {"iso_c", "per matrix, the summed task matrix with a flat spectrum",
-       NewIsoCMethod},
+       NewIsoCMethod, false, false, false, kMatrixBytes},
       {"iso_cts",
        "iso_c on a common subspace plus each task's own directions outside "
        "it",
-       NewIsoCtsMethod},
+       NewIsoCtsMethod, false, false, false, kMatrixBytes},
       {"consensus_ta",
        "task arithmetic keeping entries at least k tasks' TALL masks mark",
        NewConsensusTaMethod},
