@@ -5,6 +5,7 @@ methods, timed: mergeserve against a PyTorch implementation of the same math
 tables (medians of --repeat runs), not a test.
 
   tests/bench/svd_bench.py [--repeat 3] [--sizes 512,1024,2048] [--model]
+                           [--methods tsv,iso_c]
 
 1. Per matrix size: one m×n fp32 tensor, a base and 4 experts. mergeserve:
    `mergeserve merge --json` on the fused backend (LAPACK dgesdd on the
@@ -129,7 +130,7 @@ def model_rows(args, threads):
     print("\n| method (170M × 4 bf16) | wall s | peak RSS | vs TIES |")
     print("|---|---:|---:|---:|")
     rows = {}
-    for method in ["ties", "consensus_ta", "consensus_ties", "iso_c", "tsv", "iso_cts"]:
+    for method in ["ties"] + [m for m in args.methods.split(",") if m != "ties"]:
         text = base_yaml.replace("merge_method: ties", f"merge_method: {method}")
         if method in ("tsv", "iso_c", "iso_cts", "consensus_ta", "consensus_ties"):
             # No per-model densities or weights for these.
@@ -156,6 +157,8 @@ def main():
     ap.add_argument("--sizes", default="512,1024,1024x2816,2048")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--model", action="store_true")
+    ap.add_argument("--methods", default="consensus_ta,consensus_ties,iso_c,tsv,iso_cts",
+                    help="the methods --model runs (after TIES, which it always runs)")
     args = ap.parse_args()
     threads = ["--threads", str(args.threads)] if args.threads else []
     print(f"machine: {os.cpu_count()} cores; {N} experts; fp64 SVDs\n")

@@ -211,6 +211,13 @@ class ZooTest(unittest.TestCase):
         # lambdas read the update (base + lambda * update) and no trim.
         self.assertEqual(ties["trim_cache_misses"], 3 * 4 * 4 + 3 * 4)
         self.assertEqual(ties["trim_cache_hits"], 5 * 3 * 4)
+        # The SVD methods factorise each of the zoo's two matrices once per
+        # sweep (the λ-free τ_m is cached): 8 λ points, iso_cts 2 fractions.
+        for method, misses, points in (("tsv", 2, 8), ("iso_c", 2, 8),
+                                       ("iso_cts", 4, 16)):
+            s = self.results[method]["sweep"]
+            self.assertEqual(s["trim_cache_misses"], misses, method)
+            self.assertEqual(s["trim_cache_hits"], 2 * points - misses, method)
         fisher = self.results["fisher"]["sweep"]
         # The four Fishers are computed at the first point (or found from an
         # earlier merge) and reused by the other two.

@@ -10,6 +10,10 @@ void dgesdd_(const char* jobz, const int* m, const int* n, double* a,
              const int* lda, double* s, double* u, const int* ldu, double* vt,
              const int* ldvt, double* work, const int* lwork, int* iwork,
              int* info);
+void dgesvd_(const char* jobu, const char* jobvt, const int* m, const int* n,
+             double* a, const int* lda, double* s, double* u, const int* ldu,
+             double* vt, const int* ldvt, double* work, const int* lwork,
+             int* info);
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
             const int* k, const double* alpha, const double* a, const int* lda,
             const double* b, const int* ldb, const double* beta, double* c,
@@ -59,9 +63,28 @@ absl::StatusOr<ThinSvd> ComputeThinSvd(const DenseMatrix& a) {
     return absl::InternalError(absl::StrCat("dgesdd argument ", -info));
   }
   if (info > 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("SVD of a ", m, "x", n,
-                     " matrix did not converge (dgesdd ", info, ")"));
+    // gesdd's divide and conquer fails on some ill-conditioned inputs (a
+    // task vector with its common subspace projected out); QR iteration
+    // (gesvd) is slower and converges where it does not.
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) col[j * m + i] = a.at(i, j);
+    }
+    lwork = -1;
+    dgesvd_(&jobz, &jobz, &M, &N, col.data(), &M, out.s.data(), u.data(), &M,
+            vt.data(), &R, &query, &lwork, &info);
+    lwork = static_cast<int>(query);
+    work.assign(static_cast<size_t>(std::max(lwork, 1)), 0.0);
+    if (info == 0) {
+      dgesvd_(&jobz, &jobz, &M, &N, col.data(), &M, out.s.data(), u.data(), &M,
+              vt.data(), &R, work.data(), &lwork, &info);
+    }
+    if (info != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("SVD of a ", m, "x", n,
+                       " matrix did not converge (dgesdd and "
+                       "dgesvd: ",
+                       info, ")"));
+    }
   }
   // Column-major U (m×r) and VT (r×n) to row-major.
   for (int64_t i = 0; i < m; ++i) {

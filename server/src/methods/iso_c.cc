@@ -41,7 +41,7 @@ class IsoCMethod : public MatrixMerge {
     DenseMatrix result;
     MS_RETURN_IF_ERROR(CatchAten("iso_c", [&]() -> absl::Status {
       MS_ASSIGN_OR_RETURN(at::Tensor sum, SumOfTausAten(in, device));
-      auto [u, s, vh] = at::linalg_svd(sum, /*full_matrices=*/false);
+      auto [u, s, vh] = SvdAten(sum);
       result = FromAten(at::matmul(u, vh) * s.mean());
       return absl::OkStatus();
     }));

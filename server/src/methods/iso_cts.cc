@@ -85,14 +85,14 @@ class IsoCtsMethod : public MatrixMerge {
       const Split split = SplitOf(std::min(in.rows, in.cols));
       const int64_t c = split.common, per = split.per_task;
       MS_ASSIGN_OR_RETURN(at::Tensor sum, SumOfTausAten(in, device));
-      auto [uall, sall, vhall] = at::linalg_svd(sum, /*full_matrices=*/false);
+      auto [uall, sall, vhall] = SvdAten(sum);
       const at::Tensor uc = uall.narrow(1, 0, c);
       std::vector<at::Tensor> us, ss, vs;
       for (int i = 0; i < in.count && per > 0; ++i) {
         MS_ASSIGN_OR_RETURN(DenseMatrix tau, in.tau(i));
         const at::Tensor x = ToAten(tau, device);
         const at::Tensor w = x - at::matmul(uc, at::matmul(uc.t(), x));
-        auto [ui, si, vhi] = at::linalg_svd(w, /*full_matrices=*/false);
+        auto [ui, si, vhi] = SvdAten(w);
         us.push_back(ui.narrow(1, 0, per));
         ss.push_back(si.narrow(0, 0, per));
         vs.push_back(vhi.narrow(0, 0, per));

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -94,8 +95,25 @@ DenseMatrix FromAten(const at::Tensor& t) {
   return m;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> SvdAten(const at::Tensor& a) {
+  try {
+    return at::linalg_svd(a, /*full_matrices=*/false);
+  } catch (const c10::Error& e) {
+    if (std::string(e.what()).find("converge") == std::string::npos) throw;
+  }
+  absl::StatusOr<ThinSvd> svd = ComputeThinSvd(FromAten(a));
+  if (!svd.ok()) throw std::runtime_error(std::string(svd.status().message()));
+  const std::string device = a.device().str();
+  const at::Tensor s =
+      at::from_blob(svd->s.data(), {static_cast<int64_t>(svd->s.size())},
+                    at::TensorOptions().dtype(at::kDouble))
+          .to(at::Device(device), a.scalar_type(), false, /*copy=*/true);
+  return {ToAten(svd->u, device).to(a.scalar_type()), s,
+          ToAten(svd->vt, device).to(a.scalar_type())};
+}
+
 at::Tensor PolarAten(const at::Tensor& a) {
-  auto [u, s, vh] = at::linalg_svd(a, /*full_matrices=*/false);
+  auto [u, s, vh] = SvdAten(a);
   return at::matmul(u, vh);
 }
 

@@ -16,6 +16,7 @@
 
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -55,7 +56,11 @@ struct StackedTriplets {
 // at::Tensor (any device, any float dtype, 2-D) <-> DenseMatrix.
 at::Tensor ToAten(const DenseMatrix& m, const std::string& device);
 DenseMatrix FromAten(const at::Tensor& t);
-// polar(A) = U·Vh of torch.linalg.svd(A, full_matrices=False).
+// torch.linalg.svd(A, full_matrices=False) as (U, S, Vh); where gesdd does
+// not converge, ComputeThinSvd's fallback on the CPU. Throws on failure
+// (inside CatchAten).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> SvdAten(const at::Tensor& a);
+// polar(A) = U·Vh of SvdAten(A).
 at::Tensor PolarAten(const at::Tensor& a);
 
 class MatrixMerge : public MergeMethod {

@@ -8,12 +8,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "engine/first_error.h"
 #include "mergeserve/base/huge_buffer.h"
 #include "mergeserve/base/philox.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/diagnostics.h"
 #include "mergeserve/engine/magnitude_selector.h"
-#include "engine/first_error.h"
 
 namespace mergeserve {
 namespace {

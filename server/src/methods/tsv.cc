@@ -79,8 +79,7 @@ class TsvMethod : public MatrixMerge {
       }
       for (int i = 0; i < in.count; ++i) {
         MS_ASSIGN_OR_RETURN(DenseMatrix tau, in.tau(i));
-        auto [ui, si, vhi] =
-            at::linalg_svd(ToAten(tau, device), /*full_matrices=*/false);
+        auto [ui, si, vhi] = SvdAten(ToAten(tau, device));
         u.narrow(1, i * k, k).copy_(ui.narrow(1, 0, k));
         s.narrow(0, i * k, k).copy_(si.narrow(0, 0, k));
         vt.narrow(0, i * k, k).copy_(vhi.narrow(0, 0, k));
