@@ -14,7 +14,9 @@
 #include "gmock/gmock.h"
 #include "grpc/health_check.h"
 #include "grpc/merge_server.h"
+#include "grpc/proto_convert.h"
 #include "gtest/gtest.h"
+#include "mergeserve/engine/method_registry.h"
 #include "mergeserve/v1/merge.grpc.pb.h"
 #include "mergeserve/v1/registry.grpc.pb.h"
 #include "test_util.h"
@@ -208,10 +210,29 @@ TEST_F(MergeServiceTest, StructuredRequestsMatchYaml) {
   EXPECT_THAT(job.config_yaml(), HasSubstr("merge_method: task_arithmetic"));
   EXPECT_THAT(job.config_yaml(), HasSubstr("lambda: 0.8"));
   EXPECT_EQ(Watch(job.id()).back().state(), v1::JOB_STATE_SUCCEEDED);
+  // A matrix method in the structured form, with its defaults.
+  s->set_method(v1::MERGE_METHOD_TSV);
+  grpc::ClientContext ctx_tsv;
+  ASSERT_TRUE(merges_->CreateMergeJob(&ctx_tsv, req, &job).ok());
+  EXPECT_THAT(job.config_yaml(), HasSubstr("merge_method: tsv"));
+  EXPECT_EQ(Watch(job.id()).back().state(), v1::JOB_STATE_SUCCEEDED)
+      << job.error_message();
   v1::CreateMergeJobRequest empty;
   grpc::ClientContext ctx2;
   EXPECT_EQ(merges_->CreateMergeJob(&ctx2, empty, &job).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// The structured form's method names are the registry's: every enum value
+// but UNSPECIFIED (and RI, the service's own step) names a method.
+TEST(MergeMethodEnumTest, EveryValueNamesARegisteredMethod) {
+  const auto* e = v1::MergeMethod_descriptor();
+  for (int i = 0; i < e->value_count(); ++i) {
+    const auto value = static_cast<v1::MergeMethod>(e->value(i)->number());
+    if (value == v1::MERGE_METHOD_UNSPECIFIED || value == v1::MERGE_METHOD_RI)
+      continue;
+    EXPECT_NE(FindMethod(MethodName(value)), nullptr) << e->value(i)->name();
+  }
 }
 
 TEST_F(MergeServiceTest, BadRequestsGetClearCodes) {
