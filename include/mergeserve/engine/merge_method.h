@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "mergeserve/base/huge_buffer.h"
 #include "mergeserve/base/thread_pool.h"
 #include "mergeserve/engine/merge_plan.h"
@@ -166,6 +167,11 @@ absl::Status NonFiniteError(const std::string& tensor,
                             const std::string& model_ref);
 // True if every value is finite.
 bool AllFinite(const float* v, int64_t n);
+// A whole view as fp32 (whole-matrix methods, analyze); NaN/Inf are
+// NonFiniteError(tensor, model_ref).
+absl::StatusOr<std::vector<float>> LoadWholeF32(const TensorView& v,
+                                                const std::string& tensor,
+                                                const std::string& model_ref);
 
 }  // namespace mergeserve
 

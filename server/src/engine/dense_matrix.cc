@@ -104,8 +104,7 @@ DenseMatrix Gemm(const DenseMatrix& a, bool trans_a, const DenseMatrix& b) {
   const int64_t k = trans_a ? a.rows : a.cols;
   const int64_t n = b.cols;
   DenseMatrix c(m, n);
-  if (m == 0 || n == 0) return c;
-  if (k == 0) return c;
+  if (m == 0 || n == 0 || k == 0) return c;
   const int M = static_cast<int>(n), N = static_cast<int>(m),
             K = static_cast<int>(k);
   const int ldb = static_cast<int>(b.cols), lda = static_cast<int>(a.cols);

@@ -145,22 +145,17 @@ std::vector<LayerDiagnostics> SummarizeLayers(
 
 namespace {
 
-// τ_i of every expert of a 2-D tensor, one at a time, as fp64.
+// τ_i = θ_i − θ0 of a 2-D tensor as fp64.
 absl::StatusOr<DenseMatrix> TaskMatrix(const MergePlan& plan,
-                                       const PlannedTensor& t, int model) {
+                                       const PlannedTensor& t, int model,
+                                       const std::vector<float>& base) {
+  MS_ASSIGN_OR_RETURN(
+      std::vector<float> x,
+      LoadWholeF32(t.models[static_cast<size_t>(model)], t.name,
+                   plan.models()[static_cast<size_t>(model)].ref));
   DenseMatrix m(t.shape[0], t.shape[1]);
-  std::vector<float> x(m.data.size()), b(m.data.size());
-  LoadF32(t.models[static_cast<size_t>(model)], 0, t.numel, x.data());
-  LoadF32(t.base, 0, t.numel, b.data());
-  if (!AllFinite(x.data(), t.numel)) {
-    return NonFiniteError(t.name,
-                          plan.models()[static_cast<size_t>(model)].ref);
-  }
-  if (!AllFinite(b.data(), t.numel)) {
-    return NonFiniteError(t.name, *plan.config().base_model);
-  }
   for (size_t j = 0; j < m.data.size(); ++j) {
-    m.data[j] = static_cast<double>(x[j]) - b[j];
+    m.data[j] = static_cast<double>(x[j]) - base[j];
   }
   return m;
 }
@@ -189,9 +184,12 @@ absl::StatusOr<std::map<std::string, Overlap>> SubspaceOverlaps(
     const int64_t m = t.shape[0], r = std::min(t.shape[0], t.shape[1]);
     const int64_t k = std::max<int64_t>(1, r / static_cast<int64_t>(n));
     if (r == 0) continue;
+    MS_ASSIGN_OR_RETURN(
+        std::vector<float> base,
+        LoadWholeF32(t.base, t.name, *plan.config().base_model));
     std::vector<DenseMatrix> tops;
     for (int e : experts) {
-      MS_ASSIGN_OR_RETURN(DenseMatrix tau, TaskMatrix(plan, t, e));
+      MS_ASSIGN_OR_RETURN(DenseMatrix tau, TaskMatrix(plan, t, e, base));
       MS_ASSIGN_OR_RETURN(ThinSvd svd, ComputeThinSvd(tau));
       DenseMatrix top(m, k);
       for (int64_t row = 0; row < m; ++row) {

@@ -27,6 +27,17 @@ bool AllFinite(const float* v, int64_t n) {
   return bad == 0;
 }
 
+absl::StatusOr<std::vector<float>> LoadWholeF32(const TensorView& v,
+                                                const std::string& tensor,
+                                                const std::string& model_ref) {
+  std::vector<float> out(static_cast<size_t>(v.info->numel()));
+  LoadF32(v, 0, static_cast<int64_t>(out.size()), out.data());
+  if (!AllFinite(out.data(), static_cast<int64_t>(out.size()))) {
+    return NonFiniteError(tensor, model_ref);
+  }
+  return out;
+}
+
 namespace {
 // Bytes one pread of a staged window copies (pieces spread over the pool).
 constexpr uint64_t kStagePiece = uint64_t{1} << 20;

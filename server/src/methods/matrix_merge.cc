@@ -13,22 +13,6 @@
 #include "methods/method_util.h"
 
 namespace mergeserve {
-namespace {
-
-// A whole view as fp32; NaN/Inf are an error naming the model.
-absl::StatusOr<std::vector<float>> LoadWhole(const TensorView& v,
-                                             const std::string& tensor,
-                                             const std::string& model_ref) {
-  std::vector<float> out(static_cast<size_t>(v.info->numel()));
-  LoadF32(v, 0, static_cast<int64_t>(out.size()), out.data());
-  if (!AllFinite(out.data(), static_cast<int64_t>(out.size()))) {
-    return NonFiniteError(tensor, model_ref);
-  }
-  return out;
-}
-
-}  // namespace
-
 absl::StatusOr<DenseMatrix> SumOfTaus(const MatrixInputs& in) {
   DenseMatrix sum(in.rows, in.cols);
   for (int i = 0; i < in.count; ++i) {
@@ -40,7 +24,9 @@ absl::StatusOr<DenseMatrix> SumOfTaus(const MatrixInputs& in) {
 
 absl::StatusOr<at::Tensor> SumOfTausAten(const MatrixInputs& in,
                                          const std::string& device) {
-  at::Tensor sum = ToAten(DenseMatrix(in.rows, in.cols), device);
+  at::Tensor sum = at::zeros(
+      {in.rows, in.cols},
+      at::TensorOptions().dtype(at::kDouble).device(at::Device(device)));
   for (int i = 0; i < in.count; ++i) {
     MS_ASSIGN_OR_RETURN(DenseMatrix tau, in.tau(i));
     sum.add_(ToAten(tau, device));
@@ -158,12 +144,13 @@ absl::Status MatrixMerge::MergeTensor(const MergePlan& plan,
   MS_ASSIGN_OR_RETURN(const double lambda, plan.Number("lambda", -1, t, 1.0));
   MS_ASSIGN_OR_RETURN(const bool matrix, IsMatrix(plan, t));
   MS_ASSIGN_OR_RETURN(std::vector<float> base,
-                      LoadWhole(t.base, t.name, *plan.config().base_model));
+                      LoadWholeF32(t.base, t.name, *plan.config().base_model));
   const auto load_tau = [&](size_t k) -> absl::StatusOr<std::vector<double>> {
     const int m = experts_[k];
-    MS_ASSIGN_OR_RETURN(std::vector<float> x,
-                        LoadWhole(t.models[static_cast<size_t>(m)], t.name,
-                                  plan.models()[static_cast<size_t>(m)].ref));
+    MS_ASSIGN_OR_RETURN(
+        std::vector<float> x,
+        LoadWholeF32(t.models[static_cast<size_t>(m)], t.name,
+                     plan.models()[static_cast<size_t>(m)].ref));
     std::vector<double> tau(x.size());
     for (size_t j = 0; j < x.size(); ++j) {
       tau[j] = weight[k] * (static_cast<double>(x[j]) - base[j]);
