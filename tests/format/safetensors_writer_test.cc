@@ -1,10 +1,15 @@
 #include "mergeserve/format/safetensors_writer.h"
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <thread>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "mergeserve/base/sha256.h"
 #include "mergeserve/format/model_folder.h"
 #include "nlohmann/json.hpp"
 #include "test_util.h"
@@ -55,6 +60,136 @@ TEST(ShardedWriterTest, WritesShardsWithIndexAndHfNames) {
   EXPECT_EQ(m["a"], std::vector<float>({1, 2, 3, 4}));
   EXPECT_EQ(m["c"], std::vector<float>({1, 2, 3, 4}));
   EXPECT_FALSE(HasTempSibling(fs::path(out).parent_path().string()));
+}
+
+// Three tensors of 3 MiB over two shards: the hasher reads several 1 MiB
+// blocks per shard, and its prefixes depend on the order of TensorDone().
+std::vector<TensorSpec> BigSpecs() {
+  const int64_t n = int64_t{3} << 18;  // 3 MiB of f32
+  return {{"x", DType::kF32, {n}},
+          {"y", DType::kF32, {n}},
+          {"z", DType::kF32, {n}}};
+}
+
+// Writes tensor `i` in 64 KiB pieces from two threads, high offsets first.
+void WriteBig(ShardedWriter& w, size_t i) {
+  const uint64_t bytes = w.tensors()[i].nbytes();
+  const uint64_t piece = 64 << 10;
+  auto half = [&](uint64_t parity) {
+    std::vector<float> v(piece / 4);
+    for (uint64_t off = bytes; off >= piece; off -= piece) {
+      const uint64_t at = off - piece;
+      if ((at / piece) % 2 != parity) continue;
+      for (size_t k = 0; k < v.size(); ++k) {
+        v[k] = static_cast<float>(i * 1000003 + at / 4 + k);
+      }
+      ASSERT_TRUE(w.Write(i, at, v.data(), piece).ok());
+    }
+  };
+  std::thread a(half, 0), b(half, 1);
+  a.join();
+  b.join();
+}
+
+std::map<std::string, std::string> HashFolder(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    auto h = Sha256File(e.path().string());
+    EXPECT_TRUE(h.ok()) << h.status();
+    out[e.path().filename().string()] = h.ok() ? *h : "";
+  }
+  return out;
+}
+
+TEST(ShardedWriterTest, DigestsEveryFileAsTheShardsAreWritten) {
+  // The server records these digests instead of reading its result back:
+  // they must equal a hash of the committed files, whatever order the
+  // tensors finish in and whether TensorDone() was called at all.
+  for (const std::vector<size_t>& done_order :
+       std::vector<std::vector<size_t>>{{0, 1, 2}, {2, 0, 1}, {1}, {}}) {
+    SCOPED_TRACE(::testing::PrintToString(done_order));
+    const std::string out = TempDir("w") + "/model";
+    ShardedWriter::Options o;
+    o.output_dir = out;
+    o.max_shard_bytes = 7 << 20;  // x + y share a shard, z has its own
+    o.digest_files = true;
+    auto w = ShardedWriter::Create(o, BigSpecs());
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_EQ((*w)->num_shards(), 2);
+    for (size_t i : done_order) {
+      WriteBig(**w, i);
+      (*w)->TensorDone(i);
+    }
+    for (size_t i = 0; i < 3; ++i) {
+      if (std::find(done_order.begin(), done_order.end(), i) ==
+          done_order.end()) {
+        WriteBig(**w, i);
+      }
+    }
+    ASSERT_TRUE((*w)->AddFile("config.json", "{\"a\": 1}\n").ok());
+    ASSERT_TRUE((*w)->Commit().ok());
+    const std::map<std::string, std::string> expected = HashFolder(out);
+    EXPECT_EQ(expected.size(), 4u);  // 2 shards, the index, config.json
+    const std::map<std::string, std::string> got((*w)->file_digests().begin(),
+                                                 (*w)->file_digests().end());
+    EXPECT_EQ(got, expected);
+    auto m = testing::ReadModel(out);
+    EXPECT_EQ(m["z"][5], static_cast<float>(2 * 1000003 + 5));
+  }
+}
+
+TEST(ShardedWriterTest, HashesATensorOnlyOnceItIsDone) {
+  // y first holds other bytes; x is then marked done and the hasher given
+  // time to run. A hasher that read past x would hash those bytes.
+  const std::string out = TempDir("w") + "/model";
+  ShardedWriter::Options o;
+  o.output_dir = out;
+  o.digest_files = true;
+  auto w = ShardedWriter::Create(o, BigSpecs());
+  ASSERT_TRUE(w.ok()) << w.status();
+  std::vector<float> junk((*w)->tensors()[1].nbytes() / 4, -1.0f);
+  ASSERT_TRUE((*w)->Write(1, 0, junk.data(), junk.size() * 4).ok());
+  WriteBig(**w, 0);
+  (*w)->TensorDone(0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  WriteBig(**w, 1);
+  (*w)->TensorDone(1);
+  WriteBig(**w, 2);
+  (*w)->TensorDone(2);
+  ASSERT_TRUE((*w)->Commit().ok());
+  ASSERT_EQ((*w)->file_digests().size(), 1u);
+  EXPECT_EQ((*w)->file_digests()[0].second,
+            HashFolder(out)["model.safetensors"]);
+}
+
+TEST(ShardedWriterTest, DroppingTheCacheKeepsTheContent) {
+  const std::string out = TempDir("w") + "/model";
+  ShardedWriter::Options o;
+  o.output_dir = out;
+  o.drop_cached = true;
+  auto w = ShardedWriter::Create(o, BigSpecs());
+  ASSERT_TRUE(w.ok()) << w.status();
+  for (size_t i = 0; i < 3; ++i) WriteBig(**w, i);
+  ASSERT_TRUE((*w)->Commit().ok());
+  EXPECT_TRUE((*w)->file_digests().empty());  // not asked for
+  auto m = testing::ReadModel(out);
+  ASSERT_EQ(m["y"].size(), size_t{3} << 18);
+  EXPECT_EQ(m["y"].back(), static_cast<float>(1000003 + (3 << 18) - 1));
+}
+
+TEST(ShardedWriterTest, AbandonedWriterStopsItsHasher) {
+  const std::string parent = TempDir("w");
+  {
+    ShardedWriter::Options o;
+    o.output_dir = parent + "/model";
+    o.digest_files = true;
+    auto w = ShardedWriter::Create(o, BigSpecs());
+    ASSERT_TRUE(w.ok()) << w.status();
+    WriteBig(**w, 0);
+    (*w)->TensorDone(0);
+  }  // destroyed mid-merge: joins the hasher, removes the folder
+  EXPECT_FALSE(fs::exists(parent + "/model"));
+  EXPECT_FALSE(HasTempSibling(parent));
 }
 
 TEST(ShardedWriterTest, SingleShardIsModelSafetensorsWithoutIndex) {

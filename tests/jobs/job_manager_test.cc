@@ -4,11 +4,13 @@
 
 #include <atomic>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <thread>
 
 #include "gtest/gtest.h"
 #include "jobs_test_util.h"
+#include "mergeserve/base/sha256.h"
 #include "mergeserve/engine/executor.h"
 #include "test_util.h"
 
@@ -21,9 +23,11 @@ class JobManagerTest : public ::testing::Test {
     root_ = testing::TempDir("jobs");
     std::mt19937 rng(5);
     testing::TestModel base;
-    for (int l = 0; l < 4; ++l) {
+    // Large enough that a merge outlasts the next one's start on a loaded
+    // machine (MaxConcurrent needs two to overlap).
+    for (int l = 0; l < 8; ++l) {
       base["model.layers." + std::to_string(l) + ".w"] = {
-          {2048, 256}, testing::RandomValues(2048 * 256, rng), DType::kBF16};
+          {2048, 512}, testing::RandomValues(2048 * 512, rng), DType::kBF16};
     }
     testing::WriteModel(root_ + "/models/base", base);
     testing::WriteModel(root_ + "/models/e0", base);
@@ -46,6 +50,16 @@ class JobManagerTest : public ::testing::Test {
     ASSERT_TRUE(registry_->Register(kDefaultTenant, e0).ok());
   }
 
+  // Polls until the job ends (30 s at most).
+  static JobRecord WaitForEnd(JobManager& jobs, const std::string& id) {
+    JobRecord r;
+    for (int i = 0; i < 3000; ++i) {
+      r = *jobs.Get(kDefaultTenant, id);
+      if (IsFinal(r.state)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return r;
+  }
   // Runs 4 distinct merges with 2 workers; returns the most that ran at once.
   int MaxConcurrent(int64_t budget, const std::string& lambda) {
     JobManager::Options o;
@@ -126,12 +140,7 @@ TEST_F(JobManagerTest, FinishedJobsExpireWithTheirResultsAndDeleteNeedsAnEnd) {
   auto j = (*jobs)->Submit(testing::Request(
       "merge_method: task_arithmetic\nbase_model: base\nmodels: [e0]\n"));
   ASSERT_TRUE(j.ok()) << j.status();
-  JobRecord r;
-  for (int i = 0; i < 3000; ++i) {
-    r = *(*jobs)->Get(kDefaultTenant, j->id);
-    if (IsFinal(r.state)) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  const JobRecord r = WaitForEnd(**jobs, j->id);
   ASSERT_EQ(r.state, JobState::kSucceeded) << r.error_message;
   ASSERT_TRUE(std::filesystem::is_directory(r.result_dir));
   // Another tenant can neither see nor delete it.
@@ -144,6 +153,32 @@ TEST_F(JobManagerTest, FinishedJobsExpireWithTheirResultsAndDeleteNeedsAnEnd) {
   EXPECT_EQ((*jobs)->Get(kDefaultTenant, j->id).status().code(),
             absl::StatusCode::kNotFound);
   EXPECT_FALSE(std::filesystem::exists(r.result_dir));
+}
+
+TEST_F(JobManagerTest, RecordsTheDigestOfEveryResultFile) {
+  // The digests come from the writer, hashed while the merge ran (a result
+  // is never read back for them); they must be those of the files.
+  JobManager::Options o;
+  o.data_dir = registry_->data_dir();
+  o.registry = registry_.get();
+  auto jobs = JobManager::Create(o);
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  auto j = (*jobs)->Submit(
+      testing::Request("merge_method: ties\nbase_model: base\nmodels: [e0]\n"
+                       "parameters: {density: 0.3}\n"));
+  ASSERT_TRUE(j.ok()) << j.status();
+  const JobRecord r = WaitForEnd(**jobs, j->id);
+  ASSERT_EQ(r.state, JobState::kSucceeded) << r.error_message;
+  std::map<std::string, std::string> on_disk;
+  for (const auto& e : std::filesystem::directory_iterator(r.result_dir)) {
+    auto h = Sha256File(e.path().string());
+    ASSERT_TRUE(h.ok()) << h.status();
+    on_disk[e.path().filename().string()] = *h;
+  }
+  std::map<std::string, std::string> recorded;
+  for (const ResultFileInfo& f : r.files) recorded[f.name] = f.sha256;
+  EXPECT_EQ(recorded, on_disk);
+  EXPECT_TRUE(on_disk.count("model.safetensors"));
 }
 
 }  // namespace

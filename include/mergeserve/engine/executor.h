@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -63,6 +64,12 @@ struct MergeOptions {
   // renamed into place; an error abandons it (the server checks there that
   // its replica still holds the job's lease).
   std::function<absl::Status()> before_commit;
+  // Hash every output file while it is synced (MergeSummary::file_digests);
+  // the server records them without reading the result again.
+  bool digest_outputs = false;
+  // Drop the written shards from the page cache after the sync (the server:
+  // results should not evict the inputs the next merge reads).
+  bool uncache_outputs = false;
 };
 
 struct MergeSummary {
@@ -80,6 +87,9 @@ struct MergeSummary {
   int64_t memory_estimate_bytes = 0;
   // What the planner changed without failing (MergePlan::warnings).
   std::vector<std::string> warnings;
+  // (file name, hex SHA-256) of the output folder, sorted; with
+  // MergeOptions::digest_outputs only.
+  std::vector<std::pair<std::string, std::string>> file_digests;
 };
 
 absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,

@@ -9,13 +9,20 @@
 #ifndef MERGESERVE_FORMAT_SAFETENSORS_WRITER_H_
 #define MERGESERVE_FORMAT_SAFETENSORS_WRITER_H_
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "mergeserve/base/sha256.h"
 #include "mergeserve/format/dtype.h"
 
 namespace mergeserve {
@@ -39,6 +46,16 @@ class ShardedWriter {
     // Reserve each shard's blocks up front (a full disk fails before any
     // work); false leaves a sparse file, for outputs never written.
     bool reserve = true;
+    // Compute every file's SHA-256 while the merge runs: a writer thread
+    // hashes each shard in order, from the page cache, as TensorDone()
+    // makes its prefix final, so a caller that records digests (the server)
+    // neither reads the result back nor waits for a hash after the merge.
+    bool digest_files = false;
+    // Drop the shards from the page cache once synced. A server writes
+    // results that are read again rarely; keeping them cached would evict
+    // the inputs that the next merge reads, and fresh pages cost more than
+    // recycled ones (much more on a VM, where the host backs them lazily).
+    bool drop_cached = false;
   };
 
   static absl::StatusOr<std::unique_ptr<ShardedWriter>> Create(
@@ -54,6 +71,9 @@ class ShardedWriter {
   // disjoint ranges.
   absl::Status Write(size_t index, uint64_t offset, const void* data,
                      uint64_t size);
+  // Says tensor `index` is completely written. Only a hint for the hasher
+  // (Options::digest_files): Commit() hashes whatever was not marked.
+  void TensorDone(size_t index);
   // Adds a small file (config.json, tokenizer files) to the output folder.
   absl::Status AddFile(const std::string& name, const std::string& contents);
   // Syncs, writes the index (when sharded) and atomically moves the folder
@@ -61,6 +81,11 @@ class ShardedWriter {
   absl::Status Commit();
 
   const std::string& temp_dir() const { return temp_dir_; }
+  // (file name, lower-case hex SHA-256) of every file in the folder, sorted
+  // by name; filled by Commit() when Options::digest_files is set.
+  const std::vector<std::pair<std::string, std::string>>& file_digests() const {
+    return file_digests_;
+  }
 
  private:
   struct Shard {
@@ -74,11 +99,37 @@ class ShardedWriter {
     uint64_t offset;  // absolute in the shard file
   };
   ShardedWriter() = default;
+  // Starts writing back a shard's dirty pages once enough have piled up, so
+  // Commit()'s fsync waits for the tail only, not the whole file.
+  void KickWriteback(size_t shard, uint64_t bytes);
+  // The hasher thread's loop: hashes each shard's final prefix as it grows.
+  void HashLoop();
+  // Finishes the hashes while syncing the shards; fills file_digests_.
+  absl::Status DigestAndSync();
+  void StopHasher();
 
   Options options_;
   std::vector<TensorSpec> tensors_;
   std::vector<Shard> shards_;
   std::vector<Placement> placement_;
+  // Bytes written to each shard since its last writeback kick.
+  std::unique_ptr<std::atomic<uint64_t>[]> unflushed_;
+  std::vector<std::pair<std::string, std::string>> file_digests_;
+
+  // In-order hashing (digest_files). Tensors of a shard are contiguous and
+  // in index order, so a shard's final prefix ends at its first tensor not
+  // yet done.
+  std::mutex hash_mu_;
+  std::condition_variable hash_cv_;
+  std::vector<bool> done_ ABSL_GUARDED_BY(hash_mu_);
+  std::vector<size_t> next_tensor_ ABSL_GUARDED_BY(hash_mu_);  // per shard
+  std::vector<uint64_t> ready_ ABSL_GUARDED_BY(hash_mu_);      // final bytes
+  std::vector<uint64_t> hashed_ ABSL_GUARDED_BY(hash_mu_);
+  bool closing_ ABSL_GUARDED_BY(hash_mu_) = false;  // drain, then exit
+  bool aborted_ ABSL_GUARDED_BY(hash_mu_) = false;  // exit now
+  absl::Status hash_error_ ABSL_GUARDED_BY(hash_mu_);
+  std::vector<std::unique_ptr<Sha256>> shard_hashes_;  // one per shard
+  std::thread hasher_;
   std::string temp_dir_;
   bool committed_ = false;
 };

@@ -331,9 +331,9 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     progress.bytes_total += t.out_bytes();
     if (options.memory_budget > 0 && t.merge && whole_tensor) {
       // Whole-tensor paths hold every model's copy plus a few temporaries.
-      const int64_t need = WholeTensorBytes(
-          FindMethod(config.merge_method),
-          static_cast<int64_t>(t.models.size()), t.numel);
+      const int64_t need =
+          WholeTensorBytes(FindMethod(config.merge_method),
+                           static_cast<int64_t>(t.models.size()), t.numel);
       if (need > options.memory_budget) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "tensor '", t.name, "' needs about ", FormatBytes(need), " for ",
@@ -347,6 +347,8 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   wo.output_dir = options.output_dir;
   wo.max_shard_bytes = options.max_shard_bytes;
   wo.overwrite = options.overwrite;
+  wo.digest_files = options.digest_outputs;
+  wo.drop_cached = options.uncache_outputs;
   wo.metadata = {{"format", "pt"},
                  {"merged_by", "mergeserve"},
                  {"merge_method", config.merge_method}};
@@ -397,6 +399,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     ReleaseView(t.reference);
     if (t.base.data) ReleaseView(t.base);
     for (const TensorView& v : t.models) ReleaseView(v);
+    if (writer) writer->TensorDone(i);
     summary.bytes_written += t.out_bytes();
     progress.tensors_done = static_cast<int64_t>(i + 1);
     progress.bytes_done += t.out_bytes();
@@ -411,6 +414,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     if (options.before_commit) MS_RETURN_IF_ERROR(options.before_commit());
     MS_RETURN_IF_ERROR(writer->Commit());
     summary.output_dir = options.output_dir;
+    summary.file_digests = writer->file_digests();
   }
   summary.tensors = static_cast<int64_t>(tensors.size());
   summary.seconds =

@@ -192,6 +192,8 @@ absl::StatusOr<MergeSummary> RunMergeStages(
     o.overwrite = true;
     o.config_text.clear();
     o.before_commit = nullptr;
+    o.digest_outputs = false;   // scratch folders are never recorded
+    o.uncache_outputs = false;  // and are read by the next stage at once
     o.diagnostics = nullptr;
     o.resolver = resolver;
     o.digest = digest;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -40,6 +41,11 @@ absl::Status WriteAll(int fd, const void* data, uint64_t size, uint64_t offset,
   }
   return absl::OkStatus();
 }
+
+// How much a shard accumulates before its writeback is started: large
+// enough that the kicks cost nothing next to the copies, small enough that
+// the disk is busy while the merge still computes.
+constexpr uint64_t kWritebackBytes = uint64_t{8} << 20;
 
 bool DirIsEmpty(const std::string& dir) {
   std::error_code ec;
@@ -108,6 +114,8 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
   }
   if (members.empty()) members.emplace_back();
   const size_t n = members.size();
+  w->unflushed_.reset(new std::atomic<uint64_t>[n]);
+  for (size_t s = 0; s < n; ++s) w->unflushed_[s] = 0;
   for (size_t s = 0; s < n; ++s) {
     Shard shard;
     shard.file_name =
@@ -157,10 +165,34 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
       return IoError("cannot size", path);
     }
   }
+  if (w->options_.digest_files) {
+    std::lock_guard<std::mutex> lock(w->hash_mu_);
+    w->done_.assign(w->tensors_.size(), false);
+    for (size_t s = 0; s < n; ++s) {
+      w->next_tensor_.push_back(members[s].empty() ? 0 : members[s].front());
+      // The header is final from the start.
+      w->ready_.push_back(w->shards_[s].data_start);
+      w->hashed_.push_back(0);
+      w->shard_hashes_.push_back(std::make_unique<Sha256>());
+    }
+    ShardedWriter* self = w.get();
+    w->hasher_ = std::thread([self] { self->HashLoop(); });
+  }
   return w;
 }
 
+void ShardedWriter::StopHasher() {
+  if (!hasher_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(hash_mu_);
+    aborted_ = true;
+  }
+  hash_cv_.notify_all();
+  hasher_.join();
+}
+
 ShardedWriter::~ShardedWriter() {
+  StopHasher();
   for (auto& s : shards_) {
     if (s.fd >= 0) ::close(s.fd);
   }
@@ -179,8 +211,134 @@ absl::Status ShardedWriter::Write(size_t index, uint64_t offset,
   }
   const Placement& p = placement_[index];
   const Shard& s = shards_[p.shard];
-  return WriteAll(s.fd, data, size, p.offset + offset,
-                  temp_dir_ + "/" + s.file_name);
+  MS_RETURN_IF_ERROR(WriteAll(s.fd, data, size, p.offset + offset,
+                              temp_dir_ + "/" + s.file_name));
+  KickWriteback(p.shard, size);
+  return absl::OkStatus();
+}
+
+void ShardedWriter::KickWriteback(size_t shard, uint64_t bytes) {
+#ifdef SYNC_FILE_RANGE_WRITE
+  const uint64_t total = unflushed_[shard].fetch_add(bytes) + bytes;
+  if (total < kWritebackBytes) return;
+  // One thread wins the exchange and starts writeback of everything dirty
+  // in the file (asynchronous: WRITE without WAIT_*); failures surface at
+  // Commit()'s fsync, which is what decides durability.
+  uint64_t expected = total;
+  if (!unflushed_[shard].compare_exchange_strong(expected, 0)) return;
+  ::sync_file_range(shards_[shard].fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+#else
+  (void)shard;
+  (void)bytes;
+#endif
+}
+
+void ShardedWriter::TensorDone(size_t index) {
+  if (!hasher_.joinable() || index >= tensors_.size()) return;
+  {
+    std::lock_guard<std::mutex> lock(hash_mu_);
+    done_[index] = true;
+    const size_t s = placement_[index].shard;
+    size_t& next = next_tensor_[s];
+    while (next < tensors_.size() && placement_[next].shard == s &&
+           done_[next]) {
+      ready_[s] = placement_[next].offset + tensors_[next].nbytes();
+      ++next;
+    }
+  }
+  hash_cv_.notify_one();
+}
+
+void ShardedWriter::HashLoop() {
+  std::vector<char> buf(size_t{1} << 20);
+  std::unique_lock<std::mutex> lock(hash_mu_);
+  for (;;) {
+    if (aborted_ || !hash_error_.ok()) return;
+    size_t s = 0;
+    while (s < shards_.size() && hashed_[s] >= ready_[s]) ++s;
+    if (s == shards_.size()) {
+      if (closing_) return;
+      hash_cv_.wait(lock);
+      continue;
+    }
+    const uint64_t from = hashed_[s];
+    const uint64_t size = std::min<uint64_t>(ready_[s] - from, buf.size());
+    const int fd = shards_[s].fd;
+    lock.unlock();
+    uint64_t got = 0;
+    absl::Status error;
+    while (got < size) {
+      const ssize_t r = ::pread(fd, buf.data() + got, size - got,
+                                static_cast<off_t>(from + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        if (r == 0) errno = EIO;  // the file is sized up front: never short
+        error = IoError("cannot read back", shards_[s].file_name);
+        break;
+      }
+      got += static_cast<uint64_t>(r);
+    }
+    if (error.ok()) shard_hashes_[s]->Update(buf.data(), size);
+    lock.lock();
+    if (!error.ok()) {
+      hash_error_ = std::move(error);
+      return;
+    }
+    hashed_[s] = from + size;
+  }
+}
+
+absl::Status ShardedWriter::DigestAndSync() {
+  // Everything is written now: the hasher finishes the shards' tails while
+  // this thread waits for their blocks to reach the disk.
+  if (hasher_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(hash_mu_);
+      for (size_t s = 0; s < shards_.size(); ++s) ready_[s] = shards_[s].size;
+      closing_ = true;
+    }
+    hash_cv_.notify_all();
+  }
+  absl::Status synced;
+  for (const Shard& s : shards_) {
+    if (::fsync(s.fd) != 0 && synced.ok()) {
+      synced = IoError("cannot sync", temp_dir_ + "/" + s.file_name);
+    }
+  }
+  if (hasher_.joinable()) hasher_.join();
+  MS_RETURN_IF_ERROR(synced);
+  if (options_.drop_cached) {
+    // Advice only: synced pages are clean, so this frees them at once.
+    for (const Shard& s : shards_) {
+      ::posix_fadvise(s.fd, 0, 0, POSIX_FADV_DONTNEED);
+    }
+  }
+  if (!options_.digest_files) return absl::OkStatus();
+  {
+    std::lock_guard<std::mutex> lock(hash_mu_);
+    MS_RETURN_IF_ERROR(hash_error_);
+  }
+  file_digests_.clear();
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    file_digests_.emplace_back(shards_[s].file_name,
+                               shard_hashes_[s]->HexDigest());
+  }
+  // Side files (config, tokenizer, index) are small: hashed here.
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(temp_dir_, ec)) {
+    const std::string name = e.path().filename().string();
+    const bool is_shard =
+        std::any_of(shards_.begin(), shards_.end(),
+                    [&](const Shard& s) { return s.file_name == name; });
+    if (!e.is_regular_file() || is_shard) continue;
+    MS_ASSIGN_OR_RETURN(std::string h, Sha256File(e.path().string()));
+    file_digests_.emplace_back(name, std::move(h));
+  }
+  if (ec) {
+    return ErrnoStatus(ec.value(), absl::StrCat("cannot list ", temp_dir_));
+  }
+  std::sort(file_digests_.begin(), file_digests_.end());
+  return absl::OkStatus();
 }
 
 absl::Status ShardedWriter::AddFile(const std::string& name,
@@ -212,8 +370,8 @@ absl::Status ShardedWriter::Commit() {
     MS_RETURN_IF_ERROR(
         AddFile("model.safetensors.index.json", index.dump(2) + "\n"));
   }
+  MS_RETURN_IF_ERROR(DigestAndSync());
   for (auto& s : shards_) {
-    if (::fsync(s.fd) != 0) return IoError("cannot sync", s.file_name);
     ::close(s.fd);
     s.fd = -1;
   }

@@ -552,6 +552,8 @@ void JobManager::RunJob(const std::string& id,
   mo.cancelled = &cancelled;
   mo.cache = cache_.get();
   mo.reject_non_finite = true;
+  mo.digest_outputs = true;
+  mo.uncache_outputs = true;
   mo.config_text = planned->canonical_yaml;
   // Fencing for the shared data dir: a run whose replica lost the lease
   // (and has not heard yet) does not rename its result into place. A
@@ -646,9 +648,16 @@ void JobManager::RunJob(const std::string& id,
       if (e.is_regular_file()) names.push_back(e.path().filename().string());
     }
     std::sort(names.begin(), names.end());
+    // The writer hashed the files it synced; anything else (a data-aware
+    // merge's extra files) is read here.
+    const std::map<std::string, std::string> hashed(
+        summary.file_digests.begin(), summary.file_digests.end());
     for (const std::string& n : names) {
       const std::string path = job.result_dir + "/" + n;
-      auto h = Sha256File(path);
+      auto known = hashed.find(n);
+      absl::StatusOr<std::string> h =
+          known != hashed.end() ? absl::StatusOr<std::string>(known->second)
+                                : Sha256File(path);
       const int64_t size = static_cast<int64_t>(fs::file_size(path, ec));
       done.files.push_back({n, size, h.ok() ? *h : ""});
       done.result_bytes += size;
