@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -24,6 +25,40 @@ TEST(HugeBufferTest, ZeroFilledAndSizedByPage) {
   HugeBuffer empty(0);
   EXPECT_EQ(empty.data(), nullptr);
   EXPECT_EQ(empty.mapped(), 0u);
+}
+
+TEST(HugeBufferTest, UninitializedBuffersReuseFreedMappingsOfTheirSize) {
+  const size_t mb3 = (size_t{3} << 20) - 5;  // maps 4 MiB
+  void* first = nullptr;
+  {
+    HugeBuffer a = HugeBuffer::Uninitialized(mb3);
+    first = a.data();
+    a.as<uint8_t>()[0] = 42;
+  }  // back to the pool, not to the kernel
+  EXPECT_GE(HugeBuffer::PooledBytes(), size_t{4} << 20);
+  {
+    HugeBuffer other = HugeBuffer::Uninitialized(size_t{6} << 20);
+    EXPECT_NE(other.data(), first);  // another size maps anew
+  }
+  HugeBuffer again = HugeBuffer::Uninitialized(mb3);
+  EXPECT_EQ(again.data(), first);
+  EXPECT_EQ(again.as<uint8_t>()[0], 42);  // not zeroed: the point of it
+  EXPECT_EQ(again.size(), mb3);
+  // The zero-filled constructor never hands out a pooled mapping.
+  HugeBuffer zeroed(mb3);
+  EXPECT_NE(zeroed.data(), first);
+  EXPECT_EQ(zeroed.as<uint8_t>()[0], 0);
+}
+
+TEST(HugeBufferTest, ThePoolIsBounded) {
+  std::vector<HugeBuffer> many;
+  const size_t each = size_t{64} << 20;
+  for (size_t i = 0; i < HugeBuffer::kPoolBytes / each + 4; ++i) {
+    many.push_back(HugeBuffer::Uninitialized(each));
+  }
+  many.clear();
+  EXPECT_LE(HugeBuffer::PooledBytes(), HugeBuffer::kPoolBytes);
+  EXPECT_GE(HugeBuffer::PooledBytes(), HugeBuffer::kPoolBytes - each);
 }
 
 }  // namespace

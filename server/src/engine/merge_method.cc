@@ -45,7 +45,10 @@ constexpr uint64_t kStagePiece = uint64_t{1} << 20;
 
 uint8_t* StagingArena::Buffer(size_t slot, size_t bytes) {
   if (buffers_.size() <= slot) buffers_.resize(slot + 1);
-  if (buffers_[slot].size() < bytes) buffers_[slot] = HugeBuffer(bytes);
+  // Staged windows are filled by pread before they are read.
+  if (buffers_[slot].size() < bytes) {
+    buffers_[slot] = HugeBuffer::Uninitialized(bytes);
+  }
   return buffers_[slot].as<uint8_t>();
 }
 

@@ -1091,7 +1091,9 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
       }
       if (static_cast<int64_t>(update_bytes) <=
           ctx.cache->capacity_bytes() / 4) {
-        update = std::make_shared<HugeBuffer>(update_bytes);
+        // The merge pass writes every element of q (keep_update).
+        update = std::make_shared<HugeBuffer>(
+            HugeBuffer::Uninitialized(update_bytes));
       }
     }
   }
