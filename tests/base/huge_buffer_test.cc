@@ -28,6 +28,7 @@ TEST(HugeBufferTest, ZeroFilledAndSizedByPage) {
 }
 
 TEST(HugeBufferTest, UninitializedBuffersReuseFreedMappingsOfTheirSize) {
+  HugeBuffer::ReleasePool();                 // whatever other tests left
   const size_t mb3 = (size_t{3} << 20) - 5;  // maps 4 MiB
   void* first = nullptr;
   {
@@ -44,10 +45,14 @@ TEST(HugeBufferTest, UninitializedBuffersReuseFreedMappingsOfTheirSize) {
   EXPECT_EQ(again.data(), first);
   EXPECT_EQ(again.as<uint8_t>()[0], 42);  // not zeroed: the point of it
   EXPECT_EQ(again.size(), mb3);
-  // The zero-filled constructor never hands out a pooled mapping.
+  // The zero-filled constructor never hands out a pooled mapping, and its
+  // memory goes back to the kernel, not to the pool.
   HugeBuffer zeroed(mb3);
   EXPECT_NE(zeroed.data(), first);
   EXPECT_EQ(zeroed.as<uint8_t>()[0], 0);
+  const size_t before = HugeBuffer::PooledBytes();
+  zeroed = HugeBuffer();
+  EXPECT_EQ(HugeBuffer::PooledBytes(), before);
 }
 
 TEST(HugeBufferTest, ThePoolIsBounded) {
@@ -59,6 +64,8 @@ TEST(HugeBufferTest, ThePoolIsBounded) {
   many.clear();
   EXPECT_LE(HugeBuffer::PooledBytes(), HugeBuffer::kPoolBytes);
   EXPECT_GE(HugeBuffer::PooledBytes(), HugeBuffer::kPoolBytes - each);
+  HugeBuffer::ReleasePool();
+  EXPECT_EQ(HugeBuffer::PooledBytes(), 0u);
 }
 
 }  // namespace

@@ -42,6 +42,8 @@ class HugeBuffer {
   static constexpr size_t kPoolBytes = size_t{1} << 30;
   // Bytes the pool holds now (tests, metrics).
   static size_t PooledBytes();
+  // Returns every pooled mapping to the kernel.
+  static void ReleasePool();
 
  private:
   void Release();
@@ -49,6 +51,9 @@ class HugeBuffer {
   void* data_ = nullptr;
   size_t size_ = 0;  // as asked
   size_t mapped_ = 0;
+  // Made by Uninitialized(): goes back to the pool when destroyed. A
+  // zero-filled buffer's memory is returned to the kernel.
+  bool pooled_ = false;
 };
 
 }  // namespace mergeserve

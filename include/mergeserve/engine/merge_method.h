@@ -133,8 +133,12 @@ class StagingArena {
   explicit StagingArena(size_t window_bytes = kStagingBytes,
                         size_t hold_bytes = kHoldBytes)
       : window_bytes(window_bytes), hold_bytes(hold_bytes) {}
-  // At least `bytes` for input `slot`.
+  // At least `bytes` for input `slot`; contents undefined when it grows.
   uint8_t* Buffer(size_t slot, size_t bytes);
+  // Bytes input `slot` holds now (0 before its first use).
+  size_t Capacity(size_t slot) const {
+    return slot < buffers_.size() ? buffers_[slot].size() : 0;
+  }
 
   const size_t window_bytes, hold_bytes;
 

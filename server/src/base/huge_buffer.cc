@@ -50,15 +50,28 @@ bool GiveToPool(void* p, size_t mapped) {
 HugeBuffer HugeBuffer::Uninitialized(size_t bytes) {
   if (bytes >= kHugePage) {
     const size_t mapped = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    HugeBuffer b;
     if (void* p = TakePooled(mapped)) {
-      HugeBuffer b;
       b.data_ = p;
       b.size_ = bytes;
       b.mapped_ = mapped;
-      return b;
+    } else {
+      b = HugeBuffer(bytes);
     }
+    b.pooled_ = true;
+    return b;
   }
   return HugeBuffer(bytes);
+}
+
+void HugeBuffer::ReleasePool() {
+  Pool& pool = ThePool();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  for (auto& [mapped, list] : pool.free) {
+    for (void* p : list) ::munmap(p, mapped);
+  }
+  pool.free.clear();
+  pool.bytes = 0;
 }
 
 size_t HugeBuffer::PooledBytes() {
@@ -69,7 +82,7 @@ size_t HugeBuffer::PooledBytes() {
 
 void HugeBuffer::Release() {
   if (data_ == nullptr) return;
-  if (mapped_ < kHugePage || !GiveToPool(data_, mapped_)) {
+  if (!pooled_ || !GiveToPool(data_, mapped_)) {
     ::munmap(data_, mapped_);
   }
   data_ = nullptr;
@@ -94,7 +107,8 @@ HugeBuffer::~HugeBuffer() { Release(); }
 HugeBuffer::HugeBuffer(HugeBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),
-      mapped_(std::exchange(other.mapped_, 0)) {}
+      mapped_(std::exchange(other.mapped_, 0)),
+      pooled_(std::exchange(other.pooled_, false)) {}
 
 HugeBuffer& HugeBuffer::operator=(HugeBuffer&& other) noexcept {
   if (this != &other) {
@@ -102,6 +116,7 @@ HugeBuffer& HugeBuffer::operator=(HugeBuffer&& other) noexcept {
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
     mapped_ = std::exchange(other.mapped_, 0);
+    pooled_ = std::exchange(other.pooled_, false);
   }
   return *this;
 }

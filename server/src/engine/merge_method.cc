@@ -98,6 +98,11 @@ absl::Status ForEachStagedChunk(
     auto it = std::find(held.begin(), held.end(), source[i]);
     reuse = it != held.end();
     if (reuse) slot[i] = static_cast<size_t>(it - held.begin());
+    // A held copy is only as long as the window it was staged with; a
+    // buffer that must grow holds nothing yet.
+    reuse = reuse &&
+            arena->Capacity(slot[i]) >=
+                static_cast<size_t>(window) * DTypeSize(source[i]->info->dtype);
   }
   if (!reuse) {
     for (size_t i = 0; i < source.size(); ++i) slot[i] = i;

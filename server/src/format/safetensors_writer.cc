@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <system_error>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -176,7 +177,12 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
       w->shard_hashes_.push_back(std::make_unique<Sha256>());
     }
     ShardedWriter* self = w.get();
-    w->hasher_ = std::thread([self] { self->HashLoop(); });
+    try {
+      w->hasher_ = std::thread([self] { self->HashLoop(); });
+    } catch (const std::system_error& e) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot start the result's hasher: ", e.what()));
+    }
   }
   return w;
 }
@@ -305,6 +311,7 @@ absl::Status ShardedWriter::DigestAndSync() {
       synced = IoError("cannot sync", temp_dir_ + "/" + s.file_name);
     }
   }
+  if (!synced.ok()) StopHasher();  // no use hashing what will not commit
   if (hasher_.joinable()) hasher_.join();
   MS_RETURN_IF_ERROR(synced);
   if (options_.drop_cached) {
@@ -313,7 +320,11 @@ absl::Status ShardedWriter::DigestAndSync() {
       ::posix_fadvise(s.fd, 0, 0, POSIX_FADV_DONTNEED);
     }
   }
-  if (!options_.digest_files) return absl::OkStatus();
+  // A Commit() retried after a failed rename keeps the digests it made
+  // (a finished hash cannot be finished again).
+  if (!options_.digest_files || !file_digests_.empty()) {
+    return absl::OkStatus();
+  }
   {
     std::lock_guard<std::mutex> lock(hash_mu_);
     MS_RETURN_IF_ERROR(hash_error_);
