@@ -329,7 +329,6 @@ absl::Status ShardedWriter::DigestAndSync() {
     std::lock_guard<std::mutex> lock(hash_mu_);
     MS_RETURN_IF_ERROR(hash_error_);
   }
-  file_digests_.clear();
   for (size_t s = 0; s < shards_.size(); ++s) {
     file_digests_.emplace_back(shards_[s].file_name,
                                shard_hashes_[s]->HexDigest());
