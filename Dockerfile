@@ -14,6 +14,7 @@ COPY . .
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMERGESERVE_BUILD_TESTS=OFF \
  && cmake --build /build --target mergeserve mergectl mergeserve_python_stubs \
  && install -D /build/mergeserve /out/usr/local/bin/mergeserve \
+ && install -D /build/libmergeserve_aten.so /out/usr/local/lib/mergeserve/libmergeserve_aten.so \
  && install -D /build/mergectl /out/usr/local/bin/mergectl \
  && mkdir -p /out/usr/local/lib/mergeserve/python \
  && cp -r /build/python/mergeserve client/python/mergeserve_client /out/usr/local/lib/mergeserve/python/

@@ -15,6 +15,7 @@ namespace mergeserve {
 namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using testing::TempDir;
 
 struct Result {
@@ -22,9 +23,9 @@ struct Result {
   std::string output;
 };
 
-Result RunCli(const std::string& args) {
-  const std::string cmd = std::string(MERGESERVE_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
+// Runs a shell command; its stdout and stderr together.
+Result RunCommand(const std::string& cmd) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
   std::string out;
   std::array<char, 4096> buf;
   size_t n;
@@ -32,6 +33,11 @@ Result RunCli(const std::string& args) {
     out.append(buf.data(), n);
   const int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// `env`: assignments put before the command, e.g. "VAR=value".
+Result RunCli(const std::string& args, const std::string& env = "") {
+  return RunCommand(env + " " + std::string(MERGESERVE_BINARY) + " " + args);
 }
 
 class MergeCliTest : public ::testing::Test {
@@ -47,10 +53,11 @@ class MergeCliTest : public ::testing::Test {
     testing::WriteFile(dir_ + "/base/tokenizer.json", "{}");
   }
   // Writes a config and runs it; the output must not appear on failure.
-  Result Merge(const std::string& yaml, const std::string& flags = "") {
+  Result Merge(const std::string& yaml, const std::string& flags = "",
+               const std::string& env = "") {
     testing::WriteFile(dir_ + "/c.yaml", yaml);
-    Result r =
-        RunCli("merge " + dir_ + "/c.yaml " + dir_ + "/out --quiet " + flags);
+    Result r = RunCli(
+        "merge " + dir_ + "/c.yaml " + dir_ + "/out --quiet " + flags, env);
     if (r.exit_code != 0) {
       EXPECT_FALSE(fs::exists(dir_ + "/out")) << "output written on failure";
       for (const auto& e : fs::directory_iterator(dir_)) {
@@ -132,6 +139,39 @@ TEST_F(MergeCliTest, SlerpNeedsTwoModels) {
       "0.5}\n");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.output, HasSubstr("exactly 2 models, got 1"));
+}
+
+// The fused methods never load LibTorch (loading it costs a process about
+// 0.8 s); the ATen methods load its module on first use, and name it when it
+// cannot be loaded.
+constexpr char kNoModule[] =
+    "MERGESERVE_ATEN_MODULE=/nonexistent/libmergeserve_aten.so";
+
+TEST_F(MergeCliTest, FusedMethodsRunWithoutTheLibTorchModule) {
+  Result r = Merge(kTies, "", kNoModule);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
+}
+
+TEST_F(MergeCliTest, AtenMethodsLoadTheModuleAndNameItWhenMissing) {
+  constexpr char kSlerp[] =
+      "merge_method: slerp\nbase_model: base\nmodels: [base, e0]\n"
+      "parameters: {t: 0.5}\n";
+  Result r = Merge(kSlerp, "", kNoModule);
+  EXPECT_EQ(r.exit_code, 7);  // FAILED_PRECONDITION
+  EXPECT_THAT(r.output, HasSubstr("merge_method 'slerp' runs on LibTorch"));
+  EXPECT_THAT(r.output, HasSubstr("/nonexistent/libmergeserve_aten.so"));
+  r = Merge(kSlerp);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
+}
+
+TEST(MergeBinaryTest, DoesNotLinkLibTorch) {
+  const Result r = RunCommand(std::string("readelf -d ") + MERGESERVE_BINARY);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("(NEEDED)"));
+  EXPECT_THAT(r.output, Not(HasSubstr("libtorch")));
+  EXPECT_THAT(r.output, Not(HasSubstr("libc10")));
 }
 
 TEST_F(MergeCliTest, UnknownKeyAndMethod) {

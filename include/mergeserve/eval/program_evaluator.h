@@ -24,29 +24,25 @@ struct EvalResult {
 
 class ProgramEvaluator {
  public:
-  // device: "cpu", "cuda", "cuda:N".
+  // device: "cpu", "cuda", "cuda:N". Runs on LibTorch, whose module the
+  // binaries load on first use (FAILED_PRECONDITION if it cannot be).
   static absl::StatusOr<std::unique_ptr<ProgramEvaluator>> Create(
       const std::string& program_path, const std::string& device = "cpu");
-  ~ProgramEvaluator();
+  virtual ~ProgramEvaluator();
 
   // Copies every tensor of `weights` whose name is a parameter of the
   // program (and passes `filter`, when given) into it; shapes must match.
   // Returns the names replaced.
-  absl::StatusOr<std::vector<std::string>> LoadWeights(
+  virtual absl::StatusOr<std::vector<std::string>> LoadWeights(
       const ModelFolder& weights,
-      const std::function<bool(const std::string&)>& filter = {});
+      const std::function<bool(const std::string&)>& filter = {}) = 0;
   // Evaluates on a safetensors dataset with `inputs` (float or integer ids)
   // and `labels` (integers).
   // `max_examples` > 0 evaluates only the first examples.
-  absl::StatusOr<EvalResult> Evaluate(
+  virtual absl::StatusOr<EvalResult> Evaluate(
       const std::string& dataset_path, int64_t batch_size = 256,
       const std::function<void(int64_t done, int64_t total)>& progress = {},
-      int64_t max_examples = 0);
-
- private:
-  struct Impl;
-  explicit ProgramEvaluator(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+      int64_t max_examples = 0) = 0;
 };
 
 }  // namespace mergeserve

@@ -43,24 +43,23 @@ struct RiAdaptation {
 
 class RiAdapter {
  public:
+  // Runs on LibTorch, whose module the binaries load on first use
+  // (FAILED_PRECONDITION if it cannot be).
   static absl::StatusOr<std::unique_ptr<RiAdapter>> Create(
       const std::string& base_dir, const std::vector<RiExpert>& experts,
       const RiOptions& options);
-  ~RiAdapter();
+  virtual ~RiAdapter();
 
   // Trains expert i and writes θ0+τ'_i (every tensor of the expert, the
   // adapted ones in F32) as a checkpoint folder at out_dir.
-  absl::StatusOr<RiAdaptation> Adapt(
+  virtual absl::StatusOr<RiAdaptation> Adapt(
       int expert, const std::string& out_dir,
-      const std::function<void(int64_t step, int64_t steps)>& progress = {});
+      const std::function<void(int64_t step, int64_t steps)>& progress =
+          {}) = 0;
   // ξ of a merged backbone (a checkpoint holding the adapted tensors).
-  absl::StatusOr<double> Interference(const std::string& merged_dir);
-  int64_t pool_size() const;
-
- private:
-  struct Impl;
-  explicit RiAdapter(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  virtual absl::StatusOr<double> Interference(
+      const std::string& merged_dir) = 0;
+  virtual int64_t pool_size() const = 0;
 };
 
 }  // namespace mergeserve

@@ -12,6 +12,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "engine/aten_module.h"
 #include "grpc/merge_server.h"
 #include "mergeserve/auth/token_store.h"
 #include "mergeserve/base/byte_size.h"
@@ -227,6 +228,16 @@ int RunServeCommand(int argc, char** argv) {
   o.config_limits.max_models =
       static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_max_models)));
 
+  // LibTorch (ATen methods, evaluation, the data-aware steps) is loaded now
+  // rather than under the first job that needs it: a missing module stops
+  // the server here, and no job waits for the load.
+  if (auto aten =
+          AtenTable("engine", "the server's ATen methods and evaluation");
+      !aten.ok()) {
+    std::fprintf(stderr, "mergeserve serve: %s\n",
+                 std::string(aten.status().message()).c_str());
+    return ExitCodeFor(aten.status().code());
+  }
   if (absl::GetFlag(FLAGS_check)) {
     auto checked = MergeServer::Check(o);
     if (!checked.ok()) {

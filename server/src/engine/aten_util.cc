@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "mergeserve/base/status_macros.h"
 
 namespace mergeserve {
 namespace {
@@ -67,6 +68,19 @@ absl::Status WriteToSink(const at::Tensor& t, TensorSink& sink) {
   } catch (const std::exception& e) {
     return AtenError("storing tensor", e);
   }
+}
+
+absl::StatusOr<at::Tensor> LoadF64(const MergePlan& plan,
+                                   const PlannedTensor& t, int model,
+                                   const ExecContext& ctx) {
+  const std::string dev = ctx.backend == Backend::kAten ? ctx.device : "cpu";
+  const TensorView& v =
+      model < 0 ? t.base : t.models[static_cast<size_t>(model)];
+  const std::string& ref = model < 0
+                               ? *plan.config().base_model
+                               : plan.models()[static_cast<size_t>(model)].ref;
+  MS_ASSIGN_OR_RETURN(at::Tensor x, LoadChecked(v, dev, ref));
+  return x.to(at::kDouble);
 }
 
 }  // namespace mergeserve

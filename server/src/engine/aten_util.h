@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "mergeserve/engine/merge_method.h"
+#include "mergeserve/engine/merge_plan.h"
 
 namespace mergeserve {
 
@@ -27,6 +28,12 @@ absl::Status WriteToSink(const at::Tensor& t, TensorSink& sink);
 // Runs fn, turning a c10::Error (ATen's exceptions) into a Status.
 template <typename Fn>
 absl::Status CatchAten(const char* what, Fn&& fn);
+
+// Model `model`'s tensor (-1: the base's), flattened to the tensor's shape,
+// as float64 on the backend's device; NaN/Inf are an error naming it.
+absl::StatusOr<at::Tensor> LoadF64(const MergePlan& plan,
+                                   const PlannedTensor& t, int model,
+                                   const ExecContext& ctx);
 
 absl::Status AtenError(const char* what, const std::exception& e);
 

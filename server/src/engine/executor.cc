@@ -1,12 +1,12 @@
 #include "mergeserve/engine/executor.h"
 
-#include <ATen/Parallel.h>
 #include <sys/resource.h>
 
 #include <chrono>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "engine/engine_aten.h"
 #include "mergeserve/base/byte_size.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/hub_cache.h"
@@ -295,7 +295,10 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
                       CreateMethod(config.merge_method));
 
   ThreadPool pool(options.threads);
-  at::set_num_threads(pool.num_threads());
+  // Only ATen methods use LibTorch's threads; they load it while planning.
+  if (const EngineAtenTable* aten = LoadedEngineAten()) {
+    aten->set_num_threads(pool.num_threads());
+  }
   StagingArena staging;
   ExecContext ctx;
   ctx.pool = &pool;

@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "engine/engine_aten.h"
+#include "mergeserve/base/status_macros.h"
 #include "methods/methods.h"
 
 namespace mergeserve {
@@ -12,6 +14,8 @@ namespace {
 // projection, dgesdd's copy, U and Vt, the stacked U and Vt, their polar
 // factors' SVDs and products, and the result; 14 doubles with room.
 constexpr int64_t kMatrixBytes = 14 * 8;
+// Made by the LibTorch module (engine_aten_module.cc), loaded on first use.
+constexpr std::unique_ptr<MergeMethod> (*kAten)() = nullptr;
 }  // namespace
 
 int64_t WholeTensorBytes(const MethodInfo* info, int64_t models,
@@ -40,33 +44,29 @@ const std::vector<MethodInfo>& AllMethods() {
        true, false, true},
       {"della_linear", "magnitude-ranked sampling, then task arithmetic",
        NewDellaLinearMethod, true, false, true},
-      {"slerp", "spherical interpolation of two models", NewSlerpMethod},
-      {"model_stock", "geometric interpolation towards the base",
-       NewModelStockMethod, true},
+      {"slerp", "spherical interpolation of two models", kAten},
+      {"model_stock", "geometric interpolation towards the base", kAten, true},
       {"fisher",
-       "Fisher-weighted average (diagonals from the server or client)",
-       NewFisherMethod},
+       "Fisher-weighted average (diagonals from the server or client)", kAten},
       {"regmean",
-       "closed-form regression mean (Grams from the server or client)",
-       NewRegMeanMethod},
+       "closed-form regression mean (Grams from the server or client)", kAten},
       {"nuslerp",
        "slerp of two models (or task vectors) by weight, per "
        "tensor, row or column",
-       NewNuSlerpMethod},
+       kAten},
       {"multislerp",
        "spherical barycentre of several models (or task "
        "vectors)",
-       NewMultiSlerpMethod},
-      {"karcher", "Riemannian mean of the models on the sphere",
-       NewKarcherMethod},
+       kAten},
+      {"karcher", "Riemannian mean of the models on the sphere", kAten},
       {"sce",
        "select by variance, weight by mean square, erase sign "
        "conflicts",
-       NewSceMethod},
+       kAten},
       {"nearswap", "take the model's value where it is within t of the base",
-       NewNearSwapMethod},
+       kAten},
       {"arcee_fusion", "take the model's entries of outlying importance",
-       NewArceeFusionMethod},
+       kAten},
       {"passthrough",
        "copy one model (times `scale`); with slices, stack "
        "layers",
@@ -74,21 +74,21 @@ const std::vector<MethodInfo>& AllMethods() {
       {"ram",
        "keep entries one task vector changes, average those several "
        "change",
-       NewRamMethod},
+       kAten},
       {"ramplus_tl",
        "ram, with each model's unique entries scaled by its share of "
        "shared ones",
-       NewRamPlusTlMethod},
+       kAten},
       {"tsv",
        "per matrix, each task's top singular vectors, orthogonalised "
        "(TSV-Merge)",
-       NewTsvMethod, false, false, false, kMatrixBytes},
+       kAten, false, false, false, kMatrixBytes},
       {"iso_c", "per matrix, the summed task matrix with a flat spectrum",
-       NewIsoCMethod, false, false, false, kMatrixBytes},
+       kAten, false, false, false, kMatrixBytes},
       {"iso_cts",
        "iso_c on a common subspace plus each task's own directions outside "
        "it",
-       NewIsoCtsMethod, false, false, false, kMatrixBytes},
+       kAten, false, false, false, kMatrixBytes},
       {"consensus_ta",
        "task arithmetic keeping entries at least k tasks' TALL masks mark",
        NewConsensusTaMethod},
@@ -109,13 +109,24 @@ const MethodInfo* FindMethod(const std::string& name) {
 
 absl::StatusOr<std::unique_ptr<MergeMethod>> CreateMethod(
     const std::string& name) {
-  std::string known;
-  for (const MethodInfo& m : AllMethods()) {
-    if (name == m.name) return m.create();
-    absl::StrAppend(&known, known.empty() ? "" : ", ", m.name);
+  const MethodInfo* info = FindMethod(name);
+  if (info == nullptr) {
+    std::string known;
+    for (const MethodInfo& m : AllMethods()) {
+      absl::StrAppend(&known, known.empty() ? "" : ", ", m.name);
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config: unknown merge_method '", name, "' (known: ", known, ")"));
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "config: unknown merge_method '", name, "' (known: ", known, ")"));
+  if (info->create != nullptr) return info->create();
+  MS_ASSIGN_OR_RETURN(const EngineAtenTable* aten,
+                      EngineAten(absl::StrCat("merge_method '", name, "'")));
+  std::unique_ptr<MergeMethod> method = aten->new_method(name);
+  if (method == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("the LibTorch module has no merge_method '", name, "'"));
+  }
+  return method;
 }
 
 }  // namespace mergeserve

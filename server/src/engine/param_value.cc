@@ -28,7 +28,7 @@ absl::StatusOr<double> ParamValue::ResolveNumber(const std::string& key,
   if (const auto* g = std::get_if<Gradient>(&v_)) {
     return InterpolateGradient(g->points, t);
   }
-  if (const auto* f = std::get_if<FilterList>(&v_)) {
+  if (std::holds_alternative<FilterList>(v_)) {
     MS_ASSIGN_OR_RETURN(std::optional<double> v,
                         TryResolveNumber(key, tensor_name, t));
     if (v) return *v;

@@ -1,11 +1,11 @@
-#include "mergeserve/eval/fisher_estimator.h"
-
+// EstimateFisher on LibTorch, in its module (eval_aten.h).
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/script.h>
 
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "eval/eval_aten.h"
 #include "eval/program_util.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/format/model_folder.h"
@@ -13,13 +13,7 @@
 
 namespace mergeserve {
 
-absl::StatusOr<FisherMode> FisherModeFromName(const std::string& name) {
-  if (name == "exact") return FisherMode::kExact;
-  if (name == "sampled") return FisherMode::kSampled;
-  if (name == "empirical") return FisherMode::kEmpirical;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "fisher_mode must be exact, sampled or empirical, got '", name, "'"));
-}
+namespace aten {
 
 absl::StatusOr<int64_t> EstimateFisher(const std::string& program_path,
                                        const std::string& weights_dir,
@@ -92,4 +86,5 @@ absl::StatusOr<int64_t> EstimateFisher(const std::string& program_path,
   return n;
 }
 
+}  // namespace aten
 }  // namespace mergeserve

@@ -1,5 +1,4 @@
-#include "mergeserve/eval/gram_estimator.h"
-
+// EstimateGrams on LibTorch, in its module (eval_aten.h).
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/inliner.h>
@@ -10,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "eval/eval_aten.h"
 #include "eval/program_util.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/format/safetensors_writer.h"
@@ -75,6 +75,8 @@ absl::StatusOr<Rewritten> RewriteForGrams(torch::jit::Module& module) {
 }
 
 }  // namespace
+
+namespace aten {
 
 absl::StatusOr<std::vector<std::string>> LinearLayersOf(
     const std::string& program_path) {
@@ -162,4 +164,5 @@ absl::StatusOr<GramResult> EstimateGrams(const std::string& program_path,
   return result;
 }
 
+}  // namespace aten
 }  // namespace mergeserve

@@ -1,5 +1,4 @@
-#include "mergeserve/eval/ri_adapter.h"
-
+// RiAdapter on LibTorch, in its module (eval_aten.h).
 #include <torch/optim/adamw.h>
 
 #include <map>
@@ -7,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/aten_util.h"
+#include "eval/eval_aten.h"
 #include "eval/program_util.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/format/safetensors_writer.h"
@@ -30,9 +30,7 @@ at::Tensor MeanKl(const at::Tensor& logp, const at::Tensor& logq) {
   return (logp.exp() * (logp - logq)).sum(1).mean();
 }
 
-}  // namespace
-
-struct RiAdapter::Impl {
+struct RiState {
   RiOptions options;
   at::Device device{at::kCPU};
   std::vector<RiExpert> experts;
@@ -84,11 +82,26 @@ struct RiAdapter::Impl {
   }
 };
 
-RiAdapter::RiAdapter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-RiAdapter::~RiAdapter() = default;
-int64_t RiAdapter::pool_size() const { return impl_->pool.size(0); }
+class TorchRiAdapter final : public RiAdapter {
+ public:
+  explicit TorchRiAdapter(std::unique_ptr<RiState> state)
+      : impl_(std::move(state)) {}
 
-absl::StatusOr<std::unique_ptr<RiAdapter>> RiAdapter::Create(
+  absl::StatusOr<RiAdaptation> Adapt(
+      int expert, const std::string& out_dir,
+      const std::function<void(int64_t step, int64_t steps)>& progress)
+      override;
+  absl::StatusOr<double> Interference(const std::string& merged_dir) override;
+  int64_t pool_size() const override { return impl_->pool.size(0); }
+
+ private:
+  std::unique_ptr<RiState> impl_;
+};
+
+}  // namespace
+
+namespace aten {
+absl::StatusOr<std::unique_ptr<RiAdapter>> CreateRiAdapter(
     const std::string& base_dir, const std::vector<RiExpert>& experts,
     const RiOptions& options) {
   if (experts.empty()) {
@@ -100,7 +113,7 @@ absl::StatusOr<std::unique_ptr<RiAdapter>> RiAdapter::Create(
         "ri: steps >= 0, lr > 0, batch_size > 0, alpha >= 0 and "
         "weight_decay >= 0 are required");
   }
-  auto impl = std::make_unique<Impl>();
+  auto impl = std::make_unique<RiState>();
   impl->options = options;
   impl->experts = experts;
   MS_ASSIGN_OR_RETURN(impl->base, ModelFolder::Open(base_dir));
@@ -147,13 +160,14 @@ absl::StatusOr<std::unique_ptr<RiAdapter>> RiAdapter::Create(
     return absl::OkStatus();
   });
   MS_RETURN_IF_ERROR(status);
-  return std::unique_ptr<RiAdapter>(new RiAdapter(std::move(impl)));
+  return std::unique_ptr<RiAdapter>(new TorchRiAdapter(std::move(impl)));
 }
+}  // namespace aten
 
-absl::StatusOr<RiAdaptation> RiAdapter::Adapt(
+absl::StatusOr<RiAdaptation> TorchRiAdapter::Adapt(
     int expert, const std::string& out_dir,
     const std::function<void(int64_t, int64_t)>& progress) {
-  Impl& s = *impl_;
+  RiState& s = *impl_;
   if (expert < 0 || expert >= static_cast<int>(s.experts.size())) {
     return absl::OutOfRangeError("ri: no such expert");
   }
@@ -222,8 +236,9 @@ absl::StatusOr<RiAdaptation> RiAdapter::Adapt(
   return result;
 }
 
-absl::StatusOr<double> RiAdapter::Interference(const std::string& merged_dir) {
-  Impl& s = *impl_;
+absl::StatusOr<double> TorchRiAdapter::Interference(
+    const std::string& merged_dir) {
+  RiState& s = *impl_;
   MS_ASSIGN_OR_RETURN(auto merged, ModelFolder::Open(merged_dir));
   MS_RETURN_IF_ERROR(s.Assign(*merged));
   double xi = 0;

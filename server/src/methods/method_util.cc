@@ -4,8 +4,8 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
-#include "engine/aten_util.h"
 #include "mergeserve/base/status_macros.h"
+#include "mergeserve/engine/merge_plan.h"
 
 namespace mergeserve {
 
@@ -29,19 +29,6 @@ absl::StatusOr<int> BaseAndOneModel(const MergePlan& plan,
         method, " merges the base with exactly 1 model, got ", models.size()));
   }
   return models[0];
-}
-
-absl::StatusOr<at::Tensor> LoadF64(const MergePlan& plan,
-                                   const PlannedTensor& t, int model,
-                                   const ExecContext& ctx) {
-  const std::string dev = ctx.backend == Backend::kAten ? ctx.device : "cpu";
-  const TensorView& v =
-      model < 0 ? t.base : t.models[static_cast<size_t>(model)];
-  const std::string& ref = model < 0
-                               ? *plan.config().base_model
-                               : plan.models()[static_cast<size_t>(model)].ref;
-  MS_ASSIGN_OR_RETURN(at::Tensor x, LoadChecked(v, dev, ref));
-  return x.to(at::kDouble);
 }
 
 absl::StatusOr<double> RequiredNumber(const MergePlan& plan,

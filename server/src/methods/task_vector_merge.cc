@@ -1070,7 +1070,9 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
   if (ctx.backend == Backend::kAten) {
     // The ATen path selects per tensor itself (kthvalue); model-scope sets
     // come from Prepare.
-    return MergeAten(plan, t, p, ctx, out, wanted_update);
+    MS_ASSIGN_OR_RETURN(const EngineAtenTable* aten,
+                        EngineAten("backend: aten"));
+    return aten->merge_task_vectors(*this, plan, t, p, ctx, out, wanted_update);
   }
   // In the server, a merge that differs from an earlier one only in λ reads
   // the base and the earlier merged update. An update over a quarter of the

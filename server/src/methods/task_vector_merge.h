@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/engine_aten.h"
 #include "mergeserve/engine/merge_method.h"
 
 namespace mergeserve {
@@ -147,8 +148,14 @@ class TaskVectorMerge : public MergeMethod {
   std::string CacheKey(const ExecContext& ctx, const char* kind, int model,
                        const std::string& tensor, int64_t keep,
                        int64_t drop) const;
-  // ATen path (task_vector_merge_aten.cc).
-  // keep_update as in RunPass.
+  // ATen path (task_vector_merge_aten.cc, in the LibTorch module, which
+  // calls it through aten::MergeTaskVectors). keep_update as in RunPass.
+  friend absl::Status aten::MergeTaskVectors(const TaskVectorMerge& method,
+                                             const MergePlan& plan,
+                                             const PlannedTensor& t,
+                                             const TensorParams& p,
+                                             ExecContext& ctx, TensorSink* out,
+                                             float* keep_update);
   absl::Status MergeAten(const MergePlan& plan, const PlannedTensor& t,
                          const TensorParams& p, ExecContext& ctx,
                          TensorSink* out, float* keep_update = nullptr) const;

@@ -245,4 +245,13 @@ absl::Status TaskVectorMerge::MergeAten(const MergePlan& plan,
   });
 }
 
+namespace aten {
+absl::Status MergeTaskVectors(const TaskVectorMerge& method,
+                              const MergePlan& plan, const PlannedTensor& t,
+                              const TensorParams& p, ExecContext& ctx,
+                              TensorSink* out, float* keep_update) {
+  return method.MergeAten(plan, t, p, ctx, out, keep_update);
+}
+}  // namespace aten
+
 }  // namespace mergeserve
