@@ -153,6 +153,14 @@ TEST_F(MergeCliTest, FusedMethodsRunWithoutTheLibTorchModule) {
   EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
 }
 
+TEST_F(MergeCliTest, TheAtenBackendNeedsTheModuleBeforeItWrites) {
+  Result r = Merge(kTies, "--backend aten", kNoModule);
+  EXPECT_EQ(r.exit_code, 7);  // FAILED_PRECONDITION, nothing written
+  EXPECT_THAT(r.output, HasSubstr("backend: aten runs on LibTorch"));
+  r = Merge(kTies, "--backend aten");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
 TEST_F(MergeCliTest, AtenMethodsLoadTheModuleAndNameItWhenMissing) {
   constexpr char kSlerp[] =
       "merge_method: slerp\nbase_model: base\nmodels: [base, e0]\n"

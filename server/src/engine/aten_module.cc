@@ -7,9 +7,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 
 namespace mergeserve {
@@ -65,17 +68,25 @@ const void* LoadedAtenTable(const char* layer) {
   return it == Tables().end() ? nullptr : it->second;
 }
 
-std::string AtenModulePath() {
+namespace {
+// The places AtenModulePath looks, in order.
+std::vector<std::string> ModuleCandidates() {
   if (const char* env = std::getenv("MERGESERVE_ATEN_MODULE");
       env != nullptr && *env != '\0') {
-    return env;
+    return {env};
   }
   const std::string dir = ExecutableDir();
-  const std::string beside = absl::StrCat(dir, "/", kModuleName);
-  if (Exists(beside)) return beside;
-  const std::string installed =
-      absl::StrCat(dir, "/../lib/mergeserve/", kModuleName);
-  return Exists(installed) ? installed : beside;
+  return {absl::StrCat(dir, "/", kModuleName),
+          absl::StrCat(dir, "/../lib/mergeserve/", kModuleName)};
+}
+}  // namespace
+
+std::string AtenModulePath() {
+  const std::vector<std::string> candidates = ModuleCandidates();
+  for (const std::string& path : candidates) {
+    if (Exists(path)) return path;
+  }
+  return candidates.front();
 }
 
 absl::StatusOr<const void*> AtenTable(const char* layer,
@@ -95,11 +106,18 @@ absl::StatusOr<const void*> AtenTable(const char* layer,
       state.tried = true;
     }
     if (const void* table = LoadedAtenTable(layer)) return table;
+    if (!Exists(path)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, " runs on LibTorch, but its module is not at ",
+          absl::StrJoin(ModuleCandidates(), " or "),
+          "; set MERGESERVE_ATEN_MODULE to libmergeserve_aten.so's path"));
+    }
+    // The file is there: a dlopen error (a LibTorch library missing, or a
+    // module from another build) that another path would not fix.
     return absl::FailedPreconditionError(absl::StrCat(
         what, " runs on LibTorch, but its module ", path,
-        " could not be loaded (",
-        state.error.empty() ? "it registered no table" : state.error,
-        "); set MERGESERVE_ATEN_MODULE to libmergeserve_aten.so's path"));
+        " could not be loaded: ",
+        state.error.empty() ? "it registered no table" : state.error));
   }
 }
 

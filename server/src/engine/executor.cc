@@ -295,7 +295,12 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
                       CreateMethod(config.merge_method));
 
   ThreadPool pool(options.threads);
-  // Only ATen methods use LibTorch's threads; they load it while planning.
+  // ATen methods loaded LibTorch's module when they were created; `backend:
+  // aten` loads it here, before anything is written, so that a missing module
+  // fails the merge up front and LibTorch runs on the pool's thread count.
+  if (options.backend == Backend::kAten) {
+    MS_RETURN_IF_ERROR(EngineAten("backend: aten").status());
+  }
   if (const EngineAtenTable* aten = LoadedEngineAten()) {
     aten->set_num_threads(pool.num_threads());
   }
