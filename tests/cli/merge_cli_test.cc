@@ -151,6 +151,15 @@ TEST_F(MergeCliTest, FusedMethodsRunWithoutTheLibTorchModule) {
   Result r = Merge(kTies, "", kNoModule);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
+  // model_stock streams on the fused backend too.
+  testing::WriteModel(
+      dir_ + "/e1", {{"a", {{2, 2}, {0, 2, 4, 4}}}, {"b", {{3}, {2, 1, 0}}}});
+  fs::remove_all(dir_ + "/out");
+  r = Merge(
+      "merge_method: model_stock\nbase_model: base\nmodels: [e0, e1]\n", "",
+      kNoModule);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
 }
 
 TEST_F(MergeCliTest, TheAtenBackendNeedsTheModuleBeforeItWrites) {

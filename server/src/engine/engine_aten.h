@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -31,6 +32,10 @@ absl::Status MergeTaskVectors(const TaskVectorMerge& method,
                               const MergePlan& plan, const PlannedTensor& t,
                               const TensorParams& p, ExecContext& ctx,
                               TensorSink* out, float* keep_update);
+// model_stock's `backend: aten` path (model_stock_aten.cc).
+absl::Status MergeModelStock(const MergePlan& plan, const PlannedTensor& t,
+                             const std::vector<int>& experts, bool filter_wise,
+                             ExecContext& ctx, TensorSink& out);
 // at::set_num_threads.
 void SetNumThreads(int threads);
 }  // namespace aten
@@ -39,6 +44,7 @@ struct EngineAtenTable {
   decltype(&aten::NewMethod) new_method;
   decltype(&aten::MergeLoraAdapter) merge_lora_adapter;
   decltype(&aten::MergeTaskVectors) merge_task_vectors;
+  decltype(&aten::MergeModelStock) merge_model_stock;
   decltype(&aten::SetNumThreads) set_num_threads;
 };
 

@@ -15,13 +15,19 @@ namespace aten {
 std::unique_ptr<MergeMethod> NewMethod(const std::string& name) {
   using Factory = std::unique_ptr<MergeMethod> (*)();
   static const auto* kFactories = new std::map<std::string, Factory>{
-      {"slerp", NewSlerpMethod},       {"model_stock", NewModelStockMethod},
-      {"fisher", NewFisherMethod},     {"regmean", NewRegMeanMethod},
-      {"nuslerp", NewNuSlerpMethod},   {"multislerp", NewMultiSlerpMethod},
-      {"karcher", NewKarcherMethod},   {"sce", NewSceMethod},
-      {"nearswap", NewNearSwapMethod}, {"arcee_fusion", NewArceeFusionMethod},
-      {"ram", NewRamMethod},           {"ramplus_tl", NewRamPlusTlMethod},
-      {"tsv", NewTsvMethod},           {"iso_c", NewIsoCMethod},
+      {"slerp", NewSlerpMethod},
+      {"fisher", NewFisherMethod},
+      {"regmean", NewRegMeanMethod},
+      {"nuslerp", NewNuSlerpMethod},
+      {"multislerp", NewMultiSlerpMethod},
+      {"karcher", NewKarcherMethod},
+      {"sce", NewSceMethod},
+      {"nearswap", NewNearSwapMethod},
+      {"arcee_fusion", NewArceeFusionMethod},
+      {"ram", NewRamMethod},
+      {"ramplus_tl", NewRamPlusTlMethod},
+      {"tsv", NewTsvMethod},
+      {"iso_c", NewIsoCMethod},
       {"iso_cts", NewIsoCtsMethod},
   };
   auto it = kFactories->find(name);
@@ -35,7 +41,8 @@ void SetNumThreads(int threads) { at::set_num_threads(threads); }
 namespace {
 
 const EngineAtenTable kTable = {aten::NewMethod, aten::MergeLoraAdapter,
-                                aten::MergeTaskVectors, aten::SetNumThreads};
+                                aten::MergeTaskVectors, aten::MergeModelStock,
+                                aten::SetNumThreads};
 
 [[maybe_unused]] const bool kRegistered =
     (RegisterAtenTable("engine", &kTable), true);

@@ -6,16 +6,15 @@
 // selection passes: the first sums each row's dot products and squared
 // norms (in double, per chunk, added in chunk order so the result does not
 // depend on threads), the second writes t·mean + (1 − t)·θ0 with the same
-// float operations as the ATen path. Memory: a few chunks per worker, not
-// every model's copy of the tensor.
-#include <ATen/core/Tensor.h>
-
+// float operations as the ATen path (model_stock_aten.cc, in the LibTorch
+// module). Memory: a few chunks per worker, not every model's copy of the
+// tensor.
 #include <algorithm>
 #include <cmath>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
-#include "engine/aten_util.h"
+#include "engine/engine_aten.h"
 #include "mergeserve/base/status_macros.h"
 #include "methods/methods.h"
 
@@ -47,7 +46,11 @@ class ModelStockMethod : public MergeMethod {
 
   absl::Status MergeTensor(const MergePlan& plan, const PlannedTensor& t,
                            ExecContext& ctx, TensorSink& out) override {
-    if (ctx.backend == Backend::kAten) return MergeWhole(plan, t, ctx, out);
+    if (ctx.backend == Backend::kAten) {
+      MS_ASSIGN_OR_RETURN(const EngineAtenTable* aten,
+                          EngineAten("backend: aten"));
+      return aten->merge_model_stock(plan, t, experts_, filter_wise_, ctx, out);
+    }
     return MergeStreamed(plan, t, ctx, out);
   }
 
@@ -202,51 +205,6 @@ class ModelStockMethod : public MergeMethod {
         }));
     if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
     return absl::OkStatus();
-  }
-
-  absl::Status MergeWhole(const MergePlan& plan, const PlannedTensor& t,
-                          ExecContext& ctx, TensorSink& out) const {
-    const std::string dev = ctx.backend == Backend::kAten ? ctx.device : "cpu";
-    MS_ASSIGN_OR_RETURN(at::Tensor base,
-                        LoadChecked(t.base, dev, *plan.config().base_model));
-    std::vector<at::Tensor> ws;
-    for (int m : experts_) {
-      MS_ASSIGN_OR_RETURN(
-          at::Tensor w, LoadChecked(t.models[static_cast<size_t>(m)], dev,
-                                    plan.models()[static_cast<size_t>(m)].ref));
-      ws.push_back(w);
-    }
-    return CatchAten("model_stock", [&]() -> absl::Status {
-      auto rows = [&](const at::Tensor& x) {
-        if (filter_wise_ && x.dim() >= 1) {
-          return x.reshape({-1, x.size(-1)});
-        }
-        return x.reshape({1, -1});
-      };
-      const at::Tensor w0 = rows(base);
-      std::vector<at::Tensor> offsets;
-      for (const auto& w : ws) offsets.push_back(rows(w) - w0);
-      at::Tensor cos_sum;
-      int pairs = 0;
-      for (size_t i = 0; i < offsets.size(); ++i) {
-        for (size_t j = i + 1; j < offsets.size(); ++j) {
-          const at::Tensor norm =
-              offsets[i].norm(2, {-1}) * offsets[j].norm(2, {-1});
-          const at::Tensor c =
-              ((offsets[i] * offsets[j]).sum(-1) / norm.clamp_min(1e-6))
-                  .clamp(-1, 1);
-          cos_sum = pairs == 0 ? c : cos_sum + c;
-          ++pairs;
-        }
-      }
-      const at::Tensor cos = (cos_sum / pairs).unsqueeze(-1);
-      const double n = static_cast<double>(ws.size());
-      const at::Tensor tt = (cos * n) / ((cos * (n - 1)) + 1);
-      at::Tensor avg = rows(ws[0]);
-      for (size_t i = 1; i < ws.size(); ++i) avg = avg + rows(ws[i]);
-      avg = avg / n;
-      return WriteToSink(tt * avg + (1 - tt) * w0, out);
-    });
   }
 
   std::vector<int> experts_;
