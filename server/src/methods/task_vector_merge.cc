@@ -488,6 +488,7 @@ absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
 
 absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
   MS_ASSIGN_OR_RETURN(opts_, ResolveTaskVectorOptions(plan, kind_));
+  tv_bytes_ = 0;
   experts_.clear();
   for (size_t i = 0; i < plan.models().size(); ++i) {
     if (opts_.use_base && plan.models()[i].is_base) continue;
@@ -759,6 +760,22 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
     }
   }
   if (ctx.cache != nullptr) {
+    // The trimmed task vectors depend on what the trims do, and on the
+    // merge pass's chunks; not on weights or λ.
+    p.trims_cached = true;
+    const bool cacheable = ctx.diagnostics == nullptr && opts_.use_base &&
+                           (opts_.sparsify == Sparsify::kMagnitude ||
+                            opts_.sparsify == Sparsify::kOutliers);
+    p.tv_keys.assign(cacheable ? n : 0, "");
+    for (size_t k = 0; k < n; ++k) {
+      if (p.density[k] >= 1) continue;  // τ whole: not worth keeping
+      p.trims_cached = p.trims_cached && from_cache[k];
+      if (cacheable) {
+        p.tv_keys[k] = absl::StrCat(CacheKey(ctx, "tensor-tv", experts_[k],
+                                             t.name, keep_k[k], drop_k[k]),
+                                    "|", PassChunk(t, ctx));
+      }
+    }
     for (size_t k = 0; k < n; ++k) {
       if (p.density[k] >= 1 || from_cache[k]) continue;
       auto entry =
@@ -849,8 +866,18 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
   if (opts_.zero_sign == ZeroSign::kMajority)
     tie_sign = p.majority > 0 ? 1.f : -1.f;
 
+  // Experts whose trimmed τ is cached are not read.
+  const bool rebuild = mode != PassMode::kL1 && !p.tv_cached.empty();
+  const bool capture = mode == PassMode::kMerge && !p.tv_capture.empty();
+  std::vector<int> read = experts_;
+  if (rebuild) {
+    read.clear();
+    for (size_t k = 0; k < n; ++k) {
+      if (p.tv_cached[k] == nullptr) read.push_back(experts_[k]);
+    }
+  }
   const absl::Status staged = ForEachStagedChunk(
-      *ctx.pool, ctx.staging, t, use_base, experts_, chunk,
+      *ctx.pool, ctx.staging, t, use_base, read, chunk,
       [&](int64_t ci, int w, const PlannedTensor& in) {
         if (error.failed() || ctx.is_cancelled()) return;
         Buffers& b = buffers[static_cast<size_t>(w)];
@@ -870,6 +897,14 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         for (size_t k = 0; k < n; ++k) {
           const int m = experts_[k];
           float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
+          if (rebuild && p.tv_cached[k] != nullptr) {
+            p.tv_cached[k]->Unpack(ci, cnt, tv);
+            const float s = p.scale[k];
+            if (s != 1.f) {
+              for (int64_t j = 0; j < cnt; ++j) tv[j] *= s;
+            }
+            continue;
+          }
           if (!LoadDelta(in.models[static_cast<size_t>(m)], begin, cnt,
                          use_base ? base : nullptr, tv)) {
             error.Set(NonFiniteError(
@@ -941,6 +976,9 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
           }
           if (masked) {
             for (int64_t j = 0; j < cnt; ++j) tv[j] *= mark[j];
+          }
+          if (capture && p.tv_capture[k] != nullptr) {
+            p.tv_capture[k]->Pack(ci, tv, cnt);
           }
           if (mode == PassMode::kL1) {
             double kept = 0;
@@ -1110,10 +1148,43 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
                         RunPass(plan, t, p, ctx, PassMode::kCensus, nullptr));
     p.majority = r.balance > 0 ? 1 : -1;
   }
+  // A merge whose trims all came from the cache but whose q did not (a
+  // sweep over weights) keeps each expert's trimmed τ, and later ones
+  // rebuild it instead of reading the expert. q is then not kept: such a
+  // sweep does not reuse it, and both would not fit the cache's budget.
+  if (!p.tv_keys.empty() && opts_.scope == TrimScope::kTensor) {
+    const size_t n = experts_.size();
+    p.tv_cached.assign(n, nullptr);
+    p.tv_capture.assign(n, nullptr);
+    bool kept = false;
+    for (size_t k = 0; k < n; ++k) {
+      if (p.tv_keys[k].empty()) continue;
+      p.tv_cached[k] = ctx.cache->GetAs<SparseTaskVector>(p.tv_keys[k]);
+      if (p.tv_cached[k] != nullptr) {
+        tv_bytes_ += p.tv_cached[k]->bytes();
+      } else if (p.trims_cached) {
+        // What it will take: the kept values and a bit per element.
+        const int64_t need = static_cast<int64_t>(static_cast<double>(t.numel) *
+                                                  (p.density[k] * 4 + 0.125));
+        if ((tv_bytes_ += need) <= ctx.cache->capacity_bytes() / 4 * 3) {
+          p.tv_capture[k] =
+              std::make_shared<SparseTaskVector>(t.numel, PassChunk(t, ctx));
+        }
+      }
+      kept = kept || p.tv_cached[k] != nullptr || p.tv_capture[k] != nullptr;
+    }
+    if (kept) update.reset();
+  }
   float* keep = update != nullptr ? update->as<float>() : wanted_update;
   MS_ASSIGN_OR_RETURN(PassResult r,
                       RunPass(plan, t, p, ctx, PassMode::kMerge, out, keep));
   (void)r;
+  for (size_t k = 0; k < p.tv_capture.size(); ++k) {
+    if (p.tv_capture[k] == nullptr) continue;
+    ctx.cache->Put(
+        p.tv_keys[k], p.tv_capture[k],
+        p.tv_capture[k]->bytes() + static_cast<int64_t>(p.tv_keys[k].size()));
+  }
   if (update != nullptr) {
     if (wanted_update != nullptr) {
       std::copy_n(update->as<float>(), t.numel, wanted_update);

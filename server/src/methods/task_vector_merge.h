@@ -11,6 +11,7 @@
 #ifndef MERGESERVE_METHODS_TASK_VECTOR_MERGE_H_
 #define MERGESERVE_METHODS_TASK_VECTOR_MERGE_H_
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,6 +19,7 @@
 
 #include "engine/engine_aten.h"
 #include "mergeserve/engine/merge_method.h"
+#include "methods/sparse_task_vector.h"
 
 namespace mergeserve {
 
@@ -92,6 +94,14 @@ struct TensorParams {
   // DARE's or DELLA's draws per expert, one bit per element, from the L1
   // pass.
   std::vector<std::vector<uint64_t>> sampled;
+  // Trimmed task vectors in the server's cache (SelectForTensor sets the
+  // keys where they can be kept; empty: not cacheable). Expert k's is
+  // rebuilt from tv_cached[k] instead of read, or kept by the merge pass in
+  // tv_capture[k].
+  std::vector<std::string> tv_keys;
+  bool trims_cached = false;  // every expert's trim came from the cache
+  std::vector<std::shared_ptr<const SparseTaskVector>> tv_cached;
+  std::vector<std::shared_ptr<SparseTaskVector>> tv_capture;
 };
 
 class TaskVectorMerge : public MergeMethod {
@@ -169,6 +179,11 @@ class TaskVectorMerge : public MergeMethod {
   // trim_scope: model results, per tensor name, per expert.
   std::map<std::string, std::vector<TopSet>> model_keep_;
   int model_majority_ = 0;
+  // Bytes of trimmed task vectors this merge reads from the cache or keeps
+  // there: it keeps no more once they would pass 3/4 of the cache, so that on
+  // a model too large for it they do not evict each other (and the trims)
+  // on every point.
+  std::atomic<int64_t> tv_bytes_{0};
 };
 
 }  // namespace mergeserve
