@@ -1173,7 +1173,9 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
       }
       kept = kept || p.tv_cached[k] != nullptr || p.tv_capture[k] != nullptr;
     }
-    if (kept) update.reset();
+    // Not kept either where τ would pass the budget: a new q per point
+    // would evict the τ and trims the next point reads.
+    if (kept || p.trims_cached) update.reset();
   }
   float* keep = update != nullptr ? update->as<float>() : wanted_update;
   MS_ASSIGN_OR_RETURN(PassResult r,
