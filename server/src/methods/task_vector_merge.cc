@@ -1152,17 +1152,19 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
   // sweep over weights) keeps each expert's trimmed τ, and later ones
   // rebuild it instead of reading the expert. q is then not kept: such a
   // sweep does not reuse it, and both would not fit the cache's budget.
-  if (!p.tv_keys.empty() && opts_.scope == TrimScope::kTensor) {
+  // (Only then can a trimmed τ be in the cache: it is kept by a merge whose
+  // trims were; so no other merge looks, nor counts a miss.)
+  if (!p.tv_keys.empty() && p.trims_cached &&
+      opts_.scope == TrimScope::kTensor) {
     const size_t n = experts_.size();
     p.tv_cached.assign(n, nullptr);
     p.tv_capture.assign(n, nullptr);
-    bool kept = false;
     for (size_t k = 0; k < n; ++k) {
       if (p.tv_keys[k].empty()) continue;
       p.tv_cached[k] = ctx.cache->GetAs<SparseTaskVector>(p.tv_keys[k]);
       if (p.tv_cached[k] != nullptr) {
         tv_bytes_ += p.tv_cached[k]->bytes();
-      } else if (p.trims_cached) {
+      } else {
         // What it will take: the kept values and a bit per element.
         const int64_t need = static_cast<int64_t>(static_cast<double>(t.numel) *
                                                   (p.density[k] * 4 + 0.125));
@@ -1171,11 +1173,10 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
               std::make_shared<SparseTaskVector>(t.numel, PassChunk(t, ctx));
         }
       }
-      kept = kept || p.tv_cached[k] != nullptr || p.tv_capture[k] != nullptr;
     }
-    // Not kept either where τ would pass the budget: a new q per point
-    // would evict the τ and trims the next point reads.
-    if (kept || p.trims_cached) update.reset();
+    // Not even where τ would pass the budget: a new q per point would evict
+    // the τ and trims the next point reads.
+    update.reset();
   }
   float* keep = update != nullptr ? update->as<float>() : wanted_update;
   MS_ASSIGN_OR_RETURN(PassResult r,
