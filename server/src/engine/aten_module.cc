@@ -5,12 +5,10 @@
 
 #include <climits>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -55,6 +53,17 @@ std::string ExecutableDir() {
 
 bool Exists(const std::string& path) { return access(path.c_str(), R_OK) == 0; }
 
+// The places AtenModulePath looks, in order.
+std::vector<std::string> ModuleCandidates() {
+  if (const char* env = std::getenv("MERGESERVE_ATEN_MODULE");
+      env != nullptr && *env != '\0') {
+    return {env};
+  }
+  const std::string dir = ExecutableDir();
+  return {absl::StrCat(dir, "/", kModuleName),
+          absl::StrCat(dir, "/../lib/mergeserve/", kModuleName)};
+}
+
 }  // namespace
 
 void RegisterAtenTable(const char* layer, const void* table) {
@@ -67,19 +76,6 @@ const void* LoadedAtenTable(const char* layer) {
   auto it = Tables().find(layer);
   return it == Tables().end() ? nullptr : it->second;
 }
-
-namespace {
-// The places AtenModulePath looks, in order.
-std::vector<std::string> ModuleCandidates() {
-  if (const char* env = std::getenv("MERGESERVE_ATEN_MODULE");
-      env != nullptr && *env != '\0') {
-    return {env};
-  }
-  const std::string dir = ExecutableDir();
-  return {absl::StrCat(dir, "/", kModuleName),
-          absl::StrCat(dir, "/../lib/mergeserve/", kModuleName)};
-}
-}  // namespace
 
 std::string AtenModulePath() {
   const std::vector<std::string> candidates = ModuleCandidates();

@@ -5,7 +5,7 @@
 namespace mergeserve {
 
 SparseTaskVector::SparseTaskVector(int64_t numel, int64_t chunk)
-    : chunk_(chunk), words_((chunk + 63) / 64) {
+    : words_((chunk + 63) / 64) {
   const int64_t chunks = chunk > 0 ? (numel + chunk - 1) / chunk : 0;
   bits_.assign(static_cast<size_t>(chunks * words_), 0);
   values_.resize(static_cast<size_t>(chunks));

@@ -18,7 +18,6 @@ class SparseTaskVector {
   // A tensor of `numel` elements in chunks of `chunk`.
   SparseTaskVector(int64_t numel, int64_t chunk);
 
-  int64_t chunk() const { return chunk_; }
   // Keeps chunk ci (cnt values). Chunks may be packed from several threads
   // at once, each chunk once.
   void Pack(int64_t ci, const float* tv, int64_t cnt);
@@ -28,7 +27,6 @@ class SparseTaskVector {
   int64_t bytes() const;
 
  private:
-  int64_t chunk_;
   int64_t words_;                           // bit words per chunk
   std::vector<uint64_t> bits_;              // words_ per chunk
   std::vector<std::vector<float>> values_;  // the kept values per chunk
