@@ -152,12 +152,11 @@ TEST_F(MergeCliTest, FusedMethodsRunWithoutTheLibTorchModule) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
   // model_stock streams on the fused backend too.
-  testing::WriteModel(
-      dir_ + "/e1", {{"a", {{2, 2}, {0, 2, 4, 4}}}, {"b", {{3}, {2, 1, 0}}}});
+  testing::WriteModel(dir_ + "/e1",
+                      {{"a", {{2, 2}, {0, 2, 4, 4}}}, {"b", {{3}, {2, 1, 0}}}});
   fs::remove_all(dir_ + "/out");
-  r = Merge(
-      "merge_method: model_stock\nbase_model: base\nmodels: [e0, e1]\n", "",
-      kNoModule);
+  r = Merge("merge_method: model_stock\nbase_model: base\nmodels: [e0, e1]\n",
+            "", kNoModule);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
 }
@@ -190,6 +189,25 @@ TEST(MergeBinaryTest, DoesNotLinkLibTorch) {
   EXPECT_THAT(r.output, Not(HasSubstr("libtorch")));
   EXPECT_THAT(r.output, Not(HasSubstr("libc10")));
 }
+
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+// The hot loops have AVX-512 and AVX2 clones picked at run time, and no
+// instruction anywhere fuses a multiply and an add (-ffp-contract=off): the
+// clones round exactly as the baseline does, so outputs are the same bits on
+// every CPU.
+TEST(MergeBinaryTest, HotLoopsHaveCpuClonesAndNoFusedMultiplyAdd) {
+  const std::string bin = MERGESERVE_BINARY;
+  Result r =
+      RunCommand("nm -C " + bin + " | grep -c 'DeltaBf16.*clone .avx512f'");
+  EXPECT_EQ(r.output, "1\n");
+  r = RunCommand("nm -C " + bin +
+                 " | grep -c 'PhiloxUniformBlocks.*clone .avx2'");
+  EXPECT_EQ(r.output, "1\n");
+  r = RunCommand("objdump -d --no-show-raw-insn " + bin +
+                 " | grep -cE 'vfn?m(add|sub)'");
+  EXPECT_EQ(r.output, "0\n");
+}
+#endif
 
 TEST_F(MergeCliTest, UnknownKeyAndMethod) {
   Result r = Merge(std::string(kTies) + "parameters: {lamda: 1}\n");

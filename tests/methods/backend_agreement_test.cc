@@ -100,17 +100,15 @@ TEST(DellaStreamingTest, FusedEqualsAtenBitwiseAcrossRowShapes) {
     std::mt19937 rng(11);
     testing::TestModel base;
     const std::vector<std::pair<std::string, std::vector<int64_t>>> shapes = {
-        {"long_rows", {3, 20000}},
-        {"short_rows", {50, 33}},
-        {"vector", {70}},
-        {"one_col", {40, 1}},
-        {"narrow", {4, 3000}}};
+        {"long_rows", {3, 20000}}, {"short_rows", {50, 33}},
+        {"vector", {70}},          {"one_col", {40, 1}},
+        {"narrow", {4, 3000}},     {"odd_buckets", {4, 3000}}};
     for (const auto& [name, shape] : shapes) {
       const int64_t n = shape.size() == 2 ? shape[0] * shape[1] : shape[0];
       base[name] = {shape,
                     testing::RandomValues(static_cast<size_t>(n), rng, 0.5f),
                     dtype};
-      if (name == "narrow") {
+      if (name == "narrow" || name == "odd_buckets") {
         std::fill(base[name].values.begin(), base[name].values.end(), 0.f);
       }
     }
@@ -126,6 +124,16 @@ TEST(DellaStreamingTest, FusedEqualsAtenBitwiseAcrossRowShapes) {
           // Magnitudes that share their top 16 bits (f32): the ranking's
           // general sort rather than its bucket pass.
           if (name == "narrow") t.values[j] = 0.01f + 1e-6f * d[j];
+          // Mostly magnitudes with zero low 16 bits (counted in place);
+          // with low bits set and ties, sorted within their top-16 bucket:
+          // a tenth in one (300 members per row: a general sort) and 30 per
+          // row in another (insertion), in f32.
+          if (name == "odd_buckets") {
+            const float step = static_cast<float>((j / 10) % 37);
+            t.values[j] = j % 10 == 0    ? 0.01f + 1e-9f * step
+                          : j % 100 == 5 ? 0.03f + 2e-9f * (j / 100 % 3)
+                                         : std::round(d[j] * 1024.f) / 1024.f;
+          }
         }
       }
       testing::WriteModel(dir + "/e" + std::to_string(e), m);

@@ -65,8 +65,7 @@ class ElementRandom {
       }
     };
     if (i < end && (i & 3) != 0) one_block();
-    // Whole blocks in a loop the compiler vectorises across blocks (the
-    // 32x32->64 multiplies become pmuludq); the same numbers.
+    // Whole blocks in bulk (PhiloxUniformBlocks); the same numbers.
     const int64_t blocks = (end - i) >> 2;
     if (blocks > 0) {
       FillBlocks(static_cast<uint64_t>(i) >> 2, blocks, out + (i - begin));
@@ -76,40 +75,25 @@ class ElementRandom {
   }
 
  private:
-  void FillBlocks(uint64_t first, int64_t blocks, float* __restrict out) const {
-    constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
-    constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
-    const uint32_t c2 = static_cast<uint32_t>(name_hash_) ^ model_;
-    const uint32_t c3 = static_cast<uint32_t>(name_hash_ >> 32);
-    for (int64_t b = 0; b < blocks; ++b) {
-      const uint64_t block = first + static_cast<uint64_t>(b);
-      uint32_t x0 = static_cast<uint32_t>(block);
-      uint32_t x1 = static_cast<uint32_t>(block >> 32);
-      uint32_t x2 = c2, x3 = c3;
-      uint32_t k0 = key_[0], k1 = key_[1];
-      for (int round = 0; round < 10; ++round) {
-        const uint64_t p0 = static_cast<uint64_t>(kM0) * x0;
-        const uint64_t p1 = static_cast<uint64_t>(kM1) * x2;
-        const uint32_t y0 = static_cast<uint32_t>(p1 >> 32) ^ x1 ^ k0;
-        const uint32_t y2 = static_cast<uint32_t>(p0 >> 32) ^ x3 ^ k1;
-        x1 = static_cast<uint32_t>(p1);
-        x3 = static_cast<uint32_t>(p0);
-        x0 = y0;
-        x2 = y2;
-        k0 += kW0;
-        k1 += kW1;
-      }
-      out[4 * b] = static_cast<float>(x0 >> 8) * 0x1.0p-24f;
-      out[4 * b + 1] = static_cast<float>(x1 >> 8) * 0x1.0p-24f;
-      out[4 * b + 2] = static_cast<float>(x2 >> 8) * 0x1.0p-24f;
-      out[4 * b + 3] = static_cast<float>(x3 >> 8) * 0x1.0p-24f;
-    }
-  }
+  void FillBlocks(uint64_t first, int64_t blocks, float* out) const;
 
   std::array<uint32_t, 2> key_;
   uint64_t name_hash_;
   uint32_t model_;
 };
+
+// Philox uniforms of `blocks` whole blocks from block `first` (counter words
+// 2 and 3 fixed at c2, c3), four floats per block: ElementRandom's bulk path,
+// compiled per CPU (base/cpu_dispatch.h); the same numbers as Philox4x32.
+void PhiloxUniformBlocks(std::array<uint32_t, 2> key, uint32_t c2, uint32_t c3,
+                         uint64_t first, int64_t blocks, float* out);
+
+inline void ElementRandom::FillBlocks(uint64_t first, int64_t blocks,
+                                      float* out) const {
+  PhiloxUniformBlocks(key_, static_cast<uint32_t>(name_hash_) ^ model_,
+                      static_cast<uint32_t>(name_hash_ >> 32), first, blocks,
+                      out);
+}
 
 }  // namespace mergeserve
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/first_error.h"
+#include "mergeserve/base/cpu_dispatch.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/merge_method.h"
 
@@ -18,6 +19,14 @@ constexpr size_t kBins = 1 << 16;
 // Up to this many bucket members per query are kept as lists in the second
 // pass, so ties can be counted per chunk without another pass over the data.
 constexpr uint64_t kMaxListed = uint64_t{8} << 20;
+
+MS_CPU_DISPATCH void AbsBits(float* __restrict value, uint32_t* __restrict bits,
+                             int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    value[j] = std::fabs(value[j]);
+    std::memcpy(bits + j, value + j, 4);
+  }
+}
 
 }  // namespace
 
@@ -67,10 +76,7 @@ absl::Status MagnitudeSelector::MagnitudeBits(const PlannedTensor& t, int model,
     return NonFiniteError(t.name,
                           plan_.models()[static_cast<size_t>(model)].ref);
   }
-  for (int64_t j = 0; j < count; ++j) {
-    value[j] = std::fabs(value[j]);
-    std::memcpy(bits + j, value + j, 4);
-  }
+  AbsBits(value, bits, count);
   return absl::OkStatus();
 }
 

@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "mergeserve/base/cpu_dispatch.h"
 #include "mergeserve/engine/merge_plan.h"
 
 namespace mergeserve {
@@ -167,21 +168,59 @@ inline uint32_t NonFinite(float x) {
   return static_cast<uint32_t>((b & 0x7f800000u) == 0x7f800000u);
 }
 
-// One templated loop per dtype so the compiler can vectorise the convert,
-// check and subtract together.
-template <typename Load>
-bool DeltaLoop(const uint8_t* src, int64_t n, const float* base, float* dst,
-               Load load) {
+inline float Bf16At(const uint8_t* src, int64_t j) {
+  uint16_t h;
+  std::memcpy(&h, src + 2 * j, 2);
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float x;
+  std::memcpy(&x, &bits, 4);
+  return x;
+}
+
+inline float F32At(const uint8_t* src, int64_t j) {
+  float x;
+  std::memcpy(&x, src + 4 * j, 4);
+  return x;
+}
+
+// One loop per dtype and base/no base, so the compiler vectorises the
+// convert, check and subtract together (for each CPU: MS_CPU_DISPATCH).
+MS_CPU_DISPATCH bool DeltaBf16(const uint8_t* __restrict src, int64_t n,
+                               const float* __restrict base,
+                               float* __restrict dst) {
+  uint32_t bad = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float x = Bf16At(src, j);
+    bad |= NonFinite(x);
+    dst[j] = x - base[j];
+  }
+  return bad == 0;
+}
+
+MS_CPU_DISPATCH bool LoadBf16(const uint8_t* __restrict src, int64_t n,
+                              float* __restrict dst) {
+  uint32_t bad = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float x = Bf16At(src, j);
+    bad |= NonFinite(x);
+    dst[j] = x;
+  }
+  return bad == 0;
+}
+
+// F32 (and F16/F64 after their conversion into dst, so src may be dst).
+MS_CPU_DISPATCH bool DeltaF32(const uint8_t* src, int64_t n,
+                              const float* __restrict base, float* dst) {
   uint32_t bad = 0;
   if (base != nullptr) {
     for (int64_t j = 0; j < n; ++j) {
-      const float x = load(src, j);
+      const float x = F32At(src, j);
       bad |= NonFinite(x);
       dst[j] = x - base[j];
     }
   } else {
     for (int64_t j = 0; j < n; ++j) {
-      const float x = load(src, j);
+      const float x = F32At(src, j);
       bad |= NonFinite(x);
       dst[j] = x;
     }
@@ -197,29 +236,14 @@ bool LoadDelta(const TensorView& v, int64_t begin, int64_t count,
   const uint8_t* src = v.data + static_cast<size_t>(begin - v.first) * es;
   switch (v.info->dtype) {
     case DType::kBF16:
-      return DeltaLoop(src, count, base, dst, [](const uint8_t* p, int64_t j) {
-        uint16_t h;
-        std::memcpy(&h, p + 2 * j, 2);
-        const uint32_t bits = static_cast<uint32_t>(h) << 16;
-        float f;
-        std::memcpy(&f, &bits, 4);
-        return f;
-      });
+      return base != nullptr ? DeltaBf16(src, count, base, dst)
+                             : LoadBf16(src, count, dst);
     case DType::kF32:
-      return DeltaLoop(src, count, base, dst, [](const uint8_t* p, int64_t j) {
-        float f;
-        std::memcpy(&f, p + 4 * j, 4);
-        return f;
-      });
+      return DeltaF32(src, count, base, dst);
     default:
       // F16/F64: convert first, then check and subtract.
       LoadAsF32(v.info->dtype, src, count, dst);
-      return DeltaLoop(reinterpret_cast<const uint8_t*>(dst), count, base, dst,
-                       [](const uint8_t* p, int64_t j) {
-                         float f;
-                         std::memcpy(&f, p + 4 * j, 4);
-                         return f;
-                       });
+      return DeltaF32(reinterpret_cast<const uint8_t*>(dst), count, base, dst);
   }
 }
 

@@ -1,10 +1,40 @@
 #include "mergeserve/format/dtype.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
+
+#include "mergeserve/base/cpu_dispatch.h"
 
 namespace mergeserve {
 namespace {
+
+MS_CPU_DISPATCH void StoreBf16(const float* __restrict src, int64_t count,
+                               unsigned char* __restrict dst) {
+  for (int64_t i = 0; i < count; ++i) {
+    const uint16_t h = F32ToBf16(src[i]);
+    std::memcpy(dst + 2 * i, &h, 2);
+  }
+}
+
+// Whether any of n 16-bit values has all of `mask`'s bits: no early exit, so
+// it vectorises; FindNonFinite scans a block only once it knows one is there.
+MS_CPU_DISPATCH bool AnyAll16(const uint16_t* __restrict p, int64_t n,
+                              uint16_t mask) {
+  uint16_t hit = 0;
+  for (int64_t i = 0; i < n; ++i) hit |= (p[i] & mask) == mask;
+  return hit != 0;
+}
+
+MS_CPU_DISPATCH bool AnyAll32(const uint32_t* __restrict p, int64_t n,
+                              uint32_t mask) {
+  uint32_t hit = 0;
+  for (int64_t i = 0; i < n; ++i) hit |= (p[i] & mask) == mask;
+  return hit != 0;
+}
+
+constexpr int64_t kScanBlock = 4096;
 
 struct DTypeEntry {
   DType type;
@@ -159,10 +189,7 @@ void StoreFromF32(const float* src, int64_t count, DType dst_type, void* dst) {
       std::memcpy(dst, src, static_cast<size_t>(count) * 4);
       return;
     case DType::kBF16:
-      for (int64_t i = 0; i < count; ++i) {
-        const uint16_t h = F32ToBf16(src[i]);
-        std::memcpy(p + 2 * i, &h, 2);
-      }
+      StoreBf16(src, count, p);
       return;
     case DType::kF16:
       for (int64_t i = 0; i < count; ++i) {
@@ -185,8 +212,12 @@ int64_t FindNonFinite(const void* data, int64_t count, DType dtype) {
   // All-ones exponent means infinity or NaN in every IEEE-like format.
   auto scan16 = [&](uint16_t mask) -> int64_t {
     const auto* p = static_cast<const uint16_t*>(data);
-    for (int64_t i = 0; i < count; ++i) {
-      if ((p[i] & mask) == mask) return i;
+    for (int64_t b = 0; b < count; b += kScanBlock) {
+      const int64_t n = std::min(kScanBlock, count - b);
+      if (!AnyAll16(p + b, n, mask)) continue;
+      for (int64_t i = b; i < b + n; ++i) {
+        if ((p[i] & mask) == mask) return i;
+      }
     }
     return -1;
   };
@@ -197,8 +228,12 @@ int64_t FindNonFinite(const void* data, int64_t count, DType dtype) {
       return scan16(0x7c00);
     case DType::kF32: {
       const auto* p = static_cast<const uint32_t*>(data);
-      for (int64_t i = 0; i < count; ++i) {
-        if ((p[i] & 0x7f800000u) == 0x7f800000u) return i;
+      for (int64_t b = 0; b < count; b += kScanBlock) {
+        const int64_t n = std::min(kScanBlock, count - b);
+        if (!AnyAll32(p + b, n, 0x7f800000u)) continue;
+        for (int64_t i = b; i < b + n; ++i) {
+          if ((p[i] & 0x7f800000u) == 0x7f800000u) return i;
+        }
       }
       return -1;
     }

@@ -4,11 +4,13 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "engine/first_error.h"
+#include "mergeserve/base/cpu_dispatch.h"
 #include "mergeserve/base/huge_buffer.h"
 #include "mergeserve/base/philox.h"
 #include "mergeserve/base/status_macros.h"
@@ -43,8 +45,9 @@ int64_t FloorCount(double fraction, int64_t n) {
 struct Buffers {
   std::vector<float> base, tv, rnd, mask, sum, acc, den, out;
   std::vector<float> raw;  // untrimmed τ, only when collecting diagnostics
-  // Per-row ranking (della): keys and indices, twice for the radix passes.
-  std::vector<uint32_t> key[3], idx[1], rank;
+  // Per-row ranking (della): keys, bucket ids, bucket starts; members to
+  // re-rank and their slots; (key, index) pairs to sort.
+  std::vector<uint32_t> key[3], idx, at, rank;
   std::vector<uint64_t> pairs;
   void Reserve(size_t experts, size_t chunk) {
     if (base.size() >= chunk && tv.size() >= experts * chunk) return;
@@ -60,8 +63,9 @@ struct Buffers {
 };
 
 // Marks (1/0) the entries of magnitude `a` that belong to `set` in chunk `ci`.
-void MarkTopSet(const TopSet& set, int64_t ci, const float* __restrict tv,
-                int64_t n, float* __restrict mark) {
+MS_CPU_DISPATCH void MarkTopSet(const TopSet& set, int64_t ci,
+                                const float* __restrict tv, int64_t n,
+                                float* __restrict mark) {
   switch (set.kind) {
     case TopSet::kNone:
       std::fill(mark, mark + n, 0.f);
@@ -98,26 +102,26 @@ void MarkTopSet(const TopSet& set, int64_t ci, const float* __restrict tv,
 
 // Element loops of the merge, written over restrict pointers and without
 // branches so the compiler vectorises them.
-void AddScaled(float* __restrict acc, const float* __restrict x, float w,
-               int64_t n) {
+MS_CPU_DISPATCH void AddScaled(float* __restrict acc, const float* __restrict x,
+                               float w, int64_t n) {
   for (int64_t j = 0; j < n; ++j) acc[j] += w * x[j];
 }
 
-void AddSigns(float* __restrict acc, const float* __restrict x, float w,
-              int64_t n) {
+MS_CPU_DISPATCH void AddSigns(float* __restrict acc, const float* __restrict x,
+                              float w, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     const float e = w * x[j];
     acc[j] += (e > 0 ? 1.f : 0.f) - (e < 0 ? 1.f : 0.f);
   }
 }
 
-int64_t SignBalance(const float* __restrict votes, int64_t n) {
+MS_CPU_DISPATCH int64_t SignBalance(const float* __restrict votes, int64_t n) {
   int64_t bal = 0;
   for (int64_t j = 0; j < n; ++j) bal += (votes[j] > 0) - (votes[j] < 0);
   return bal;
 }
 
-void ElectSign(float* __restrict votes, float tie, int64_t n) {
+MS_CPU_DISPATCH void ElectSign(float* __restrict votes, float tie, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     const float v = votes[j];
     votes[j] = v > 0 ? 1.f : (v < 0 ? -1.f : tie);
@@ -125,9 +129,10 @@ void ElectSign(float* __restrict votes, float tie, int64_t n) {
 }
 
 // Adds w·u to acc and d to den where sign(ew·u) equals the elected sign.
-void AddAgreeing(float* __restrict acc, float* __restrict den,
-                 const float* __restrict u, const float* __restrict sign,
-                 float ew, float w, float d, int64_t n) {
+MS_CPU_DISPATCH void AddAgreeing(float* __restrict acc, float* __restrict den,
+                                 const float* __restrict u,
+                                 const float* __restrict sign, float ew,
+                                 float w, float d, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     const float agree = ew * u[j] * sign[j] > 0 ? 1.f : 0.f;
     acc[j] += agree * (w * u[j]);
@@ -148,120 +153,147 @@ void Quotient(float* __restrict q, const float* __restrict acc, float scale,
   }
 }
 
-void QuotientDivided(float* __restrict q, const float* __restrict acc,
-                     float divisor, int64_t n) {
+MS_CPU_DISPATCH void QuotientDivided(float* __restrict q,
+                                     const float* __restrict acc, float divisor,
+                                     int64_t n) {
   for (int64_t j = 0; j < n; ++j) q[j] = acc[j] / divisor;
 }
 
-void QuotientByWeight(float* __restrict q, const float* __restrict acc,
-                      const float* __restrict den, int64_t n) {
+MS_CPU_DISPATCH void QuotientByWeight(float* __restrict q,
+                                      const float* __restrict acc,
+                                      const float* __restrict den, int64_t n) {
   for (int64_t j = 0; j < n; ++j) q[j] = acc[j] / (den[j] == 0 ? 1.f : den[j]);
 }
 
-void QuotientByCount(float* __restrict q, const float* __restrict acc,
-                     const float* __restrict den, int64_t n) {
+MS_CPU_DISPATCH void QuotientByCount(float* __restrict q,
+                                     const float* __restrict acc,
+                                     const float* __restrict den, int64_t n) {
   for (int64_t j = 0; j < n; ++j) q[j] = acc[j] / std::max(den[j], 1.f);
 }
 
-void ApplyLambda(float* __restrict out, const float* __restrict base,
-                 const float* __restrict q, float lambda, int64_t n) {
+MS_CPU_DISPATCH void ApplyLambda(float* __restrict out,
+                                 const float* __restrict base,
+                                 const float* __restrict q, float lambda,
+                                 int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = base[j] + lambda * q[j];
 }
 
 // Keeps entries with |x| >= v.
-void TrimBelow(float* __restrict x, float v, int64_t n) {
+MS_CPU_DISPATCH void TrimBelow(float* __restrict x, float v, int64_t n) {
   for (int64_t j = 0; j < n; ++j) x[j] = std::fabs(x[j]) >= v ? x[j] : 0.f;
 }
 
 // Rank of |x[j]| within one row, ascending, equal values ranked by index:
 // torch.sort(stable=True) then scatter, as the ATen path does. Non-negative
-// floats order as their bit patterns, so this sorts 32-bit keys.
+// floats order as their bit patterns, so this ranks 32-bit keys.
 //
 // Task-vector magnitudes spread over a few hundred values of their top 16
-// bits (exponent and 7 mantissa bits) and rarely use the low 16 (bf16
-// deltas): one stable counting pass on the top 16 bits, over the range the
-// row uses, then an insertion pass that orders the few keys differing only
-// in their low bits. A byte-wise LSD radix sort stalls here: most bytes take
-// a handful of values, and every count of the same bucket waits on the last.
-void RowRanks(const float* __restrict x, int64_t cols, Buffers& b,
-              uint32_t* __restrict rank) {
+// bits (exponent and 7 mantissa bits) and rarely use the low 16 (differences
+// of bf16 weights). One stable counting pass over buckets of (top 16 bits,
+// low 16 bits non-zero) ranks every key whose low bits are zero: its bucket
+// holds only equal keys, so index order is the order. The few keys with low
+// bits set are then ranked by a sort of their own within their buckets. A
+// byte-wise LSD radix sort stalls here: most bytes take a handful of values,
+// and every count of the same bucket waits on the last.
+MS_CPU_DISPATCH void RowRanks(const float* __restrict x, int64_t cols,
+                              Buffers& b, uint32_t* __restrict rank) {
   const size_t n = static_cast<size_t>(cols);
-  for (auto* v : {&b.key[0], &b.key[1], &b.idx[0]}) {
-    if (v->size() < n) v->resize(n);
-  }
+  if (b.key[0].size() < n) b.key[0].resize(n);
   uint32_t* key = b.key[0].data();
-  uint32_t lo = 0xffff, hi = 0;  // top 16 bits of the non-zero keys
-  for (size_t j = 0; j < n; ++j) {
+  uint32_t lo = 0xffff, hi = 0;     // top 16 bits of the non-zero keys
+  for (size_t j = 0; j < n; ++j) {  // branchless: it vectorises
     uint32_t k;
     const float a = std::fabs(x[j]);
     std::memcpy(&k, &a, 4);
     key[j] = k;
     const uint32_t top = k >> 16;
-    if (k != 0) {
-      lo = std::min(lo, top);
-      hi = std::max(hi, top);
-    }
+    lo = std::min(lo, k != 0 ? top : 0xffffu);
+    hi = std::max(hi, top);
   }
-  uint32_t* sk = b.key[1].data();
-  uint32_t* si = b.idx[0].data();
-  // Bucket 0 holds exact zeros (the smallest keys), then one per top value.
-  const size_t buckets = hi >= lo ? hi - lo + 2 : 1;
-  bool counted = buckets <= 4 * n + 1024;
-  if (counted) {
+  // Bucket 0 holds exact zeros (the smallest keys), then two per top value:
+  // low bits zero, then low bits set.
+  const size_t buckets = hi >= lo ? 2 * size_t{hi - lo} + 3 : 1;
+  if (b.key[1].size() < n) b.key[1].resize(n);
+  if (b.idx.size() < n) b.idx.resize(n);
+  if (buckets <= 4 * n + 1024) {
     std::vector<uint32_t>& start = b.key[2];
     start.assign(buckets, 0);
-    auto bucket = [lo](uint32_t k) -> size_t {
-      return k == 0 ? 0 : (k >> 16) - lo + 1;
-    };
-    for (size_t j = 0; j < n; ++j) ++start[bucket(key[j])];
+    uint32_t* bucket = b.key[1].data();
+    for (size_t j = 0; j < n; ++j) {
+      const uint32_t k = key[j];
+      const uint32_t id =
+          k == 0 ? 0 : (((k >> 16) - lo) << 1 | ((k & 0xffffu) != 0)) + 1;
+      bucket[j] = id;
+      ++start[id];
+    }
     uint32_t sum = 0;
     for (uint32_t& c : start) {
       const uint32_t v = c;
       c = sum;
       sum += v;
     }
+    // Index order within a bucket: the order, except in the buckets of keys
+    // with low bits set (odd ids), whose members are listed to re-rank.
+    uint32_t* odd = b.idx.data();
+    size_t nodd = 0;
     for (size_t j = 0; j < n; ++j) {
-      const uint32_t pos = start[bucket(key[j])]++;
-      sk[pos] = key[j];
-      si[pos] = static_cast<uint32_t>(j);
+      rank[j] = start[bucket[j]]++;
+      odd[nodd] = static_cast<uint32_t>(j);
+      nodd += (key[j] & 0xffffu) != 0;
     }
-    // Stable insertion by the full key within each top-16 bucket (equal
-    // keys never pass each other, so they stay in index order). Bounded:
-    // a row whose keys share their top bits goes to the sort below.
-    size_t moves = 0;
-    for (size_t i = 1; i < n && counted; ++i) {
-      if (sk[i] >= sk[i - 1]) continue;
-      const uint32_t k = sk[i], id = si[i];
-      size_t j = i;
-      while (j > 0 && sk[j - 1] > k) {
-        sk[j] = sk[j - 1];
-        si[j] = si[j - 1];
-        --j;
+    if (nodd <= n / 4) {
+      // `start` now holds each bucket's end, so [start[id - 1], start[id]) is
+      // bucket id. Each odd bucket's members, placed by index, are sorted by
+      // key there (few per bucket: insertion), then take those ranks.
+      std::vector<uint32_t>& at = b.at;  // member index by provisional rank
+      if (at.size() < n) at.resize(n);
+      for (size_t i = 0; i < nodd; ++i) at[rank[odd[i]]] = odd[i];
+      constexpr uint32_t kDone = ~0u;
+      for (size_t i = 0; i < nodd; ++i) {
+        const uint32_t id = bucket[odd[i]];
+        // Only bucket id reads start[id - 1] (its begin) from here on.
+        const uint32_t begin = std::exchange(start[id - 1], kDone);
+        if (begin == kDone) continue;  // sorted at its first member
+        const uint32_t end = start[id];
+        uint32_t* m = at.data() + begin;
+        const uint32_t len = end - begin;
+        if (len <= 32) {
+          for (uint32_t r = 1; r < len; ++r) {
+            const uint32_t v = m[r];
+            uint32_t q = r;
+            for (; q > 0 && key[m[q - 1]] > key[v]; --q) m[q] = m[q - 1];
+            m[q] = v;
+          }
+        } else {
+          std::sort(m, m + len, [key](uint32_t p, uint32_t q) {
+            return key[p] != key[q] ? key[p] < key[q] : p < q;
+          });
+        }
+        for (uint32_t r = 0; r < len; ++r) rank[m[r]] = begin + r;
       }
-      sk[j] = k;
-      si[j] = id;
-      moves += i - j;
-      counted = moves <= 8 * n;
+      return;
     }
   }
-  if (!counted) {
-    // (key, index) pairs are unique: any sort gives the stable order.
-    std::vector<uint64_t>& pairs = b.pairs;
-    pairs.resize(n);
-    for (size_t j = 0; j < n; ++j) pairs[j] = uint64_t{key[j]} << 32 | j;
-    std::sort(pairs.begin(), pairs.end());
-    for (size_t i = 0; i < n; ++i) si[i] = static_cast<uint32_t>(pairs[i]);
+  // Wide or mostly low-bits-set rows (fp32 deltas): (key, index) pairs are
+  // unique, so any sort gives the stable order.
+  std::vector<uint64_t>& pairs = b.pairs;
+  pairs.resize(n);
+  for (size_t j = 0; j < n; ++j) pairs[j] = uint64_t{key[j]} << 32 | j;
+  std::sort(pairs.begin(), pairs.end());
+  for (size_t i = 0; i < n; ++i) {
+    rank[static_cast<uint32_t>(pairs[i])] = static_cast<uint32_t>(i);
   }
-  for (size_t i = 0; i < n; ++i) rank[si[i]] = static_cast<uint32_t>(i);
 }
 
 // DELLA's keep marks for one chunk of whole rows: keep probability
 // p = rank/(cols-1)·2ε + (d−ε) per row, kept where u < p. `mark` receives
 // 1/p for survivors when rescaling by 1/p, else 1; 0 where dropped. The float
 // operations are the ATen path's, in its order, so both agree bitwise.
-void MarkRankSampled(const float* __restrict tv, const float* __restrict u,
-                     int64_t cnt, int64_t cols, double density, double eps,
-                     bool inverse, Buffers& b, float* __restrict mark) {
+MS_CPU_DISPATCH void MarkRankSampled(const float* __restrict tv,
+                                     const float* __restrict u, int64_t cnt,
+                                     int64_t cols, double density, double eps,
+                                     bool inverse, Buffers& b,
+                                     float* __restrict mark) {
   const float span = static_cast<float>(cols - 1);
   const float width = static_cast<float>(2 * eps);
   const float low = static_cast<float>(density - eps);
@@ -281,9 +313,23 @@ void MarkRankSampled(const float* __restrict tv, const float* __restrict u,
   }
 }
 
+// tv *= mark, with the L1 norms of tv before and after.
+MS_CPU_DISPATCH void MaskAndNorms(float* __restrict tv,
+                                  const float* __restrict mark, int64_t n,
+                                  double* all, double* kept) {
+  double a = 0, k = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    a += std::fabs(tv[j]);
+    tv[j] *= mark[j];
+    k += std::fabs(tv[j]);
+  }
+  *all = a;
+  *kept = k;
+}
+
 // Kept draws as bits (1: kept) and back, without a branch per element.
-void BitsFromMark(const float* __restrict mark, int64_t n,
-                  uint64_t* __restrict bits) {
+MS_CPU_DISPATCH void BitsFromMark(const float* __restrict mark, int64_t n,
+                                  uint64_t* __restrict bits) {
   for (int64_t w = 0; w * 64 < n; ++w) {
     const float* m = mark + w * 64;
     const int64_t len = std::min<int64_t>(64, n - w * 64);
@@ -295,8 +341,8 @@ void BitsFromMark(const float* __restrict mark, int64_t n,
   }
 }
 
-void MarkFromBits(const uint64_t* __restrict bits, int64_t n,
-                  float* __restrict mark) {
+MS_CPU_DISPATCH void MarkFromBits(const uint64_t* __restrict bits, int64_t n,
+                                  float* __restrict mark) {
   for (int64_t j = 0; j < n; ++j) {
     mark[j] = static_cast<float>((bits[j >> 6] >> (j & 63)) & 1);
   }
@@ -918,10 +964,6 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
             std::copy(tv, tv + cnt,
                       b.raw.data() + k * static_cast<size_t>(chunk));
           }
-          double all = 0;
-          if (mode == PassMode::kL1) {
-            for (int64_t j = 0; j < cnt; ++j) all += std::fabs(tv[j]);
-          }
           float* mark = b.mask.data();
           bool masked = true;
           switch (opts_.sparsify) {
@@ -974,15 +1016,21 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
               break;
             }
           }
-          if (masked) {
+          // L1 norms before and after the mask, each summed in index order;
+          // one loop, so the two dependency chains overlap.
+          double all = 0, kept = 0;
+          if (mode == PassMode::kL1 && masked) {
+            MaskAndNorms(tv, mark, cnt, &all, &kept);
+          } else if (mode == PassMode::kL1) {
+            for (int64_t j = 0; j < cnt; ++j) all += std::fabs(tv[j]);
+            kept = all;
+          } else if (masked) {
             for (int64_t j = 0; j < cnt; ++j) tv[j] *= mark[j];
           }
           if (capture && p.tv_capture[k] != nullptr) {
             p.tv_capture[k]->Pack(ci, tv, cnt);
           }
           if (mode == PassMode::kL1) {
-            double kept = 0;
-            for (int64_t j = 0; j < cnt; ++j) kept += std::fabs(tv[j]);
             l1[(static_cast<size_t>(ci) * n + k) * 2] = all;
             l1[(static_cast<size_t>(ci) * n + k) * 2 + 1] = kept;
             continue;
