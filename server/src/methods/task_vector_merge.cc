@@ -964,6 +964,16 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
             std::copy(tv, tv + cnt,
                       b.raw.data() + k * static_cast<size_t>(chunk));
           }
+          // L1 norms before and after the trim, each summed in index order.
+          // A threshold trim works in place, so its `all` is summed first;
+          // a mask's sums share one loop with it (MaskAndNorms).
+          const bool in_place = opts_.sparsify == Sparsify::kMagnitude &&
+                                p.keep[k].kind == TopSet::kThreshold &&
+                                p.keep[k].all_ties;
+          double all = 0, kept = 0;
+          if (mode == PassMode::kL1 && in_place) {
+            for (int64_t j = 0; j < cnt; ++j) all += std::fabs(tv[j]);
+          }
           float* mark = b.mask.data();
           bool masked = true;
           switch (opts_.sparsify) {
@@ -1000,7 +1010,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
               break;
             }
             case Sparsify::kMagnitude:
-              if (p.keep[k].kind == TopSet::kThreshold && p.keep[k].all_ties) {
+              if (in_place) {
                 // The common case, fused: keep |τ| >= threshold.
                 TrimBelow(tv, p.keep[k].value, cnt);
                 masked = false;
@@ -1016,12 +1026,11 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
               break;
             }
           }
-          // L1 norms before and after the mask, each summed in index order;
-          // one loop, so the two dependency chains overlap.
-          double all = 0, kept = 0;
           if (mode == PassMode::kL1 && masked) {
             MaskAndNorms(tv, mark, cnt, &all, &kept);
-          } else if (mode == PassMode::kL1) {
+          } else if (mode == PassMode::kL1 && in_place) {
+            for (int64_t j = 0; j < cnt; ++j) kept += std::fabs(tv[j]);
+          } else if (mode == PassMode::kL1) {  // tv unchanged
             for (int64_t j = 0; j < cnt; ++j) all += std::fabs(tv[j]);
             kept = all;
           } else if (masked) {
