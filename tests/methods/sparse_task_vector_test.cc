@@ -19,7 +19,8 @@ TEST(SparseTaskVectorTest, UnpacksWhatWasPacked) {
     const float x = u(rng);
     tv[i] = std::abs(x) < 0.6f ? 0.f : x;  // about 40% kept
   }
-  std::fill(tv.begin() + 260, tv.begin() + 390, 0.f);  // chunk 2: none
+  std::fill(tv.begin() + 260, tv.begin() + 390, 0.f);    // chunk 2: none
+  for (int64_t i = 390; i < 520; ++i) tv[i] = 0.5f + i;  // chunk 3: all
   SparseTaskVector s(numel, chunk);
   const int64_t chunks = (numel + chunk - 1) / chunk;
   for (int64_t ci = chunks - 1; ci >= 0; --ci) {

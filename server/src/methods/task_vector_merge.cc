@@ -341,10 +341,11 @@ MS_CPU_DISPATCH void BitsFromMark(const float* __restrict mark, int64_t n,
   }
 }
 
-MS_CPU_DISPATCH void MarkFromBits(const uint64_t* __restrict bits, int64_t n,
-                                  float* __restrict mark) {
+// tv *= kept bit (0 or 1): the float mask's product, in one pass.
+MS_CPU_DISPATCH void MaskByBits(float* __restrict tv,
+                                const uint64_t* __restrict bits, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
-    mark[j] = static_cast<float>((bits[j >> 6] >> (j & 63)) & 1);
+    tv[j] *= static_cast<float>((bits[j >> 6] >> (j & 63)) & 1);
   }
 }
 
@@ -992,7 +993,8 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
                       : p.sampled[k].data() + static_cast<size_t>(ci) * words;
               if (bits != nullptr && mode != PassMode::kL1) {
                 // The L1 pass drew (and ranked) this chunk already.
-                MarkFromBits(bits, cnt, mark);
+                MaskByBits(tv, bits, cnt);
+                masked = false;
                 break;
               }
               ElementRandom rng(opts_.seed, t.name, m);
