@@ -199,12 +199,17 @@ TEST(MergeBinaryTest, HotLoopsHaveCpuClonesAndNoFusedMultiplyAdd) {
   const std::string bin = MERGESERVE_BINARY;
   Result r =
       RunCommand("nm -C " + bin + " | grep -c 'DeltaBf16.*clone .avx512f'");
-  EXPECT_EQ(r.output, "1\n");
+  EXPECT_NE(r.output, "0\n");
   r = RunCommand("nm -C " + bin +
                  " | grep -c 'PhiloxUniformBlocks.*clone .avx2'");
-  EXPECT_EQ(r.output, "1\n");
-  r = RunCommand("objdump -d --no-show-raw-insn " + bin +
-                 " | grep -cE 'vfn?m(add|sub)'");
+  EXPECT_NE(r.output, "0\n");
+  // objdump's own failure must not read as "no FMA": the AVX clones'
+  // 64-bit multiplies (Philox) must be seen first.
+  const std::string disassemble =
+      "objdump -d --no-show-raw-insn " + bin + " 2>/dev/null";
+  r = RunCommand(disassemble + " | grep -c vpmuludq");
+  EXPECT_NE(r.output, "0\n");
+  r = RunCommand(disassemble + " | grep -cE 'vfn?m(add|sub)'");
   EXPECT_EQ(r.output, "0\n");
 }
 #endif
