@@ -233,7 +233,8 @@ MS_CPU_DISPATCH void RowRanks(const float* __restrict x, int64_t cols,
       sum += v;
     }
     // Index order within a bucket: the order, except in the buckets of keys
-    // with low bits set (odd ids), whose members are listed to re-rank.
+    // with low bits set (the even ids from 2), whose members are listed
+    // (`odd`) to re-rank.
     uint32_t* odd = b.idx.data();
     size_t nodd = 0;
     for (size_t j = 0; j < n; ++j) {
@@ -243,8 +244,8 @@ MS_CPU_DISPATCH void RowRanks(const float* __restrict x, int64_t cols,
     }
     if (nodd <= n / 4) {
       // `start` now holds each bucket's end, so [start[id - 1], start[id]) is
-      // bucket id. Each odd bucket's members, placed by index, are sorted by
-      // key there (few per bucket: insertion), then take those ranks.
+      // bucket id. Each listed bucket's members, placed by index, are sorted
+      // by key there (few per bucket: insertion), then take those ranks.
       std::vector<uint32_t>& at = b.at;  // member index by provisional rank
       if (at.size() < n) at.resize(n);
       for (size_t i = 0; i < nodd; ++i) at[rank[odd[i]]] = odd[i];
@@ -311,6 +312,13 @@ MS_CPU_DISPATCH void MarkRankSampled(const float* __restrict tv,
       mark[j] = keep ? (inverse ? 1.f / p : 1.f) : 0.f;
     }
   }
+}
+
+// Σ|x| in index order (double: the L1 rescaling's norms).
+double L1Norm(const float* x, int64_t n) {
+  double s = 0;
+  for (int64_t j = 0; j < n; ++j) s += std::fabs(x[j]);
+  return s;
 }
 
 // tv *= mark, with the L1 norms of tv before and after.
@@ -972,9 +980,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
                                 p.keep[k].kind == TopSet::kThreshold &&
                                 p.keep[k].all_ties;
           double all = 0, kept = 0;
-          if (mode == PassMode::kL1 && in_place) {
-            for (int64_t j = 0; j < cnt; ++j) all += std::fabs(tv[j]);
-          }
+          if (mode == PassMode::kL1 && in_place) all = L1Norm(tv, cnt);
           float* mark = b.mask.data();
           bool masked = true;
           switch (opts_.sparsify) {
@@ -1030,11 +1036,9 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
           }
           if (mode == PassMode::kL1 && masked) {
             MaskAndNorms(tv, mark, cnt, &all, &kept);
-          } else if (mode == PassMode::kL1 && in_place) {
-            for (int64_t j = 0; j < cnt; ++j) kept += std::fabs(tv[j]);
-          } else if (mode == PassMode::kL1) {  // tv unchanged
-            for (int64_t j = 0; j < cnt; ++j) all += std::fabs(tv[j]);
-            kept = all;
+          } else if (mode == PassMode::kL1) {
+            kept = L1Norm(tv, cnt);
+            if (!in_place) all = kept;  // tv unchanged
           } else if (masked) {
             for (int64_t j = 0; j < cnt; ++j) tv[j] *= mark[j];
           }
