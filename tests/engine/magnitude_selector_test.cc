@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "gtest/gtest.h"
@@ -77,6 +78,63 @@ TEST_P(SelectorTest, MatchesSortingOnTiesHeavyBf16Data) {
     EXPECT_EQ(total, r.count_equal);
     if (!r.chunk_equal.empty()) {
       EXPECT_EQ(r.chunk_equal, *per_chunk);
+    }
+  }
+}
+
+// f32 task vectors whose magnitudes are exact powers of two (low 16 bits
+// zero, many ties) and values with low bits set above them. A k-th entry
+// among the former is exact from the first pass (no per-chunk tie counts
+// recorded); one among the latter takes the second pass, which records them;
+// a query that wants tie counts always gets them.
+TEST(SelectorPassesTest, ResolvesFromTheFirstPassWhereItIsExact) {
+  const std::string dir = TempDir("sel_passes");
+  const int64_t n = 20000;
+  std::vector<float> b(static_cast<size_t>(n), 0.0f), e(b.size());
+  std::mt19937 rng(3);
+  std::vector<float> mags;
+  for (int64_t i = 0; i < n; ++i) {
+    float m;
+    if (i % 10 == 0) {
+      m = 1.0f + static_cast<float>(rng() % 1000) / 997.0f;  // low bits set
+    } else {
+      m = std::ldexp(1.0f, -static_cast<int>(rng() % 4));  // 1, 1/2, 1/4, 1/8
+    }
+    e[static_cast<size_t>(i)] = (rng() & 1) ? m : -m;
+    mags.push_back(m);
+  }
+  testing::WriteModel(dir + "/base", {{"a", {{n}, b, DType::kF32}}});
+  testing::WriteModel(dir + "/e", {{"a", {{n}, e, DType::kF32}}});
+  auto config = MergeConfig::FromYaml(
+      "merge_method: ties\nbase_model: base\nmodels: [e]\n", dir);
+  ASSERT_TRUE(config.ok());
+  auto plan = MergePlan::Create(*config, LocalPathResolver(dir));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const std::vector<const PlannedTensor*> domain = {&(*plan)->tensors()[0]};
+  ThreadPool pool(2);
+  MagnitudeSelector selector(**plan, pool, 4096);
+  std::sort(mags.begin(), mags.end(), std::greater<float>());
+  const int64_t low_set = n / 10;  // all above the powers of two but 1.0
+  for (bool ties : {false, true}) {
+    for (int64_t k : {int64_t{5}, low_set - 3, low_set + 100, n / 2, n - 1}) {
+      auto r = selector.Select(domain, {{0, k, ties}});
+      ASSERT_TRUE(r.ok()) << r.status();
+      const float v = mags[static_cast<size_t>(k - 1)];
+      const SelectionResult& got = (*r)[0];
+      EXPECT_EQ(got.value, v) << "k=" << k;
+      EXPECT_EQ(got.count_greater,
+                std::count_if(mags.begin(), mags.end(),
+                              [&](float x) { return x > v; }));
+      EXPECT_EQ(got.count_equal, std::count(mags.begin(), mags.end(), v));
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      const bool one_pass = (bits & 0xffffu) == 0 && !ties;
+      EXPECT_EQ(got.chunk_equal.empty(), one_pass) << "k=" << k;
+      if (!got.chunk_equal.empty()) {
+        auto per_chunk = selector.CountEqualPerChunk(domain, 0, v);
+        ASSERT_TRUE(per_chunk.ok());
+        EXPECT_EQ(got.chunk_equal, *per_chunk) << "k=" << k;
+      }
     }
   }
 }

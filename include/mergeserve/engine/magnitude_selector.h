@@ -4,7 +4,10 @@
 //
 // For non-negative floats the IEEE bit pattern orders like the value, so the
 // first pass counts the top 16 bits and the second resolves the low 16 bits
-// inside the one bucket that holds the k-th entry.
+// inside the one bucket that holds the k-th entry. The first pass also
+// counts, per bucket, the entries whose low 16 bits are set: the others all
+// equal the bucket's smallest value, so when the k-th entry is one of them
+// (in bf16 task vectors most are) the first pass alone is exact.
 #ifndef MERGESERVE_ENGINE_MAGNITUDE_SELECTOR_H_
 #define MERGESERVE_ENGINE_MAGNITUDE_SELECTOR_H_
 
@@ -25,6 +28,9 @@ class StagingArena;
 struct SelectionQuery {
   int model;
   int64_t k;
+  // Wants SelectionResult::chunk_equal (ties broken by index): the second
+  // pass records it, by a compare where the first pass found the value.
+  bool ties_per_chunk = false;
 };
 
 struct SelectionResult {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +17,8 @@ namespace mergeserve {
 namespace {
 
 constexpr size_t kBins = 1 << 16;
+// Pass 1 bins: top 16 bits, then whether any of the low 16 is set.
+constexpr size_t kBins1 = kBins << 1;
 // Up to this many bucket members per query are kept as lists in the second
 // pass, so ties can be counted per chunk without another pass over the data.
 constexpr uint64_t kMaxListed = uint64_t{8} << 20;
@@ -28,6 +31,66 @@ MS_CPU_DISPATCH void AbsBits(float* __restrict value, uint32_t* __restrict bits,
   }
 }
 
+// Pass 1's bin of each |value|: (top 16 bits) * 2 + (low 16 bits != 0),
+// and the smallest and largest bin seen.
+MS_CPU_DISPATCH void AbsBins(const float* __restrict value,
+                             uint32_t* __restrict bins, int64_t n,
+                             uint32_t* min_bin, uint32_t* max_bin) {
+  uint32_t lo = *min_bin, hi = *max_bin;
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t x;
+    std::memcpy(&x, value + j, 4);
+    x &= 0x7fffffffu;
+    // (low + 0xffff) >> 16 is 1 exactly when a low bit is set.
+    const uint32_t b = ((x >> 15) & ~1u) | (((x & 0xffffu) + 0xffffu) >> 16);
+    bins[j] = b;
+    lo = std::min(lo, b);
+    hi = std::max(hi, b);
+  }
+  *min_bin = lo;
+  *max_bin = hi;
+}
+
+// Counts over kBins1 bins, `copies` arrays side by side, of which only
+// [lo, hi) has been zeroed: bf16 task vectors touch a few thousand bins, and
+// zeroing (and summing) all 2^17 per tensor would cost more than counting.
+template <typename T>
+class BinRange {
+ public:
+  explicit BinRange(int copies = 1)
+      : data_(new T[kBins1 * static_cast<size_t>(copies)]), copies_(copies) {}
+  // Makes [lo, hi) part of the zeroed range.
+  void Cover(size_t lo, size_t hi) {
+    if (lo_ >= hi_) {
+      Zero(lo, hi);
+      lo_ = lo;
+      hi_ = hi;
+      return;
+    }
+    if (lo < lo_) Zero(lo, lo_), lo_ = lo;
+    if (hi > hi_) Zero(hi_, hi), hi_ = hi;
+  }
+  T* copy(int c) { return data_.get() + kBins1 * static_cast<size_t>(c); }
+  T at(size_t i) const { return i >= lo_ && i < hi_ ? data_[i] : T{0}; }
+  size_t lo() const { return lo_; }
+  size_t hi() const { return hi_; }
+
+ private:
+  void Zero(size_t lo, size_t hi) {
+    for (int c = 0; c < copies_; ++c) std::fill(copy(c) + lo, copy(c) + hi, 0);
+  }
+  std::unique_ptr<T[]> data_;
+  int copies_;
+  size_t lo_ = 0, hi_ = 0;
+};
+
+MS_CPU_DISPATCH int64_t CountEqual(const uint32_t* __restrict bits, int64_t n,
+                                   uint32_t want) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < n; ++j) count += bits[j] == want;
+  return count;
+}
+
 }  // namespace
 
 int64_t MagnitudeSelector::MemoryBound(int64_t models, int workers,
@@ -35,7 +98,8 @@ int64_t MagnitudeSelector::MemoryBound(int64_t models, int workers,
   const int64_t w = std::max(workers, 1);
   const int64_t bins = static_cast<int64_t>(kBins);
   // Pass 1: two uint32 histograms per (worker, model), uint64 totals.
-  const int64_t pass1 = w * 2 * bins * 4 + bins * 8;
+  const int64_t bins1 = static_cast<int64_t>(kBins1);
+  const int64_t pass1 = w * 2 * bins1 * 4 + bins1 * 8;
   // Pass 2, for up to two wanted buckets per model (keep and drop): uint64
   // totals, a uint32 histogram per worker or a member list of at most
   // kMaxListed uint16 values spread over per-chunk vectors.
@@ -95,111 +159,160 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   const std::vector<DomainChunk> chunks = ChunkDomain(domain, chunk_elems_);
   const int workers = pool_.num_threads();
   std::vector<Scratch> scratch(static_cast<size_t>(workers));
-  (void)workers;
 
-  // Pass 1: histogram of the top 16 bits.
+  // Pass 1: histogram of the top 16 bits, each bucket split by whether the
+  // low 16 bits are zero (bin 2b) or not (bin 2b + 1).
   // Two histograms per (worker, model), filled alternately: consecutive
   // entries often hit the same bin, and one array would serialise on it.
-  std::vector<std::vector<uint32_t>> hist(static_cast<size_t>(workers) * nm,
-                                          std::vector<uint32_t>(2 * kBins, 0));
-  std::vector<std::vector<uint64_t>> hi(nm, std::vector<uint64_t>(kBins, 0));
+  std::vector<BinRange<uint32_t>> hist;
+  hist.reserve(static_cast<size_t>(workers) * nm);
+  for (size_t i = 0; i < static_cast<size_t>(workers) * nm; ++i)
+    hist.emplace_back(2);
+  std::vector<BinRange<uint64_t>> hi(nm);
   // Per-worker uint32 counts are flushed into uint64 totals after each tensor
   // (a tensor has < 2^32 entries).
-  auto run_pass = [&](auto&& per_chunk, auto&& flush) {
-    return ForEachChunk(
-        domain, chunks, models,
-        [&](size_t, const DomainChunk& c, int w, const PlannedTensor& t,
-            const float* base) -> absl::Status {
-          Scratch& s = scratch[static_cast<size_t>(w)];
-          for (size_t m = 0; m < nm; ++m) {
-            MS_RETURN_IF_ERROR(MagnitudeBits(t, models[m], c.begin, c.count,
-                                             base, s.value.data(),
-                                             s.bits.data()));
-            per_chunk(w, m, s.bits.data(), c.count);
+  MS_RETURN_IF_ERROR(ForEachChunk(
+      domain, chunks, models,
+      [&](size_t, const DomainChunk& c, int w, const PlannedTensor& t,
+          const float* base) -> absl::Status {
+        Scratch& s = scratch[static_cast<size_t>(w)];
+        for (size_t m = 0; m < nm; ++m) {
+          const TensorView& mv = t.models[static_cast<size_t>(models[m])];
+          if (!LoadDelta(mv, c.begin, c.count,
+                         t.base.data != nullptr ? base : nullptr,
+                         s.value.data())) {
+            return NonFiniteError(
+                t.name, plan_.models()[static_cast<size_t>(models[m])].ref);
           }
-          return absl::OkStatus();
-        },
-        scratch, flush);
-  };
-  auto flush_hist = [&](std::vector<std::vector<uint64_t>>& total) {
-    for (int w = 0; w < workers; ++w) {
-      for (size_t m = 0; m < nm; ++m) {
-        auto& h = hist[static_cast<size_t>(w) * nm + m];
-        auto& out = total[m];
-        for (size_t b = 0; b < kBins; ++b) out[b] += h[b] + h[b + kBins];
-        std::fill(h.begin(), h.end(), 0u);
-      }
-    }
-  };
-  MS_RETURN_IF_ERROR(run_pass(
-      [&](int w, size_t m, const uint32_t* bits, int64_t n) {
-        uint32_t* h0 = hist[static_cast<size_t>(w) * nm + m].data();
-        uint32_t* h1 = h0 + kBins;
-        int64_t j = 0;
-        for (; j + 1 < n; j += 2) {
-          ++h0[bits[j] >> 16];
-          ++h1[bits[j + 1] >> 16];
+          uint32_t min_bin = kBins1 - 1, max_bin = 0;
+          AbsBins(s.value.data(), s.bits.data(), c.count, &min_bin, &max_bin);
+          BinRange<uint32_t>& range = hist[static_cast<size_t>(w) * nm + m];
+          range.Cover(min_bin, max_bin + size_t{1});
+          uint32_t* h0 = range.copy(0);
+          uint32_t* h1 = range.copy(1);
+          const uint32_t* bins = s.bits.data();
+          const int64_t n = c.count;
+          int64_t j = 0;
+          for (; j + 1 < n; j += 2) {
+            ++h0[bins[j]];
+            ++h1[bins[j + 1]];
+          }
+          if (j < n) ++h0[bins[j]];
         }
-        if (j < n) ++h0[bits[j] >> 16];
+        return absl::OkStatus();
       },
-      [&] { flush_hist(hi); }));
+      scratch,
+      [&] {
+        for (int w = 0; w < workers; ++w) {
+          for (size_t m = 0; m < nm; ++m) {
+            BinRange<uint32_t>& h = hist[static_cast<size_t>(w) * nm + m];
+            if (h.lo() >= h.hi()) continue;
+            BinRange<uint64_t>& out = hi[m];
+            out.Cover(h.lo(), h.hi());
+            uint32_t* h0 = h.copy(0);
+            uint32_t* h1 = h.copy(1);
+            uint64_t* o = out.copy(0);
+            for (size_t b = h.lo(); b < h.hi(); ++b) {
+              o[b] += uint64_t{h0[b]} + h1[b];
+              h0[b] = h1[b] = 0;
+            }
+          }
+        }
+      }));
 
-  // Locate each query's top bucket.
+  // Locate each query's top bucket. Inside bucket b the entries with low
+  // bits set come first (larger), then those equal to b << 16; when the k-th
+  // is one of the latter the value is known now.
   struct Bucket {
     uint32_t bin;
     int64_t above;
+    bool resolved;
   };
   std::vector<Bucket> bucket(queries.size());
   for (size_t q = 0; q < queries.size(); ++q) {
-    const auto& h = hi[slot[queries[q].model]];
+    const BinRange<uint64_t>& h = hi[slot[queries[q].model]];
+    const int64_t k = queries[q].k;
     int64_t above = 0;
-    int b = kBins - 1;
+    // Bins above the counted range are empty.
+    int b = static_cast<int>(h.hi() / 2);
     for (; b >= 0; --b) {
-      const int64_t c = static_cast<int64_t>(h[static_cast<size_t>(b)]);
-      if (above + c >= queries[q].k) break;
+      const size_t i = static_cast<size_t>(b) << 1;
+      const int64_t c = static_cast<int64_t>(h.at(i) + h.at(i + 1));
+      if (above + c >= k) break;
       above += c;
     }
     if (b < 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("selection rank ", queries[q].k, " exceeds the domain"));
+          absl::StrCat("selection rank ", k, " exceeds the domain"));
     }
-    bucket[q] = {static_cast<uint32_t>(b), above};
+    const size_t i = static_cast<size_t>(b) << 1;
+    const int64_t set_low = static_cast<int64_t>(h.at(i + 1));
+    bucket[q] = {static_cast<uint32_t>(b), above, above + set_low < k};
+    if (bucket[q].resolved) {
+      const uint32_t bits = static_cast<uint32_t>(b) << 16;
+      SelectionResult& r = results[q];
+      std::memcpy(&r.value, &bits, 4);
+      r.count_greater = above + set_low;
+      r.count_equal = static_cast<int64_t>(h.at(i));
+      // Its ties per chunk: counted in pass 2 (a compare, not a list).
+      if (queries[q].ties_per_chunk) r.chunk_equal.assign(chunks.size(), 0);
+    }
   }
 
   // Pass 2: low 16 bits inside each (model, bucket) of interest. Small
   // buckets keep their members' low bits per chunk (lists); large ones only
   // a histogram.
   std::vector<std::vector<uint32_t>> wanted(nm);  // distinct bins per model
+  std::vector<std::vector<size_t>> counted(nm);   // resolved, ties per chunk
+  std::vector<int> models2;                       // models pass 2 reads
   for (size_t q = 0; q < queries.size(); ++q) {
-    auto& w = wanted[slot[queries[q].model]];
+    const size_t m = slot[queries[q].model];
+    if (bucket[q].resolved && !queries[q].ties_per_chunk) continue;
+    if (wanted[m].empty() && counted[m].empty()) {
+      models2.push_back(queries[q].model);
+    }
+    if (bucket[q].resolved) {
+      counted[m].push_back(q);
+      continue;
+    }
+    auto& w = wanted[m];
     if (std::find(w.begin(), w.end(), bucket[q].bin) == w.end()) {
       w.push_back(bucket[q].bin);
     }
   }
+  if (models2.empty()) return results;
   size_t max_wanted = 0;
   for (const auto& w : wanted) max_wanted = std::max(max_wanted, w.size());
   const size_t slots = nm * max_wanted;  // index m * max_wanted + k
   std::vector<bool> listed(slots, false);
   for (size_t m = 0; m < nm; ++m) {
     for (size_t k = 0; k < wanted[m].size(); ++k) {
-      listed[m * max_wanted + k] = hi[m][wanted[m][k]] <= kMaxListed;
+      const size_t i = static_cast<size_t>(wanted[m][k]) << 1;
+      listed[m * max_wanted + k] = hi[m].at(i) + hi[m].at(i + 1) <= kMaxListed;
     }
   }
   std::vector<std::vector<std::vector<uint16_t>>> lists(slots);
   for (size_t i = 0; i < slots; ++i) {
     if (listed[i]) lists[i].resize(chunks.size());
   }
-  hist.assign(static_cast<size_t>(workers) * slots, std::vector<uint32_t>());
+  std::vector<std::vector<uint32_t>> hist2(static_cast<size_t>(workers) *
+                                           slots);
   std::vector<std::vector<uint64_t>> lo(slots, std::vector<uint64_t>(kBins, 0));
   MS_RETURN_IF_ERROR(ForEachChunk(
-      domain, chunks, models,
+      domain, chunks, models2,
       [&](size_t ci, const DomainChunk& c, int w, const PlannedTensor& t,
           const float* base) -> absl::Status {
         Scratch& s = scratch[static_cast<size_t>(w)];
         for (size_t m = 0; m < nm; ++m) {
+          if (wanted[m].empty() && counted[m].empty()) continue;
           MS_RETURN_IF_ERROR(MagnitudeBits(t, models[m], c.begin, c.count, base,
                                            s.value.data(), s.bits.data()));
           const uint32_t* bits = s.bits.data();
+          for (size_t q : counted[m]) {
+            uint32_t want;
+            std::memcpy(&want, &results[q].value, 4);
+            results[q].chunk_equal[ci] = CountEqual(bits, c.count, want);
+          }
           for (size_t k = 0; k < wanted[m].size(); ++k) {
             const size_t slot_index = m * max_wanted + k;
             const uint32_t want = wanted[m][k];
@@ -211,7 +324,7 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
                 }
               }
             } else {
-              auto& h = hist[static_cast<size_t>(w) * slots + slot_index];
+              auto& h = hist2[static_cast<size_t>(w) * slots + slot_index];
               if (h.empty()) h.assign(kBins, 0);
               for (int64_t j = 0; j < c.count; ++j) {
                 if ((bits[j] >> 16) == want) ++h[bits[j] & 0xffffu];
@@ -225,7 +338,7 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
       [&] {
         for (int w = 0; w < workers; ++w) {
           for (size_t i = 0; i < slots; ++i) {
-            auto& h = hist[static_cast<size_t>(w) * slots + i];
+            auto& h = hist2[static_cast<size_t>(w) * slots + i];
             if (h.empty()) continue;
             for (size_t b = 0; b < kBins; ++b) lo[i][b] += h[b];
             std::fill(h.begin(), h.end(), 0u);
@@ -240,6 +353,7 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   }
 
   for (size_t q = 0; q < queries.size(); ++q) {
+    if (bucket[q].resolved) continue;
     const size_t m = slot[queries[q].model];
     const auto& bins = wanted[m];
     const size_t k = static_cast<size_t>(

@@ -600,7 +600,10 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
         keys[k] = CacheKey(ctx, "model-trim", m, "", keep, 0);
         cached[k] = ctx.cache->GetAs<PerTensorSets>(keys[k]);
       }
-      if (cached[k] == nullptr) queries.push_back({m, keep});
+      // Exact keep breaks ties by index: the selector records them per chunk.
+      if (cached[k] == nullptr) {
+        queries.push_back({m, keep, opts_.keep == KeepMode::kExact});
+      }
     }
   }
   MS_ASSIGN_OR_RETURN(auto results, selector.Select(domain, queries));
@@ -736,6 +739,9 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
   p.keep.assign(n, TopSet());
   p.drop.assign(n, TopSet());
   for (auto& d : p.drop) d.kind = TopSet::kNone;
+  // Exact keep breaks ties by index: the selector records them per chunk.
+  const bool exact =
+      opts_.keep == KeepMode::kExact || opts_.sparsify == Sparsify::kOutliers;
   std::vector<SelectionQuery> queries;
   // (expert, is_drop) per query.
   std::vector<std::pair<size_t, bool>> owner;
@@ -751,13 +757,13 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
       p.keep[k].kind = TopSet::kNone;
     } else if (keep < numel) {
       p.keep[k].kind = TopSet::kThreshold;
-      queries.push_back({experts_[k], keep});
+      queries.push_back({experts_[k], keep, exact});
       owner.push_back({k, false});
     }
     if (drop > 0) {
       p.drop[k].kind = drop >= numel ? TopSet::kAll : TopSet::kThreshold;
       if (drop < numel) {
-        queries.push_back({experts_[k], drop});
+        queries.push_back({experts_[k], drop, exact});
         owner.push_back({k, true});
       }
     }
@@ -794,8 +800,6 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
       const int64_t want = is_drop ? drop_k[k] : keep_k[k];
       set.value = results[q].value;
       const int64_t need = want - results[q].count_greater;
-      const bool exact = opts_.keep == KeepMode::kExact ||
-                         opts_.sparsify == Sparsify::kOutliers;
       set.all_ties = !exact || need >= results[q].count_equal || set.value == 0;
       if (!set.all_ties) {
         if (!results[q].chunk_equal.empty()) {
