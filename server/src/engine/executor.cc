@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/engine_aten.h"
+#include "engine/writer_sink.h"
 #include "mergeserve/base/byte_size.h"
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/hub_cache.h"
@@ -20,44 +21,6 @@
 namespace mergeserve {
 namespace fs = std::filesystem;
 namespace {
-
-class WriterSink : public TensorSink {
- public:
-  WriterSink(ShardedWriter& writer, size_t index, const PlannedTensor& tensor,
-             bool reject_non_finite)
-      : writer_(writer),
-        index_(index),
-        tensor_(tensor),
-        reject_non_finite_(reject_non_finite) {}
-  absl::Status WriteF32(int64_t begin, const float* values,
-                        int64_t count) override {
-    thread_local std::vector<unsigned char> buf;
-    const DType dtype = tensor_.out_dtype;
-    const size_t es = DTypeSize(dtype);
-    buf.resize(static_cast<size_t>(count) * es);
-    StoreFromF32(values, count, dtype, buf.data());
-    if (reject_non_finite_) {
-      // Checked after rounding, so a value that overflows float16 counts.
-      const int64_t bad = FindNonFinite(buf.data(), count, dtype);
-      if (bad >= 0) {
-        return absl::OutOfRangeError(absl::StrCat(
-            "merged tensor '", tensor_.name, "' holds a non-finite value (",
-            values[bad], " at element ", begin + bad, " in ",
-            std::string(DTypeName(dtype)),
-            "); check the weights, lambda and the inputs for overflow or "
-            "NaN"));
-      }
-    }
-    return writer_.Write(index_, static_cast<uint64_t>(begin) * es, buf.data(),
-                         buf.size());
-  }
-
- private:
-  ShardedWriter& writer_;
-  size_t index_;
-  const PlannedTensor& tensor_;
-  bool reject_non_finite_;
-};
 
 // Takes merged values and drops them (dry runs).
 class DiscardSink : public TensorSink {
@@ -268,6 +231,8 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
     need += models * largest / 8;
     // Per model and chunk: keep sets of a whole-model trim (tie counts).
     need += models * chunks * 16;
+    // The output regions the sink gathers chunks into (fp32 at most).
+    need += WriterSink::MemoryBound(static_cast<int>(workers), DType::kF32);
   }
   if (info != nullptr && info->selects) {
     need += MagnitudeSelector::MemoryBound(models, static_cast<int>(workers),
@@ -381,6 +346,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
       if (writer) {
         WriterSink sink(*writer, i, t, options.reject_non_finite);
         merged = method->MergeTensor(*plan, t, ctx, sink);
+        if (merged.ok()) merged = sink.Finish();
       } else {
         merged = method->MergeTensor(*plan, t, ctx, discard);
       }
