@@ -49,9 +49,15 @@ class WorkerGate {
     item.kind = "test";
     item.run = [this](const std::atomic<bool>&) {
       std::unique_lock<std::mutex> lock(mu_);
+      running_ = true;
+      cv_.notify_all();
       cv_.wait(lock, [&] { return released_; });
     };
     EXPECT_TRUE(jobs.RunWork(item).ok());
+    // Holds the worker only once it runs: a job queued before that could
+    // take the worker first (seen under load).
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return running_; });
   }
   ~WorkerGate() { Release(); }
   void Release() {
@@ -66,6 +72,7 @@ class WorkerGate {
   std::mutex mu_;
   std::condition_variable cv_;
   bool released_ = false;
+  bool running_ = false;
 };
 
 class HardeningTest : public ::testing::Test {
