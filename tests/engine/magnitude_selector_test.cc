@@ -29,6 +29,23 @@ std::vector<float> Magnitudes(const TestModel& base, const TestModel& m,
   return out;
 }
 
+// Checks r.chunk_keep: the first `need` entries == r.value in flat order,
+// given their count per chunk. kAllTies must mean all of a chunk's.
+void ExpectKeepsFirstTies(const SelectionResult& r, int64_t need,
+                          const std::vector<int64_t>& per_chunk) {
+  ASSERT_EQ(r.chunk_keep.size(), per_chunk.size());
+  int64_t left = need;
+  for (size_t c = 0; c < per_chunk.size(); ++c) {
+    const int64_t want = std::min(per_chunk[c], left);
+    left -= want;
+    if (r.chunk_keep[c] == kAllTies) {
+      EXPECT_EQ(want, per_chunk[c]) << "chunk " << c;
+    } else {
+      EXPECT_EQ(r.chunk_keep[c], want) << "chunk " << c;
+    }
+  }
+}
+
 class SelectorTest : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(SelectorTest, MatchesSortingOnTiesHeavyBf16Data) {
@@ -59,8 +76,10 @@ TEST_P(SelectorTest, MatchesSortingOnTiesHeavyBf16Data) {
   const auto sorted = Magnitudes(base, expert, {"a", "b", "c"});
   const int64_t n = static_cast<int64_t>(sorted.size());
   std::vector<SelectionQuery> queries;
-  for (int64_t k : {int64_t{1}, int64_t{2}, n / 10, n / 2, n - 1, n})
-    queries.push_back({0, k});
+  for (bool ties : {false, true}) {
+    for (int64_t k : {int64_t{1}, int64_t{2}, n / 10, n / 2, n - 1, n})
+      queries.push_back({0, k, ties});
+  }
   auto results = selector.Select(domain, queries);
   ASSERT_TRUE(results.ok()) << results.status();
   for (size_t q = 0; q < queries.size(); ++q) {
@@ -70,23 +89,22 @@ TEST_P(SelectorTest, MatchesSortingOnTiesHeavyBf16Data) {
     EXPECT_EQ(r.count_greater, std::count_if(sorted.begin(), sorted.end(),
                                              [&](float x) { return x > v; }));
     EXPECT_EQ(r.count_equal, std::count(sorted.begin(), sorted.end(), v));
-    // Per-chunk equal counts, when recorded, add up and match the fallback.
     auto per_chunk = selector.CountEqualPerChunk(domain, 0, v);
     ASSERT_TRUE(per_chunk.ok());
     int64_t total = 0;
     for (int64_t c : *per_chunk) total += c;
     EXPECT_EQ(total, r.count_equal);
-    if (!r.chunk_equal.empty()) {
-      EXPECT_EQ(r.chunk_equal, *per_chunk);
+    EXPECT_EQ(r.chunk_keep.empty(), !queries[q].ties_per_chunk);
+    if (queries[q].ties_per_chunk) {
+      ExpectKeepsFirstTies(r, queries[q].k - r.count_greater, *per_chunk);
     }
   }
 }
 
 // f32 task vectors whose magnitudes are exact powers of two (low 16 bits
 // zero, many ties) and values with low bits set above them. A k-th entry
-// among the former is exact from the first pass (no per-chunk tie counts
-// recorded); one among the latter takes the second pass, which records them;
-// a query that wants tie counts always gets them.
+// among the former is exact from the first pass; one among the latter takes
+// the second. Either way, a query that breaks ties gets them per chunk.
 TEST(SelectorPassesTest, ResolvesFromTheFirstPassWhereItIsExact) {
   const std::string dir = TempDir("sel_passes");
   const int64_t n = 20000;
@@ -128,14 +146,70 @@ TEST(SelectorPassesTest, ResolvesFromTheFirstPassWhereItIsExact) {
       EXPECT_EQ(got.count_equal, std::count(mags.begin(), mags.end(), v));
       uint32_t bits;
       std::memcpy(&bits, &v, 4);
-      const bool one_pass = (bits & 0xffffu) == 0 && !ties;
-      EXPECT_EQ(got.chunk_equal.empty(), one_pass) << "k=" << k;
-      if (!got.chunk_equal.empty()) {
+      EXPECT_EQ(got.from_first_pass, (bits & 0xffffu) == 0) << "k=" << k;
+      if (ties) {
         auto per_chunk = selector.CountEqualPerChunk(domain, 0, v);
         ASSERT_TRUE(per_chunk.ok());
-        EXPECT_EQ(got.chunk_equal, *per_chunk) << "k=" << k;
+        ExpectKeepsFirstTies(got, k - got.count_greater, *per_chunk);
       }
     }
+  }
+}
+
+// Over several tensors the first pass counts each tensor's ties, so the
+// tensors before the one where the kept ties run out keep all of theirs
+// (kAllTies) and those after none, without being read again.
+TEST(SelectorPassesTest, TiesOverSeveralTensorsAreCountedWhereTheyRunOut) {
+  const std::string dir = TempDir("sel_tensors");
+  // Every |τ| is 1 or 0.5: four tensors of 5000, a third of each at 1.
+  testing::TestModel base, expert;
+  std::vector<std::string> names;
+  for (int t = 0; t < 4; ++t) {
+    const std::string name = "t" + std::to_string(t);
+    names.push_back(name);
+    std::vector<float> e(5000);
+    for (size_t i = 0; i < e.size(); ++i) {
+      e[i] = static_cast<int>(i % 3) == t % 3 ? 1.f : -0.5f;
+    }
+    base[name] = {{5000}, std::vector<float>(5000, 0.f), DType::kF32};
+    expert[name] = {{5000}, e, DType::kF32};
+  }
+  testing::WriteModel(dir + "/base", base);
+  testing::WriteModel(dir + "/e", expert);
+  auto config = MergeConfig::FromYaml(
+      "merge_method: ties\nbase_model: base\nmodels: [e]\n", dir);
+  ASSERT_TRUE(config.ok());
+  auto plan = MergePlan::Create(*config, LocalPathResolver(dir));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  std::vector<const PlannedTensor*> domain;
+  for (const auto& t : (*plan)->tensors()) domain.push_back(&t);
+  ThreadPool pool(2);
+  MagnitudeSelector selector(**plan, pool, 1024);
+  const int64_t ones = 3 * 1667 + 1666;  // t2 has 1666
+  for (int64_t k : {ones + 100, ones + 9000, int64_t{500}, int64_t{4000}}) {
+    auto r = selector.Select(domain, {{0, k, true}});
+    ASSERT_TRUE(r.ok()) << r.status();
+    const SelectionResult& got = (*r)[0];
+    const float v = k <= ones ? 1.f : 0.5f;
+    EXPECT_EQ(got.value, v) << "k=" << k;
+    EXPECT_TRUE(got.from_first_pass);
+    auto per_chunk = selector.CountEqualPerChunk(domain, 0, v);
+    ASSERT_TRUE(per_chunk.ok());
+    ExpectKeepsFirstTies(got, k - got.count_greater, *per_chunk);
+    // The tensors wholly before the one where the kept ties run out are
+    // marked, not counted (5 chunks a tensor).
+    int64_t before = 0, cut = 0;
+    for (; cut < 3; ++cut) {
+      int64_t e = 0;
+      for (int c = 0; c < 5; ++c) e += (*per_chunk)[cut * 5 + c];
+      if (before + e >= k - got.count_greater) break;
+      before += e;
+    }
+    const auto first_counted =
+        std::find_if(got.chunk_keep.begin(), got.chunk_keep.end(),
+                     [](int64_t c) { return c != kAllTies; });
+    EXPECT_EQ(first_counted - got.chunk_keep.begin(), cut * 5) << "k=" << k;
+    EXPECT_GT(cut, k == 500 || k == ones + 100 ? -1 : 1) << "k=" << k;
   }
 }
 

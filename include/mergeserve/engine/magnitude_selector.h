@@ -28,18 +28,23 @@ class StagingArena;
 struct SelectionQuery {
   int model;
   int64_t k;
-  // Wants SelectionResult::chunk_equal (ties broken by index): the second
-  // pass records it, by a compare where the first pass found the value.
+  // Wants SelectionResult::chunk_keep (ties broken by index).
   bool ties_per_chunk = false;
 };
+
+// In SelectionResult::chunk_keep: every entry == value in the chunk.
+constexpr int64_t kAllTies = INT64_MAX;
 
 struct SelectionResult {
   float value = 0;            // the k-th largest magnitude
   int64_t count_greater = 0;  // entries with magnitude > value
   int64_t count_equal = 0;    // entries with magnitude == value
-  // Entries == value per chunk of ChunkDomain(domain), when the selector
-  // could record them on the way (otherwise empty: use CountEqualPerChunk).
-  std::vector<int64_t> chunk_equal;
+  // The value was exact after the first pass (its low 16 bits are zero).
+  bool from_first_pass = false;
+  // With SelectionQuery::ties_per_chunk, per chunk of ChunkDomain(domain):
+  // how many of its entries == value are among the k largest, which keep
+  // the first k - count_greater of them in flat order (kAllTies: all).
+  std::vector<int64_t> chunk_keep;
 };
 
 // A fixed chunking of a list of tensors, in domain (flat) order.
@@ -87,12 +92,14 @@ class MagnitudeSelector {
   using ChunkFn = std::function<absl::Status(
       size_t, const DomainChunk&, int, const PlannedTensor&, const float*)>;
   // Runs fn over every chunk, tensor by tensor (chunks of a tensor in
-  // parallel), loading the base chunk first.
+  // parallel), loading the base chunk first; only tensors t with
+  // (*visit)[t], when given.
   absl::Status ForEachChunk(const std::vector<const PlannedTensor*>& domain,
                             const std::vector<DomainChunk>& chunks,
                             const std::vector<int>& models, const ChunkFn& fn,
                             std::vector<Scratch>& scratch,
-                            const std::function<void()>& after_tensor) const;
+                            const std::function<void()>& after_tensor,
+                            const std::vector<bool>* visit = nullptr) const;
   absl::Status LoadBase(const PlannedTensor& t, int64_t begin, int64_t count,
                         float* base) const;
   // Fills bits[0..count) with the magnitude bit patterns of one chunk.

@@ -91,6 +91,44 @@ MS_CPU_DISPATCH int64_t CountEqual(const uint32_t* __restrict bits, int64_t n,
   return count;
 }
 
+// One tensor's counts of the zero-low bins 2b, for b from `first`.
+struct TensorBins {
+  size_t first = 0;
+  std::vector<uint32_t> zero_low;
+  int64_t at(uint32_t b) const {
+    return b >= first && b - first < zero_low.size() ? zero_low[b - first] : 0;
+  }
+};
+// At most this many per-tensor counts (4 bytes each) in all.
+constexpr size_t kMaxTensorBins = size_t{4} << 20;
+
+// Turns each tie-breaking query's counts of ties per chunk into ties kept:
+// the first k - count_greater in flat order.
+std::vector<SelectionResult> KeepFirstTies(
+    const std::vector<SelectionQuery>& queries,
+    const std::vector<DomainChunk>& chunks, const std::vector<int>& tie_tensor,
+    const std::vector<int64_t>& tie_before,
+    std::vector<SelectionResult> results) {
+  for (size_t q = 0; q < queries.size(); ++q) {
+    if (!queries[q].ties_per_chunk) continue;
+    SelectionResult& r = results[q];
+    int64_t left = queries[q].k - r.count_greater - tie_before[q];
+    for (size_t ci = 0; ci < chunks.size(); ++ci) {
+      int64_t& keep = r.chunk_keep[ci];
+      if (keep == kAllTies) {  // a whole tensor before the one counted
+        continue;
+      }
+      if (tie_tensor[q] >= 0 && chunks[ci].tensor != tie_tensor[q]) {
+        keep = 0;  // after it
+        continue;
+      }
+      keep = std::min(keep, left);
+      left -= keep;
+    }
+  }
+  return results;
+}
+
 }  // namespace
 
 int64_t MagnitudeSelector::MemoryBound(int64_t models, int workers,
@@ -169,6 +207,15 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   for (size_t i = 0; i < static_cast<size_t>(workers) * nm; ++i)
     hist.emplace_back(2);
   std::vector<BinRange<uint64_t>> hi(nm);
+  // Over several tensors, ties broken by index need to know which tensor the
+  // kept ties run out in: each tensor's counts of the zero-low bins are kept
+  // (up to kMaxTensorBins), so only that tensor is read again.
+  bool per_tensor =
+      domain.size() > 1 &&
+      std::any_of(queries.begin(), queries.end(),
+                  [](const SelectionQuery& q) { return q.ties_per_chunk; });
+  std::vector<std::vector<TensorBins>> tensor_bins(nm);
+  size_t tensor_bins_size = 0;
   // Per-worker uint32 counts are flushed into uint64 totals after each tensor
   // (a tensor has < 2^32 entries).
   MS_RETURN_IF_ERROR(ForEachChunk(
@@ -203,8 +250,24 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
       },
       scratch,
       [&] {
-        for (int w = 0; w < workers; ++w) {
-          for (size_t m = 0; m < nm; ++m) {
+        for (size_t m = 0; m < nm; ++m) {
+          TensorBins* snap = nullptr;
+          if (per_tensor) {
+            size_t lo = kBins1, hi_bin = 0;
+            for (int w = 0; w < workers; ++w) {
+              const auto& h = hist[static_cast<size_t>(w) * nm + m];
+              if (h.lo() >= h.hi()) continue;
+              lo = std::min(lo, h.lo());
+              hi_bin = std::max(hi_bin, h.hi());
+            }
+            snap = &tensor_bins[m].emplace_back();
+            if (lo < hi_bin) {
+              snap->first = lo >> 1;
+              snap->zero_low.assign(((hi_bin + 1) >> 1) - snap->first, 0);
+              tensor_bins_size += snap->zero_low.size();
+            }
+          }
+          for (int w = 0; w < workers; ++w) {
             BinRange<uint32_t>& h = hist[static_cast<size_t>(w) * nm + m];
             if (h.lo() >= h.hi()) continue;
             BinRange<uint64_t>& out = hi[m];
@@ -214,9 +277,16 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
             uint64_t* o = out.copy(0);
             for (size_t b = h.lo(); b < h.hi(); ++b) {
               o[b] += uint64_t{h0[b]} + h1[b];
+              if (snap != nullptr && (b & 1) == 0) {
+                snap->zero_low[(b >> 1) - snap->first] += h0[b] + h1[b];
+              }
               h0[b] = h1[b] = 0;
             }
           }
+        }
+        if (per_tensor && tensor_bins_size > kMaxTensorBins) {
+          per_tensor = false;
+          tensor_bins.assign(nm, {});
         }
       }));
 
@@ -254,8 +324,40 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
       std::memcpy(&r.value, &bits, 4);
       r.count_greater = above + set_low;
       r.count_equal = static_cast<int64_t>(h.at(i));
-      // Its ties per chunk: counted in pass 2 (a compare, not a list).
-      if (queries[q].ties_per_chunk) r.chunk_equal.assign(chunks.size(), 0);
+      r.from_first_pass = true;
+    }
+  }
+
+  // Ties kept per chunk, for queries that want them. A query resolved by
+  // pass 1 counts its ties in pass 2 (a compare, not a list): in every
+  // chunk, or, with per-tensor counts, only in the tensor where the kept
+  // ties run out (those before keep all, those after none).
+  std::vector<int> tie_tensor(queries.size(), -1);     // -1: every tensor
+  std::vector<int64_t> tie_before(queries.size(), 0);  // ties kept before it
+  std::vector<bool> visit(domain.size(), false);
+  for (size_t q = 0; q < queries.size(); ++q) {
+    if (!queries[q].ties_per_chunk) continue;
+    SelectionResult& r = results[q];
+    r.chunk_keep.assign(chunks.size(), 0);
+    if (!bucket[q].resolved || !per_tensor) {
+      visit.assign(domain.size(), true);
+      continue;
+    }
+    const std::vector<TensorBins>& tb = tensor_bins[slot[queries[q].model]];
+    const int64_t need = queries[q].k - r.count_greater;
+    int64_t before = 0;
+    size_t t = 0;
+    for (; t + 1 < domain.size(); ++t) {
+      const int64_t e = tb[t].at(bucket[q].bin);
+      if (before + e >= need) break;
+      before += e;
+    }
+    tie_tensor[q] = static_cast<int>(t);
+    tie_before[q] = before;
+    visit[t] = true;
+    for (size_t ci = 0; ci < chunks.size(); ++ci) {
+      if (static_cast<size_t>(chunks[ci].tensor) < t)
+        r.chunk_keep[ci] = kAllTies;
     }
   }
 
@@ -280,7 +382,14 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
       w.push_back(bucket[q].bin);
     }
   }
-  if (models2.empty()) return results;
+  if (models2.empty()) {
+    return KeepFirstTies(queries, chunks, tie_tensor, tie_before,
+                         std::move(results));
+  }
+  if (!std::all_of(wanted.begin(), wanted.end(),
+                   [](const auto& w) { return w.empty(); })) {
+    visit.assign(domain.size(), true);
+  }
   size_t max_wanted = 0;
   for (const auto& w : wanted) max_wanted = std::max(max_wanted, w.size());
   const size_t slots = nm * max_wanted;  // index m * max_wanted + k
@@ -304,14 +413,20 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
           const float* base) -> absl::Status {
         Scratch& s = scratch[static_cast<size_t>(w)];
         for (size_t m = 0; m < nm; ++m) {
-          if (wanted[m].empty() && counted[m].empty()) continue;
+          // Counting only in the tensor where its kept ties run out.
+          const bool counts =
+              std::any_of(counted[m].begin(), counted[m].end(), [&](size_t q) {
+                return tie_tensor[q] < 0 || tie_tensor[q] == c.tensor;
+              });
+          if (wanted[m].empty() && !counts) continue;
           MS_RETURN_IF_ERROR(MagnitudeBits(t, models[m], c.begin, c.count, base,
                                            s.value.data(), s.bits.data()));
           const uint32_t* bits = s.bits.data();
           for (size_t q : counted[m]) {
+            if (tie_tensor[q] >= 0 && c.tensor != tie_tensor[q]) continue;
             uint32_t want;
             std::memcpy(&want, &results[q].value, 4);
-            results[q].chunk_equal[ci] = CountEqual(bits, c.count, want);
+            results[q].chunk_keep[ci] = CountEqual(bits, c.count, want);
           }
           for (size_t k = 0; k < wanted[m].size(); ++k) {
             const size_t slot_index = m * max_wanted + k;
@@ -344,7 +459,8 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
             std::fill(h.begin(), h.end(), 0u);
           }
         }
-      }));
+      },
+      &visit));
   for (size_t i = 0; i < slots; ++i) {
     if (!listed[i]) continue;
     for (const auto& l : lists[i]) {
@@ -372,18 +488,25 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
     std::memcpy(&r.value, &bits, 4);
     r.count_greater = above;
     r.count_equal = static_cast<int64_t>(h[static_cast<size_t>(b)]);
-    if (listed[slot_index]) {
-      r.chunk_equal.resize(chunks.size());
-      for (size_t ci = 0; ci < chunks.size(); ++ci) {
-        int64_t e = 0;
-        for (uint16_t v : lists[slot_index][ci])
-          e += v == static_cast<uint16_t>(b);
-        r.chunk_equal[ci] = e;
+    if (queries[q].ties_per_chunk) {
+      if (listed[slot_index]) {
+        r.chunk_keep.resize(chunks.size());
+        for (size_t ci = 0; ci < chunks.size(); ++ci) {
+          int64_t e = 0;
+          for (uint16_t v : lists[slot_index][ci])
+            e += v == static_cast<uint16_t>(b);
+          r.chunk_keep[ci] = e;
+        }
+      } else {
+        MS_ASSIGN_OR_RETURN(
+            r.chunk_keep,
+            CountEqualPerChunk(domain, queries[q].model, r.value));
       }
     }
     results[q] = std::move(r);
   }
-  return results;
+  return KeepFirstTies(queries, chunks, tie_tensor, tie_before,
+                       std::move(results));
 }
 
 absl::StatusOr<std::vector<int64_t>> MagnitudeSelector::CountEqualPerChunk(
@@ -414,13 +537,18 @@ absl::Status MagnitudeSelector::ForEachChunk(
     const std::vector<const PlannedTensor*>& domain,
     const std::vector<DomainChunk>& chunks, const std::vector<int>& models,
     const ChunkFn& fn, std::vector<Scratch>& scratch,
-    const std::function<void()>& after_tensor) const {
+    const std::function<void()>& after_tensor,
+    const std::vector<bool>* visit) const {
   FirstError error;
   size_t start = 0;
   for (size_t ti = 0; ti < domain.size(); ++ti) {
     size_t end = start;
     while (end < chunks.size() && chunks[end].tensor == static_cast<int>(ti))
       ++end;
+    if (visit != nullptr && !(*visit)[ti]) {
+      start = end;
+      continue;
+    }
     const PlannedTensor& t = *domain[ti];
     const absl::Status staged = ForEachStagedChunk(
         pool_, staging_, t, t.base.data != nullptr, models, chunk_elems_,

@@ -616,19 +616,7 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
     const int64_t need = wanted[k] - r.count_greater;
     sets[k].all_ties =
         opts_.keep != KeepMode::kExact || need >= r.count_equal || r.value == 0;
-    if (!sets[k].all_ties) {
-      if (!r.chunk_equal.empty()) {
-        chunk_ties[k] = r.chunk_equal;
-      } else {
-        MS_ASSIGN_OR_RETURN(chunk_ties[k], selector.CountEqualPerChunk(
-                                               domain, experts_[k], r.value));
-      }
-      int64_t left = need;
-      for (auto& c : chunk_ties[k]) {
-        c = std::min(c, left);
-        left -= c;
-      }
-    }
+    if (!sets[k].all_ties) chunk_ties[k] = r.chunk_keep;
   }
   // Split into per-tensor sets (chunk order matches ChunkDomain), from the
   // cache where it had them.
@@ -650,11 +638,17 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
       }
       per[k] = sets[k];
       if (!sets[k].all_ties && sets[k].kind == TopSet::kThreshold) {
-        per[k].chunk_ties.assign(
-            chunk_ties[k].begin() + static_cast<long>(chunk_base),
-            chunk_ties[k].begin() + static_cast<long>(chunk_base + nchunks));
-        per[k].tensor_ties = 0;
-        for (int64_t c : per[k].chunk_ties) per[k].tensor_ties += c;
+        const auto first =
+            chunk_ties[k].begin() + static_cast<long>(chunk_base);
+        const auto last = first + static_cast<long>(nchunks);
+        if (nchunks > 0 &&
+            std::all_of(first, last, [](int64_t c) { return c == kAllTies; })) {
+          per[k].all_ties = true;  // the kept ties run out after this tensor
+        } else {
+          per[k].chunk_ties.assign(first, last);
+          per[k].tensor_ties = 0;
+          for (int64_t c : per[k].chunk_ties) per[k].tensor_ties += c;
+        }
       }
       if (fresh[k] != nullptr) (*fresh[k])[t->name] = per[k];
     }
@@ -802,18 +796,7 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
       const int64_t need = want - results[q].count_greater;
       set.all_ties = !exact || need >= results[q].count_equal || set.value == 0;
       if (!set.all_ties) {
-        if (!results[q].chunk_equal.empty()) {
-          set.chunk_ties = results[q].chunk_equal;
-        } else {
-          MS_ASSIGN_OR_RETURN(
-              set.chunk_ties,
-              selector.CountEqualPerChunk(domain, experts_[k], set.value));
-        }
-        int64_t left = need;
-        for (auto& c : set.chunk_ties) {
-          c = std::min(c, left);
-          left -= c;
-        }
+        set.chunk_ties = results[q].chunk_keep;
         set.tensor_ties = need;
       }
     }
