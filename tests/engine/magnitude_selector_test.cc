@@ -46,6 +46,20 @@ void ExpectKeepsFirstTies(const SelectionResult& r, int64_t need,
   }
 }
 
+// A TIES plan of one expert `e` over `base`, written to dir.
+std::unique_ptr<MergePlan> PlanFor(const std::string& dir,
+                                   const TestModel& base,
+                                   const TestModel& expert) {
+  testing::WriteModel(dir + "/base", base);
+  testing::WriteModel(dir + "/e", expert);
+  auto config = MergeConfig::FromYaml(
+      "merge_method: ties\nbase_model: base\nmodels: [e]\n", dir);
+  EXPECT_TRUE(config.ok());
+  auto plan = MergePlan::Create(*config, LocalPathResolver(dir));
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  return plan.ok() ? std::move(*plan) : nullptr;
+}
+
 class SelectorTest : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(SelectorTest, MatchesSortingOnTiesHeavyBf16Data) {
@@ -62,17 +76,12 @@ TEST_P(SelectorTest, MatchesSortingOnTiesHeavyBf16Data) {
     base[names[i]] = {{sizes[i]}, b, DType::kBF16};
     expert[names[i]] = {{sizes[i]}, e, DType::kBF16};
   }
-  testing::WriteModel(dir + "/base", base);
-  testing::WriteModel(dir + "/e", expert);
-  auto config = MergeConfig::FromYaml(
-      "merge_method: ties\nbase_model: base\nmodels: [e]\n", dir);
-  ASSERT_TRUE(config.ok());
-  auto plan = MergePlan::Create(*config, LocalPathResolver(dir));
-  ASSERT_TRUE(plan.ok()) << plan.status();
+  std::unique_ptr<MergePlan> plan = PlanFor(dir, base, expert);
+  ASSERT_NE(plan, nullptr);
   std::vector<const PlannedTensor*> domain;
-  for (const auto& t : (*plan)->tensors()) domain.push_back(&t);
+  for (const auto& t : plan->tensors()) domain.push_back(&t);
   ThreadPool pool(2);
-  MagnitudeSelector selector(**plan, pool, GetParam());
+  MagnitudeSelector selector(*plan, pool, GetParam());
   const auto sorted = Magnitudes(base, expert, {"a", "b", "c"});
   const int64_t n = static_cast<int64_t>(sorted.size());
   std::vector<SelectionQuery> queries;
@@ -121,16 +130,12 @@ TEST(SelectorPassesTest, ResolvesFromTheFirstPassWhereItIsExact) {
     e[static_cast<size_t>(i)] = (rng() & 1) ? m : -m;
     mags.push_back(m);
   }
-  testing::WriteModel(dir + "/base", {{"a", {{n}, b, DType::kF32}}});
-  testing::WriteModel(dir + "/e", {{"a", {{n}, e, DType::kF32}}});
-  auto config = MergeConfig::FromYaml(
-      "merge_method: ties\nbase_model: base\nmodels: [e]\n", dir);
-  ASSERT_TRUE(config.ok());
-  auto plan = MergePlan::Create(*config, LocalPathResolver(dir));
-  ASSERT_TRUE(plan.ok()) << plan.status();
-  const std::vector<const PlannedTensor*> domain = {&(*plan)->tensors()[0]};
+  std::unique_ptr<MergePlan> plan = PlanFor(dir, {{"a", {{n}, b, DType::kF32}}},
+                                            {{"a", {{n}, e, DType::kF32}}});
+  ASSERT_NE(plan, nullptr);
+  const std::vector<const PlannedTensor*> domain = {&plan->tensors()[0]};
   ThreadPool pool(2);
-  MagnitudeSelector selector(**plan, pool, 4096);
+  MagnitudeSelector selector(*plan, pool, 4096);
   std::sort(mags.begin(), mags.end(), std::greater<float>());
   const int64_t low_set = n / 10;  // all above the powers of two but 1.0
   for (bool ties : {false, true}) {
@@ -174,17 +179,12 @@ TEST(SelectorPassesTest, TiesOverSeveralTensorsAreCountedWhereTheyRunOut) {
     base[name] = {{5000}, std::vector<float>(5000, 0.f), DType::kF32};
     expert[name] = {{5000}, e, DType::kF32};
   }
-  testing::WriteModel(dir + "/base", base);
-  testing::WriteModel(dir + "/e", expert);
-  auto config = MergeConfig::FromYaml(
-      "merge_method: ties\nbase_model: base\nmodels: [e]\n", dir);
-  ASSERT_TRUE(config.ok());
-  auto plan = MergePlan::Create(*config, LocalPathResolver(dir));
-  ASSERT_TRUE(plan.ok()) << plan.status();
+  std::unique_ptr<MergePlan> plan = PlanFor(dir, base, expert);
+  ASSERT_NE(plan, nullptr);
   std::vector<const PlannedTensor*> domain;
-  for (const auto& t : (*plan)->tensors()) domain.push_back(&t);
+  for (const auto& t : plan->tensors()) domain.push_back(&t);
   ThreadPool pool(2);
-  MagnitudeSelector selector(**plan, pool, 1024);
+  MagnitudeSelector selector(*plan, pool, 1024);
   const int64_t ones = 3 * 1667 + 1666;  // t2 has 1666
   for (int64_t k : {ones + 100, ones + 9000, int64_t{500}, int64_t{4000}}) {
     auto r = selector.Select(domain, {{0, k, true}});
