@@ -183,12 +183,23 @@ TEST(TiesTest, ModelScopeExactTiesBreakByFlatIndexAcrossTensors) {
 }
 
 TEST(TiesTest, NanInputIsAClearError) {
-  const std::string dir = MakeFamily({{1, NAN, 3}});
-  auto out = testing::Merge(dir, Config(1, "density: 0.5", ""));
-  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(out.status().message()),
-              HasSubstr("tensor 'w' of model 'e0'"));
-  EXPECT_THAT(std::string(out.status().message()), HasSubstr("NaN"));
+  // f32, and bf16 (whose selection converts, checks and bins in one loop),
+  // with both keep modes.
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (const char* keep : {"keep: exact", "keep: threshold"}) {
+      const std::string dir = TempDir("ties_nan");
+      std::vector<float> e(40, 1.f);
+      e[33] = dtype == DType::kF32 ? NAN : INFINITY;
+      testing::WriteModel(dir + "/base",
+                          {{"w", {{40}, std::vector<float>(40, 0.f), dtype}}});
+      testing::WriteModel(dir + "/e0", {{"w", {{40}, e, dtype}}});
+      auto out = testing::Merge(dir, Config(1, "density: 0.5", keep));
+      EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_THAT(std::string(out.status().message()),
+                  HasSubstr("tensor 'w' of model 'e0'"));
+      EXPECT_THAT(std::string(out.status().message()), HasSubstr("NaN"));
+    }
+  }
 }
 
 TEST(TiesTest, UnknownOptionValueIsAnError) {

@@ -31,6 +31,13 @@ MS_CPU_DISPATCH void AbsBits(float* __restrict value, uint32_t* __restrict bits,
   }
 }
 
+// The bin of one fp32 bit pattern (the sign is dropped).
+inline uint32_t BinOf(uint32_t x) {
+  x &= 0x7fffffffu;
+  // (low + 0xffff) >> 16 is 1 exactly when a low bit is set.
+  return ((x >> 15) & ~1u) | (((x & 0xffffu) + 0xffffu) >> 16);
+}
+
 // Pass 1's bin of each |value|: (top 16 bits) * 2 + (low 16 bits != 0),
 // and the smallest and largest bin seen.
 MS_CPU_DISPATCH void AbsBins(const float* __restrict value,
@@ -40,9 +47,7 @@ MS_CPU_DISPATCH void AbsBins(const float* __restrict value,
   for (int64_t j = 0; j < n; ++j) {
     uint32_t x;
     std::memcpy(&x, value + j, 4);
-    x &= 0x7fffffffu;
-    // (low + 0xffff) >> 16 is 1 exactly when a low bit is set.
-    const uint32_t b = ((x >> 15) & ~1u) | (((x & 0xffffu) + 0xffffu) >> 16);
+    const uint32_t b = BinOf(x);
     bins[j] = b;
     lo = std::min(lo, b);
     hi = std::max(hi, b);
@@ -84,9 +89,60 @@ class BinRange {
   size_t lo_ = 0, hi_ = 0;
 };
 
+inline uint32_t Bf16Delta(const uint8_t* src, const float* base, int64_t j,
+                          uint32_t* bad) {
+  uint16_t h;
+  std::memcpy(&h, src + 2 * j, 2);
+  const uint32_t xb = static_cast<uint32_t>(h) << 16;
+  *bad |= static_cast<uint32_t>((xb & 0x7f800000u) == 0x7f800000u);
+  float x;
+  std::memcpy(&x, &xb, 4);
+  const float d = x - base[j];  // the same τ as LoadDelta's
+  uint32_t u;
+  std::memcpy(&u, &d, 4);
+  return u;
+}
+
+// bf16 inputs with a base, the common case: the delta, its finiteness check
+// and its bin in one loop, without LoadDelta's fp32 copy of τ. False on a
+// non-finite input.
+MS_CPU_DISPATCH bool DeltaBinsBf16(const uint8_t* __restrict src,
+                                   const float* __restrict base, int64_t n,
+                                   uint32_t* __restrict bins, uint32_t* min_bin,
+                                   uint32_t* max_bin) {
+  uint32_t bad = 0, lo = *min_bin, hi = *max_bin;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t b = BinOf(Bf16Delta(src, base, j, &bad));
+    bins[j] = b;
+    lo = std::min(lo, b);
+    hi = std::max(hi, b);
+  }
+  *min_bin = lo;
+  *max_bin = hi;
+  return bad == 0;
+}
+
+// Entries with |x − base| bits == want (inputs checked by pass 1).
+MS_CPU_DISPATCH int64_t CountEqualBf16(const uint8_t* __restrict src,
+                                       const float* __restrict base, int64_t n,
+                                       uint32_t want) {
+  uint32_t bad = 0;
+  uint32_t count = 0;  // one chunk: < 2^32, and 32-bit sums need no widening
+  for (int64_t j = 0; j < n; ++j) {
+    count += (Bf16Delta(src, base, j, &bad) & 0x7fffffffu) == want;
+  }
+  return count;
+}
+
+// The bf16 data of chunk [begin, ...) of v, or null when v is not bf16.
+const uint8_t* Bf16Data(const TensorView& v, int64_t begin) {
+  if (v.info->dtype != DType::kBF16) return nullptr;
+  return v.data + static_cast<size_t>(begin - v.first) * 2;
+}
+
 MS_CPU_DISPATCH int64_t CountEqual(const uint32_t* __restrict bits, int64_t n,
                                    uint32_t want) {
-  int64_t count = 0;
+  uint32_t count = 0;  // one chunk: < 2^32
   for (int64_t j = 0; j < n; ++j) count += bits[j] == want;
   return count;
 }
@@ -225,14 +281,22 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
         Scratch& s = scratch[static_cast<size_t>(w)];
         for (size_t m = 0; m < nm; ++m) {
           const TensorView& mv = t.models[static_cast<size_t>(models[m])];
-          if (!LoadDelta(mv, c.begin, c.count,
-                         t.base.data != nullptr ? base : nullptr,
-                         s.value.data())) {
+          const uint8_t* bf16 = Bf16Data(mv, c.begin);
+          const bool has_base = t.base.data != nullptr;
+          uint32_t min_bin = kBins1 - 1, max_bin = 0;
+          const bool finite =
+              bf16 != nullptr && has_base
+                  ? DeltaBinsBf16(bf16, base, c.count, s.bits.data(), &min_bin,
+                                  &max_bin)
+                  : LoadDelta(mv, c.begin, c.count, has_base ? base : nullptr,
+                              s.value.data());
+          if (!finite) {
             return NonFiniteError(
                 t.name, plan_.models()[static_cast<size_t>(models[m])].ref);
           }
-          uint32_t min_bin = kBins1 - 1, max_bin = 0;
-          AbsBins(s.value.data(), s.bits.data(), c.count, &min_bin, &max_bin);
+          if (bf16 == nullptr || !has_base) {
+            AbsBins(s.value.data(), s.bits.data(), c.count, &min_bin, &max_bin);
+          }
           BinRange<uint32_t>& range = hist[static_cast<size_t>(w) * nm + m];
           range.Cover(min_bin, max_bin + size_t{1});
           uint32_t* h0 = range.copy(0);
@@ -419,6 +483,18 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
                 return tie_tensor[q] < 0 || tie_tensor[q] == c.tensor;
               });
           if (wanted[m].empty() && !counts) continue;
+          const TensorView& mv = t.models[static_cast<size_t>(models[m])];
+          const uint8_t* bf16 = Bf16Data(mv, c.begin);
+          if (wanted[m].empty() && bf16 != nullptr && t.base.data != nullptr) {
+            for (size_t q : counted[m]) {
+              if (tie_tensor[q] >= 0 && c.tensor != tie_tensor[q]) continue;
+              uint32_t want;
+              std::memcpy(&want, &results[q].value, 4);
+              results[q].chunk_keep[ci] =
+                  CountEqualBf16(bf16, base, c.count, want);
+            }
+            continue;
+          }
           MS_RETURN_IF_ERROR(MagnitudeBits(t, models[m], c.begin, c.count, base,
                                            s.value.data(), s.bits.data()));
           const uint32_t* bits = s.bits.data();
