@@ -1,5 +1,6 @@
 // Hand-computed TIES cases for every edge the spec names.
 #include <cmath>
+#include <random>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -51,6 +52,36 @@ TEST(TiesTest, ExactKeepBreaksBoundaryTiesByLowerIndex) {
               ElementsAre(3, -2, 0, 0));
   EXPECT_THAT(RunTies({{3, 2, -2, 1}}, "density: 0.5", "keep: exact"),
               ElementsAre(3, 2, 0, 0));
+}
+
+// Ties over many chunks, merged by both workers: each chunk keeps the ties
+// left after the chunks before it (the merge pass counts them itself), and
+// the result is the first ones in flat order. Breadcrumbs' drop set (the
+// largest outliers) breaks its ties the same way.
+TEST(TiesTest, ExactKeepBreaksTiesAcrossChunksByLowerIndex) {
+  const int64_t n = 200000;  // 13 chunks of 16K
+  std::vector<float> tau(static_cast<size_t>(n));
+  std::mt19937 rng(5);
+  int64_t twos = 0;
+  for (auto& x : tau) {
+    const uint32_t r = rng() % 10;
+    x = r == 0 ? 2.f : (r < 6 ? 1.f : 0.5f);  // 10% 2s, 50% 1s
+    twos += x == 2.f;
+    if (rng() & 1) x = -x;
+  }
+  for (double density : {0.25, 0.375, 0.5625}) {  // exact in binary
+    const int64_t keep = static_cast<int64_t>(density * n);
+    auto out =
+        RunTies({tau}, "density: " + std::to_string(density), "keep: exact");
+    ASSERT_EQ(out.size(), tau.size());
+    int64_t left = keep - twos;  // ties at |tau| = 1 to keep
+    for (size_t i = 0; i < tau.size(); ++i) {
+      const float a = std::fabs(tau[i]);
+      const bool kept = a == 2.f || (a == 1.f && left-- > 0);
+      ASSERT_EQ(out[i], kept ? tau[i] : 0.f)
+          << "density " << density << ", element " << i;
+    }
+  }
 }
 
 TEST(TiesTest, ThresholdKeepKeepsAllTies) {

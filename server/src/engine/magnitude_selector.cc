@@ -199,8 +199,10 @@ int64_t MagnitudeSelector::MemoryBound(int64_t models, int workers,
   // kMaxListed uint16 values spread over per-chunk vectors.
   const int64_t per_slot =
       bins * 8 + std::max<int64_t>(w * bins * 4, kMaxListed * 2) + chunks * 32;
-  // Results: a tie count per chunk per query.
-  return models * (pass1 + 2 * per_slot + 2 * chunks * 8);
+  // Results: a tie count per chunk per query; and, over several tensors,
+  // each tensor's zero-low counts (all models together).
+  return models * (pass1 + 2 * per_slot + 2 * chunks * 8) +
+         static_cast<int64_t>(kMaxTensorBins) * 4;
 }
 
 std::vector<DomainChunk> ChunkDomain(

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <utility>
 
@@ -16,6 +17,7 @@
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/diagnostics.h"
 #include "mergeserve/engine/magnitude_selector.h"
+#include "methods/tie_ledger.h"
 
 namespace mergeserve {
 namespace {
@@ -63,9 +65,12 @@ struct Buffers {
 };
 
 // Marks (1/0) the entries of magnitude `a` that belong to `set` in chunk `ci`.
+// With set.ties_in_pass, `ledger` tells how many of the chunk's ties to keep
+// (abandon: as TieLedger::Allow).
 MS_CPU_DISPATCH void MarkTopSet(const TopSet& set, int64_t ci,
                                 const float* __restrict tv, int64_t n,
-                                float* __restrict mark) {
+                                float* __restrict mark, TieLedger* ledger,
+                                const std::function<bool()>& abandon) {
   switch (set.kind) {
     case TopSet::kNone:
       std::fill(mark, mark + n, 0.f);
@@ -83,8 +88,13 @@ MS_CPU_DISPATCH void MarkTopSet(const TopSet& set, int64_t ci,
     mark[j] = a > v ? 1.f : 0.f;
     equal += a == v;
   }
-  const int64_t allow =
-      set.all_ties ? equal : set.chunk_ties[static_cast<size_t>(ci)];
+  int64_t allow = equal;
+  if (!set.all_ties && set.ties_in_pass) {
+    allow = ledger->Allow(ci, equal, abandon);
+    if (allow < 0) return;  // the pass failed elsewhere
+  } else if (!set.all_ties) {
+    allow = set.chunk_ties[static_cast<size_t>(ci)];
+  }
   if (allow >= equal) {
     for (int64_t j = 0; j < n; ++j)
       mark[j] += std::fabs(tv[j]) == v ? 1.f : 0.f;
@@ -733,9 +743,6 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
   p.keep.assign(n, TopSet());
   p.drop.assign(n, TopSet());
   for (auto& d : p.drop) d.kind = TopSet::kNone;
-  // Exact keep breaks ties by index: the selector records them per chunk.
-  const bool exact =
-      opts_.keep == KeepMode::kExact || opts_.sparsify == Sparsify::kOutliers;
   std::vector<SelectionQuery> queries;
   // (expert, is_drop) per query.
   std::vector<std::pair<size_t, bool>> owner;
@@ -751,13 +758,13 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
       p.keep[k].kind = TopSet::kNone;
     } else if (keep < numel) {
       p.keep[k].kind = TopSet::kThreshold;
-      queries.push_back({experts_[k], keep, exact});
+      queries.push_back({experts_[k], keep});
       owner.push_back({k, false});
     }
     if (drop > 0) {
       p.drop[k].kind = drop >= numel ? TopSet::kAll : TopSet::kThreshold;
       if (drop < numel) {
-        queries.push_back({experts_[k], drop, exact});
+        queries.push_back({experts_[k], drop});
         owner.push_back({k, true});
       }
     }
@@ -794,9 +801,12 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
       const int64_t want = is_drop ? drop_k[k] : keep_k[k];
       set.value = results[q].value;
       const int64_t need = want - results[q].count_greater;
+      const bool exact = opts_.keep == KeepMode::kExact ||
+                         opts_.sparsify == Sparsify::kOutliers;
       set.all_ties = !exact || need >= results[q].count_equal || set.value == 0;
       if (!set.all_ties) {
-        set.chunk_ties = results[q].chunk_keep;
+        // The merge passes count each chunk's ties (TieLedger).
+        set.ties_in_pass = true;
         set.tensor_ties = need;
       }
     }
@@ -900,6 +910,18 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
   std::vector<double> l1(mode == PassMode::kL1 ? 2 * n * nchunks : 0, 0.0);
   std::vector<int64_t> balance(mode == PassMode::kCensus ? nchunks : 0, 0);
   FirstError error;
+  // Exact keeps whose ties this pass counts: a ledger each.
+  std::vector<std::unique_ptr<TieLedger>> keep_ties(n), drop_ties(n);
+  auto ledger = [&](const TopSet& set) {
+    return set.kind == TopSet::kThreshold && !set.all_ties && set.ties_in_pass
+               ? std::make_unique<TieLedger>(nchunks, set.tensor_ties)
+               : nullptr;
+  };
+  for (size_t k = 0; k < p.keep.size(); ++k) keep_ties[k] = ledger(p.keep[k]);
+  for (size_t k = 0; k < p.drop.size(); ++k) drop_ties[k] = ledger(p.drop[k]);
+  const std::function<bool()> abandon = [&] {
+    return error.failed() || ctx.is_cancelled();
+  };
   const bool use_base = opts_.use_base;
   const bool elect = opts_.consensus != Consensus::kNone;
   const bool diagnose = ctx.diagnostics != nullptr && mode == PassMode::kMerge;
@@ -1010,13 +1032,16 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
                 TrimBelow(tv, p.keep[k].value, cnt);
                 masked = false;
               } else {
-                MarkTopSet(p.keep[k], ci, tv, cnt, mark);
+                MarkTopSet(p.keep[k], ci, tv, cnt, mark, keep_ties[k].get(),
+                           abandon);
               }
               break;
             case Sparsify::kOutliers: {
-              MarkTopSet(p.keep[k], ci, tv, cnt, mark);
+              MarkTopSet(p.keep[k], ci, tv, cnt, mark, keep_ties[k].get(),
+                         abandon);
               float* drop = b.rnd.data();
-              MarkTopSet(p.drop[k], ci, tv, cnt, drop);
+              MarkTopSet(p.drop[k], ci, tv, cnt, drop, drop_ties[k].get(),
+                         abandon);
               for (int64_t j = 0; j < cnt; ++j) mark[j] *= 1.f - drop[j];
               break;
             }

@@ -77,9 +77,12 @@ struct TopSet {
   float value = 0;
   bool all_ties = true;
   // Without all_ties: how many entries equal to `value` to keep in this
-  // tensor (tensor_ties) and in each of its chunks (chunk_ties).
+  // tensor (tensor_ties) and in each of its chunks (chunk_ties), or, with
+  // ties_in_pass, the passes count each chunk's ties themselves (TieLedger)
+  // and chunk_ties is empty.
   int64_t tensor_ties = 0;
   std::vector<int64_t> chunk_ties;
+  bool ties_in_pass = false;
 };
 
 // Resolved per tensor; index k runs over the contributing models (experts).
