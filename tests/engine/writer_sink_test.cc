@@ -85,6 +85,28 @@ TEST(WriterSinkTest, ElementsLeftUnwrittenFailFinishNamingThem) {
   EXPECT_NE(st.message().find("unwritten"), std::string::npos) << st;
 }
 
+// A region the method never touched, and one written again after it was
+// flushed, are caught too.
+TEST(WriterSinkTest, UntouchedAndRewrittenRegionsAreErrors) {
+  const int64_t numel = 3 * WriterSink::kRegionElems;
+  std::vector<float> values(static_cast<size_t>(numel), 1.0f);
+  Fixture f(numel, "sink_untouched");
+  WriterSink sink(*f.writer, 0, f.tensor, true);
+  ASSERT_TRUE(
+      sink.WriteF32(0, values.data(), 2 * WriterSink::kRegionElems).ok());
+  absl::Status st = sink.Finish();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(st.message().find(std::to_string(2 * WriterSink::kRegionElems)),
+            std::string::npos)
+      << st;
+  // Region 0 again: whole, then in pieces.
+  st = sink.WriteF32(0, values.data(), WriterSink::kRegionElems);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+  st = sink.WriteF32(100, values.data(), 50);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal) << st;
+  EXPECT_NE(st.message().find("twice"), std::string::npos) << st;
+}
+
 TEST(WriterSinkTest, ElementsWrittenTwiceAreAnError) {
   Fixture f(1000, "sink_twice");
   std::vector<float> values(1000, 1.0f);

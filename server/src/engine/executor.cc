@@ -187,10 +187,13 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
   const int64_t workers = std::max(threads, 1);
   const int64_t models = static_cast<int64_t>(plan.models().size());
   int64_t largest = 0, chunks = 0, tensors = 0, row = 0, staged = 0;
+  DType widest_out = DType::kBF16;
   for (const PlannedTensor& t : plan.tensors()) {
     ++tensors;
     if (!t.merge) continue;
     largest = std::max(largest, t.numel);
+    if (DTypeSize(t.out_dtype) > DTypeSize(widest_out))
+      widest_out = t.out_dtype;
     // Staged inputs (ForEachStagedChunk): the whole tensor up to the hold
     // limit, else one window.
     int64_t bytes =
@@ -231,8 +234,8 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
     need += models * largest / 8;
     // Per model and chunk: keep sets of a whole-model trim (tie counts).
     need += models * chunks * 16;
-    // The output regions the sink gathers chunks into (fp32 at most).
-    need += WriterSink::MemoryBound(static_cast<int>(workers), DType::kF32);
+    // The output regions the sink gathers chunks into.
+    need += WriterSink::MemoryBound(static_cast<int>(workers), widest_out);
   }
   if (info != nullptr && info->selects) {
     need += MagnitudeSelector::MemoryBound(models, static_cast<int>(workers),

@@ -15,10 +15,13 @@ WriterSink::WriterSink(ShardedWriter& writer, size_t index,
       index_(index),
       tensor_(tensor),
       reject_non_finite_(reject_non_finite),
-      elem_bytes_(DTypeSize(tensor.out_dtype)) {}
+      elem_bytes_(DTypeSize(tensor.out_dtype)),
+      done_(
+          static_cast<size_t>((tensor.numel + kRegionElems - 1) / kRegionElems),
+          false) {}
 
 int64_t WriterSink::MemoryBound(int workers, DType dtype) {
-  return (std::max(workers, 1) + 1) * kRegionElems *
+  return (2 * std::max(workers, 1) + 1) * kRegionElems *
          static_cast<int64_t>(DTypeSize(dtype));
 }
 
@@ -57,7 +60,17 @@ absl::Status WriterSink::WritePiece(int64_t begin, const float* values,
   const int64_t r = begin / kRegionElems;
   const int64_t first = r * kRegionElems;
   const int64_t size = std::min(kRegionElems, tensor_.numel - first);
+  const auto twice = [&] {
+    return absl::InternalError(absl::StrCat("merged tensor '", tensor_.name,
+                                            "': elements of ", first, "..",
+                                            first + size, " written twice"));
+  };
   if (count == size) {  // a whole region: no gathering
+    {
+      absl::MutexLock lock(&mu_);
+      if (done_[static_cast<size_t>(r)] || open_.count(r) > 0) return twice();
+      done_[static_cast<size_t>(r)] = true;
+    }
     thread_local std::vector<unsigned char> buf;
     buf.resize(static_cast<size_t>(count) * elem_bytes_);
     MS_RETURN_IF_ERROR(Convert(begin, values, count, buf.data()));
@@ -67,6 +80,7 @@ absl::Status WriterSink::WritePiece(int64_t begin, const float* values,
   unsigned char* data;
   {
     absl::MutexLock lock(&mu_);
+    if (done_[static_cast<size_t>(r)]) return twice();
     Region& region = open_[r];
     if (region.data == nullptr) {
       if (!free_.empty()) {
@@ -87,14 +101,11 @@ absl::Status WriterSink::WritePiece(int64_t begin, const float* values,
     absl::MutexLock lock(&mu_);
     auto it = open_.find(r);
     it->second.filled += count;
-    if (it->second.filled > size) {
-      return absl::InternalError(absl::StrCat("merged tensor '", tensor_.name,
-                                              "': elements of ", first, "..",
-                                              first + size, " written twice"));
-    }
+    if (it->second.filled > size) return twice();
     if (it->second.filled == size) {
       complete = std::move(it->second.data);
       open_.erase(it);
+      done_[static_cast<size_t>(r)] = true;
     }
   }
   if (complete == nullptr) return absl::OkStatus();
@@ -108,8 +119,9 @@ absl::Status WriterSink::WritePiece(int64_t begin, const float* values,
 
 absl::Status WriterSink::Finish() {
   absl::MutexLock lock(&mu_);
-  if (open_.empty()) return absl::OkStatus();
-  const int64_t first = open_.begin()->first * kRegionElems;
+  const auto missing = std::find(done_.begin(), done_.end(), false);
+  if (missing == done_.end()) return absl::OkStatus();
+  const int64_t first = (missing - done_.begin()) * kRegionElems;
   return absl::InternalError(absl::StrCat(
       "merged tensor '", tensor_.name, "': the method left elements of ", first,
       "..", std::min(first + kRegionElems, tensor_.numel), " unwritten"));

@@ -27,15 +27,18 @@ class WriterSink : public TensorSink {
   WriterSink(ShardedWriter& writer, size_t index, const PlannedTensor& tensor,
              bool reject_non_finite);
 
-  // Thread-safe for disjoint ranges; every element is written once.
+  // Thread-safe for disjoint ranges; every element is written once (a
+  // region written again, or a piece past a full region, is INTERNAL;
+  // within a region only the count of elements is checked).
   absl::Status WriteF32(int64_t begin, const float* values,
                         int64_t count) override;
-  // After the method returned OK: INTERNAL if an element was never written
-  // (its region could not be completed).
+  // After the method returned OK: INTERNAL if a region was not written
+  // whole (a method left elements unwritten).
   absl::Status Finish();
 
-  // Most bytes the sink buffers with `workers` threads writing (a region
-  // per worker and one being completed).
+  // Most bytes the sink buffers with `workers` threads writing elements of
+  // `dtype` (chunks that straddle regions keep two open per worker, and one
+  // is being written).
   static int64_t MemoryBound(int workers, DType dtype);
 
  private:
@@ -56,6 +59,7 @@ class WriterSink : public TensorSink {
   const size_t elem_bytes_;
   absl::Mutex mu_;
   std::map<int64_t, Region> open_ ABSL_GUARDED_BY(mu_);  // by region index
+  std::vector<bool> done_ ABSL_GUARDED_BY(mu_);          // regions written
   std::vector<std::unique_ptr<unsigned char[]>> free_ ABSL_GUARDED_BY(mu_);
 };
 
