@@ -7,6 +7,10 @@
 #include <mutex>
 #include <utility>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -47,9 +51,11 @@ int64_t FloorCount(double fraction, int64_t n) {
 struct Buffers {
   std::vector<float> base, tv, rnd, mask, sum, acc, den, out;
   std::vector<float> raw;  // untrimmed τ, only when collecting diagnostics
-  // Per-row ranking (della): keys, bucket ids, bucket starts; members to
-  // re-rank and their slots; (key, index) pairs to sort.
-  std::vector<uint32_t> key[3], idx, at, rank;
+  // Per-row ranking (della): keys, bucket ids, bucket starts (first and
+  // second half of the row); members to re-rank and their slots; (key,
+  // index) pairs to sort.
+  std::vector<uint32_t> key[5], idx, at, rank;
+  std::vector<uint64_t> seen;  // buckets a row touched
   std::vector<uint64_t> pairs;
   void Reserve(size_t experts, size_t chunk) {
     if (base.size() >= chunk && tv.size() >= experts * chunk) return;
@@ -193,6 +199,49 @@ MS_CPU_DISPATCH void TrimBelow(float* __restrict x, float v, int64_t n) {
   for (int64_t j = 0; j < n; ++j) x[j] = std::fabs(x[j]) >= v ? x[j] : 0.f;
 }
 
+// Indices j of the keys with low 16 bits set, in order; returns how many.
+size_t ListLowBitsSetScalar(const uint32_t* key, size_t n, uint32_t* out) {
+  size_t listed = 0;
+  for (size_t j = 0; j < n; ++j) {
+    out[listed] = static_cast<uint32_t>(j);
+    listed += (key[j] & 0xffffu) != 0;
+  }
+  return listed;
+}
+
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+// Sixteen keys per step: a test mask and a compressing store of their
+// indices (compilers do not vectorise the scalar loop's moving cursor).
+__attribute__((target("avx512f,popcnt"))) size_t ListLowBitsSetAvx512(
+    const uint32_t* key, size_t n, uint32_t* out) {
+  const __m512i low = _mm512_set1_epi32(0xffff);
+  __m512i index =
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  size_t listed = 0, j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __mmask16 m =
+        _mm512_test_epi32_mask(_mm512_loadu_si512(key + j), low);
+    _mm512_mask_compressstoreu_epi32(out + listed, m, index);
+    listed += static_cast<size_t>(__builtin_popcount(m));
+    index = _mm512_add_epi32(index, step);
+  }
+  for (; j < n; ++j) {
+    out[listed] = static_cast<uint32_t>(j);
+    listed += (key[j] & 0xffffu) != 0;
+  }
+  return listed;
+}
+#endif
+
+size_t ListLowBitsSet(const uint32_t* key, size_t n, uint32_t* out) {
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return ListLowBitsSetAvx512(key, n, out);
+#endif
+  return ListLowBitsSetScalar(key, n, out);
+}
+
 // Rank of |x[j]| within one row, ascending, equal values ranked by index:
 // torch.sort(stable=True) then scatter, as the ATen path does. Non-negative
 // floats order as their bit patterns, so this ranks 32-bit keys.
@@ -211,6 +260,7 @@ MS_CPU_DISPATCH void RowRanks(const float* __restrict x, int64_t cols,
   if (b.key[0].size() < n) b.key[0].resize(n);
   uint32_t* key = b.key[0].data();
   uint32_t lo = 0xffff, hi = 0;     // top 16 bits of the non-zero keys
+  size_t nodd = 0;                  // keys with low bits set
   for (size_t j = 0; j < n; ++j) {  // branchless: it vectorises
     uint32_t k;
     const float a = std::fabs(x[j]);
@@ -219,71 +269,103 @@ MS_CPU_DISPATCH void RowRanks(const float* __restrict x, int64_t cols,
     const uint32_t top = k >> 16;
     lo = std::min(lo, k != 0 ? top : 0xffffu);
     hi = std::max(hi, top);
+    nodd += (k & 0xffffu) != 0;
   }
   // Bucket 0 holds exact zeros (the smallest keys), then two per top value:
   // low bits zero, then low bits set.
   const size_t buckets = hi >= lo ? 2 * size_t{hi - lo} + 3 : 1;
   if (b.key[1].size() < n) b.key[1].resize(n);
   if (b.idx.size() < n) b.idx.resize(n);
-  if (buckets <= 4 * n + 1024) {
-    std::vector<uint32_t>& start = b.key[2];
-    start.assign(buckets, 0);
+  if (buckets <= 4 * n + 1024 && nodd <= n / 4) {
+    // The row's two halves are counted and placed with counters of their
+    // own, interleaved: consecutive keys often share a bucket, and one
+    // counter array would make each increment wait on the last.
+    // A row's keys span thousands of buckets and touch a few hundred: the
+    // counters stay zero between rows (only touched ones are reset) and the
+    // prefix sum visits the touched buckets only (a bitmap).
+    std::vector<uint32_t>& first = b.key[2];
+    std::vector<uint32_t>& start = b.key[3];  // the second half's
+    std::vector<uint32_t>& begins = b.key[4];
+    if (first.size() < buckets) {
+      first.resize(buckets, 0);
+      start.resize(buckets, 0);
+      begins.resize(buckets, 0);
+    }
+    std::vector<uint64_t>& seen = b.seen;
+    seen.assign((buckets + 63) / 64, 0);
     uint32_t* bucket = b.key[1].data();
     for (size_t j = 0; j < n; ++j) {
       const uint32_t k = key[j];
-      const uint32_t id =
+      bucket[j] =
           k == 0 ? 0 : (((k >> 16) - lo) << 1 | ((k & 0xffffu) != 0)) + 1;
-      bucket[j] = id;
-      ++start[id];
     }
+    const size_t half = n / 2;
+    auto count = [&](std::vector<uint32_t>& c, uint32_t id) {
+      ++c[id];
+      seen[id >> 6] |= uint64_t{1} << (id & 63);
+    };
+    for (size_t j = 0; j < half; ++j) {
+      count(first, bucket[j]);
+      count(start, bucket[half + j]);
+    }
+    if (n % 2 != 0) count(start, bucket[n - 1]);
+    // Calls fn(id) for each touched bucket, in increasing order.
+    auto touched = [&](auto&& fn) {
+      for (size_t w = 0; w < seen.size(); ++w) {
+        for (uint64_t m = seen[w]; m != 0; m &= m - 1) {
+          fn(static_cast<uint32_t>(w * 64 + __builtin_ctzll(m)));
+        }
+      }
+    };
     uint32_t sum = 0;
-    for (uint32_t& c : start) {
-      const uint32_t v = c;
-      c = sum;
-      sum += v;
+    touched([&](uint32_t id) {
+      const uint32_t a = first[id], c = start[id];
+      begins[id] = sum;
+      first[id] = sum;
+      start[id] = sum + a;
+      sum += a + c;
+    });
+    for (size_t j = 0; j < half; ++j) {
+      rank[j] = first[bucket[j]]++;
+      rank[half + j] = start[bucket[half + j]]++;
     }
+    if (n % 2 != 0) rank[n - 1] = start[bucket[n - 1]]++;
     // Index order within a bucket: the order, except in the buckets of keys
     // with low bits set (the even ids from 2), whose members are listed
     // (`odd`) to re-rank.
     uint32_t* odd = b.idx.data();
-    size_t nodd = 0;
-    for (size_t j = 0; j < n; ++j) {
-      rank[j] = start[bucket[j]]++;
-      odd[nodd] = static_cast<uint32_t>(j);
-      nodd += (key[j] & 0xffffu) != 0;
-    }
-    if (nodd <= n / 4) {
-      // `start` now holds each bucket's end, so [start[id - 1], start[id]) is
-      // bucket id. Each listed bucket's members, placed by index, are sorted
-      // by key there (few per bucket: insertion), then take those ranks.
-      std::vector<uint32_t>& at = b.at;  // member index by provisional rank
-      if (at.size() < n) at.resize(n);
-      for (size_t i = 0; i < nodd; ++i) at[rank[odd[i]]] = odd[i];
-      constexpr uint32_t kDone = ~0u;
-      for (size_t i = 0; i < nodd; ++i) {
-        const uint32_t id = bucket[odd[i]];
-        // Only bucket id reads start[id - 1] (its begin) from here on.
-        const uint32_t begin = std::exchange(start[id - 1], kDone);
-        if (begin == kDone) continue;  // sorted at its first member
-        const uint32_t end = start[id];
-        uint32_t* m = at.data() + begin;
-        const uint32_t len = end - begin;
-        if (len <= 32) {
-          for (uint32_t r = 1; r < len; ++r) {
-            const uint32_t v = m[r];
-            uint32_t q = r;
-            for (; q > 0 && key[m[q - 1]] > key[v]; --q) m[q] = m[q - 1];
-            m[q] = v;
-          }
-        } else {
-          std::sort(m, m + len, [key](uint32_t p, uint32_t q) {
-            return key[p] != key[q] ? key[p] < key[q] : p < q;
-          });
+    const size_t listed = ListLowBitsSet(key, n, odd);
+    // `start` now holds each bucket's end, so [begins[id], start[id]) is
+    // bucket id. Each listed bucket's members, placed by index, are sorted
+    // by key there (few per bucket: insertion), then take those ranks.
+    std::vector<uint32_t>& at = b.at;  // member index by provisional rank
+    if (at.size() < n) at.resize(n);
+    for (size_t i = 0; i < listed; ++i) at[rank[odd[i]]] = odd[i];
+    constexpr uint32_t kDone = ~0u;
+    for (size_t i = 0; i < listed; ++i) {
+      const uint32_t id = bucket[odd[i]];
+      const uint32_t begin = std::exchange(begins[id], kDone);
+      if (begin == kDone) continue;  // sorted at its first member
+      const uint32_t end = start[id];
+      uint32_t* m = at.data() + begin;
+      const uint32_t len = end - begin;
+      if (len <= 32) {
+        for (uint32_t r = 1; r < len; ++r) {
+          const uint32_t v = m[r];
+          uint32_t q = r;
+          for (; q > 0 && key[m[q - 1]] > key[v]; --q) m[q] = m[q - 1];
+          m[q] = v;
         }
-        for (uint32_t r = 0; r < len; ++r) rank[m[r]] = begin + r;
+      } else {
+        std::sort(m, m + len, [key](uint32_t p, uint32_t q) {
+          return key[p] != key[q] ? key[p] < key[q] : p < q;
+        });
       }
-      return;
+      for (uint32_t r = 0; r < len; ++r) rank[m[r]] = begin + r;
     }
+    // The counters go back to zero for the next row.
+    touched([&](uint32_t id) { first[id] = start[id] = 0; });
+    return;
   }
   // Wide or mostly low-bits-set rows (fp32 deltas): (key, index) pairs are
   // unique, so any sort gives the stable order.
@@ -362,7 +444,17 @@ MS_CPU_DISPATCH void BitsFromMark(const float* __restrict mark, int64_t n,
 // tv *= kept bit (0 or 1): the float mask's product, in one pass.
 MS_CPU_DISPATCH void MaskByBits(float* __restrict tv,
                                 const uint64_t* __restrict bits, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
+  // 32 entries per half word, each lane shifting by its own index: this
+  // vectorises, a word index per element did not. A multiply, not a select,
+  // so dropped negative entries stay -0 as before.
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    const uint32_t h = static_cast<uint32_t>(bits[j >> 6] >> (j & 63));
+    for (uint32_t i = 0; i < 32; ++i) {
+      tv[j + i] *= static_cast<float>((h >> i) & 1u);
+    }
+  }
+  for (; j < n; ++j) {
     tv[j] *= static_cast<float>((bits[j >> 6] >> (j & 63)) & 1);
   }
 }
