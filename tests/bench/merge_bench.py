@@ -87,16 +87,25 @@ def main():
     _, bw_out = run([os.path.join(args.build, "tests", "mergeserve_membw"), "1024"])
     bandwidth = json.loads(bw_out)["read_bytes_per_second"]
 
-    rows = []
     outputs = {}
+    runs = {}  # label -> (cfg, out_dir, walls, peak RSS per run)
     for label, text in configs.items():
         cfg = os.path.join(model, "bench_" + str(abs(hash(label))) + ".yaml")
         with open(cfg, "w") as f:
             f.write(text)
         out_dir = os.path.join(args.work, "out_" + str(abs(hash(label))))
-        wall, peak = one_shot(args, mergeserve, cfg, out_dir, threads)
         outputs[label] = os.path.join(out_dir, "model.safetensors")
-        rows.append((label, wall, peak))
+        runs[label] = (cfg, out_dir, [], [])
+    # Round robin over the configs: this VM's speed drifts over minutes, and
+    # back-to-back runs of one config would carry the drift into the ratios.
+    for _ in range(args.runs):
+        for label, (cfg, out_dir, walls, peaks) in runs.items():
+            wall, stdout = run([mergeserve, "merge", cfg, out_dir, "--overwrite",
+                                "--quiet", "--json"] + threads)
+            walls.append(wall)
+            peaks.append(json.loads(stdout)["peak_rss_bytes"])
+    rows = [(label, statistics.median(w), max(p))
+            for label, (_, _, w, p) in runs.items()]
 
     torch_out = os.path.join(args.work, "torch_out.safetensors")
     walls, rss = [], []
