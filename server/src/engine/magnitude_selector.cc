@@ -427,12 +427,13 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
     }
   }
 
-  // Pass 2: low 16 bits inside each (model, bucket) of interest. Small
-  // buckets keep their members' low bits per chunk (lists); large ones only
-  // a histogram.
-  std::vector<std::vector<uint32_t>> wanted(nm);  // distinct bins per model
-  std::vector<std::vector<size_t>> counted(nm);   // resolved, ties per chunk
-  std::vector<int> models2;                       // models pass 2 reads
+  // Pass 2: low 16 bits inside each (model, bucket) of interest. A bucket
+  // whose ties are wanted per chunk keeps its members' low bits per chunk
+  // (lists) when small; others only a histogram.
+  std::vector<std::vector<uint32_t>> wanted(nm);   // distinct bins per model
+  std::vector<std::vector<size_t>> counted(nm);    // resolved, ties per chunk
+  std::vector<std::vector<bool>> ties_wanted(nm);  // per wanted bin
+  std::vector<int> models2;                        // models pass 2 reads
   for (size_t q = 0; q < queries.size(); ++q) {
     const size_t m = slot[queries[q].model];
     if (bucket[q].resolved && !queries[q].ties_per_chunk) continue;
@@ -444,9 +445,13 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
       continue;
     }
     auto& w = wanted[m];
-    if (std::find(w.begin(), w.end(), bucket[q].bin) == w.end()) {
+    const size_t k = static_cast<size_t>(
+        std::find(w.begin(), w.end(), bucket[q].bin) - w.begin());
+    if (k == w.size()) {
       w.push_back(bucket[q].bin);
+      ties_wanted[m].push_back(false);
     }
+    if (queries[q].ties_per_chunk) ties_wanted[m][k] = true;
   }
   if (models2.empty()) {
     return KeepFirstTies(queries, chunks, tie_tensor, tie_before,
@@ -463,7 +468,8 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   for (size_t m = 0; m < nm; ++m) {
     for (size_t k = 0; k < wanted[m].size(); ++k) {
       const size_t i = static_cast<size_t>(wanted[m][k]) << 1;
-      listed[m * max_wanted + k] = hi[m].at(i) + hi[m].at(i + 1) <= kMaxListed;
+      listed[m * max_wanted + k] =
+          ties_wanted[m][k] && hi[m].at(i) + hi[m].at(i + 1) <= kMaxListed;
     }
   }
   std::vector<std::vector<std::vector<uint16_t>>> lists(slots);
