@@ -9,11 +9,21 @@
 #include <fstream>
 
 #include "gtest/gtest.h"
+#include "mergeserve/base/cpu_dispatch.h"
 #include "mergeserve/format/model_folder.h"
 #include "mergeserve/format/safetensors_writer.h"
 
 namespace mergeserve::testing {
 namespace fs = std::filesystem;
+
+void ForEachKernelSet(const std::function<void(bool portable)>& fn) {
+  for (bool portable : {false, true}) {
+    SetPortableKernelsForTest(portable);
+    SCOPED_TRACE(portable ? "portable loops" : "the CPU's kernels");
+    fn(portable);
+  }
+  SetPortableKernelsForTest(false);
+}
 
 std::string TempDir(const std::string& name) {
   const char* base = std::getenv("TEST_TMPDIR");

@@ -2,6 +2,7 @@
 #ifndef MERGESERVE_TESTS_TEST_UTIL_H_
 #define MERGESERVE_TESTS_TEST_UTIL_H_
 
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -22,6 +23,11 @@ using TestModel = std::map<std::string, TestTensor>;
 
 // A fresh empty folder under the test temp dir.
 std::string TempDir(const std::string& name);
+
+// The kernel sets a test runs: the CPU's (the hand-written AVX-512 kernels
+// where it has AVX-512F) and the portable loops. Calls fn(portable) once
+// each, with that set selected, and restores the CPU's.
+void ForEachKernelSet(const std::function<void(bool portable)>& fn);
 // Writes `model` as DIR/model.safetensors (values rounded to each dtype).
 void WriteModel(const std::string& dir, const TestModel& model);
 // Reads every tensor of a model folder as fp32.

@@ -17,4 +17,30 @@
 #define MS_CPU_DISPATCH
 #endif
 
+namespace mergeserve {
+
+// Whether the hand-written AVX-512 kernels run (the ones a compiler does not
+// produce from a plain loop: compressing stores, gathers, Philox in 32-bit
+// lanes): the CPU has AVX-512F and tests have not asked for the portable
+// loops. The same outputs either way.
+bool Avx512Kernels();
+
+// Tests: run the portable loops instead (false: the CPU decides again).
+void SetPortableKernelsForTest(bool portable);
+
+}  // namespace mergeserve
+
+// Around hand-written AVX-512 kernels: GCC 12's intrinsics start from
+// _mm512_undefined_*() and then warn that it may be used uninitialized
+// (GCC bug 105593, fixed in GCC 13).
+#if defined(__GNUC__) && !defined(__clang__)
+#define MS_INTRINSICS_BEGIN      \
+  _Pragma("GCC diagnostic push") \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define MS_INTRINSICS_END _Pragma("GCC diagnostic pop")
+#else
+#define MS_INTRINSICS_BEGIN
+#define MS_INTRINSICS_END
+#endif
+
 #endif  // MERGESERVE_BASE_CPU_DISPATCH_H_

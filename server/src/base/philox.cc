@@ -2,14 +2,21 @@
 
 #include "mergeserve/base/cpu_dispatch.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace mergeserve {
 
+namespace {
+
 // A loop the compiler vectorises across blocks: the 32x32->64 multiplies
-// become pmuludq (eight lanes with AVX-512).
-MS_CPU_DISPATCH void PhiloxUniformBlocks(std::array<uint32_t, 2> key,
-                                         uint32_t c2, uint32_t c3,
-                                         uint64_t first, int64_t blocks,
-                                         float* __restrict out) {
+// become pmuludq (eight lanes with AVX-512), for CPUs without AVX-512 and
+// the blocks the AVX-512 kernel leaves.
+MS_CPU_DISPATCH void PhiloxUniformBlocksPortable(std::array<uint32_t, 2> key,
+                                                 uint32_t c2, uint32_t c3,
+                                                 uint64_t first, int64_t blocks,
+                                                 float* __restrict out) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
   constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   for (int64_t b = 0; b < blocks; ++b) {
@@ -35,6 +42,128 @@ MS_CPU_DISPATCH void PhiloxUniformBlocks(std::array<uint32_t, 2> key,
     out[4 * b + 2] = static_cast<float>(x2 >> 8) * 0x1.0p-24f;
     out[4 * b + 3] = static_cast<float>(x3 >> 8) * 0x1.0p-24f;
   }
+}
+
+MS_INTRINSICS_BEGIN
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+#define MS_AVX512_INLINE \
+  __attribute__((target("avx512f"), always_inline)) inline
+
+// hi and lo: the 64-bit products m * x of each 32-bit lane, split.
+MS_AVX512_INLINE void Multiply(__m512i m, __m512i x, __m512i* hi, __m512i* lo) {
+  constexpr __mmask16 kOdd = 0xAAAA;
+  const __m512i even = _mm512_mul_epu32(m, x);
+  const __m512i odd = _mm512_mul_epu32(m, _mm512_srli_epi64(x, 32));
+  *hi = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(even, 32), odd);
+  *lo = _mm512_mask_blend_epi32(kOdd, even, _mm512_slli_epi64(odd, 32));
+}
+
+// The top 24 bits as a float in [0, 1), as the portable loop rounds them.
+MS_AVX512_INLINE __m512 Uniform(__m512i x) {
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(x, 8)),
+                       _mm512_set1_ps(0x1.0p-24f));
+}
+
+MS_AVX512_INLINE __m512 UnpackLoPd(__m512 a, __m512 c) {
+  return _mm512_castpd_ps(
+      _mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
+}
+
+MS_AVX512_INLINE __m512 UnpackHiPd(__m512 a, __m512 c) {
+  return _mm512_castpd_ps(
+      _mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
+}
+
+// Sixteen blocks per step, one block per 32-bit lane (the portable loop's
+// vectors hold eight, as 64-bit products, and shuffle between rounds): the
+// even and odd lanes' products are two pmuludq, their high and low halves
+// blended back into 32-bit lanes. The four words of each block are then
+// interleaved into the output order (a 4x16 transpose).
+__attribute__((target("avx512f"))) int64_t PhiloxUniformBlocksAvx512(
+    std::array<uint32_t, 2> key, uint32_t c2, uint32_t c3, uint64_t first,
+    int64_t blocks, float* __restrict out) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  const __m512i lane =
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kM0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kM1));
+  int64_t b = 0;
+  for (; b + 16 <= blocks; b += 16) {
+    const uint64_t block = first + static_cast<uint64_t>(b);
+    // The low counter word must not wrap within the sixteen.
+    if (static_cast<uint32_t>(block) > 0xffffffffu - 15) break;
+    __m512i x0 = _mm512_add_epi32(
+        _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(block))),
+        lane);
+    __m512i x1 = _mm512_set1_epi32(static_cast<int>(block >> 32));
+    __m512i x2 = _mm512_set1_epi32(static_cast<int>(c2));
+    __m512i x3 = _mm512_set1_epi32(static_cast<int>(c3));
+    uint32_t k0 = key[0], k1 = key[1];
+    for (int round = 0; round < 10; ++round) {
+      __m512i hi0, lo0, hi1, lo1;
+      Multiply(m0, x0, &hi0, &lo0);
+      Multiply(m1, x2, &hi1, &lo1);
+      // 0x96: a ^ b ^ c.
+      x0 = _mm512_ternarylogic_epi32(
+          hi1, x1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
+      x2 = _mm512_ternarylogic_epi32(
+          hi0, x3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
+      x1 = lo1;
+      x3 = lo0;
+      k0 += kW0;
+      k1 += kW1;
+    }
+    const __m512 f0 = Uniform(x0), f1 = Uniform(x1);
+    const __m512 f2 = Uniform(x2), f3 = Uniform(x3);
+    // Per 128-bit lane, u<i> holds block i of each group of four blocks.
+    const __m512 t0 = _mm512_unpacklo_ps(f0, f1),
+                 t1 = _mm512_unpackhi_ps(f0, f1);
+    const __m512 t2 = _mm512_unpacklo_ps(f2, f3),
+                 t3 = _mm512_unpackhi_ps(f2, f3);
+    const __m512 u0 = UnpackLoPd(t0, t2), u1 = UnpackHiPd(t0, t2);
+    const __m512 u2 = UnpackLoPd(t1, t3), u3 = UnpackHiPd(t1, t3);
+    // Blocks 0 8 1 9, 2 10 3 11, 4 12 5 13, 6 14 7 15; then in order.
+    const __m512 s0 = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512 s1 = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512 s2 = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(3, 1, 3, 1));
+    const __m512 s3 = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(3, 1, 3, 1));
+    float* o = out + 4 * b;
+    _mm512_storeu_ps(o, _mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_ps(o + 16,
+                     _mm512_shuffle_f32x4(s2, s3, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_ps(o + 32,
+                     _mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm512_storeu_ps(o + 48,
+                     _mm512_shuffle_f32x4(s2, s3, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  return b;
+}
+#endif
+MS_INTRINSICS_END
+
+}  // namespace
+
+void PhiloxUniformBlocks(std::array<uint32_t, 2> key, uint32_t c2, uint32_t c3,
+                         uint64_t first, int64_t blocks, float* out) {
+  int64_t done = 0;
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+  const bool avx512 = Avx512Kernels();
+  // Until a wrap of the low counter word, or fewer than sixteen are left.
+  while (avx512 && blocks - done >= 16) {
+    const int64_t step = PhiloxUniformBlocksAvx512(
+        key, c2, c3, first + static_cast<uint64_t>(done), blocks - done,
+        out + 4 * done);
+    done += step;
+    if (blocks - done >= 16) {  // stopped at a wrap: sixteen the other way
+      PhiloxUniformBlocksPortable(
+          key, c2, c3, first + static_cast<uint64_t>(done), 16, out + 4 * done);
+      done += 16;
+    }
+  }
+#endif
+  PhiloxUniformBlocksPortable(key, c2, c3, first + static_cast<uint64_t>(done),
+                              blocks - done, out + 4 * done);
 }
 
 }  // namespace mergeserve

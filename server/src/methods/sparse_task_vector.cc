@@ -6,6 +6,8 @@
 #include <immintrin.h>
 #endif
 
+#include "mergeserve/base/cpu_dispatch.h"
+
 namespace mergeserve {
 
 SparseTaskVector::SparseTaskVector(int64_t numel, int64_t chunk)
@@ -78,8 +80,7 @@ void SparseTaskVector::Unpack(int64_t ci, int64_t cnt, float* tv) const {
   const uint64_t* bits = bits_.data() + ci * words_;
   const float* v = values_[static_cast<size_t>(ci)].data();
 #if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return UnpackAvx512(bits, v, cnt, tv);
+  if (Avx512Kernels()) return UnpackAvx512(bits, v, cnt, tv);
 #endif
   UnpackScalar(bits, v, cnt, tv);
 }

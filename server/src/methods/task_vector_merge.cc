@@ -7,10 +7,6 @@
 #include <mutex>
 #include <utility>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -21,6 +17,8 @@
 #include "mergeserve/base/status_macros.h"
 #include "mergeserve/engine/diagnostics.h"
 #include "mergeserve/engine/magnitude_selector.h"
+#include "methods/abs_sum.h"
+#include "methods/rank_sampling.h"
 #include "methods/tie_ledger.h"
 
 namespace mergeserve {
@@ -51,12 +49,7 @@ int64_t FloorCount(double fraction, int64_t n) {
 struct Buffers {
   std::vector<float> base, tv, rnd, mask, sum, acc, den, out;
   std::vector<float> raw;  // untrimmed τ, only when collecting diagnostics
-  // Per-row ranking (della): keys, bucket ids, bucket starts (first and
-  // second half of the row); members to re-rank and their slots; (key,
-  // index) pairs to sort.
-  std::vector<uint32_t> key[5], idx, at, rank;
-  std::vector<uint64_t> seen;  // buckets a row touched
-  std::vector<uint64_t> pairs;
+  RankScratch ranking;     // della's per-row ranking
   void Reserve(size_t experts, size_t chunk) {
     if (base.size() >= chunk && tv.size() >= experts * chunk) return;
     base.assign(chunk, 0);
@@ -199,232 +192,13 @@ MS_CPU_DISPATCH void TrimBelow(float* __restrict x, float v, int64_t n) {
   for (int64_t j = 0; j < n; ++j) x[j] = std::fabs(x[j]) >= v ? x[j] : 0.f;
 }
 
-// Indices j of the keys with low 16 bits set, in order; returns how many.
-size_t ListLowBitsSetScalar(const uint32_t* key, size_t n, uint32_t* out) {
-  size_t listed = 0;
-  for (size_t j = 0; j < n; ++j) {
-    out[listed] = static_cast<uint32_t>(j);
-    listed += (key[j] & 0xffffu) != 0;
-  }
-  return listed;
-}
-
-#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
-// Sixteen keys per step: a test mask and a compressing store of their
-// indices (compilers do not vectorise the scalar loop's moving cursor).
-__attribute__((target("avx512f,popcnt"))) size_t ListLowBitsSetAvx512(
-    const uint32_t* key, size_t n, uint32_t* out) {
-  const __m512i low = _mm512_set1_epi32(0xffff);
-  __m512i index =
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i step = _mm512_set1_epi32(16);
-  size_t listed = 0, j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __mmask16 m =
-        _mm512_test_epi32_mask(_mm512_loadu_si512(key + j), low);
-    _mm512_mask_compressstoreu_epi32(out + listed, m, index);
-    listed += static_cast<size_t>(__builtin_popcount(m));
-    index = _mm512_add_epi32(index, step);
-  }
-  for (; j < n; ++j) {
-    out[listed] = static_cast<uint32_t>(j);
-    listed += (key[j] & 0xffffu) != 0;
-  }
-  return listed;
-}
-#endif
-
-size_t ListLowBitsSet(const uint32_t* key, size_t n, uint32_t* out) {
-#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return ListLowBitsSetAvx512(key, n, out);
-#endif
-  return ListLowBitsSetScalar(key, n, out);
-}
-
-// Rank of |x[j]| within one row, ascending, equal values ranked by index:
-// torch.sort(stable=True) then scatter, as the ATen path does. Non-negative
-// floats order as their bit patterns, so this ranks 32-bit keys.
-//
-// Task-vector magnitudes spread over a few hundred values of their top 16
-// bits (exponent and 7 mantissa bits) and rarely use the low 16 (differences
-// of bf16 weights). One stable counting pass over buckets of (top 16 bits,
-// low 16 bits non-zero) ranks every key whose low bits are zero: its bucket
-// holds only equal keys, so index order is the order. The few keys with low
-// bits set are then ranked by a sort of their own within their buckets. A
-// byte-wise LSD radix sort stalls here: most bytes take a handful of values,
-// and every count of the same bucket waits on the last.
-MS_CPU_DISPATCH void RowRanks(const float* __restrict x, int64_t cols,
-                              Buffers& b, uint32_t* __restrict rank) {
-  const size_t n = static_cast<size_t>(cols);
-  if (b.key[0].size() < n) b.key[0].resize(n);
-  uint32_t* key = b.key[0].data();
-  uint32_t lo = 0xffff, hi = 0;     // top 16 bits of the non-zero keys
-  size_t nodd = 0;                  // keys with low bits set
-  for (size_t j = 0; j < n; ++j) {  // branchless: it vectorises
-    uint32_t k;
-    const float a = std::fabs(x[j]);
-    std::memcpy(&k, &a, 4);
-    key[j] = k;
-    const uint32_t top = k >> 16;
-    lo = std::min(lo, k != 0 ? top : 0xffffu);
-    hi = std::max(hi, top);
-    nodd += (k & 0xffffu) != 0;
-  }
-  // Bucket 0 holds exact zeros (the smallest keys), then two per top value:
-  // low bits zero, then low bits set.
-  const size_t buckets = hi >= lo ? 2 * size_t{hi - lo} + 3 : 1;
-  if (b.key[1].size() < n) b.key[1].resize(n);
-  if (b.idx.size() < n) b.idx.resize(n);
-  if (buckets <= 4 * n + 1024 && nodd <= n / 4) {
-    // The row's two halves are counted and placed with counters of their
-    // own, interleaved: consecutive keys often share a bucket, and one
-    // counter array would make each increment wait on the last.
-    // A row's keys span thousands of buckets and touch a few hundred: the
-    // counters stay zero between rows (only touched ones are reset) and the
-    // prefix sum visits the touched buckets only (a bitmap).
-    std::vector<uint32_t>& first = b.key[2];
-    std::vector<uint32_t>& start = b.key[3];  // the second half's
-    std::vector<uint32_t>& begins = b.key[4];
-    if (first.size() < buckets) {
-      first.resize(buckets, 0);
-      start.resize(buckets, 0);
-      begins.resize(buckets, 0);
-    }
-    std::vector<uint64_t>& seen = b.seen;
-    seen.assign((buckets + 63) / 64, 0);
-    uint32_t* bucket = b.key[1].data();
-    for (size_t j = 0; j < n; ++j) {
-      const uint32_t k = key[j];
-      bucket[j] =
-          k == 0 ? 0 : (((k >> 16) - lo) << 1 | ((k & 0xffffu) != 0)) + 1;
-    }
-    const size_t half = n / 2;
-    auto count = [&](std::vector<uint32_t>& c, uint32_t id) {
-      ++c[id];
-      seen[id >> 6] |= uint64_t{1} << (id & 63);
-    };
-    for (size_t j = 0; j < half; ++j) {
-      count(first, bucket[j]);
-      count(start, bucket[half + j]);
-    }
-    if (n % 2 != 0) count(start, bucket[n - 1]);
-    // Calls fn(id) for each touched bucket, in increasing order.
-    auto touched = [&](auto&& fn) {
-      for (size_t w = 0; w < seen.size(); ++w) {
-        for (uint64_t m = seen[w]; m != 0; m &= m - 1) {
-          fn(static_cast<uint32_t>(w * 64 + __builtin_ctzll(m)));
-        }
-      }
-    };
-    uint32_t sum = 0;
-    touched([&](uint32_t id) {
-      const uint32_t a = first[id], c = start[id];
-      begins[id] = sum;
-      first[id] = sum;
-      start[id] = sum + a;
-      sum += a + c;
-    });
-    for (size_t j = 0; j < half; ++j) {
-      rank[j] = first[bucket[j]]++;
-      rank[half + j] = start[bucket[half + j]]++;
-    }
-    if (n % 2 != 0) rank[n - 1] = start[bucket[n - 1]]++;
-    // Index order within a bucket: the order, except in the buckets of keys
-    // with low bits set (the even ids from 2), whose members are listed
-    // (`odd`) to re-rank.
-    uint32_t* odd = b.idx.data();
-    const size_t listed = ListLowBitsSet(key, n, odd);
-    // `start` now holds each bucket's end, so [begins[id], start[id]) is
-    // bucket id. Each listed bucket's members, placed by index, are sorted
-    // by key there (few per bucket: insertion), then take those ranks.
-    std::vector<uint32_t>& at = b.at;  // member index by provisional rank
-    if (at.size() < n) at.resize(n);
-    for (size_t i = 0; i < listed; ++i) at[rank[odd[i]]] = odd[i];
-    constexpr uint32_t kDone = ~0u;
-    for (size_t i = 0; i < listed; ++i) {
-      const uint32_t id = bucket[odd[i]];
-      const uint32_t begin = std::exchange(begins[id], kDone);
-      if (begin == kDone) continue;  // sorted at its first member
-      const uint32_t end = start[id];
-      uint32_t* m = at.data() + begin;
-      const uint32_t len = end - begin;
-      if (len <= 32) {
-        for (uint32_t r = 1; r < len; ++r) {
-          const uint32_t v = m[r];
-          uint32_t q = r;
-          for (; q > 0 && key[m[q - 1]] > key[v]; --q) m[q] = m[q - 1];
-          m[q] = v;
-        }
-      } else {
-        std::sort(m, m + len, [key](uint32_t p, uint32_t q) {
-          return key[p] != key[q] ? key[p] < key[q] : p < q;
-        });
-      }
-      for (uint32_t r = 0; r < len; ++r) rank[m[r]] = begin + r;
-    }
-    // The counters go back to zero for the next row.
-    touched([&](uint32_t id) { first[id] = start[id] = 0; });
-    return;
-  }
-  // Wide or mostly low-bits-set rows (fp32 deltas): (key, index) pairs are
-  // unique, so any sort gives the stable order.
-  std::vector<uint64_t>& pairs = b.pairs;
-  pairs.resize(n);
-  for (size_t j = 0; j < n; ++j) pairs[j] = uint64_t{key[j]} << 32 | j;
-  std::sort(pairs.begin(), pairs.end());
-  for (size_t i = 0; i < n; ++i) {
-    rank[static_cast<uint32_t>(pairs[i])] = static_cast<uint32_t>(i);
-  }
-}
-
-// DELLA's keep marks for one chunk of whole rows: keep probability
-// p = rank/(cols-1)·2ε + (d−ε) per row, kept where u < p. `mark` receives
-// 1/p for survivors when rescaling by 1/p, else 1; 0 where dropped. The float
-// operations are the ATen path's, in its order, so both agree bitwise.
-MS_CPU_DISPATCH void MarkRankSampled(const float* __restrict tv,
-                                     const float* __restrict u, int64_t cnt,
-                                     int64_t cols, double density, double eps,
-                                     bool inverse, Buffers& b,
-                                     float* __restrict mark) {
-  const float span = static_cast<float>(cols - 1);
-  const float width = static_cast<float>(2 * eps);
-  const float low = static_cast<float>(density - eps);
-  const float flat = static_cast<float>(density);
-  if (b.rank.size() < static_cast<size_t>(cnt)) {
-    b.rank.resize(static_cast<size_t>(cnt));
-  }
-  uint32_t* rank = b.rank.data();
-  for (int64_t r = 0; r < cnt; r += cols) {
-    RowRanks(tv + r, cols, b, rank + r);
-    for (int64_t j = r; j < r + cols; ++j) {
-      const float p =
-          cols > 1 ? (static_cast<float>(rank[j]) / span) * width + low : flat;
-      const bool keep = u[j] < p;
-      mark[j] = keep ? (inverse ? 1.f / p : 1.f) : 0.f;
-    }
-  }
-}
-
-// Σ|x| in index order (double: the L1 rescaling's norms).
-double L1Norm(const float* x, int64_t n) {
-  double s = 0;
-  for (int64_t j = 0; j < n; ++j) s += std::fabs(x[j]);
-  return s;
-}
-
 // tv *= mark, with the L1 norms of tv before and after.
 MS_CPU_DISPATCH void MaskAndNorms(float* __restrict tv,
                                   const float* __restrict mark, int64_t n,
                                   double* all, double* kept) {
-  double a = 0, k = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    a += std::fabs(tv[j]);
-    tv[j] *= mark[j];
-    k += std::fabs(tv[j]);
-  }
-  *all = a;
-  *kept = k;
+  *all = IndexOrderAbsSum(tv, n);
+  for (int64_t j = 0; j < n; ++j) tv[j] *= mark[j];
+  *kept = IndexOrderAbsSum(tv, n);
 }
 
 // Kept draws as bits (1: kept) and back, without a branch per element.
@@ -1081,7 +855,8 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
                                 p.keep[k].kind == TopSet::kThreshold &&
                                 p.keep[k].all_ties;
           double all = 0, kept = 0;
-          if (mode == PassMode::kL1 && in_place) all = L1Norm(tv, cnt);
+          if (mode == PassMode::kL1 && in_place)
+            all = IndexOrderAbsSum(tv, cnt);
           float* mark = b.mask.data();
           bool masked = true;
           switch (opts_.sparsify) {
@@ -1109,7 +884,8 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
               const float* u = b.rnd.data();
               if (opts_.sparsify == Sparsify::kRankSampling) {
                 MarkRankSampled(tv, u, cnt, cols, p.density[k], p.epsilon[k],
-                                opts_.rescale == Rescale::kInverse, b, mark);
+                                opts_.rescale == Rescale::kInverse, b.ranking,
+                                mark);
               } else {
                 const float d = static_cast<float>(p.density[k]);
                 for (int64_t j = 0; j < cnt; ++j)
@@ -1141,7 +917,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
           if (mode == PassMode::kL1 && masked) {
             MaskAndNorms(tv, mark, cnt, &all, &kept);
           } else if (mode == PassMode::kL1) {
-            kept = L1Norm(tv, cnt);
+            kept = IndexOrderAbsSum(tv, cnt);
             if (!in_place) all = kept;  // tv unchanged
           } else if (masked) {
             for (int64_t j = 0; j < cnt; ++j) tv[j] *= mark[j];

@@ -1,0 +1,416 @@
+#include "methods/rank_sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "mergeserve/base/cpu_dispatch.h"
+
+namespace mergeserve {
+namespace {
+
+// Indices j of the keys with low 16 bits set, in order; returns how many.
+size_t ListLowBitsSetScalar(const uint32_t* key, size_t n, uint32_t* out) {
+  size_t listed = 0;
+  for (size_t j = 0; j < n; ++j) {
+    out[listed] = static_cast<uint32_t>(j);
+    listed += (key[j] & 0xffffu) != 0;
+  }
+  return listed;
+}
+
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+// Sixteen keys per step: a test mask and a compressing store of their
+// indices (compilers do not vectorise the scalar loop's moving cursor).
+__attribute__((target("avx512f,popcnt"))) size_t ListLowBitsSetAvx512(
+    const uint32_t* key, size_t n, uint32_t* out) {
+  const __m512i low = _mm512_set1_epi32(0xffff);
+  __m512i index =
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  size_t listed = 0, j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __mmask16 m =
+        _mm512_test_epi32_mask(_mm512_loadu_si512(key + j), low);
+    _mm512_mask_compressstoreu_epi32(out + listed, m, index);
+    listed += static_cast<size_t>(__builtin_popcount(m));
+    index = _mm512_add_epi32(index, step);
+  }
+  for (; j < n; ++j) {
+    out[listed] = static_cast<uint32_t>(j);
+    listed += (key[j] & 0xffffu) != 0;
+  }
+  return listed;
+}
+#endif
+
+size_t ListLowBitsSet(const uint32_t* key, size_t n, uint32_t* out) {
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+  if (Avx512Kernels()) return ListLowBitsSetAvx512(key, n, out);
+#endif
+  return ListLowBitsSetScalar(key, n, out);
+}
+
+// Marks 1 where u[j] < lo[bucket[j]] (kept whatever its rank in the
+// bucket), else 0, and lists the j with lo <= u[j] < hi[bucket[j]]
+// (undecided); returns how many.
+size_t DecideByBucketScalar(const uint32_t* bucket, const float* u,
+                            const float* lo, const float* hi, size_t n,
+                            float* mark, uint32_t* undecided) {
+  size_t listed = 0;
+  for (size_t j = 0; j < n; ++j) {
+    const uint32_t id = bucket[j];
+    const bool keep = u[j] < lo[id];
+    mark[j] = keep ? 1.f : 0.f;
+    undecided[listed] = static_cast<uint32_t>(j);
+    listed += !keep && u[j] < hi[id];
+  }
+  return listed;
+}
+
+MS_INTRINSICS_BEGIN
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+// Sixteen at a time: two gathers, two compares and a compressing store (the
+// scalar loop branches on unpredictable draws or does not vectorise).
+__attribute__((target("avx512f,popcnt"))) size_t DecideByBucketAvx512(
+    const uint32_t* bucket, const float* u, const float* lo, const float* hi,
+    size_t n, float* mark, uint32_t* undecided) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  __m512i index =
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  size_t listed = 0, j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512i id = _mm512_loadu_si512(bucket + j);
+    const __m512 uj = _mm512_loadu_ps(u + j);
+    const __mmask16 keep =
+        _mm512_cmp_ps_mask(uj, _mm512_i32gather_ps(id, lo, 4), _CMP_LT_OQ);
+    const __mmask16 open =
+        _mm512_mask_cmp_ps_mask(static_cast<__mmask16>(~keep), uj,
+                                _mm512_i32gather_ps(id, hi, 4), _CMP_LT_OQ);
+    _mm512_storeu_ps(mark + j, _mm512_maskz_mov_ps(keep, one));
+    _mm512_mask_compressstoreu_epi32(undecided + listed, open, index);
+    listed += static_cast<size_t>(__builtin_popcount(open));
+    index = _mm512_add_epi32(index, step);
+  }
+  const size_t rest = DecideByBucketScalar(bucket + j, u + j, lo, hi, n - j,
+                                           mark + j, undecided + listed);
+  for (size_t i = listed; i < listed + rest; ++i) {
+    undecided[i] += static_cast<uint32_t>(j);
+  }
+  return listed + rest;
+}
+#endif
+MS_INTRINSICS_END
+
+size_t DecideByBucket(const uint32_t* bucket, const float* u, const float* lo,
+                      const float* hi, size_t n, float* mark,
+                      uint32_t* undecided) {
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+  if (Avx512Kernels()) {
+    return DecideByBucketAvx512(bucket, u, lo, hi, n, mark, undecided);
+  }
+#endif
+  return DecideByBucketScalar(bucket, u, lo, hi, n, mark, undecided);
+}
+
+// words[w] bit i = flag[64w + i] != 0 (flags 0 or 1).
+void FlagsToBitsScalar(const uint8_t* flag, size_t words, uint64_t* out) {
+  for (size_t w = 0; w < words; ++w) {
+    uint64_t m = 0;
+    for (size_t i = 0; i < 64; ++i) {
+      m |= static_cast<uint64_t>(flag[w * 64 + i]) << i;
+    }
+    out[w] = m;
+  }
+}
+
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+__attribute__((target("avx2"))) void FlagsToBitsAvx2(const uint8_t* flag,
+                                                     size_t words,
+                                                     uint64_t* out) {
+  const __m256i zero = _mm256_setzero_si256();
+  for (size_t w = 0; w < words; ++w) {
+    const __m256i a =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(flag + w * 64));
+    const __m256i c = _mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(flag + w * 64 + 32));
+    // movemask of (flag == 0), inverted.
+    const uint32_t lo = ~static_cast<uint32_t>(
+        _mm256_movemask_epi8(_mm256_cmpeq_epi8(a, zero)));
+    const uint32_t hi = ~static_cast<uint32_t>(
+        _mm256_movemask_epi8(_mm256_cmpeq_epi8(c, zero)));
+    out[w] = uint64_t{hi} << 32 | lo;
+  }
+}
+#endif
+
+void FlagsToBits(const uint8_t* flag, size_t words, uint64_t* out) {
+#if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
+  // AVX2 instructions suffice; taken with the AVX-512 kernels.
+  if (Avx512Kernels()) return FlagsToBitsAvx2(flag, words, out);
+#endif
+  FlagsToBitsScalar(flag, words, out);
+}
+
+// RowBuckets is the counting half, shared by RowRanks and RowKeeps: it fills
+// b.key[0] with the keys and, where the bucket pass applies (false: wide or
+// mostly low-bits-set rows, fp32 deltas), b.key[1] with each key's bucket,
+// b.key[2] and b.key[3] with the counts of the row's first and second half,
+// and b.seen with the buckets touched. The halves have counters of their
+// own, interleaved: consecutive keys often share a bucket, and one counter
+// array would make each increment wait on the last. A row's keys span
+// thousands of buckets and touch a few hundred: the counters stay zero
+// between rows (only touched ones are reset) and prefix sums visit the
+// touched buckets only.
+inline __attribute__((always_inline)) bool RowBuckets(const float* __restrict x,
+                                                      size_t n,
+                                                      RankScratch& b) {
+  if (b.key[0].size() < n) b.key[0].resize(n);
+  uint32_t* key = b.key[0].data();
+  uint32_t lo = 0xffff, hi = 0;     // top 16 bits of the non-zero keys
+  size_t nodd = 0;                  // keys with low bits set
+  for (size_t j = 0; j < n; ++j) {  // branchless: it vectorises
+    uint32_t k;
+    const float a = std::fabs(x[j]);
+    std::memcpy(&k, &a, 4);
+    key[j] = k;
+    const uint32_t top = k >> 16;
+    lo = std::min(lo, k != 0 ? top : 0xffffu);
+    hi = std::max(hi, top);
+    nodd += (k & 0xffffu) != 0;
+  }
+  // Bucket 0 holds exact zeros (the smallest keys), then two per top value:
+  // low bits zero, then low bits set.
+  const size_t buckets = hi >= lo ? 2 * size_t{hi - lo} + 3 : 1;
+  if (buckets > 4 * n + 1024 || nodd > n / 4) return false;
+  if (b.key[1].size() < n) b.key[1].resize(n);
+  std::vector<uint32_t>& first = b.key[2];
+  std::vector<uint32_t>& start = b.key[3];  // the second half's
+  if (first.size() < buckets) {
+    first.resize(buckets, 0);
+    start.resize(buckets, 0);
+    b.key[4].resize(buckets, 0);
+    b.bound[0].resize(buckets, 0);
+    b.bound[1].resize(buckets, 0);
+  }
+  const size_t words = (buckets + 63) / 64;
+  if (b.flag.size() < words * 64) b.flag.resize(words * 64, 0);
+  uint32_t* __restrict bucket = b.key[1].data();
+  for (size_t j = 0; j < n; ++j) {
+    const uint32_t k = key[j];
+    bucket[j] = k == 0 ? 0 : (((k >> 16) - lo) << 1 | ((k & 0xffffu) != 0)) + 1;
+  }
+  // A byte per touched bucket, stored (not or-ed into a shared word: each
+  // read-modify-write would wait on the last), then gathered into bits.
+  uint8_t* __restrict flag = b.flag.data();
+  uint32_t* __restrict c0 = first.data();
+  uint32_t* __restrict c1 = start.data();
+  const size_t half = n / 2;
+  for (size_t j = 0; j < half; ++j) {
+    const uint32_t a = bucket[j], c = bucket[half + j];
+    ++c0[a];
+    ++c1[c];
+    flag[a] = 1;
+    flag[c] = 1;
+  }
+  if (n % 2 != 0) {
+    ++c1[bucket[n - 1]];
+    flag[bucket[n - 1]] = 1;
+  }
+  b.seen.resize(words);
+  FlagsToBits(flag, words, b.seen.data());
+  std::memset(flag, 0, words * 64);
+  return true;
+}
+
+// Calls fn(id) for each bucket RowBuckets saw, in increasing order.
+template <typename Fn>
+inline __attribute__((always_inline)) void ForTouched(
+    const std::vector<uint64_t>& seen, Fn&& fn) {
+  for (size_t w = 0; w < seen.size(); ++w) {
+    for (uint64_t m = seen[w]; m != 0; m &= m - 1) {
+      fn(static_cast<uint32_t>(w * 64 + __builtin_ctzll(m)));
+    }
+  }
+}
+
+// DELLA's keep probability of each rank r of a row of cols > 1:
+// p = r/(cols-1)·2ε + (d−ε), in the ATen path's float operations and order,
+// so both agree bitwise. A worker keeps the table until the row length or
+// the expert's parameters change.
+const float* RankProbabilities(int64_t cols, double density, double eps,
+                               RankScratch& b) {
+  if (b.p_cols != cols || b.p_density != density || b.p_eps != eps) {
+    const float span = static_cast<float>(cols - 1);
+    const float width = static_cast<float>(2 * eps);
+    const float low = static_cast<float>(density - eps);
+    b.p.resize(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < cols; ++r) {
+      b.p[static_cast<size_t>(r)] =
+          (static_cast<float>(r) / span) * width + low;
+    }
+    b.p_cols = cols;
+    b.p_density = density;
+    b.p_eps = eps;
+  }
+  return b.p.data();
+}
+
+// Keep marks (1/0: kept where u < p(rank)) of one row of more than one
+// column without the ranks. Each float operation rounds monotonically, so p
+// does not decrease with rank and a key's bucket bounds its p between those
+// of the bucket's first and last rank: u below the first keeps, u at or above
+// the last drops. Only draws in between (a few per row: buckets are small
+// and 2ε/(cols-1) wide per member) need the exact rank, counted over the row.
+// Returns false, marking nothing, where the bucket pass does not apply.
+MS_CPU_DISPATCH bool RowKeeps(const float* __restrict x,
+                              const float* __restrict u, int64_t cols,
+                              const float* __restrict prob, RankScratch& b,
+                              float* __restrict mark) {
+  const size_t n = static_cast<size_t>(cols);
+  if (!RowBuckets(x, n, b)) return false;
+  const uint32_t* key = b.key[0].data();
+  const uint32_t* bucket = b.key[1].data();
+  uint32_t* first = b.key[2].data();
+  uint32_t* start = b.key[3].data();
+  float* lowest = b.bound[0].data();   // p of a bucket's first rank
+  float* highest = b.bound[1].data();  // and of its last
+  uint32_t sum = 0;
+  ForTouched(b.seen, [&](uint32_t id) {
+    const uint32_t size = first[id] + start[id];
+    lowest[id] = prob[sum];
+    highest[id] = prob[sum + size - 1];
+    sum += size;
+    first[id] = start[id] = 0;  // zero again for the next row
+  });
+  if (b.idx.size() < n) b.idx.resize(n);
+  uint32_t* undecided = b.idx.data();
+  const size_t listed =
+      DecideByBucket(bucket, u, lowest, highest, n, mark, undecided);
+  for (size_t i = 0; i < listed; ++i) {
+    const size_t j = undecided[i];
+    // The stable rank: smaller keys anywhere, equal keys before j.
+    const uint32_t k = key[j];
+    uint32_t r = 0;
+    for (size_t i = 0; i < n; ++i) r += key[i] < k;
+    for (size_t i = 0; i < j; ++i) r += key[i] == k;
+    mark[j] = u[j] < prob[r] ? 1.f : 0.f;
+  }
+  return true;
+}
+
+}  // namespace
+
+// One stable counting pass over buckets of (top 16 bits, low 16 bits
+// non-zero) ranks every key whose low bits are zero: its bucket holds only
+// equal keys, so index order is the order. The few keys with low bits set
+// are then ranked by a sort of their own within their buckets. A byte-wise
+// LSD radix sort stalls here: most bytes take a handful of values, and every
+// count of the same bucket waits on the last.
+MS_CPU_DISPATCH void RowRanks(const float* __restrict x, int64_t cols,
+                              RankScratch& b, uint32_t* __restrict rank) {
+  const size_t n = static_cast<size_t>(cols);
+  const bool bucketed = RowBuckets(x, n, b);
+  const uint32_t* key = b.key[0].data();
+  if (bucketed) {
+    if (b.idx.size() < n) b.idx.resize(n);
+    std::vector<uint32_t>& first = b.key[2];
+    std::vector<uint32_t>& start = b.key[3];
+    std::vector<uint32_t>& begins = b.key[4];
+    const uint32_t* bucket = b.key[1].data();
+    uint32_t sum = 0;
+    ForTouched(b.seen, [&](uint32_t id) {
+      const uint32_t a = first[id], c = start[id];
+      begins[id] = sum;
+      first[id] = sum;
+      start[id] = sum + a;
+      sum += a + c;
+    });
+    const size_t half = n / 2;
+    for (size_t j = 0; j < half; ++j) {
+      rank[j] = first[bucket[j]]++;
+      rank[half + j] = start[bucket[half + j]]++;
+    }
+    if (n % 2 != 0) rank[n - 1] = start[bucket[n - 1]]++;
+    // Index order within a bucket: the order, except in the buckets of keys
+    // with low bits set (the even ids from 2), whose members are listed
+    // (`odd`) to re-rank.
+    uint32_t* odd = b.idx.data();
+    const size_t listed = ListLowBitsSet(key, n, odd);
+    // `start` now holds each bucket's end, so [begins[id], start[id]) is
+    // bucket id. Each listed bucket's members, placed by index, are sorted
+    // by key there (few per bucket: insertion), then take those ranks.
+    std::vector<uint32_t>& at = b.at;  // member index by provisional rank
+    if (at.size() < n) at.resize(n);
+    for (size_t i = 0; i < listed; ++i) at[rank[odd[i]]] = odd[i];
+    constexpr uint32_t kDone = ~0u;
+    for (size_t i = 0; i < listed; ++i) {
+      const uint32_t id = bucket[odd[i]];
+      const uint32_t begin = std::exchange(begins[id], kDone);
+      if (begin == kDone) continue;  // sorted at its first member
+      const uint32_t end = start[id];
+      uint32_t* m = at.data() + begin;
+      const uint32_t len = end - begin;
+      if (len <= 32) {
+        for (uint32_t r = 1; r < len; ++r) {
+          const uint32_t v = m[r];
+          uint32_t q = r;
+          for (; q > 0 && key[m[q - 1]] > key[v]; --q) m[q] = m[q - 1];
+          m[q] = v;
+        }
+      } else {
+        std::sort(m, m + len, [key](uint32_t p, uint32_t q) {
+          return key[p] != key[q] ? key[p] < key[q] : p < q;
+        });
+      }
+      for (uint32_t r = 0; r < len; ++r) rank[m[r]] = begin + r;
+    }
+    // The counters go back to zero for the next row.
+    ForTouched(b.seen, [&](uint32_t id) { first[id] = start[id] = 0; });
+    return;
+  }
+  // Wide or mostly low-bits-set rows (fp32 deltas): (key, index) pairs are
+  // unique, so any sort gives the stable order.
+  std::vector<uint64_t>& pairs = b.pairs;
+  pairs.resize(n);
+  for (size_t j = 0; j < n; ++j) pairs[j] = uint64_t{key[j]} << 32 | j;
+  std::sort(pairs.begin(), pairs.end());
+  for (size_t i = 0; i < n; ++i) {
+    rank[static_cast<uint32_t>(pairs[i])] = static_cast<uint32_t>(i);
+  }
+}
+
+MS_CPU_DISPATCH void MarkRankSampled(const float* __restrict tv,
+                                     const float* __restrict u, int64_t cnt,
+                                     int64_t cols, double density, double eps,
+                                     bool inverse, RankScratch& b,
+                                     float* __restrict mark) {
+  const float* prob =
+      cols > 1 ? RankProbabilities(cols, density, eps, b) : nullptr;
+  const float flat = static_cast<float>(density);
+  if (b.rank.size() < static_cast<size_t>(cnt)) {
+    b.rank.resize(static_cast<size_t>(cnt));
+  }
+  uint32_t* rank = b.rank.data();
+  for (int64_t r = 0; r < cnt; r += cols) {
+    // Without 1/p only the keep decision matters.
+    if (!inverse && cols > 1 &&
+        RowKeeps(tv + r, u + r, cols, prob, b, mark + r)) {
+      continue;
+    }
+    RowRanks(tv + r, cols, b, rank + r);
+    for (int64_t j = r; j < r + cols; ++j) {
+      const float p = cols > 1 ? prob[rank[j]] : flat;
+      const bool keep = u[j] < p;
+      mark[j] = keep ? (inverse ? 1.f / p : 1.f) : 0.f;
+    }
+  }
+}
+
+}  // namespace mergeserve
