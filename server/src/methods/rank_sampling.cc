@@ -56,49 +56,78 @@ size_t ListLowBitsSet(const uint32_t* key, size_t n, uint32_t* out) {
   return ListLowBitsSetScalar(key, n, out);
 }
 
-// Marks 1 where u[j] < lo[bucket[j]] (kept whatever its rank in the
-// bucket), else 0, and lists the j with lo <= u[j] < hi[bucket[j]]
-// (undecided); returns how many.
+// A bucket's bounds on p, one 64-bit word: the p of its first rank in the
+// low half, of its last in the high half (one gather fetches both).
+uint64_t PackBounds(float lowest, float highest) {
+  uint32_t l, h;
+  std::memcpy(&l, &lowest, 4);
+  std::memcpy(&h, &highest, 4);
+  return uint64_t{h} << 32 | l;
+}
+
+float Half(uint64_t bounds, int high) {
+  const uint32_t v = static_cast<uint32_t>(bounds >> (32 * high));
+  float f;
+  std::memcpy(&f, &v, 4);
+  return f;
+}
+
+// Marks 1 where u[j] is below the p of its bucket's first rank (kept
+// whatever its rank in the bucket), else 0, and lists the j whose u[j] lies
+// between that and the p of the bucket's last rank (undecided); returns how
+// many.
 size_t DecideByBucketScalar(const uint32_t* bucket, const float* u,
-                            const float* lo, const float* hi, size_t n,
-                            float* mark, uint32_t* undecided) {
+                            const uint64_t* bounds, size_t n, float* mark,
+                            uint32_t* undecided) {
   size_t listed = 0;
   for (size_t j = 0; j < n; ++j) {
-    const uint32_t id = bucket[j];
-    const bool keep = u[j] < lo[id];
+    const uint64_t b = bounds[bucket[j]];
+    const bool keep = u[j] < Half(b, 0);
     mark[j] = keep ? 1.f : 0.f;
     undecided[listed] = static_cast<uint32_t>(j);
-    listed += !keep && u[j] < hi[id];
+    listed += !keep && u[j] < Half(b, 1);
   }
   return listed;
 }
 
 MS_INTRINSICS_BEGIN
 #if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
-// Sixteen at a time: two gathers, two compares and a compressing store (the
-// scalar loop branches on unpredictable draws or does not vectorise).
+// Sixteen at a time: two 8-lane gathers of both bounds, two compares and a
+// compressing store (the scalar loop branches on unpredictable draws or
+// does not vectorise).
 __attribute__((target("avx512f,popcnt"))) size_t DecideByBucketAvx512(
-    const uint32_t* bucket, const float* u, const float* lo, const float* hi,
-    size_t n, float* mark, uint32_t* undecided) {
+    const uint32_t* bucket, const float* u, const uint64_t* bounds, size_t n,
+    float* mark, uint32_t* undecided) {
   const __m512 one = _mm512_set1_ps(1.f);
   __m512i index =
       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i step = _mm512_set1_epi32(16);
+  // Even and odd 32-bit halves of the two gathers' sixteen words.
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20,
+                                          22, 24, 26, 28, 30);
+  const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
   size_t listed = 0, j = 0;
   for (; j + 16 <= n; j += 16) {
     const __m512i id = _mm512_loadu_si512(bucket + j);
+    const __m512i w0 = _mm512_i32gather_epi64(
+        _mm512_castsi512_si256(id), reinterpret_cast<const void*>(bounds), 8);
+    const __m512i w1 =
+        _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(id, 1),
+                               reinterpret_cast<const void*>(bounds), 8);
+    const __m512 lo =
+        _mm512_castsi512_ps(_mm512_permutex2var_epi32(w0, evens, w1));
+    const __m512 hi =
+        _mm512_castsi512_ps(_mm512_permutex2var_epi32(w0, odds, w1));
     const __m512 uj = _mm512_loadu_ps(u + j);
-    const __mmask16 keep =
-        _mm512_cmp_ps_mask(uj, _mm512_i32gather_ps(id, lo, 4), _CMP_LT_OQ);
-    const __mmask16 open =
-        _mm512_mask_cmp_ps_mask(static_cast<__mmask16>(~keep), uj,
-                                _mm512_i32gather_ps(id, hi, 4), _CMP_LT_OQ);
+    const __mmask16 keep = _mm512_cmp_ps_mask(uj, lo, _CMP_LT_OQ);
+    const __mmask16 open = _mm512_mask_cmp_ps_mask(
+        static_cast<__mmask16>(~keep), uj, hi, _CMP_LT_OQ);
     _mm512_storeu_ps(mark + j, _mm512_maskz_mov_ps(keep, one));
     _mm512_mask_compressstoreu_epi32(undecided + listed, open, index);
     listed += static_cast<size_t>(__builtin_popcount(open));
     index = _mm512_add_epi32(index, step);
   }
-  const size_t rest = DecideByBucketScalar(bucket + j, u + j, lo, hi, n - j,
+  const size_t rest = DecideByBucketScalar(bucket + j, u + j, bounds, n - j,
                                            mark + j, undecided + listed);
   for (size_t i = listed; i < listed + rest; ++i) {
     undecided[i] += static_cast<uint32_t>(j);
@@ -108,15 +137,15 @@ __attribute__((target("avx512f,popcnt"))) size_t DecideByBucketAvx512(
 #endif
 MS_INTRINSICS_END
 
-size_t DecideByBucket(const uint32_t* bucket, const float* u, const float* lo,
-                      const float* hi, size_t n, float* mark,
+size_t DecideByBucket(const uint32_t* bucket, const float* u,
+                      const uint64_t* bounds, size_t n, float* mark,
                       uint32_t* undecided) {
 #if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
   if (Avx512Kernels()) {
-    return DecideByBucketAvx512(bucket, u, lo, hi, n, mark, undecided);
+    return DecideByBucketAvx512(bucket, u, bounds, n, mark, undecided);
   }
 #endif
-  return DecideByBucketScalar(bucket, u, lo, hi, n, mark, undecided);
+  return DecideByBucketScalar(bucket, u, bounds, n, mark, undecided);
 }
 
 // words[w] bit i = flag[64w + i] != 0 (flags 0 or 1).
@@ -196,8 +225,7 @@ inline __attribute__((always_inline)) bool RowBuckets(const float* __restrict x,
     first.resize(buckets, 0);
     start.resize(buckets, 0);
     b.key[4].resize(buckets, 0);
-    b.bound[0].resize(buckets, 0);
-    b.bound[1].resize(buckets, 0);
+    b.bounds.resize(buckets, 0);
   }
   const size_t words = (buckets + 63) / 64;
   if (b.flag.size() < words * 64) b.flag.resize(words * 64, 0);
@@ -279,20 +307,17 @@ MS_CPU_DISPATCH bool RowKeeps(const float* __restrict x,
   const uint32_t* bucket = b.key[1].data();
   uint32_t* first = b.key[2].data();
   uint32_t* start = b.key[3].data();
-  float* lowest = b.bound[0].data();   // p of a bucket's first rank
-  float* highest = b.bound[1].data();  // and of its last
+  uint64_t* bounds = b.bounds.data();
   uint32_t sum = 0;
   ForTouched(b.seen, [&](uint32_t id) {
     const uint32_t size = first[id] + start[id];
-    lowest[id] = prob[sum];
-    highest[id] = prob[sum + size - 1];
+    bounds[id] = PackBounds(prob[sum], prob[sum + size - 1]);
     sum += size;
     first[id] = start[id] = 0;  // zero again for the next row
   });
   if (b.idx.size() < n) b.idx.resize(n);
   uint32_t* undecided = b.idx.data();
-  const size_t listed =
-      DecideByBucket(bucket, u, lowest, highest, n, mark, undecided);
+  const size_t listed = DecideByBucket(bucket, u, bounds, n, mark, undecided);
   for (size_t i = 0; i < listed; ++i) {
     const size_t j = undecided[i];
     // The stable rank: smaller keys anywhere, equal keys before j.

@@ -19,11 +19,11 @@ namespace mergeserve {
 // counts (zero between rows) and probabilities, and the table of p by rank.
 struct RankScratch {
   std::vector<uint32_t> key[5], idx, at, rank;
-  std::vector<uint64_t> seen;   // buckets a row touched
-  std::vector<uint8_t> flag;    // the same, a byte each while counting
-  std::vector<float> bound[2];  // p of each bucket's first and last rank
-  std::vector<uint64_t> pairs;  // (key, index) of rows sorted whole
-  std::vector<float> p;         // p by rank for (p_cols, p_density, p_eps)
+  std::vector<uint64_t> seen;    // buckets a row touched
+  std::vector<uint8_t> flag;     // the same, a byte each while counting
+  std::vector<uint64_t> bounds;  // p of each bucket's first and last rank
+  std::vector<uint64_t> pairs;   // (key, index) of rows sorted whole
+  std::vector<float> p;          // p by rank for (p_cols, p_density, p_eps)
   int64_t p_cols = 0;
   double p_density = 0, p_eps = 0;
 };
