@@ -31,16 +31,20 @@ def gib(x):
     return x / (1 << 30)
 
 
-def one_shot(args, mergeserve, cfg, out_dir, threads):
-    """`mergeserve merge` --runs times: the median wall and the largest
-    peak RSS."""
-    walls, rss = [], []
-    for _ in range(args.runs):
-        wall, stdout = run([mergeserve, "merge", cfg, out_dir, "--overwrite",
-                            "--quiet", "--json"] + threads)
-        walls.append(wall)
-        rss.append(json.loads(stdout)["peak_rss_bytes"])
-    return statistics.median(walls), max(rss)
+def round_robin(mergeserve, runs, times, threads):
+    """Each config of `runs` (label -> (cfg, out_dir, walls, peaks)) as a
+    one-shot `mergeserve merge`, `times` times, taken round robin: this VM's
+    speed drifts over minutes, and back-to-back runs of one config would
+    carry the drift into the ratios. Returns (label, median wall, largest
+    peak RSS) rows."""
+    for _ in range(times):
+        for cfg, out_dir, walls, peaks in runs.values():
+            wall, stdout = run([mergeserve, "merge", cfg, out_dir, "--overwrite",
+                                "--quiet", "--json"] + threads)
+            walls.append(wall)
+            peaks.append(json.loads(stdout)["peak_rss_bytes"])
+    return [(label, statistics.median(w), max(p))
+            for label, (_, _, w, p) in runs.items()]
 
 
 def main():
@@ -96,16 +100,7 @@ def main():
         out_dir = os.path.join(args.work, "out_" + str(abs(hash(label))))
         outputs[label] = os.path.join(out_dir, "model.safetensors")
         runs[label] = (cfg, out_dir, [], [])
-    # Round robin over the configs: this VM's speed drifts over minutes, and
-    # back-to-back runs of one config would carry the drift into the ratios.
-    for _ in range(args.runs):
-        for label, (cfg, out_dir, walls, peaks) in runs.items():
-            wall, stdout = run([mergeserve, "merge", cfg, out_dir, "--overwrite",
-                                "--quiet", "--json"] + threads)
-            walls.append(wall)
-            peaks.append(json.loads(stdout)["peak_rss_bytes"])
-    rows = [(label, statistics.median(w), max(p))
-            for label, (_, _, w, p) in runs.items()]
+    rows = round_robin(mergeserve, runs, args.runs, threads)
 
     torch_out = os.path.join(args.work, "torch_out.safetensors")
     walls, rss = [], []
@@ -157,15 +152,14 @@ def methods(args, model, mergeserve, threads):
     """Every task-vector method and model_stock one-shot on the same inputs:
     wall time against TIES's, and peak RSS."""
     base_yaml = open(os.path.join(model, "ties.yaml")).read()
-    rows = []
+    runs = {}  # method -> (cfg, out_dir, walls, peak RSS per run)
     for method in ["task_arithmetic", "ties", "dare_ties", "breadcrumbs", "della",
                    "model_stock"]:
         cfg = os.path.join(model, f"method_{method}.yaml")
         with open(cfg, "w") as f:
             f.write(base_yaml.replace("merge_method: ties", f"merge_method: {method}"))
-        out_dir = os.path.join(args.work, f"out_method_{method}")
-        wall, peak = one_shot(args, mergeserve, cfg, out_dir, threads)
-        rows.append((method, wall, peak))
+        runs[method] = (cfg, os.path.join(args.work, f"out_method_{method}"), [], [])
+    rows = round_robin(mergeserve, runs, args.runs, threads)
     ties = dict((m, w) for m, w, _ in rows)["ties"]
     print(f"\nEvery method one-shot on the same 4 experts (density 0.2 where it "
           f"applies), medians of {args.runs}:")
