@@ -17,12 +17,15 @@ namespace mergeserve::testing {
 namespace fs = std::filesystem;
 
 void ForEachKernelSet(const std::function<void(bool portable)>& fn) {
+  // The CPU's kernels again afterwards, even if fn throws.
+  struct Restore {
+    ~Restore() { SetPortableKernelsForTest(false); }
+  } restore;
   for (bool portable : {false, true}) {
     SetPortableKernelsForTest(portable);
     SCOPED_TRACE(portable ? "portable loops" : "the CPU's kernels");
     fn(portable);
   }
-  SetPortableKernelsForTest(false);
 }
 
 std::string TempDir(const std::string& name) {

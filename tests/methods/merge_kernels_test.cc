@@ -83,7 +83,11 @@ TEST(MergeKernelsTest, KeptBitsRoundTrip) {
     std::vector<float> mark(static_cast<size_t>(n)), tv(mark.size());
     for (size_t j = 0; j < mark.size(); ++j) {
       mark[j] = rng() % 3 == 0 ? 0.f : 1.f;
-      tv[j] = -1.f - static_cast<float>(j);
+      // Every other length: magnitudes 2^60 apart with all mantissa bits,
+      // whose L1 sums round (MaskAndNorms' in-order loop, not its lanes).
+      tv[j] = n % 2 == 0 ? -1.f - static_cast<float>(j)
+                         : -std::ldexp(1.f + std::ldexp(float(j % 97), -23),
+                                       j % 2 == 0 ? 20 : -40);
     }
     std::vector<uint64_t> bits(static_cast<size_t>((n + 63) / 64), ~0ull);
     BitsFromMark(mark.data(), n, bits.data());

@@ -115,7 +115,9 @@ TEST(RankSamplingTest, MarksEqualThoseOfTheExactRanks) {
     std::uniform_real_distribution<float> uniform(0.f, 1.f);
     RankScratch scratch;
     int64_t kept = 0, dropped = 0;
-    for (int64_t cols : {int64_t{1}, int64_t{2}, int64_t{64}, int64_t{1024}}) {
+    // Odd and non-multiple-of-16 lengths reach the kernels' scalar tails.
+    for (int64_t cols : {int64_t{1}, int64_t{2}, int64_t{33}, int64_t{64},
+                         int64_t{1000}, int64_t{1024}}) {
       for (const auto& [name, row] : Rows(rng, static_cast<size_t>(cols))) {
         // Three rows per chunk, the same row shape with its own draws.
         std::vector<float> x;

@@ -182,7 +182,8 @@ __attribute__((target("avx2"))) void FlagsToBitsAvx2(const uint8_t* flag,
 void FlagsToBits(const uint8_t* flag, size_t words, uint64_t* out) {
 #if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
   // AVX2 instructions suffice; taken with the AVX-512 kernels.
-  if (Avx512Kernels()) return FlagsToBitsAvx2(flag, words, out);
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2 && Avx512Kernels()) return FlagsToBitsAvx2(flag, words, out);
 #endif
   FlagsToBitsScalar(flag, words, out);
 }
@@ -296,7 +297,11 @@ const float* RankProbabilities(int64_t cols, double density, double eps,
 // of the bucket's first and last rank: u below the first keeps, u at or above
 // the last drops. Only draws in between (a few per row: buckets are small
 // and 2ε/(cols-1) wide per member) need the exact rank, counted over the row.
-// Returns false, marking nothing, where the bucket pass does not apply.
+// Returns false where the bucket pass does not apply, or where more than
+// kMaxUndecided draws are undecided (a row of many equal keys, e.g. a tensor
+// the fine-tune left alone: counting over the row for each would be
+// quadratic); the caller then ranks the row.
+constexpr size_t kMaxUndecided = 16;
 MS_CPU_DISPATCH bool RowKeeps(const float* __restrict x,
                               const float* __restrict u, int64_t cols,
                               const float* __restrict prob, RankScratch& b,
@@ -318,6 +323,7 @@ MS_CPU_DISPATCH bool RowKeeps(const float* __restrict x,
   if (b.idx.size() < n) b.idx.resize(n);
   uint32_t* undecided = b.idx.data();
   const size_t listed = DecideByBucket(bucket, u, bounds, n, mark, undecided);
+  if (listed > kMaxUndecided) return false;
   for (size_t i = 0; i < listed; ++i) {
     const size_t j = undecided[i];
     // The stable rank: smaller keys anywhere, equal keys before j.
