@@ -52,6 +52,13 @@ std::vector<std::pair<std::string, std::vector<float>>> Rows(std::mt19937& rng,
     if (j % 50 == 3) x[j] = -(0.02f + 1e-9f * static_cast<float>(j % 3));
   }
   rows.emplace_back("bf16_with_low_bits", x);
+  // A fifth with low bits set (under the bucket pass's quarter), crowded
+  // into one bucket: too many of its draws undecided to count one by one,
+  // so the row is ranked whole.
+  for (size_t j = 0; j < n; j += 5) {
+    x[j] = 0.01f + 1e-9f * static_cast<float>(j % 13);
+  }
+  rows.emplace_back("crowded_low_bits", x);
   // Many exact zeros and repeated values of both signs: ties by index.
   for (size_t j = 0; j < n; ++j) {
     x[j] = j % 3 == 0 ? 0.f : (j % 2 == 0 ? 0.5f : -0.5f) * (j % 5 == 0);

@@ -297,10 +297,12 @@ const float* RankProbabilities(int64_t cols, double density, double eps,
 // of the bucket's first and last rank: u below the first keeps, u at or above
 // the last drops. Only draws in between (a few per row: buckets are small
 // and 2ε/(cols-1) wide per member) need the exact rank, counted over the row.
+// A row with many undecided draws (one of many equal keys, e.g. in a tensor
+// the fine-tune left alone) places its equal keys in index order instead,
+// as RowRanks does: counting over the row for each draw would be quadratic.
 // Returns false where the bucket pass does not apply, or where more than
-// kMaxUndecided draws are undecided (a row of many equal keys, e.g. a tensor
-// the fine-tune left alone: counting over the row for each would be
-// quadratic); the caller then ranks the row.
+// kMaxUndecided draws of keys with low bits set are undecided; the caller
+// then ranks the row.
 constexpr size_t kMaxUndecided = 16;
 MS_CPU_DISPATCH bool RowKeeps(const float* __restrict x,
                               const float* __restrict u, int64_t cols,
@@ -322,8 +324,38 @@ MS_CPU_DISPATCH bool RowKeeps(const float* __restrict x,
   });
   if (b.idx.size() < n) b.idx.resize(n);
   uint32_t* undecided = b.idx.data();
-  const size_t listed = DecideByBucket(bucket, u, bounds, n, mark, undecided);
-  if (listed > kMaxUndecided) return false;
+  size_t listed = DecideByBucket(bucket, u, bounds, n, mark, undecided);
+  // Bucket 0 (zeros) and the odd ids hold equal keys only.
+  auto equal_keys = [](uint32_t id) { return id == 0 || (id & 1) != 0; };
+  if (listed > kMaxUndecided) {
+    size_t others = 0;
+    for (size_t i = 0; i < listed; ++i) {
+      const uint32_t j = undecided[i];
+      if (equal_keys(bucket[j])) {
+        mark[j] = 2.f;  // decided below, at its place
+      } else {
+        undecided[others++] = j;
+      }
+    }
+    if (others > kMaxUndecided) return false;
+    listed = others;
+    // The buckets' starts again (kept only on this rare path), then each
+    // equal key's rank is its bucket's start plus its place in index order.
+    for (size_t j = 0; j < n; ++j) ++first[bucket[j]];
+    uint32_t at = 0;
+    ForTouched(b.seen, [&](uint32_t id) {
+      const uint32_t size = first[id];
+      first[id] = at;
+      at += size;
+    });
+    for (size_t j = 0; j < n; ++j) {
+      const uint32_t id = bucket[j];
+      if (!equal_keys(id)) continue;
+      const uint32_t r = first[id]++;
+      if (mark[j] == 2.f) mark[j] = u[j] < prob[r] ? 1.f : 0.f;
+    }
+    ForTouched(b.seen, [&](uint32_t id) { first[id] = 0; });
+  }
   for (size_t i = 0; i < listed; ++i) {
     const size_t j = undecided[i];
     // The stable rank: smaller keys anywhere, equal keys before j.
