@@ -1,11 +1,11 @@
 #include "methods/abs_sum.h"
 
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "mergeserve/format/dtype.h"
 
 namespace mergeserve {
 namespace {
@@ -27,13 +27,7 @@ double ReverseAbsSum(const std::vector<float>& x) {
 TEST(AbsSumTest, Bf16DeltasSumExactlyInAnyOrder) {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.f, 0.02f);
-  auto bf16 = [](float v) {
-    uint32_t k;
-    std::memcpy(&k, &v, 4);
-    k &= 0xffff0000u;
-    std::memcpy(&v, &k, 4);
-    return v;
-  };
+  auto bf16 = [](float v) { return Bf16ToF32(F32ToBf16(v)); };
   std::vector<float> x(16384 + 5);
   for (auto& v : x) {
     const float base = bf16(normal(rng));

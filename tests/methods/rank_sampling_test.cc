@@ -2,23 +2,17 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "mergeserve/format/dtype.h"
 #include "test_util.h"
 
 namespace mergeserve {
 namespace {
-
-float FromBits(uint32_t k) {
-  float f;
-  std::memcpy(&f, &k, 4);
-  return f;
-}
 
 // torch.sort(stable=True) of |x|, scattered back: the ranks DELLA uses.
 std::vector<uint32_t> StableRanks(const std::vector<float>& x) {
@@ -37,11 +31,8 @@ std::vector<std::pair<std::string, std::vector<float>>> Rows(std::mt19937& rng,
                                                              size_t n) {
   std::normal_distribution<float> normal(0.f, 0.01f);
   std::vector<std::pair<std::string, std::vector<float>>> rows;
-  auto bf16 = [](float v) {  // the low 16 bits cleared, as bf16 deltas are
-    uint32_t k;
-    std::memcpy(&k, &v, 4);
-    return FromBits(k & 0xffff0000u);
-  };
+  // Rounded to bf16: the low 16 bits zero, as in bf16 deltas.
+  auto bf16 = [](float v) { return Bf16ToF32(F32ToBf16(v)); };
   std::vector<float> x(n);
   for (auto& v : x) v = bf16(normal(rng));
   rows.emplace_back("bf16", x);

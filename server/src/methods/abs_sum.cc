@@ -7,23 +7,6 @@
 #include "mergeserve/base/cpu_dispatch.h"
 
 namespace mergeserve {
-namespace {
-
-// Σ|x| in sixteen double lanes: the index-order sum where AbsSumIsExact.
-MS_CPU_DISPATCH double LaneAbsSum(const float* __restrict x, int64_t n) {
-  double lane[16] = {};
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    for (int i = 0; i < 16; ++i) lane[i] += std::fabs(x[j + i]);
-  }
-  double s = 0;
-  for (; j < n; ++j) s += std::fabs(x[j]);
-  for (double v : lane) s += v;
-  return s;
-}
-
-}  // namespace
-
 // Whether summing |x| into a double makes no rounding error, whatever the
 // order. Every |x[j]| is a multiple of 2^q, q the lowest bit its exponent
 // and mantissa allow (a float whose low 16 bits are zero, as bf16 deltas
@@ -54,8 +37,20 @@ MS_CPU_DISPATCH bool AbsSumIsExact(const float* __restrict x, int64_t n) {
   return log2n + emax + 1 + 23 <= int64_t{lsb} + 53;
 }
 
+MS_CPU_DISPATCH double AbsSumInLanes(const float* __restrict x, int64_t n) {
+  double lane[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    for (int i = 0; i < 16; ++i) lane[i] += std::fabs(x[j + i]);
+  }
+  double s = 0;
+  for (; j < n; ++j) s += std::fabs(x[j]);
+  for (double v : lane) s += v;
+  return s;
+}
+
 double IndexOrderAbsSum(const float* x, int64_t n) {
-  if (AbsSumIsExact(x, n)) return LaneAbsSum(x, n);
+  if (AbsSumIsExact(x, n)) return AbsSumInLanes(x, n);
   double s = 0;
   for (int64_t j = 0; j < n; ++j) s += std::fabs(x[j]);
   return s;

@@ -16,6 +16,10 @@ double IndexOrderAbsSum(const float* x, int64_t n);
 // (a sufficient condition: false can also mean merely unproven).
 bool AbsSumIsExact(const float* x, int64_t n);
 
+// Σ|x[j]| in sixteen double lanes: IndexOrderAbsSum's bits where
+// AbsSumIsExact holds (for a caller that has checked it already).
+double AbsSumInLanes(const float* x, int64_t n);
+
 }  // namespace mergeserve
 
 #endif  // MERGESERVE_METHODS_ABS_SUM_H_

@@ -132,7 +132,7 @@ MS_CPU_DISPATCH void MaskAndNorms(float* __restrict tv,
                                   const float* __restrict mark, int64_t n,
                                   double* all, double* kept) {
   if (AbsSumIsExact(tv, n)) {
-    *all = IndexOrderAbsSum(tv, n);
+    *all = AbsSumInLanes(tv, n);
     for (int64_t j = 0; j < n; ++j) tv[j] *= mark[j];
     *kept = IndexOrderAbsSum(tv, n);
     return;
