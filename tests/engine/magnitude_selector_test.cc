@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 
@@ -163,7 +164,8 @@ TEST(SelectorPassesTest, ResolvesFromTheFirstPassWhereItIsExact) {
 
 // Over several tensors the first pass counts each tensor's ties, so the
 // tensors before the one where the kept ties run out keep all of theirs
-// (kAllTies) and those after none, without being read again.
+// (kAllTies) and those after none, without being read again; with
+// ties_in_pass, that one is left to the caller's pass.
 TEST(SelectorPassesTest, TiesOverSeveralTensorsAreCountedWhereTheyRunOut) {
   const std::string dir = TempDir("sel_tensors");
   // Every |τ| is 1 or 0.5: four tensors of 5000, a third of each at 1.
@@ -210,7 +212,62 @@ TEST(SelectorPassesTest, TiesOverSeveralTensorsAreCountedWhereTheyRunOut) {
                      [](int64_t c) { return c != kAllTies; });
     EXPECT_EQ(first_counted - got.chunk_keep.begin(), cut * 5) << "k=" << k;
     EXPECT_GT(cut, k == 500 || k == ones + 100 ? -1 : 1) << "k=" << k;
+
+    // With ties_in_pass the tensor where they run out is left to the
+    // caller: its chunks are kCountInPass and tensor_keep is what they
+    // keep together; every other chunk is as above.
+    auto in_pass = selector.Select(domain, {{0, k, true, true}});
+    ASSERT_TRUE(in_pass.ok()) << in_pass.status();
+    const SelectionResult& lazy = (*in_pass)[0];
+    EXPECT_EQ(lazy.value, got.value);
+    ASSERT_EQ(lazy.chunk_keep.size(), got.chunk_keep.size());
+    int64_t in_tensor = 0;
+    for (size_t c = 0; c < got.chunk_keep.size(); ++c) {
+      if (static_cast<int64_t>(c) / 5 == cut) {
+        EXPECT_EQ(lazy.chunk_keep[c], kCountInPass) << "k=" << k << " c=" << c;
+        in_tensor += got.chunk_keep[c];
+      } else {
+        EXPECT_EQ(lazy.chunk_keep[c], got.chunk_keep[c])
+            << "k=" << k << " c=" << c;
+      }
+    }
+    EXPECT_EQ(lazy.tensor_keep, in_tensor) << "k=" << k;
+    EXPECT_GT(lazy.tensor_keep, 0) << "k=" << k;
   }
+}
+
+// Each tensor's counts are kept sparse: |τ| from exact zeros up to 1 spans
+// some 16,000 top-16-bit values per tensor, and 300 such tensors kept
+// densely would pass the bound on kept counts, so every tensor would be read
+// again to count its ties.
+TEST(SelectorPassesTest, ManyTensorsWithZerosStillLocateTheTieTensor) {
+  const std::string dir = TempDir("sel_many");
+  testing::TestModel base, expert;
+  const std::vector<float> tau = {1, 0, 1, 0.5f, 0, -1, 0.25f, 0};
+  for (int t = 0; t < 300; ++t) {
+    char name[8];
+    std::snprintf(name, sizeof(name), "t%03d", t);
+    base[name] = {{8}, std::vector<float>(8, 0.f)};
+    expert[name] = {{8}, tau};
+  }
+  std::unique_ptr<MergePlan> plan = PlanFor(dir, base, expert);
+  ASSERT_NE(plan, nullptr);
+  std::vector<const PlannedTensor*> domain;
+  for (const auto& t : plan->tensors()) domain.push_back(&t);
+  ASSERT_EQ(domain.size(), 300u);
+  ThreadPool pool(2);
+  MagnitudeSelector selector(*plan, pool, 1024);
+  // Three entries of |τ| = 1 per tensor: the kept ones run out in t150.
+  auto r = selector.Select(domain, {{0, 3 * 150 + 2, true, true}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  const SelectionResult& got = (*r)[0];
+  EXPECT_EQ(got.value, 1.f);
+  ASSERT_EQ(got.chunk_keep.size(), 300u);  // one chunk per tensor
+  for (size_t c = 0; c < 300; ++c) {
+    const int64_t want = c < 150 ? kAllTies : (c == 150 ? kCountInPass : 0);
+    EXPECT_EQ(got.chunk_keep[c], want) << "tensor " << c;
+  }
+  EXPECT_EQ(got.tensor_keep, 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(ChunkSizes, SelectorTest,

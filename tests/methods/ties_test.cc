@@ -213,6 +213,67 @@ TEST(TiesTest, ModelScopeExactTiesBreakByFlatIndexAcrossTensors) {
   EXPECT_THAT((*out)["b"], ElementsAre(0, 0, 5));
 }
 
+// A whole-model trim whose kept ties run out in the first, middle or last
+// tensor: the merge pass of that tensor counts its ties chunk by chunk
+// (both workers), those before keep all and those after none; the result
+// keeps the first ties in flat order over the whole model, on both backends.
+TEST(TiesTest, ModelScopeExactTiesRunOutInAnyTensor) {
+  const int64_t n = 100000;  // per tensor: 7 chunks of 16K
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const std::string dir = TempDir("scope_ties_chunks");
+    std::mt19937 rng(7);
+    testing::TestModel base, expert;
+    std::vector<float> flat;  // τ over the whole model, in flat order
+    int64_t twos = 0;
+    for (int t = 0; t < 3; ++t) {
+      std::vector<float> tau(static_cast<size_t>(n));
+      for (auto& x : tau) {
+        const uint32_t r = rng() % 10;
+        x = r == 0 ? 2.f : (r < 6 ? 1.f : 0.5f);  // 10% 2s, 50% 1s
+        twos += x == 2.f;
+        if (rng() & 1) x = -x;
+      }
+      flat.insert(flat.end(), tau.begin(), tau.end());
+      const std::string name = "t" + std::to_string(t);
+      base[name] = {
+          {n}, std::vector<float>(static_cast<size_t>(n), 0.f), dtype};
+      expert[name] = {{n}, tau, dtype};
+    }
+    testing::WriteModel(dir + "/base", base);
+    testing::WriteModel(dir + "/e0", expert);
+    // The ties at |τ| = 1 run out in t0, t1 and t2 (about 50K per tensor).
+    for (double density : {0.25, 0.375, 0.5625}) {  // exact in binary
+      const int64_t keep = static_cast<int64_t>(density * 3 * n);
+      // The fused passes, and ATen (a cumulative count of the tensor's ties).
+      auto both = testing::MergeOnBothBackends(
+          dir, Config(1, "density: " + std::to_string(density),
+                      "trim_scope: model, keep: exact"));
+      ASSERT_TRUE(both.ok()) << both.status();
+      for (const auto* out : {&both->first, &both->second}) {
+        const char* backend = out == &both->first ? "fused" : "aten";
+        int64_t left = keep - twos;  // ties to keep, first in flat order
+        for (int t = 0; t < 3; ++t) {
+          const auto& got = out->at("t" + std::to_string(t));
+          ASSERT_EQ(got.size(), static_cast<size_t>(n));
+          for (int64_t i = 0; i < n; ++i) {
+            const float x = flat[static_cast<size_t>(t * n + i)];
+            const float a = std::fabs(x);
+            bool kept = a == 2.f;
+            if (a == 1.f && left > 0) {
+              kept = true;
+              --left;
+            }
+            ASSERT_EQ(got[static_cast<size_t>(i)], kept ? x : 0.f)
+                << backend << ", density " << density << ", tensor t" << t
+                << ", element " << i;
+          }
+        }
+        EXPECT_EQ(left, 0) << backend;
+      }
+    }
+  }
+}
+
 TEST(TiesTest, NanInputIsAClearError) {
   // f32, and bf16 (whose selection converts, checks and bins in one loop),
   // with both keep modes.

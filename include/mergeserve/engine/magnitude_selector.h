@@ -30,10 +30,21 @@ struct SelectionQuery {
   int64_t k;
   // Wants SelectionResult::chunk_keep (ties broken by index).
   bool ties_per_chunk = false;
+  // With ties_per_chunk, over several tensors: the caller's own pass counts
+  // the ties of the one tensor where the kept ties run out (a TieLedger in
+  // the merge pass), so that tensor is not read again to count them. Its
+  // chunks are kCountInPass and SelectionResult::tensor_keep says how many
+  // of its ties to keep. Applies where pass 1 alone finds the value and the
+  // tensor (nearly always for bf16 task vectors); otherwise chunk_keep is
+  // counted as without it.
+  bool ties_in_pass = false;
 };
 
 // In SelectionResult::chunk_keep: every entry == value in the chunk.
 constexpr int64_t kAllTies = INT64_MAX;
+// In SelectionResult::chunk_keep: the caller counts this chunk's ties
+// (SelectionQuery::ties_in_pass).
+constexpr int64_t kCountInPass = INT64_MAX - 1;
 
 struct SelectionResult {
   float value = 0;            // the k-th largest magnitude
@@ -45,6 +56,9 @@ struct SelectionResult {
   // how many of its entries == value are among the k largest, which keep
   // the first k - count_greater of them in flat order (kAllTies: all).
   std::vector<int64_t> chunk_keep;
+  // Where chunk_keep has kCountInPass: the first tensor_keep entries ==
+  // value of that tensor, in flat order, are kept.
+  int64_t tensor_keep = 0;
 };
 
 // A fixed chunking of a list of tensors, in domain (flat) order.

@@ -147,15 +147,20 @@ MS_CPU_DISPATCH int64_t CountEqual(const uint32_t* __restrict bits, int64_t n,
   return count;
 }
 
-// One tensor's counts of the zero-low bins 2b, for b from `first`.
+// One tensor's nonzero counts of the zero-low bins 2b, by b ascending.
+// Sparse: a tensor's |τ| touch a few thousand top-16-bit values, but from
+// 0 (exact zeros) up, a range of some 30,000.
 struct TensorBins {
-  size_t first = 0;
-  std::vector<uint32_t> zero_low;
+  std::vector<uint32_t> bin;
+  std::vector<uint32_t> count;
   int64_t at(uint32_t b) const {
-    return b >= first && b - first < zero_low.size() ? zero_low[b - first] : 0;
+    const auto it = std::lower_bound(bin.begin(), bin.end(), b);
+    return it != bin.end() && *it == b
+               ? count[static_cast<size_t>(it - bin.begin())]
+               : 0;
   }
 };
-// At most this many per-tensor counts (4 bytes each) in all.
+// At most this many per-tensor counts (8 bytes each) in all.
 constexpr size_t kMaxTensorBins = size_t{4} << 20;
 
 // Turns each tie-breaking query's counts of ties per chunk into ties kept:
@@ -169,6 +174,15 @@ std::vector<SelectionResult> KeepFirstTies(
     if (!queries[q].ties_per_chunk) continue;
     SelectionResult& r = results[q];
     int64_t left = queries[q].k - r.count_greater - tie_before[q];
+    if (queries[q].ties_in_pass && tie_tensor[q] >= 0) {
+      // Those before keep all (kAllTies), those after none; the caller
+      // counts the one in between.
+      r.tensor_keep = left;
+      for (size_t ci = 0; ci < chunks.size(); ++ci) {
+        if (chunks[ci].tensor == tie_tensor[q]) r.chunk_keep[ci] = kCountInPass;
+      }
+      continue;
+    }
     for (size_t ci = 0; ci < chunks.size(); ++ci) {
       int64_t& keep = r.chunk_keep[ci];
       if (keep == kAllTies) {  // a whole tensor before the one counted
@@ -202,7 +216,7 @@ int64_t MagnitudeSelector::MemoryBound(int64_t models, int workers,
   // Results: a tie count per chunk per query; and, over several tensors,
   // each tensor's zero-low counts (all models together).
   return models * (pass1 + 2 * per_slot + 2 * chunks * 8) +
-         static_cast<int64_t>(kMaxTensorBins) * 4;
+         static_cast<int64_t>(kMaxTensorBins) * 8;
 }
 
 std::vector<DomainChunk> ChunkDomain(
@@ -274,6 +288,7 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
                   [](const SelectionQuery& q) { return q.ties_per_chunk; });
   std::vector<std::vector<TensorBins>> tensor_bins(nm);
   size_t tensor_bins_size = 0;
+  std::vector<uint32_t> dense;
   // Per-worker uint32 counts are flushed into uint64 totals after each tensor
   // (a tensor has < 2^32 entries).
   MS_RETURN_IF_ERROR(ForEachChunk(
@@ -317,7 +332,9 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
       scratch,
       [&] {
         for (size_t m = 0; m < nm; ++m) {
-          TensorBins* snap = nullptr;
+          // This tensor's zero-low counts, summed over the workers in
+          // `dense` (b - first), then kept sparse.
+          size_t first = 0;
           if (per_tensor) {
             size_t lo = kBins1, hi_bin = 0;
             for (int w = 0; w < workers; ++w) {
@@ -326,12 +343,8 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
               lo = std::min(lo, h.lo());
               hi_bin = std::max(hi_bin, h.hi());
             }
-            snap = &tensor_bins[m].emplace_back();
-            if (lo < hi_bin) {
-              snap->first = lo >> 1;
-              snap->zero_low.assign(((hi_bin + 1) >> 1) - snap->first, 0);
-              tensor_bins_size += snap->zero_low.size();
-            }
+            first = lo >> 1;
+            dense.assign(lo < hi_bin ? ((hi_bin + 1) >> 1) - first : 0, 0);
           }
           for (int w = 0; w < workers; ++w) {
             BinRange<uint32_t>& h = hist[static_cast<size_t>(w) * nm + m];
@@ -343,11 +356,20 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
             uint64_t* o = out.copy(0);
             for (size_t b = h.lo(); b < h.hi(); ++b) {
               o[b] += uint64_t{h0[b]} + h1[b];
-              if (snap != nullptr && (b & 1) == 0) {
-                snap->zero_low[(b >> 1) - snap->first] += h0[b] + h1[b];
+              if (per_tensor && (b & 1) == 0) {
+                dense[(b >> 1) - first] += h0[b] + h1[b];
               }
               h0[b] = h1[b] = 0;
             }
+          }
+          if (per_tensor) {
+            TensorBins& snap = tensor_bins[m].emplace_back();
+            for (size_t i = 0; i < dense.size(); ++i) {
+              if (dense[i] == 0) continue;
+              snap.bin.push_back(static_cast<uint32_t>(first + i));
+              snap.count.push_back(dense[i]);
+            }
+            tensor_bins_size += snap.bin.size();
           }
         }
         if (per_tensor && tensor_bins_size > kMaxTensorBins) {
@@ -420,7 +442,8 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
     }
     tie_tensor[q] = static_cast<int>(t);
     tie_before[q] = before;
-    visit[t] = true;
+    // The caller counts them in its own pass over that tensor.
+    if (!queries[q].ties_in_pass) visit[t] = true;
     for (size_t ci = 0; ci < chunks.size(); ++ci) {
       if (static_cast<size_t>(chunks[ci].tensor) < t)
         r.chunk_keep[ci] = kAllTies;
@@ -437,6 +460,7 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   for (size_t q = 0; q < queries.size(); ++q) {
     const size_t m = slot[queries[q].model];
     if (bucket[q].resolved && !queries[q].ties_per_chunk) continue;
+    if (tie_tensor[q] >= 0 && queries[q].ties_in_pass) continue;
     if (wanted[m].empty() && counted[m].empty()) {
       models2.push_back(queries[q].model);
     }

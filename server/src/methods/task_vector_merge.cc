@@ -19,6 +19,7 @@
 #include "mergeserve/engine/magnitude_selector.h"
 #include "methods/abs_sum.h"
 #include "methods/merge_kernels.h"
+#include "methods/model_trim.h"
 #include "methods/rank_sampling.h"
 #include "methods/tie_ledger.h"
 
@@ -40,12 +41,6 @@ absl::StatusOr<E> Choose(const MergePlan& plan, const std::string& key,
       "parameter '", key, "': unknown value '", v, "' (", known, ")"));
 }
 
-int64_t FloorCount(double fraction, int64_t n) {
-  if (fraction <= 0) return 0;
-  if (fraction >= 1) return n;
-  return static_cast<int64_t>(std::floor(fraction * static_cast<double>(n)));
-}
-
 // Chunk-local scratch of one worker.
 struct Buffers {
   std::vector<float> base, tv, rnd, mask, sum, acc, den, out;
@@ -64,9 +59,8 @@ struct Buffers {
   }
 };
 
-// Cached per-expert selections: every tensor's set (model scope), or one
-// tensor's keep and drop sets (tensor scope).
-using PerTensorSets = std::map<std::string, TopSet>;
+// Cached per-expert selections of one tensor: its keep and drop sets
+// (tensor scope; model scope's are in model_trim.cc).
 struct CachedTrim {
   TopSet keep, drop;
 };
@@ -121,6 +115,24 @@ DiagnosticSums ChunkDiagnostics(const Buffers& b, size_t n, int64_t chunk,
 }
 
 }  // namespace
+
+int64_t FloorCount(double fraction, int64_t n) {
+  if (fraction <= 0) return 0;
+  if (fraction >= 1) return n;
+  return static_cast<int64_t>(std::floor(fraction * static_cast<double>(n)));
+}
+
+std::string TrimCacheKey(const ExecContext& ctx, const TaskVectorOptions& o,
+                         const char* kind, int model, const std::string& tensor,
+                         int64_t keep, int64_t drop) {
+  // Everything a selection depends on: the inputs' content, the tensor, the
+  // counts, how ties are kept and the chunking of tie lists.
+  return absl::StrCat(kind, "|", ctx.base_digest, "|",
+                      ctx.model_digests[static_cast<size_t>(model)], "|",
+                      tensor, "|", keep, "|", drop, "|",
+                      static_cast<int>(o.keep), "|",
+                      static_cast<int>(o.sparsify), "|", ctx.chunk_elems);
+}
 
 TrimCounts ComputeTrimCounts(const TaskVectorOptions& o, double density,
                              double gamma, int64_t numel) {
@@ -268,122 +280,21 @@ absl::Status TaskVectorMerge::Prepare(const MergePlan& plan, ExecContext& ctx) {
   if (opts_.scope != TrimScope::kModel) return absl::OkStatus();
 
   // trim_scope: model — one selection over each expert's whole task vector.
-  std::vector<const PlannedTensor*> domain;
-  for (const PlannedTensor& t : plan.tensors()) {
-    if (t.merge) domain.push_back(&t);
-  }
-  int64_t total = 0;
-  for (const PlannedTensor* t : domain) total += t->numel;
-  MagnitudeSelector selector(plan, *ctx.pool, ctx.chunk_elems, ctx.staging);
-  std::vector<SelectionQuery> queries;
-  std::vector<TopSet> sets(experts_.size());
-  std::vector<int64_t> wanted(experts_.size(), 0);
-  std::vector<std::string> keys(experts_.size());
-  std::vector<std::shared_ptr<const PerTensorSets>> cached(experts_.size());
-  for (size_t k = 0; k < experts_.size(); ++k) {
-    const int m = experts_[k];
-    double density = 1;
-    for (size_t i = 0; i < domain.size(); ++i) {
-      MS_ASSIGN_OR_RETURN(double d, plan.Number("density", m, *domain[i],
-                                                kind_.default_density));
-      if (i > 0 && d != density) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "trim_scope: model needs one density per model; model '",
-            plan.models()[static_cast<size_t>(m)].ref,
-            "' has a gradient or filter list"));
-      }
-      density = d;
-    }
-    int64_t keep = FloorCount(density, total);
-    if (opts_.keep == KeepMode::kPaper && density > 0 && density < 1) ++keep;
-    wanted[k] = keep;
-    if (density <= 0 || keep == 0) {
-      sets[k].kind = TopSet::kNone;
-    } else if (density >= 1 || keep >= total) {
-      sets[k].kind = TopSet::kAll;
-    } else {
-      sets[k].kind = TopSet::kThreshold;
-      if (ctx.cache != nullptr) {
-        keys[k] = CacheKey(ctx, "model-trim", m, "", keep, 0);
-        cached[k] = ctx.cache->GetAs<PerTensorSets>(keys[k]);
-      }
-      // Exact keep breaks ties by index: the selector records them per chunk.
-      if (cached[k] == nullptr) {
-        queries.push_back({m, keep, opts_.keep == KeepMode::kExact});
-      }
-    }
-  }
-  MS_ASSIGN_OR_RETURN(auto results, selector.Select(domain, queries));
-  size_t q = 0;
-  std::vector<std::vector<int64_t>> chunk_ties(experts_.size());
-  for (size_t k = 0; k < experts_.size(); ++k) {
-    if (sets[k].kind != TopSet::kThreshold || cached[k] != nullptr) continue;
-    const SelectionResult& r = results[q++];
-    sets[k].value = r.value;
-    const int64_t need = wanted[k] - r.count_greater;
-    sets[k].all_ties =
-        opts_.keep != KeepMode::kExact || need >= r.count_equal || r.value == 0;
-    if (!sets[k].all_ties) chunk_ties[k] = r.chunk_keep;
-  }
-  // Split into per-tensor sets (chunk order matches ChunkDomain), from the
-  // cache where it had them.
-  std::vector<std::shared_ptr<PerTensorSets>> fresh(experts_.size());
-  for (size_t k = 0; k < experts_.size(); ++k) {
-    if (sets[k].kind == TopSet::kThreshold && cached[k] == nullptr) {
-      fresh[k] = std::make_shared<PerTensorSets>();
-    }
-  }
-  size_t chunk_base = 0;
-  for (const PlannedTensor* t : domain) {
-    const size_t nchunks =
-        static_cast<size_t>((t->numel + ctx.chunk_elems - 1) / ctx.chunk_elems);
-    std::vector<TopSet> per(experts_.size());
-    for (size_t k = 0; k < experts_.size(); ++k) {
-      if (cached[k] != nullptr) {
-        per[k] = cached[k]->at(t->name);
-        continue;
-      }
-      per[k] = sets[k];
-      if (!sets[k].all_ties && sets[k].kind == TopSet::kThreshold) {
-        const auto first =
-            chunk_ties[k].begin() + static_cast<long>(chunk_base);
-        const auto last = first + static_cast<long>(nchunks);
-        if (nchunks > 0 &&
-            std::all_of(first, last, [](int64_t c) { return c == kAllTies; })) {
-          per[k].all_ties = true;  // the kept ties run out after this tensor
-        } else {
-          per[k].chunk_ties.assign(first, last);
-          per[k].tensor_ties = 0;
-          for (int64_t c : per[k].chunk_ties) per[k].tensor_ties += c;
-        }
-      }
-      if (fresh[k] != nullptr) (*fresh[k])[t->name] = per[k];
-    }
-    model_keep_[t->name] = std::move(per);
-    chunk_base += nchunks;
-  }
-  if (ctx.cache != nullptr) {
-    for (size_t k = 0; k < experts_.size(); ++k) {
-      if (fresh[k] == nullptr) continue;
-      int64_t bytes = 0;
-      for (const auto& [name, set] : *fresh[k]) {
-        bytes += static_cast<int64_t>(name.size() + sizeof(TopSet) +
-                                      8 * set.chunk_ties.size());
-      }
-      ctx.cache->Put(keys[k], fresh[k], bytes);
-    }
-  }
+  MS_ASSIGN_OR_RETURN(
+      model_keep_,
+      SelectModelTrim(plan, ctx, opts_, kind_.default_density, experts_));
 
   if (opts_.consensus != Consensus::kNone &&
       opts_.zero_sign == ZeroSign::kMajority) {
     // The paper resolves a tied election with the majority sign of the whole
     // merged vector: one census pass over the model.
     int64_t balance = 0;
-    for (const PlannedTensor* t : domain) {
-      MS_ASSIGN_OR_RETURN(TensorParams p, Resolve(plan, *t, ctx));
-      MS_RETURN_IF_ERROR(ComputeScale(plan, *t, p, ctx));
-      MS_ASSIGN_OR_RETURN(
-          PassResult r, RunPass(plan, *t, p, ctx, PassMode::kCensus, nullptr));
+    for (const PlannedTensor& t : plan.tensors()) {
+      if (!t.merge) continue;
+      MS_ASSIGN_OR_RETURN(TensorParams p, Resolve(plan, t, ctx));
+      MS_RETURN_IF_ERROR(ComputeScale(plan, t, p, ctx));
+      MS_ASSIGN_OR_RETURN(PassResult r,
+                          RunPass(plan, t, p, ctx, PassMode::kCensus, nullptr));
       balance += r.balance;
     }
     model_majority_ = balance > 0 ? 1 : -1;
@@ -471,8 +382,9 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
   if (ctx.cache != nullptr) {
     for (size_t k = 0; k < n; ++k) {
       if (p.density[k] >= 1) continue;
-      auto hit = ctx.cache->GetAs<CachedTrim>(CacheKey(
-          ctx, "tensor-trim", experts_[k], t.name, keep_k[k], drop_k[k]));
+      auto hit = ctx.cache->GetAs<CachedTrim>(
+          TrimCacheKey(ctx, opts_, "tensor-trim", experts_[k], t.name,
+                       keep_k[k], drop_k[k]));
       if (hit == nullptr) continue;
       p.keep[k] = hit->keep;
       p.drop[k] = hit->drop;
@@ -520,9 +432,10 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
       if (p.density[k] >= 1) continue;  // τ whole: not worth keeping
       p.trims_cached = p.trims_cached && from_cache[k];
       if (cacheable) {
-        p.tv_keys[k] = absl::StrCat(CacheKey(ctx, "tensor-tv", experts_[k],
-                                             t.name, keep_k[k], drop_k[k]),
-                                    "|", PassChunk(t, ctx));
+        p.tv_keys[k] =
+            absl::StrCat(TrimCacheKey(ctx, opts_, "tensor-tv", experts_[k],
+                                      t.name, keep_k[k], drop_k[k]),
+                         "|", PassChunk(t, ctx));
       }
     }
     for (size_t k = 0; k < n; ++k) {
@@ -532,24 +445,12 @@ absl::Status TaskVectorMerge::SelectForTensor(const MergePlan& plan,
       const int64_t bytes = static_cast<int64_t>(
           sizeof(CachedTrim) +
           8 * (entry->keep.chunk_ties.size() + entry->drop.chunk_ties.size()));
-      ctx.cache->Put(CacheKey(ctx, "tensor-trim", experts_[k], t.name,
-                              keep_k[k], drop_k[k]),
+      ctx.cache->Put(TrimCacheKey(ctx, opts_, "tensor-trim", experts_[k],
+                                  t.name, keep_k[k], drop_k[k]),
                      entry, bytes);
     }
   }
   return absl::OkStatus();
-}
-
-std::string TaskVectorMerge::CacheKey(const ExecContext& ctx, const char* kind,
-                                      int model, const std::string& tensor,
-                                      int64_t keep, int64_t drop) const {
-  // Everything a selection depends on: the inputs' content, the tensor, the
-  // counts, how ties are kept and the chunking of tie lists.
-  return absl::StrCat(kind, "|", ctx.base_digest, "|",
-                      ctx.model_digests[static_cast<size_t>(model)], "|",
-                      tensor, "|", keep, "|", drop, "|",
-                      static_cast<int>(opts_.keep), "|",
-                      static_cast<int>(opts_.sparsify), "|", ctx.chunk_elems);
 }
 
 absl::Status TaskVectorMerge::ComputeScale(const MergePlan& plan,
@@ -998,7 +899,8 @@ std::string TaskVectorMerge::UpdateKey(const ExecContext& ctx,
     for (const TopSet& set : p.keep) {
       absl::StrAppend(&key, "|", static_cast<int>(set.kind),
                       absl::StrFormat(":%a:", set.value), set.all_ties, ":",
-                      set.tensor_ties, ":", absl::StrJoin(set.chunk_ties, ","));
+                      set.ties_in_pass, ":", set.tensor_ties, ":",
+                      absl::StrJoin(set.chunk_ties, ","));
     }
   }
   return key;

@@ -70,6 +70,15 @@ TrimCounts ComputeTrimCounts(const TaskVectorOptions& o, double density,
 absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
     const MergePlan& plan, const TaskVectorKind& kind);
 
+// floor(fraction·n), 0 at or below 0 and n at or above 1.
+int64_t FloorCount(double fraction, int64_t n);
+
+// The server cache's key of a selection: of `kind` ("tensor-trim",
+// "model-trim", ...), of `model` over `tensor` ("" for the whole model).
+std::string TrimCacheKey(const ExecContext& ctx, const TaskVectorOptions& o,
+                         const char* kind, int model, const std::string& tensor,
+                         int64_t keep, int64_t drop);
+
 // "The k largest magnitudes of a domain", ties broken by lower flat index.
 struct TopSet {
   enum Kind { kNone, kAll, kThreshold };
@@ -158,9 +167,6 @@ class TaskVectorMerge : public MergeMethod {
                                  ExecContext& ctx, TensorSink& out) const;
   absl::Status ComputeScale(const MergePlan& plan, const PlannedTensor& t,
                             TensorParams& p, ExecContext& ctx) const;
-  std::string CacheKey(const ExecContext& ctx, const char* kind, int model,
-                       const std::string& tensor, int64_t keep,
-                       int64_t drop) const;
   // ATen path (task_vector_merge_aten.cc, in the LibTorch module, which
   // calls it through aten::MergeTaskVectors). keep_update as in RunPass.
   friend absl::Status aten::MergeTaskVectors(const TaskVectorMerge& method,
@@ -179,7 +185,7 @@ class TaskVectorMerge : public MergeMethod {
   TaskVectorKind kind_;
   TaskVectorOptions opts_;
   std::vector<int> experts_;  // model indices that contribute
-  // trim_scope: model results, per tensor name, per expert.
+  // trim_scope: model results, per tensor name, per expert (model_trim.h).
   std::map<std::string, std::vector<TopSet>> model_keep_;
   int model_majority_ = 0;
   // Bytes of trimmed task vectors this merge reads from the cache or keeps
