@@ -16,15 +16,15 @@
 namespace mergeserve::testing {
 namespace fs = std::filesystem;
 
-void ForEachKernelSet(const std::function<void(bool portable)>& fn) {
+void ForEachKernelSet(const std::function<void(KernelSet)>& fn) {
   // The CPU's kernels again afterwards, even if fn throws.
   struct Restore {
-    ~Restore() { SetPortableKernelsForTest(false); }
+    ~Restore() { LimitKernelsForTest(KernelSet::kAvx512); }
   } restore;
-  for (bool portable : {false, true}) {
-    SetPortableKernelsForTest(portable);
-    SCOPED_TRACE(portable ? "portable loops" : "the CPU's kernels");
-    fn(portable);
+  for (KernelSet set : SupportedKernelSets()) {
+    LimitKernelsForTest(set);
+    SCOPED_TRACE(KernelSetName(set));
+    fn(set);
   }
 }
 

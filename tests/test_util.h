@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "mergeserve/base/cpu_dispatch.h"
 #include "mergeserve/engine/executor.h"
 #include "mergeserve/format/dtype.h"
 
@@ -24,10 +25,11 @@ using TestModel = std::map<std::string, TestTensor>;
 // A fresh empty folder under the test temp dir.
 std::string TempDir(const std::string& name);
 
-// The kernel sets a test runs: the CPU's (the hand-written AVX-512 kernels
-// where it has AVX-512F) and the portable loops. Calls fn(portable) once
-// each, with that set selected, and restores the CPU's.
-void ForEachKernelSet(const std::function<void(bool portable)>& fn);
+// The kernel sets a test runs: each hand-written set this CPU has (AVX-512
+// where it has AVX-512F, AVX2 where it has AVX2) and the portable loops.
+// Calls fn(set) once each, with that set as the widest, and restores the
+// CPU's.
+void ForEachKernelSet(const std::function<void(KernelSet)>& fn);
 // Writes `model` as DIR/model.safetensors (values rounded to each dtype).
 void WriteModel(const std::string& dir, const TestModel& model);
 // Reads every tensor of a model folder as fp32.

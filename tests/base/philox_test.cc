@@ -22,7 +22,7 @@ TEST(PhiloxTest, KnownAnswer) {
 // same uniforms for every alignment of begin and count, including counters
 // past 2^32 blocks, with either kernel set.
 TEST(PhiloxTest, FillIsTheSameWhateverTheRange) {
-  testing::ForEachKernelSet([](bool) {
+  testing::ForEachKernelSet([](KernelSet) {
     const ElementRandom rng(0x123456789abcull, "model.layers.0.w", 3);
     for (int64_t origin : {int64_t{0}, (int64_t{1} << 34) - 9}) {
       const int64_t n = 203;

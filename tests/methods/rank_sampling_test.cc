@@ -64,7 +64,7 @@ std::vector<std::pair<std::string, std::vector<float>>> Rows(std::mt19937& rng,
 }
 
 TEST(RankSamplingTest, RowRanksAreTheStableSortsRanks) {
-  testing::ForEachKernelSet([](bool) {
+  testing::ForEachKernelSet([](KernelSet) {
     std::mt19937 rng(3);
     RankScratch scratch;  // reused across rows, as a worker does
     for (size_t n :
@@ -108,7 +108,7 @@ std::vector<float> ReferenceMarks(const std::vector<float>& x,
 // those of the exact ranks anyway, in rows where nearly every draw is
 // undecided (one bucket) and in rows where few are.
 TEST(RankSamplingTest, MarksEqualThoseOfTheExactRanks) {
-  testing::ForEachKernelSet([](bool) {
+  testing::ForEachKernelSet([](KernelSet) {
     std::mt19937 rng(5);
     std::uniform_real_distribution<float> uniform(0.f, 1.f);
     RankScratch scratch;

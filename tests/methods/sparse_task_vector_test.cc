@@ -12,7 +12,7 @@ namespace {
 // Every chunk comes back as packed (zeros for what was not kept), in any
 // packing order, with a short last chunk and a chunk with nothing kept.
 TEST(SparseTaskVectorTest, UnpacksWhatWasPacked) {
-  testing::ForEachKernelSet([](bool) {
+  testing::ForEachKernelSet([](KernelSet) {
     const int64_t numel = 1000, chunk = 130;  // not a multiple of 64 either
     std::mt19937 rng(3);
     std::uniform_real_distribution<float> u(-1, 1);

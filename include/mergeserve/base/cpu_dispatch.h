@@ -1,6 +1,8 @@
 #ifndef MERGESERVE_BASE_CPU_DISPATCH_H_
 #define MERGESERVE_BASE_CPU_DISPATCH_H_
 
+#include <vector>
+
 // MS_CPU_DISPATCH compiles a hot element loop for AVX-512, AVX2 and baseline
 // x86-64, and the dynamic loader picks the widest the CPU has when the
 // process starts (target_clones: an ifunc, resolved once). Outputs are the
@@ -19,14 +21,22 @@
 
 namespace mergeserve {
 
-// Whether the hand-written AVX-512 kernels run (the ones a compiler does not
-// produce from a plain loop: compressing stores, gathers, Philox in 32-bit
-// lanes): the CPU has AVX-512F and tests have not asked for the portable
-// loops. The same outputs either way.
-bool Avx512Kernels();
+// The sets of hand-written kernels (the ones a compiler does not produce
+// from a plain loop: compressing stores, gathers, Philox in 32-bit lanes),
+// narrowest first. Every set gives the same outputs.
+enum class KernelSet { kPortable, kAvx2, kAvx512 };
 
-// Tests: run the portable loops instead (false: the CPU decides again).
-void SetPortableKernelsForTest(bool portable);
+// Whether the AVX-512 kernels run: the CPU has AVX-512F and tests have not
+// limited the kernels below them.
+bool Avx512Kernels();
+// Whether the AVX2 kernels run (also on a CPU with AVX-512: where a kernel
+// has no AVX-512 form).
+bool Avx2Kernels();
+// The sets this CPU runs, widest first (kPortable always).
+std::vector<KernelSet> SupportedKernelSets();
+// Tests: run no set wider than `widest` (kAvx512: the CPU decides again).
+void LimitKernelsForTest(KernelSet widest);
+const char* KernelSetName(KernelSet set);
 
 }  // namespace mergeserve
 

@@ -139,6 +139,82 @@ __attribute__((target("avx512f"))) int64_t PhiloxUniformBlocksAvx512(
   }
   return b;
 }
+
+#define MS_AVX2_INLINE __attribute__((target("avx2"), always_inline)) inline
+
+// As Multiply, eight lanes.
+MS_AVX2_INLINE void Multiply8(__m256i m, __m256i x, __m256i* hi, __m256i* lo) {
+  constexpr int kOdd = 0xAA;
+  const __m256i even = _mm256_mul_epu32(m, x);
+  const __m256i odd = _mm256_mul_epu32(m, _mm256_srli_epi64(x, 32));
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, kOdd);
+  *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), kOdd);
+}
+
+MS_AVX2_INLINE __m256 Uniform8(__m256i x) {
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 8)),
+                       _mm256_set1_ps(0x1.0p-24f));
+}
+
+// PhiloxUniformBlocksAvx512 for CPUs with AVX2 only: eight blocks per step,
+// one per 32-bit lane, then a 4x8 transpose into the output order.
+__attribute__((target("avx2"))) int64_t PhiloxUniformBlocksAvx2(
+    std::array<uint32_t, 2> key, uint32_t c2, uint32_t c3, uint64_t first,
+    int64_t blocks, float* __restrict out) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kM1));
+  int64_t b = 0;
+  for (; b + 8 <= blocks; b += 8) {
+    const uint64_t block = first + static_cast<uint64_t>(b);
+    // The low counter word must not wrap within the eight.
+    if (static_cast<uint32_t>(block) > 0xffffffffu - 7) break;
+    __m256i x0 = _mm256_add_epi32(
+        _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(block))),
+        lane);
+    __m256i x1 = _mm256_set1_epi32(static_cast<int>(block >> 32));
+    __m256i x2 = _mm256_set1_epi32(static_cast<int>(c2));
+    __m256i x3 = _mm256_set1_epi32(static_cast<int>(c3));
+    uint32_t k0 = key[0], k1 = key[1];
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi0, lo0, hi1, lo1;
+      Multiply8(m0, x0, &hi0, &lo0);
+      Multiply8(m1, x2, &hi1, &lo1);
+      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1),
+                            _mm256_set1_epi32(static_cast<int>(k0)));
+      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3),
+                            _mm256_set1_epi32(static_cast<int>(k1)));
+      x1 = lo1;
+      x3 = lo0;
+      k0 += kW0;
+      k1 += kW1;
+    }
+    const __m256 f0 = Uniform8(x0), f1 = Uniform8(x1);
+    const __m256 f2 = Uniform8(x2), f3 = Uniform8(x3);
+    // Per 128-bit half, u<i> holds block i of each group of four blocks.
+    const __m256 t0 = _mm256_unpacklo_ps(f0, f1),
+                 t1 = _mm256_unpackhi_ps(f0, f1);
+    const __m256 t2 = _mm256_unpacklo_ps(f2, f3),
+                 t3 = _mm256_unpackhi_ps(f2, f3);
+    const __m256 u0 = _mm256_castpd_ps(
+        _mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+    const __m256 u1 = _mm256_castpd_ps(
+        _mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+    const __m256 u2 = _mm256_castpd_ps(
+        _mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+    const __m256 u3 = _mm256_castpd_ps(
+        _mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+    // Blocks 0 4, 1 5, 2 6, 3 7; then in order.
+    float* o = out + 4 * b;
+    _mm256_storeu_ps(o, _mm256_permute2f128_ps(u0, u1, 0x20));
+    _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
+    _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
+  }
+  return b;
+}
 #endif
 MS_INTRINSICS_END
 
@@ -149,16 +225,19 @@ void PhiloxUniformBlocks(std::array<uint32_t, 2> key, uint32_t c2, uint32_t c3,
   int64_t done = 0;
 #if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
   const bool avx512 = Avx512Kernels();
-  // Until a wrap of the low counter word, or fewer than sixteen are left.
-  while (avx512 && blocks - done >= 16) {
-    const int64_t step = PhiloxUniformBlocksAvx512(
-        key, c2, c3, first + static_cast<uint64_t>(done), blocks - done,
-        out + 4 * done);
-    done += step;
-    if (blocks - done >= 16) {  // stopped at a wrap: sixteen the other way
-      PhiloxUniformBlocksPortable(
-          key, c2, c3, first + static_cast<uint64_t>(done), 16, out + 4 * done);
-      done += 16;
+  const int64_t width = avx512 ? 16 : (Avx2Kernels() ? 8 : 0);
+  // Until a wrap of the low counter word, or fewer than `width` are left.
+  while (width > 0 && blocks - done >= width) {
+    const uint64_t at = first + static_cast<uint64_t>(done);
+    done += avx512 ? PhiloxUniformBlocksAvx512(key, c2, c3, at, blocks - done,
+                                               out + 4 * done)
+                   : PhiloxUniformBlocksAvx2(key, c2, c3, at, blocks - done,
+                                             out + 4 * done);
+    if (blocks - done >= width) {  // stopped at a wrap: `width` the other way
+      PhiloxUniformBlocksPortable(key, c2, c3,
+                                  first + static_cast<uint64_t>(done), width,
+                                  out + 4 * done);
+      done += width;
     }
   }
 #endif

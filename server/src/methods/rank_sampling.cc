@@ -85,7 +85,8 @@ size_t DecideByBucketScalar(const uint32_t* bucket, const float* u,
     const bool keep = u[j] < Half(b, 0);
     mark[j] = keep ? 1.f : 0.f;
     undecided[listed] = static_cast<uint32_t>(j);
-    listed += !keep && u[j] < Half(b, 1);
+    // & rather than &&: no branch on an unpredictable draw.
+    listed += static_cast<size_t>(!keep & (u[j] < Half(b, 1)));
   }
   return listed;
 }
@@ -134,6 +135,49 @@ __attribute__((target("avx512f,popcnt"))) size_t DecideByBucketAvx512(
   }
   return listed + rest;
 }
+
+// Eight at a time: two 4-lane gathers of both bounds, two compares; the
+// undecided (a few per row) are listed from a movemask, without AVX-512's
+// compressing store.
+__attribute__((target("avx2,bmi"))) size_t DecideByBucketAvx2(
+    const uint32_t* bucket, const float* u, const uint64_t* bounds, size_t n,
+    float* mark, uint32_t* undecided) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  const auto* words = reinterpret_cast<const long long*>(bounds);
+  size_t listed = 0, j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256i id =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bucket + j));
+    const __m256 w0 = _mm256_castsi256_ps(
+        _mm256_i32gather_epi64(words, _mm256_castsi256_si128(id), 8));
+    const __m256 w1 = _mm256_castsi256_ps(
+        _mm256_i32gather_epi64(words, _mm256_extracti128_si256(id, 1), 8));
+    // Per 128-bit half the even (low) and odd (high) words of both
+    // gathers: entries 0 1 4 5 | 2 3 6 7, then the 64-bit pairs in order.
+    const __m256 lo = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(w0, w1, _MM_SHUFFLE(2, 0, 2, 0))),
+        _MM_SHUFFLE(3, 1, 2, 0)));
+    const __m256 hi = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(w0, w1, _MM_SHUFFLE(3, 1, 3, 1))),
+        _MM_SHUFFLE(3, 1, 2, 0)));
+    const __m256 uj = _mm256_loadu_ps(u + j);
+    const __m256 keep = _mm256_cmp_ps(uj, lo, _CMP_LT_OQ);
+    const __m256 below = _mm256_cmp_ps(uj, hi, _CMP_LT_OQ);
+    _mm256_storeu_ps(mark + j, _mm256_and_ps(keep, one));
+    unsigned open = static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_andnot_ps(keep, below)));
+    while (open != 0) {
+      undecided[listed++] = static_cast<uint32_t>(j + __builtin_ctz(open));
+      open &= open - 1;
+    }
+  }
+  const size_t rest = DecideByBucketScalar(bucket + j, u + j, bounds, n - j,
+                                           mark + j, undecided + listed);
+  for (size_t i = listed; i < listed + rest; ++i) {
+    undecided[i] += static_cast<uint32_t>(j);
+  }
+  return listed + rest;
+}
 #endif
 MS_INTRINSICS_END
 
@@ -143,6 +187,9 @@ size_t DecideByBucket(const uint32_t* bucket, const float* u,
 #if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
   if (Avx512Kernels()) {
     return DecideByBucketAvx512(bucket, u, bounds, n, mark, undecided);
+  }
+  if (Avx2Kernels()) {
+    return DecideByBucketAvx2(bucket, u, bounds, n, mark, undecided);
   }
 #endif
   return DecideByBucketScalar(bucket, u, bounds, n, mark, undecided);
@@ -181,9 +228,7 @@ __attribute__((target("avx2"))) void FlagsToBitsAvx2(const uint8_t* flag,
 
 void FlagsToBits(const uint8_t* flag, size_t words, uint64_t* out) {
 #if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
-  // AVX2 instructions suffice; taken with the AVX-512 kernels.
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2 && Avx512Kernels()) return FlagsToBitsAvx2(flag, words, out);
+  if (Avx2Kernels()) return FlagsToBitsAvx2(flag, words, out);
 #endif
   FlagsToBitsScalar(flag, words, out);
 }
