@@ -17,10 +17,10 @@ TEST(PhiloxTest, KnownAnswer) {
   EXPECT_EQ(r[3], 0x9b00dbd8u);
 }
 
-// Fill's whole-block loop (sixteen blocks at a time with AVX-512, stopping
-// short of a wrap of the counter's low word) and its per-block path give the
-// same uniforms for every alignment of begin and count, including counters
-// past 2^32 blocks, with either kernel set.
+// Fill's whole-block loop (sixteen blocks at a time with AVX-512, eight with
+// AVX2, stopping short of a wrap of the counter's low word) and its
+// per-block path give the same uniforms for every alignment of begin and
+// count, including counters past 2^32 blocks, with every kernel set.
 TEST(PhiloxTest, FillIsTheSameWhateverTheRange) {
   testing::ForEachKernelSet([](KernelSet) {
     const ElementRandom rng(0x123456789abcull, "model.layers.0.w", 3);

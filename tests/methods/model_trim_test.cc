@@ -34,16 +34,30 @@ class ModelTrimTest : public ::testing::Test {
     }
     testing::WriteModel(dir_ + "/base", base);
     testing::WriteModel(dir_ + "/e0", expert);
+    // e1: distinct |τ| = 1 + (g+1)·2^-22 over the flat index g, whose low
+    // 16 bits are set: its k-th is found by the selection's second pass.
+    testing::TestModel distinct;
+    for (int t = 0; t < 3; ++t) {
+      std::vector<float> tau(5000);
+      for (size_t i = 0; i < tau.size(); ++i) {
+        tau[i] = 1.f + static_cast<float>(t * 5000 + i + 1) * 0x1.0p-22f;
+      }
+      distinct["t" + std::to_string(t)] = {{5000}, tau};
+    }
+    testing::WriteModel(dir_ + "/e1", distinct);
   }
 
-  // The sets for density d; `cache` and its digests when set.
-  absl::StatusOr<ModelTrimSets> Select(double d, KeepMode keep,
-                                       TaskVectorCache* cache = nullptr) {
-    auto config = MergeConfig::FromYaml(
-        "merge_method: ties\nbase_model: base\nmodels:\n  - model: e0\n"
-        "    parameters: {density: " +
-            std::to_string(d) + "}\n",
-        dir_);
+  // The sets for density d (of each of `experts`); `cache` and its digests
+  // when set.
+  absl::StatusOr<ModelTrimSets> Select(
+      double d, KeepMode keep, TaskVectorCache* cache = nullptr,
+      const std::vector<std::string>& models = {"e0"}) {
+    std::string yaml = "merge_method: ties\nbase_model: base\nmodels:\n";
+    for (const std::string& m : models) {
+      yaml += "  - model: " + m +
+              "\n    parameters: {density: " + std::to_string(d) + "}\n";
+    }
+    auto config = MergeConfig::FromYaml(yaml, dir_);
     if (!config.ok()) return config.status();
     auto plan = MergePlan::Create(*config, LocalPathResolver(dir_));
     if (!plan.ok()) return plan.status();
@@ -108,6 +122,34 @@ TEST_F(ModelTrimTest, ExactKeepCountsTiesOnlyInTheTensorWhereTheyRunOut) {
         EXPECT_EQ(s.chunk_ties, std::vector<int64_t>(5, 0));
       }
     }
+  }
+}
+
+// One expert's ties are left to its merge pass (resolved by pass 1) while
+// the other's k-th needs the selection's second pass over every tensor:
+// each gets its own sets.
+TEST_F(ModelTrimTest, AnExpertCountedInPassBesideOneThatNeedsThePass2) {
+  auto sets = Select(0.2, KeepMode::kExact, nullptr, {"e0", "e1"});
+  ASSERT_TRUE(sets.ok()) << sets.status();
+  // e1 keeps its 3000 largest: down to g + 1 = 12001.
+  const float v1 = 1.f + 12001.f * 0x1.0p-22f;
+  for (int t = 0; t < 3; ++t) {
+    const std::vector<TopSet>& per = sets->at("t" + std::to_string(t));
+    ASSERT_EQ(per.size(), 2u);
+    SCOPED_TRACE("tensor t" + std::to_string(t));
+    EXPECT_EQ(per[0].value, 1.f);
+    EXPECT_EQ(per[0].all_ties, t == 0);
+    EXPECT_EQ(per[0].ties_in_pass, t == 1);
+    if (t == 1) {
+      EXPECT_EQ(per[0].tensor_ties, 1333);
+    }
+    if (t == 2) {
+      EXPECT_EQ(per[0].chunk_ties, std::vector<int64_t>(5, 0));
+    }
+    EXPECT_EQ(per[1].kind, TopSet::kThreshold);
+    EXPECT_EQ(per[1].value, v1);
+    EXPECT_TRUE(per[1].all_ties);  // one entry equals it
+    EXPECT_FALSE(per[1].ties_in_pass);
   }
 }
 

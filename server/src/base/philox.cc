@@ -11,8 +11,8 @@ namespace mergeserve {
 namespace {
 
 // A loop the compiler vectorises across blocks: the 32x32->64 multiplies
-// become pmuludq (eight lanes with AVX-512), for CPUs without AVX-512 and
-// the blocks the AVX-512 kernel leaves.
+// become pmuludq. For CPUs without AVX2, the blocks the hand-written
+// kernels leave, and the portable kernel set of the tests.
 MS_CPU_DISPATCH void PhiloxUniformBlocksPortable(std::array<uint32_t, 2> key,
                                                  uint32_t c2, uint32_t c3,
                                                  uint64_t first, int64_t blocks,

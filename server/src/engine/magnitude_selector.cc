@@ -281,7 +281,8 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
   std::vector<BinRange<uint64_t>> hi(nm);
   // Over several tensors, ties broken by index need to know which tensor the
   // kept ties run out in: each tensor's counts of the zero-low bins are kept
-  // (up to kMaxTensorBins), so only that tensor is read again.
+  // (up to kMaxTensorBins), so only that tensor is read again (or, with
+  // ties_in_pass, none).
   bool per_tensor =
       domain.size() > 1 &&
       std::any_of(queries.begin(), queries.end(),
@@ -364,6 +365,11 @@ absl::StatusOr<std::vector<SelectionResult>> MagnitudeSelector::Select(
           }
           if (per_tensor) {
             TensorBins& snap = tensor_bins[m].emplace_back();
+            // Exactly sized: MemoryBound counts 8 bytes an entry.
+            const size_t nonzero = static_cast<size_t>(
+                dense.size() - std::count(dense.begin(), dense.end(), 0u));
+            snap.bin.reserve(nonzero);
+            snap.count.reserve(nonzero);
             for (size_t i = 0; i < dense.size(); ++i) {
               if (dense[i] == 0) continue;
               snap.bin.push_back(static_cast<uint32_t>(first + i));

@@ -1,7 +1,9 @@
 #include "methods/model_trim.h"
 
 #include <algorithm>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "mergeserve/base/status_macros.h"
@@ -26,6 +28,12 @@ absl::StatusOr<ModelTrimSets> SelectModelTrim(const MergePlan& plan,
   }
   int64_t total = 0;
   for (const PlannedTensor* t : domain) total += t->numel;
+  // The sets depend on which tensors the trim covers (a filter list or a
+  // different checkpoint layout changes the domain), not only on k.
+  std::string names;
+  for (const PlannedTensor* t : domain) absl::StrAppend(&names, t->name, ",");
+  const std::string domain_key = absl::StrCat(domain.size(), ":", total, ":",
+                                              std::hash<std::string>()(names));
   MagnitudeSelector selector(plan, *ctx.pool, ctx.chunk_elems, ctx.staging);
   std::vector<SelectionQuery> queries;
   std::vector<TopSet> sets(experts.size());
@@ -56,8 +64,14 @@ absl::StatusOr<ModelTrimSets> SelectModelTrim(const MergePlan& plan,
     } else {
       sets[k].kind = TopSet::kThreshold;
       if (ctx.cache != nullptr) {
-        keys[k] = TrimCacheKey(ctx, opts, "model-trim", m, "", keep, 0);
+        keys[k] = TrimCacheKey(ctx, opts, "model-trim", m, domain_key, keep, 0);
         cached[k] = ctx.cache->GetAs<PerTensorSets>(keys[k]);
+        // Every tensor's set, or none (a hash collision): select again.
+        for (const PlannedTensor* t : domain) {
+          if (cached[k] != nullptr && cached[k]->count(t->name) == 0) {
+            cached[k] = nullptr;
+          }
+        }
       }
       // Exact keep breaks ties by index: the selector records them per
       // chunk, but for the tensor where the kept ties run out, whose ties

@@ -139,7 +139,7 @@ __attribute__((target("avx512f,popcnt"))) size_t DecideByBucketAvx512(
 // Eight at a time: two 4-lane gathers of both bounds, two compares; the
 // undecided (a few per row) are listed from a movemask, without AVX-512's
 // compressing store.
-__attribute__((target("avx2,bmi"))) size_t DecideByBucketAvx2(
+__attribute__((target("avx2"))) size_t DecideByBucketAvx2(
     const uint32_t* bucket, const float* u, const uint64_t* bounds, size_t n,
     float* mark, uint32_t* undecided) {
   const __m256 one = _mm256_set1_ps(1.f);

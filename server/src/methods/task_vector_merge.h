@@ -74,7 +74,8 @@ absl::StatusOr<TaskVectorOptions> ResolveTaskVectorOptions(
 int64_t FloorCount(double fraction, int64_t n);
 
 // The server cache's key of a selection: of `kind` ("tensor-trim",
-// "model-trim", ...), of `model` over `tensor` ("" for the whole model).
+// "model-trim", ...), of `model` over `tensor` (for a whole-model trim, a
+// key of its domain).
 std::string TrimCacheKey(const ExecContext& ctx, const TaskVectorOptions& o,
                          const char* kind, int model, const std::string& tensor,
                          int64_t keep, int64_t drop);
