@@ -182,12 +182,16 @@ TEST_F(MergeCliTest, AtenMethodsLoadTheModuleAndNameItWhenMissing) {
   EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
 }
 
-TEST(MergeBinaryTest, DoesNotLinkLibTorch) {
+// Nor LAPACK: OpenBLAS's threads would spin at start-up in every merge
+// (the matrix methods open it on first use; golden_test runs them).
+TEST(MergeBinaryTest, DoesNotLinkLibTorchOrLapack) {
   const Result r = RunCommand(std::string("readelf -d ") + MERGESERVE_BINARY);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("(NEEDED)"));
   EXPECT_THAT(r.output, Not(HasSubstr("libtorch")));
   EXPECT_THAT(r.output, Not(HasSubstr("libc10")));
+  EXPECT_THAT(r.output, Not(HasSubstr("liblapack")));
+  EXPECT_THAT(r.output, Not(HasSubstr("blas")));
 }
 
 #if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)

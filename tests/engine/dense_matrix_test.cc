@@ -40,6 +40,12 @@ void ExpectNear(const DenseMatrix& a, const DenseMatrix& b, double tol) {
   }
 }
 
+void ExpectNear(const absl::StatusOr<DenseMatrix>& a, const DenseMatrix& b,
+                double tol) {
+  ASSERT_TRUE(a.ok()) << a.status();
+  ExpectNear(*a, b, tol);
+}
+
 TEST(DenseMatrixTest, ProductsMatchTheDefinition) {
   std::mt19937 rng(1);
   const DenseMatrix a = Random(7, 5, rng), b = Random(5, 3, rng),
@@ -52,7 +58,12 @@ TEST(DenseMatrixTest, ProductsMatchTheDefinition) {
 // orthonormal columns / rows.
 TEST(DenseMatrixTest, ThinSvdRebuildsTallAndWideMatrices) {
   std::mt19937 rng(2);
-  for (auto [m, n] : {std::pair<int64_t, int64_t>{9, 4}, {4, 9}, {6, 6}, {64, 64}, {200, 120}, {120, 200}}) {
+  for (auto [m, n] : {std::pair<int64_t, int64_t>{9, 4},
+                      {4, 9},
+                      {6, 6},
+                      {64, 64},
+                      {200, 120},
+                      {120, 200}}) {
     const DenseMatrix a = Random(m, n, rng);
     auto svd = ComputeThinSvd(a);
     ASSERT_TRUE(svd.ok()) << svd.status();

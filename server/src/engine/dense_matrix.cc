@@ -1,26 +1,65 @@
 #include "engine/dense_matrix.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-
-extern "C" {
-// Fortran LAPACK/BLAS (column-major, arguments by pointer).
-void dgesdd_(const char* jobz, const int* m, const int* n, double* a,
-             const int* lda, double* s, double* u, const int* ldu, double* vt,
-             const int* ldvt, double* work, const int* lwork, int* iwork,
-             int* info);
-void dgesvd_(const char* jobu, const char* jobvt, const int* m, const int* n,
-             double* a, const int* lda, double* s, double* u, const int* ldu,
-             double* vt, const int* ldvt, double* work, const int* lwork,
-             int* info);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
-            const int* k, const double* alpha, const double* a, const int* lda,
-            const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc);
-}
+#include "mergeserve/base/status_macros.h"
 
 namespace mergeserve {
+namespace {
+
+// Fortran LAPACK/BLAS (column-major, arguments by pointer).
+struct Lapack {
+  void (*dgesdd)(const char* jobz, const int* m, const int* n, double* a,
+                 const int* lda, double* s, double* u, const int* ldu,
+                 double* vt, const int* ldvt, double* work, const int* lwork,
+                 int* iwork, int* info);
+  void (*dgesvd)(const char* jobu, const char* jobvt, const int* m,
+                 const int* n, double* a, const int* lda, double* s, double* u,
+                 const int* ldu, double* vt, const int* ldvt, double* work,
+                 const int* lwork, int* info);
+  void (*dgemm)(const char* transa, const char* transb, const int* m,
+                const int* n, const int* k, const double* alpha,
+                const double* a, const int* lda, const double* b,
+                const int* ldb, const double* beta, double* c, const int* ldc);
+};
+
+// LAPACK is opened on first use, not linked: OpenBLAS starts its threads
+// when it is loaded, and they spin (sched_yield) for about 0.1 s of CPU,
+// taken from every merge, though only the matrix methods and `analyze`
+// call it. liblapack.so.3 is the name Debian's alternatives point at
+// OpenBLAS (libopenblas0-pthread) or the reference LAPACK; the library
+// CMake found is the fallback.
+absl::StatusOr<const Lapack*> LoadLapack() {
+  static const absl::StatusOr<const Lapack*> loaded =
+      []() -> absl::StatusOr<const Lapack*> {
+    std::string errors;
+    for (const char* name : {"liblapack.so.3", MS_LAPACK_LIBRARY}) {
+      void* lib = ::dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (lib == nullptr) {
+        absl::StrAppend(&errors, errors.empty() ? "" : "; ", ::dlerror());
+        continue;
+      }
+      static Lapack l;
+      l.dgesdd = reinterpret_cast<decltype(l.dgesdd)>(::dlsym(lib, "dgesdd_"));
+      l.dgesvd = reinterpret_cast<decltype(l.dgesvd)>(::dlsym(lib, "dgesvd_"));
+      l.dgemm = reinterpret_cast<decltype(l.dgemm)>(::dlsym(lib, "dgemm_"));
+      if (l.dgesdd != nullptr && l.dgesvd != nullptr && l.dgemm != nullptr) {
+        return &l;  // kept open for the life of the process
+      }
+      absl::StrAppend(&errors, errors.empty() ? "" : "; ", name,
+                      " lacks dgesdd_, dgesvd_ or dgemm_");
+      ::dlclose(lib);
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot load LAPACK for the matrix methods: ", errors));
+  }();
+  return loaded;
+}
+
+}  // namespace
 
 absl::StatusOr<ThinSvd> ComputeThinSvd(const DenseMatrix& a) {
   const int64_t m = a.rows, n = a.cols, r = std::min(m, n);
@@ -50,15 +89,16 @@ absl::StatusOr<ThinSvd> ComputeThinSvd(const DenseMatrix& a) {
   int info = 0, lwork = -1;
   double query = 0;
   const char jobz = 'S';
-  dgesdd_(&jobz, &M, &N, col.data(), &M, out.s.data(), u.data(), &M, vt.data(),
-          &R, &query, &lwork, iwork.data(), &info);
+  MS_ASSIGN_OR_RETURN(const Lapack* lapack, LoadLapack());
+  lapack->dgesdd(&jobz, &M, &N, col.data(), &M, out.s.data(), u.data(), &M,
+                 vt.data(), &R, &query, &lwork, iwork.data(), &info);
   if (info != 0) {
     return absl::InternalError(absl::StrCat("dgesdd workspace query: ", info));
   }
   lwork = static_cast<int>(query);
   std::vector<double> work(static_cast<size_t>(std::max(lwork, 1)));
-  dgesdd_(&jobz, &M, &N, col.data(), &M, out.s.data(), u.data(), &M, vt.data(),
-          &R, work.data(), &lwork, iwork.data(), &info);
+  lapack->dgesdd(&jobz, &M, &N, col.data(), &M, out.s.data(), u.data(), &M,
+                 vt.data(), &R, work.data(), &lwork, iwork.data(), &info);
   if (info < 0) {
     return absl::InternalError(absl::StrCat("dgesdd argument ", -info));
   }
@@ -70,13 +110,13 @@ absl::StatusOr<ThinSvd> ComputeThinSvd(const DenseMatrix& a) {
       for (int64_t j = 0; j < n; ++j) col[j * m + i] = a.at(i, j);
     }
     lwork = -1;
-    dgesvd_(&jobz, &jobz, &M, &N, col.data(), &M, out.s.data(), u.data(), &M,
-            vt.data(), &R, &query, &lwork, &info);
+    lapack->dgesvd(&jobz, &jobz, &M, &N, col.data(), &M, out.s.data(), u.data(),
+                   &M, vt.data(), &R, &query, &lwork, &info);
     lwork = static_cast<int>(query);
     work.assign(static_cast<size_t>(std::max(lwork, 1)), 0.0);
     if (info == 0) {
-      dgesvd_(&jobz, &jobz, &M, &N, col.data(), &M, out.s.data(), u.data(), &M,
-              vt.data(), &R, work.data(), &lwork, &info);
+      lapack->dgesvd(&jobz, &jobz, &M, &N, col.data(), &M, out.s.data(),
+                     u.data(), &M, vt.data(), &R, work.data(), &lwork, &info);
     }
     if (info != 0) {
       return absl::FailedPreconditionError(
@@ -99,7 +139,8 @@ absl::StatusOr<ThinSvd> ComputeThinSvd(const DenseMatrix& a) {
 namespace {
 
 // Row-major C (m×n) = op(A)·B via the column-major identity Cᵀ = Bᵀ·op(A)ᵀ.
-DenseMatrix Gemm(const DenseMatrix& a, bool trans_a, const DenseMatrix& b) {
+absl::StatusOr<DenseMatrix> Gemm(const DenseMatrix& a, bool trans_a,
+                                 const DenseMatrix& b) {
   const int64_t m = trans_a ? a.cols : a.rows;
   const int64_t k = trans_a ? a.rows : a.cols;
   const int64_t n = b.cols;
@@ -110,18 +151,20 @@ DenseMatrix Gemm(const DenseMatrix& a, bool trans_a, const DenseMatrix& b) {
   const int ldb = static_cast<int>(b.cols), lda = static_cast<int>(a.cols);
   const double one = 1, zero = 0;
   const char tb = 'N', ta = trans_a ? 'T' : 'N';
-  dgemm_(&tb, &ta, &M, &N, &K, &one, b.data.data(), &ldb, a.data.data(), &lda,
-         &zero, c.data.data(), &M);
+  MS_ASSIGN_OR_RETURN(const Lapack* lapack, LoadLapack());
+  lapack->dgemm(&tb, &ta, &M, &N, &K, &one, b.data.data(), &ldb, a.data.data(),
+                &lda, &zero, c.data.data(), &M);
   return c;
 }
 
 }  // namespace
 
-DenseMatrix MatMul(const DenseMatrix& a, const DenseMatrix& b) {
+absl::StatusOr<DenseMatrix> MatMul(const DenseMatrix& a, const DenseMatrix& b) {
   return Gemm(a, false, b);
 }
 
-DenseMatrix MatMulTransA(const DenseMatrix& a, const DenseMatrix& b) {
+absl::StatusOr<DenseMatrix> MatMulTransA(const DenseMatrix& a,
+                                         const DenseMatrix& b) {
   return Gemm(a, true, b);
 }
 

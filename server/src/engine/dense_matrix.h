@@ -39,10 +39,12 @@ struct ThinSvd {
 };
 absl::StatusOr<ThinSvd> ComputeThinSvd(const DenseMatrix& a);
 
-// a·b (BLAS dgemm).
-DenseMatrix MatMul(const DenseMatrix& a, const DenseMatrix& b);
+// a·b (BLAS dgemm). Like ComputeThinSvd, FAILED_PRECONDITION when LAPACK
+// cannot be loaded.
+absl::StatusOr<DenseMatrix> MatMul(const DenseMatrix& a, const DenseMatrix& b);
 // aᵀ·b.
-DenseMatrix MatMulTransA(const DenseMatrix& a, const DenseMatrix& b);
+absl::StatusOr<DenseMatrix> MatMulTransA(const DenseMatrix& a,
+                                         const DenseMatrix& b);
 
 // polar(A) = U·Vt of A's thin SVD (the matrix methods' orthogonalisation).
 absl::StatusOr<DenseMatrix> PolarFactor(const DenseMatrix& a);

@@ -202,7 +202,8 @@ absl::StatusOr<std::map<std::string, Overlap>> SubspaceOverlaps(
     o.pairwise.assign(n, std::vector<double>(n, 1.0));
     for (size_t i = 0; i < n; ++i) {
       for (size_t j = i + 1; j < n; ++j) {
-        const DenseMatrix c = MatMulTransA(tops[i], tops[j]);
+        MS_ASSIGN_OR_RETURN(const DenseMatrix c,
+                            MatMulTransA(tops[i], tops[j]));
         double f = 0;
         for (double v : c.data) f += v * v;
         o.pairwise[i][j] = o.pairwise[j][i] = f / static_cast<double>(k);

@@ -31,7 +31,7 @@ class IsoCMethod : public MatrixMerge {
     if (svd.s.empty()) return sum;
     const double mean = std::accumulate(svd.s.begin(), svd.s.end(), 0.0) /
                         static_cast<double>(svd.s.size());
-    DenseMatrix out = MatMul(svd.u, svd.vt);
+    MS_ASSIGN_OR_RETURN(DenseMatrix out, MatMul(svd.u, svd.vt));
     for (double& v : out.data) v *= mean;
     return out;
   }

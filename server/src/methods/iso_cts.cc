@@ -70,7 +70,8 @@ class IsoCtsMethod : public MatrixMerge {
     for (int i = 0; i < in.count && per > 0; ++i) {
       MS_ASSIGN_OR_RETURN(DenseMatrix tau, in.tau(i));
       // W_i = τ_i − U_c·(U_cᵀ·τ_i): the task outside the common subspace.
-      const DenseMatrix proj = MatMul(uc, MatMulTransA(uc, tau));
+      MS_ASSIGN_OR_RETURN(const DenseMatrix coords, MatMulTransA(uc, tau));
+      MS_ASSIGN_OR_RETURN(const DenseMatrix proj, MatMul(uc, coords));
       for (size_t j = 0; j < tau.data.size(); ++j) tau.data[j] -= proj.data[j];
       MS_ASSIGN_OR_RETURN(ThinSvd svd, ComputeThinSvd(tau));
       stacked.Put(svd, per, i * per);

@@ -56,7 +56,7 @@ absl::StatusOr<DenseMatrix> StackedTriplets::Rebuild(bool flat) const {
     const double mean = s.empty() ? 0.0
                                   : std::accumulate(s.begin(), s.end(), 0.0) /
                                         static_cast<double>(s.size());
-    DenseMatrix out = MatMul(pu, pv);
+    MS_ASSIGN_OR_RETURN(DenseMatrix out, MatMul(pu, pv));
     for (double& v : out.data) v *= mean;
     return out;
   }
