@@ -177,6 +177,53 @@ TEST(ShardedWriterTest, DroppingTheCacheKeepsTheContent) {
   EXPECT_EQ(m["y"].back(), static_cast<float>(1000003 + (3 << 18) - 1));
 }
 
+// Every sync_every_bytes written, the syncer thread syncs the shard while
+// writing goes on (two writer threads race on the byte count); the result
+// is the same bytes, and a writer abandoned mid-sync joins its syncer.
+TEST(ShardedWriterTest, SyncsInTheBackgroundAsBytesPileUp) {
+  const std::string parent = TempDir("w");
+  ShardedWriter::Options o;
+  o.output_dir = parent + "/model";
+  o.sync_every_bytes = 1 << 20;
+  auto w = ShardedWriter::Create(o, BigSpecs());
+  ASSERT_TRUE(w.ok()) << w.status();
+  WriteBig(**w, 0);
+  // Asked for at least twice (3 MiB); done asynchronously.
+  for (int i = 0; i < 2000 && (*w)->background_syncs() < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_GE((*w)->background_syncs(), 1);
+  WriteBig(**w, 1);
+  WriteBig(**w, 2);
+  ASSERT_TRUE((*w)->Commit().ok());
+  auto m = testing::ReadModel(o.output_dir);
+  ASSERT_EQ(m["z"].size(), size_t{3} << 18);
+  EXPECT_EQ(m["x"].back(), static_cast<float>((3 << 18) - 1));
+  EXPECT_EQ(m["z"].front(), 2000006.f);
+
+  o.output_dir = parent + "/abandoned";
+  {
+    auto a = ShardedWriter::Create(o, BigSpecs());
+    ASSERT_TRUE(a.ok()) << a.status();
+    WriteBig(**a, 0);
+  }  // destroyed with a sync wanted or in flight
+  EXPECT_FALSE(fs::exists(parent + "/abandoned"));
+  EXPECT_FALSE(HasTempSibling(parent));
+}
+
+// Without background syncs (0) no syncer runs: Commit() alone syncs.
+TEST(ShardedWriterTest, SyncsOnlyAtCommitWhenAskedTo) {
+  ShardedWriter::Options o;
+  o.output_dir = TempDir("w") + "/model";
+  o.sync_every_bytes = 0;
+  auto w = ShardedWriter::Create(o, BigSpecs());
+  ASSERT_TRUE(w.ok()) << w.status();
+  for (size_t i = 0; i < 3; ++i) WriteBig(**w, i);
+  ASSERT_TRUE((*w)->Commit().ok());
+  EXPECT_EQ((*w)->background_syncs(), 0);
+  EXPECT_EQ(testing::ReadModel(o.output_dir)["y"].size(), size_t{3} << 18);
+}
+
 TEST(ShardedWriterTest, AbandonedWriterStopsItsHasher) {
   const std::string parent = TempDir("w");
   {

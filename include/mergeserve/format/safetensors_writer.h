@@ -56,6 +56,14 @@ class ShardedWriter {
     // the inputs that the next merge reads, and fresh pages cost more than
     // recycled ones (much more on a VM, where the host backs them lazily).
     bool drop_cached = false;
+    // Every this many bytes written to a shard, a writer thread makes them
+    // durable (fdatasync) while the merge goes on, so Commit()'s fsync
+    // waits for the last stretch only. On a VM a sync's cost grows with
+    // what was written since the last one (the host syncs its image): one
+    // sync of a 321 MiB result at the end took 0.05-0.37 s (median 0.28) of
+    // a 1.7 s merge, the last of 32 MiB syncs about 0.03 s. 0 syncs only at
+    // Commit().
+    uint64_t sync_every_bytes = uint64_t{32} << 20;
   };
 
   static absl::StatusOr<std::unique_ptr<ShardedWriter>> Create(
@@ -81,6 +89,8 @@ class ShardedWriter {
   absl::Status Commit();
 
   const std::string& temp_dir() const { return temp_dir_; }
+  // fdatasyncs the syncer thread has finished (Options::sync_every_bytes).
+  int background_syncs() const { return background_syncs_.load(); }
   // (file name, lower-case hex SHA-256) of every file in the folder, sorted
   // by name; filled by Commit() when Options::digest_files is set.
   const std::vector<std::pair<std::string, std::string>>& file_digests() const {
@@ -107,6 +117,10 @@ class ShardedWriter {
   // Finishes the hashes while syncing the shards; fills file_digests_.
   absl::Status DigestAndSync();
   void StopHasher();
+  // The syncer thread's loop: fdatasyncs the shards KickWriteback marks.
+  void SyncLoop();
+  // Waits for the sync in flight, then ends the syncer; its first error.
+  absl::Status StopSyncer();
 
   Options options_;
   std::vector<TensorSpec> tensors_;
@@ -114,6 +128,8 @@ class ShardedWriter {
   std::vector<Placement> placement_;
   // Bytes written to each shard since its last writeback kick.
   std::unique_ptr<std::atomic<uint64_t>[]> unflushed_;
+  // Bytes written to each shard since the syncer was last asked to sync it.
+  std::unique_ptr<std::atomic<uint64_t>[]> unsynced_;
   std::vector<std::pair<std::string, std::string>> file_digests_;
 
   // In-order hashing (digest_files). Tensors of a shard are contiguous and
@@ -130,6 +146,17 @@ class ShardedWriter {
   absl::Status hash_error_ ABSL_GUARDED_BY(hash_mu_);
   std::vector<std::unique_ptr<Sha256>> shard_hashes_;  // one per shard
   std::thread hasher_;
+
+  // Background syncs (sync_every_bytes). A failed fdatasync is kept and
+  // fails Commit(): the kernel reports a writeback error to one sync of a
+  // file description only, so Commit()'s fsync might not see it again.
+  std::mutex sync_mu_;
+  std::condition_variable sync_cv_;
+  std::vector<bool> sync_wanted_ ABSL_GUARDED_BY(sync_mu_);  // per shard
+  bool sync_stop_ ABSL_GUARDED_BY(sync_mu_) = false;
+  absl::Status sync_error_ ABSL_GUARDED_BY(sync_mu_);
+  std::atomic<int> background_syncs_{0};
+  std::thread syncer_;
   std::string temp_dir_;
   bool committed_ = false;
 };

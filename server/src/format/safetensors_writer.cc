@@ -116,7 +116,8 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
   if (members.empty()) members.emplace_back();
   const size_t n = members.size();
   w->unflushed_.reset(new std::atomic<uint64_t>[n]);
-  for (size_t s = 0; s < n; ++s) w->unflushed_[s] = 0;
+  w->unsynced_.reset(new std::atomic<uint64_t>[n]);
+  for (size_t s = 0; s < n; ++s) w->unflushed_[s] = w->unsynced_[s] = 0;
   for (size_t s = 0; s < n; ++s) {
     Shard shard;
     shard.file_name =
@@ -166,6 +167,19 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
       return IoError("cannot size", path);
     }
   }
+  if (w->options_.sync_every_bytes > 0 && w->options_.reserve) {
+    {
+      std::lock_guard<std::mutex> lock(w->sync_mu_);
+      w->sync_wanted_.assign(n, false);
+    }
+    ShardedWriter* self = w.get();
+    try {
+      w->syncer_ = std::thread([self] { self->SyncLoop(); });
+    } catch (const std::system_error& e) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot start the result's syncer: ", e.what()));
+    }
+  }
   if (w->options_.digest_files) {
     std::lock_guard<std::mutex> lock(w->hash_mu_);
     w->done_.assign(w->tensors_.size(), false);
@@ -197,8 +211,44 @@ void ShardedWriter::StopHasher() {
   hasher_.join();
 }
 
+absl::Status ShardedWriter::StopSyncer() {
+  if (!syncer_.joinable()) return absl::OkStatus();
+  {
+    std::lock_guard<std::mutex> lock(sync_mu_);
+    sync_stop_ = true;
+  }
+  sync_cv_.notify_all();
+  syncer_.join();
+  std::lock_guard<std::mutex> lock(sync_mu_);
+  return sync_error_;
+}
+
+void ShardedWriter::SyncLoop() {
+  std::unique_lock<std::mutex> lock(sync_mu_);
+  for (;;) {
+    size_t s = 0;
+    while (s < sync_wanted_.size() && !sync_wanted_[s]) ++s;
+    if (sync_stop_ || !sync_error_.ok()) return;
+    if (s == sync_wanted_.size()) {
+      sync_cv_.wait(lock);
+      continue;
+    }
+    sync_wanted_[s] = false;
+    const int fd = shards_[s].fd;
+    lock.unlock();
+    const bool ok = ::fdatasync(fd) == 0;
+    const absl::Status error =
+        ok ? absl::OkStatus()
+           : IoError("cannot sync", temp_dir_ + "/" + shards_[s].file_name);
+    lock.lock();
+    if (!ok) sync_error_ = error;
+    background_syncs_.fetch_add(1);
+  }
+}
+
 ShardedWriter::~ShardedWriter() {
   StopHasher();
+  StopSyncer().IgnoreError();
   for (auto& s : shards_) {
     if (s.fd >= 0) ::close(s.fd);
   }
@@ -224,6 +274,18 @@ absl::Status ShardedWriter::Write(size_t index, uint64_t offset,
 }
 
 void ShardedWriter::KickWriteback(size_t shard, uint64_t bytes) {
+  if (syncer_.joinable()) {
+    const uint64_t total = unsynced_[shard].fetch_add(bytes) + bytes;
+    uint64_t expected = total;
+    if (total >= options_.sync_every_bytes &&
+        unsynced_[shard].compare_exchange_strong(expected, 0)) {
+      {
+        std::lock_guard<std::mutex> lock(sync_mu_);
+        sync_wanted_[shard] = true;
+      }
+      sync_cv_.notify_one();
+    }
+  }
 #ifdef SYNC_FILE_RANGE_WRITE
   const uint64_t total = unflushed_[shard].fetch_add(bytes) + bytes;
   if (total < kWritebackBytes) return;
@@ -305,7 +367,8 @@ absl::Status ShardedWriter::DigestAndSync() {
     }
     hash_cv_.notify_all();
   }
-  absl::Status synced;
+  // The sync in flight finishes first (it shortens the ones below).
+  absl::Status synced = StopSyncer();
   for (const Shard& s : shards_) {
     if (::fsync(s.fd) != 0 && synced.ok()) {
       synced = IoError("cannot sync", temp_dir_ + "/" + s.file_name);
