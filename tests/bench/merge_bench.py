@@ -11,6 +11,7 @@ inputs), TIES at density 0.2. Prints a markdown table of medians.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,16 @@ def run(cmd, **kw):
     return time.monotonic() - start, out.stdout
 
 
+def fresh(path):
+    """Removes a previous run's output before the next run, untimed: on a
+    file system mounted with `discard` (this VM's), freeing 321 MiB takes
+    0.2 s inside unlink, which is not the merge's work. Both sides get it."""
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
 def gib(x):
     return x / (1 << 30)
 
@@ -39,6 +50,7 @@ def round_robin(mergeserve, runs, times, threads):
     peak RSS) rows."""
     for _ in range(times):
         for cfg, out_dir, walls, peaks in runs.values():
+            fresh(out_dir)
             wall, stdout = run([mergeserve, "merge", cfg, out_dir, "--overwrite",
                                 "--quiet", "--json"] + threads)
             walls.append(wall)
@@ -105,6 +117,7 @@ def main():
     torch_out = os.path.join(args.work, "torch_out.safetensors")
     walls, rss = [], []
     for _ in range(args.torch_runs):
+        fresh(torch_out)
         wall, stdout = run([PY, os.path.join(HERE, "torch_ties.py"),
                             os.path.join(model, "base"), torch_out] + experts +
                            ["--density", "0.2"] +
@@ -174,7 +187,6 @@ def sweep(args, model, experts, mergeserve, threads):
     expert's weight: jobs on one server (its cache keeps the trim selections,
     and for λ the merged update) against 10 cold one-shot `mergeserve merge`
     runs."""
-    import shutil
     import signal
     import socket
     sys.path.insert(0, os.path.join(ROOT, "client", "python"))
@@ -201,6 +213,7 @@ def sweep(args, model, experts, mergeserve, threads):
             cfg = os.path.join(model, f"sweep_{i}.yaml")
             with open(cfg, "w") as f:
                 f.write(text)
+            fresh(os.path.join(args.work, "sweep_cold"))
             wall, _ = run([mergeserve, "merge", cfg, os.path.join(args.work, "sweep_cold"),
                            "--overwrite", "--quiet"] + threads)
             cold.append(wall)
