@@ -133,8 +133,14 @@ MS_CPU_DISPATCH void MaskAndNorms(float* __restrict tv,
                                   double* all, double* kept) {
   if (AbsSumIsExact(tv, n)) {
     *all = AbsSumInLanes(tv, n);
-    for (int64_t j = 0; j < n; ++j) tv[j] *= mark[j];
-    *kept = IndexOrderAbsSum(tv, n);
+    // Marks of 0 and 1 keep a subset of the values, whose sum cannot round
+    // either (no second check); other marks, such as 1/p, change the values.
+    uint32_t other = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      other |= static_cast<uint32_t>((mark[j] != 0.f) & (mark[j] != 1.f));
+      tv[j] *= mark[j];
+    }
+    *kept = other == 0 ? AbsSumInLanes(tv, n) : IndexOrderAbsSum(tv, n);
     return;
   }
   // Both sums in index order, in one loop: two dependency chains in flight.

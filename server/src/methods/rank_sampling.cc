@@ -360,10 +360,12 @@ MS_CPU_DISPATCH bool RowKeeps(const float* __restrict x,
   uint32_t* first = b.key[2].data();
   uint32_t* start = b.key[3].data();
   uint64_t* bounds = b.bounds.data();
+  uint32_t* begins = b.key[4].data();  // each touched bucket's first rank
   uint32_t sum = 0;
   ForTouched(b.seen, [&](uint32_t id) {
     const uint32_t size = first[id] + start[id];
     bounds[id] = PackBounds(prob[sum], prob[sum + size - 1]);
+    begins[id] = sum;
     sum += size;
     first[id] = start[id] = 0;  // zero again for the next row
   });
@@ -403,10 +405,16 @@ MS_CPU_DISPATCH bool RowKeeps(const float* __restrict x,
   }
   for (size_t i = 0; i < listed; ++i) {
     const size_t j = undecided[i];
-    // The stable rank: smaller keys anywhere, equal keys before j.
+    // The stable rank: smaller keys anywhere, equal keys before j. Where
+    // j's bucket holds equal keys only, the smaller keys are those of the
+    // buckets below (its first rank): a scan of the row saved.
     const uint32_t k = key[j];
     uint32_t r = 0;
-    for (size_t i = 0; i < n; ++i) r += key[i] < k;
+    if (equal_keys(bucket[j])) {
+      r = begins[bucket[j]];
+    } else {
+      for (size_t i = 0; i < n; ++i) r += key[i] < k;
+    }
     for (size_t i = 0; i < j; ++i) r += key[i] == k;
     mark[j] = u[j] < prob[r] ? 1.f : 0.f;
   }
