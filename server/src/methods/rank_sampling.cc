@@ -195,42 +195,50 @@ size_t DecideByBucket(const uint32_t* bucket, const float* u,
   return DecideByBucketScalar(bucket, u, bounds, n, mark, undecided);
 }
 
-// words[w] bit i = flag[64w + i] != 0 (flags 0 or 1).
-void FlagsToBitsScalar(const uint8_t* flag, size_t words, uint64_t* out) {
+// words[w] bit i = (c0[64w + i] | c1[64w + i]) != 0: the buckets a row's
+// counters touched, found by a scan of the counters rather than a flag
+// stored per key (the counters span a few times the row; a scan of them
+// costs less than a store per key).
+void NonzeroToBitsScalar(const uint32_t* c0, const uint32_t* c1, size_t words,
+                         uint64_t* out) {
   for (size_t w = 0; w < words; ++w) {
     uint64_t m = 0;
     for (size_t i = 0; i < 64; ++i) {
-      m |= static_cast<uint64_t>(flag[w * 64 + i]) << i;
+      m |= static_cast<uint64_t>((c0[w * 64 + i] | c1[w * 64 + i]) != 0) << i;
     }
     out[w] = m;
   }
 }
 
 #if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
-__attribute__((target("avx2"))) void FlagsToBitsAvx2(const uint8_t* flag,
-                                                     size_t words,
-                                                     uint64_t* out) {
+__attribute__((target("avx2"))) void NonzeroToBitsAvx2(const uint32_t* c0,
+                                                       const uint32_t* c1,
+                                                       size_t words,
+                                                       uint64_t* out) {
   const __m256i zero = _mm256_setzero_si256();
   for (size_t w = 0; w < words; ++w) {
-    const __m256i a =
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(flag + w * 64));
-    const __m256i c = _mm256_loadu_si256(
-        reinterpret_cast<const __m256i*>(flag + w * 64 + 32));
-    // movemask of (flag == 0), inverted.
-    const uint32_t lo = ~static_cast<uint32_t>(
-        _mm256_movemask_epi8(_mm256_cmpeq_epi8(a, zero)));
-    const uint32_t hi = ~static_cast<uint32_t>(
-        _mm256_movemask_epi8(_mm256_cmpeq_epi8(c, zero)));
-    out[w] = uint64_t{hi} << 32 | lo;
+    uint64_t m = 0;
+    for (int q = 0; q < 8; ++q) {
+      const size_t at = w * 64 + static_cast<size_t>(q) * 8;
+      const __m256i any = _mm256_or_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c0 + at)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c1 + at)));
+      // movemask of (counter == 0), inverted.
+      const uint32_t none = static_cast<uint32_t>(_mm256_movemask_ps(
+          _mm256_castsi256_ps(_mm256_cmpeq_epi32(any, zero))));
+      m |= static_cast<uint64_t>(~none & 0xffu) << (q * 8);
+    }
+    out[w] = m;
   }
 }
 #endif
 
-void FlagsToBits(const uint8_t* flag, size_t words, uint64_t* out) {
+void NonzeroToBits(const uint32_t* c0, const uint32_t* c1, size_t words,
+                   uint64_t* out) {
 #if defined(__x86_64__) && !defined(MERGESERVE_NO_CPU_DISPATCH)
-  if (Avx2Kernels()) return FlagsToBitsAvx2(flag, words, out);
+  if (Avx2Kernels()) return NonzeroToBitsAvx2(c0, c1, words, out);
 #endif
-  FlagsToBitsScalar(flag, words, out);
+  NonzeroToBitsScalar(c0, c1, words, out);
 }
 
 // RowBuckets is the counting half, shared by RowRanks and RowKeeps: it fills
@@ -267,39 +275,30 @@ inline __attribute__((always_inline)) bool RowBuckets(const float* __restrict x,
   if (b.key[1].size() < n) b.key[1].resize(n);
   std::vector<uint32_t>& first = b.key[2];
   std::vector<uint32_t>& start = b.key[3];  // the second half's
-  if (first.size() < buckets) {
-    first.resize(buckets, 0);
-    start.resize(buckets, 0);
-    b.key[4].resize(buckets, 0);
-    b.bounds.resize(buckets, 0);
-  }
+  // Whole words of counters: the scan for touched buckets reads them all
+  // (those past `buckets` stay zero).
   const size_t words = (buckets + 63) / 64;
-  if (b.flag.size() < words * 64) b.flag.resize(words * 64, 0);
+  if (first.size() < words * 64) {
+    first.resize(words * 64, 0);
+    start.resize(words * 64, 0);
+    b.key[4].resize(words * 64, 0);
+    b.bounds.resize(words * 64, 0);
+  }
   uint32_t* __restrict bucket = b.key[1].data();
   for (size_t j = 0; j < n; ++j) {
     const uint32_t k = key[j];
     bucket[j] = k == 0 ? 0 : (((k >> 16) - lo) << 1 | ((k & 0xffffu) != 0)) + 1;
   }
-  // A byte per touched bucket, stored (not or-ed into a shared word: each
-  // read-modify-write would wait on the last), then gathered into bits.
-  uint8_t* __restrict flag = b.flag.data();
   uint32_t* __restrict c0 = first.data();
   uint32_t* __restrict c1 = start.data();
   const size_t half = n / 2;
   for (size_t j = 0; j < half; ++j) {
-    const uint32_t a = bucket[j], c = bucket[half + j];
-    ++c0[a];
-    ++c1[c];
-    flag[a] = 1;
-    flag[c] = 1;
+    ++c0[bucket[j]];
+    ++c1[bucket[half + j]];
   }
-  if (n % 2 != 0) {
-    ++c1[bucket[n - 1]];
-    flag[bucket[n - 1]] = 1;
-  }
+  if (n % 2 != 0) ++c1[bucket[n - 1]];
   b.seen.resize(words);
-  FlagsToBits(flag, words, b.seen.data());
-  std::memset(flag, 0, words * 64);
+  NonzeroToBits(c0, c1, words, b.seen.data());
   return true;
 }
 

@@ -20,7 +20,6 @@ namespace mergeserve {
 struct RankScratch {
   std::vector<uint32_t> key[5], idx, at, rank;
   std::vector<uint64_t> seen;    // buckets a row touched
-  std::vector<uint8_t> flag;     // the same, a byte each while counting
   std::vector<uint64_t> bounds;  // p of each bucket's first and last rank
   std::vector<uint64_t> pairs;   // (key, index) of rows sorted whole
   std::vector<float> p;          // p by rank for (p_cols, p_density, p_eps)
