@@ -105,11 +105,13 @@ def main():
 
     outputs = {}
     runs = {}  # label -> (cfg, out_dir, walls, peak RSS per run)
-    for label, text in configs.items():
-        cfg = os.path.join(model, "bench_" + str(abs(hash(label))) + ".yaml")
+    # Named by position: str hashes differ per process, and every run would
+    # leave another 321 MiB output behind.
+    for i, (label, text) in enumerate(configs.items()):
+        cfg = os.path.join(model, f"bench_{i}.yaml")
         with open(cfg, "w") as f:
             f.write(text)
-        out_dir = os.path.join(args.work, "out_" + str(abs(hash(label))))
+        out_dir = os.path.join(args.work, f"out_{i}")
         outputs[label] = os.path.join(out_dir, "model.safetensors")
         runs[label] = (cfg, out_dir, [], [])
     rows = round_robin(mergeserve, runs, args.runs, threads)
