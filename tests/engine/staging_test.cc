@@ -1,11 +1,15 @@
 // ForEachStagedChunk: passes read copies of their input windows (pread into
 // huge-page buffers) instead of the mapping. Every mode must hand the chunk
 // function exactly the values of the mapped tensor.
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <mutex>
 #include <random>
+#include <thread>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -121,6 +125,59 @@ TEST_F(StagingTest, HeldTensorIsNotReadAgainAndOthersAre) {
   // A failed staging holds nothing: w is read again, and fails too.
   EXPECT_EQ(arena.held, nullptr);
   EXPECT_FALSE(Read(w, &arena, {0, 1}).ok());
+}
+
+// Pages of a view's bytes that are in the page cache (mincore on the
+// file's mapping, which reports the cache whether or not they are mapped).
+size_t ResidentPages(const TensorView& v) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(v.data) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(v.data) + v.info->nbytes;
+  std::vector<unsigned char> in((end - begin + page - 1) / page);
+  if (mincore(reinterpret_cast<void*>(begin), end - begin, in.data()) != 0) {
+    return 0;
+  }
+  size_t n = 0;
+  for (unsigned char c : in) n += c & 1;
+  return n;
+}
+
+size_t Pages(const TensorView& v) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(v.data) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(v.data) + v.info->nbytes;
+  return (end - begin + page - 1) / page;
+}
+
+// The executor prefetches the next tensor's inputs: pages the kernel
+// dropped come back into the page cache without a read of the process.
+TEST_F(StagingTest, PrefetchBringsEveryInputIntoThePageCache) {
+  const PlannedTensor& w = Tensor("w");
+  const std::vector<const TensorView*> views = {&w.base, &w.models[0],
+                                                &w.models[1]};
+  for (const TensorView* v : views) {
+    const int fd = ::open(v->file->path().c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::fdatasync(fd), 0);  // clean pages can be dropped
+    ASSERT_EQ(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    ::close(fd);
+  }
+  size_t resident = 0, pages = 0;
+  for (const TensorView* v : views) {
+    resident += ResidentPages(*v);
+    pages += Pages(*v);
+  }
+  // Otherwise this file system keeps them (tmpfs) and the test shows
+  // nothing: it must run on a disk-backed TEST_TMPDIR.
+  ASSERT_LT(resident, pages) << "the inputs' pages could not be dropped";
+  PrefetchInputs(w, StagingArena::kHoldBytes);
+  // Asynchronous: wait for the reads, up to 20 s.
+  for (int i = 0; i < 2000 && resident < pages; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    resident = 0;
+    for (const TensorView* v : views) resident += ResidentPages(*v);
+  }
+  EXPECT_EQ(resident, pages);
 }
 
 }  // namespace

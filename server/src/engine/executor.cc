@@ -298,6 +298,9 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   progress.tensors_total = static_cast<int64_t>(plan->tensors().size());
   progress.phase = "prepare";
   if (options.on_progress) options.on_progress(progress);
+  if (!plan->tensors().empty()) {
+    PrefetchInputs(plan->tensors().front(), StagingArena::kHoldBytes);
+  }
   MS_RETURN_IF_ERROR(method->Prepare(*plan, ctx));
 
   std::vector<TensorSpec> specs;
@@ -344,6 +347,9 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (ctx.is_cancelled()) return absl::CancelledError("merge cancelled");
     const PlannedTensor& t = tensors[i];
+    if (i + 1 < tensors.size()) {
+      PrefetchInputs(tensors[i + 1], StagingArena::kHoldBytes);
+    }
     if (t.merge) {
       absl::Status merged;
       if (writer) {

@@ -664,6 +664,10 @@ absl::Status MagnitudeSelector::ForEachChunk(
       continue;
     }
     const PlannedTensor& t = *domain[ti];
+    // A whole-model selection reads every tensor before the merge starts.
+    if (ti + 1 < domain.size()) {
+      PrefetchInputs(*domain[ti + 1], StagingArena::kHoldBytes);
+    }
     const absl::Status staged = ForEachStagedChunk(
         pool_, staging_, t, t.base.data != nullptr, models, chunk_elems_,
         [&](int64_t i, int w, const PlannedTensor& in) {

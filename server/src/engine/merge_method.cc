@@ -53,6 +53,27 @@ uint8_t* StagingArena::Buffer(size_t slot, size_t bytes) {
   return buffers_[slot].as<uint8_t>();
 }
 
+void PrefetchInputs(const PlannedTensor& t, uint64_t max_bytes) {
+  std::vector<const TensorView*> views;
+  auto add = [&views](const TensorView& v) {
+    if (v.file != nullptr && v.data != nullptr && v.info != nullptr) {
+      views.push_back(&v);
+    }
+  };
+  if (t.merge) {
+    add(t.base);
+    for (const TensorView& v : t.models) add(v);
+  } else {
+    add(t.reference);
+  }
+  if (views.empty()) return;
+  const uint64_t each = max_bytes / views.size();
+  for (const TensorView* v : views) {
+    v->file->Prefetch(static_cast<uint64_t>(v->data - v->file->data()),
+                      std::min<uint64_t>(each, v->info->nbytes));
+  }
+}
+
 absl::Status ForEachStagedChunk(
     ThreadPool& pool, StagingArena* arena, const PlannedTensor& t, bool base,
     const std::vector<int>& models, int64_t chunk,
@@ -138,6 +159,14 @@ absl::Status ForEachStagedChunk(
       }
       staged[i]->data = dst;
       staged[i]->first = begin;
+    }
+    // The next window comes off the disk (where it is not cached) while
+    // this one is copied and worked on.
+    if (!reuse && begin + window < t.numel) {
+      const int64_t next = std::min(window, t.numel - begin - window);
+      for (const TensorView* v : source) {
+        OnFileRange(*v, begin + window, next, &MappedFile::Prefetch);
+      }
     }
     pool.Run(static_cast<int64_t>(pieces.size()), [&](int64_t k, int) {
       const Piece& p = pieces[static_cast<size_t>(k)];
