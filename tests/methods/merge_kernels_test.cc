@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "methods/abs_sum.h"
 #include "methods/task_vector_merge.h"
 #include "methods/tie_ledger.h"
 
@@ -115,22 +116,29 @@ TEST(MergeKernelsTest, KeptBitsRoundTrip) {
 
 // An exact unmasked sum proves the masked one exact only for marks of 0 and
 // 1: marks of 1/p give values whose sum rounds, and it must round in index
-// order. Big and small values alternate, so eight lanes would group them.
+// order. Big and small values alternate, so sixteen lanes (the exact
+// path's order) would group them and round otherwise; the test checks that
+// they would, so that it tells the two orders apart.
 TEST(MergeKernelsTest, MaskAndNormsSumsRescaledValuesInIndexOrder) {
-  for (int64_t n : {16, 40, 1000}) {
+  for (int64_t n : {1000, 4096}) {
     std::vector<float> tv(static_cast<size_t>(n)), mark(tv.size());
     for (size_t j = 0; j < tv.size(); ++j) {
-      tv[j] = j % 2 == 0 ? std::ldexp(1.f, 40) : 1.f;
+      tv[j] = j % 2 == 0 ? std::ldexp(1.f, 28) : 1.f;
       mark[j] = j % 5 == 4 ? 0.f : 1.f / 0.3f;
     }
+    ASSERT_TRUE(AbsSumIsExact(tv.data(), n)) << n;  // the path under test
     std::vector<float> t = tv;
     double all = 0, kept = 0;
     MaskAndNorms(t.data(), mark.data(), n, &all, &kept);
-    double a = 0, k = 0;
+    double a = 0, k = 0, lane[16] = {};
     for (size_t j = 0; j < tv.size(); ++j) {
       a += std::fabs(tv[j]);
       k += std::fabs(tv[j] * mark[j]);
+      lane[j % 16] += std::fabs(tv[j] * mark[j]);
     }
+    double in_lanes = 0;
+    for (double v : lane) in_lanes += v;
+    ASSERT_NE(in_lanes, k) << n;
     EXPECT_EQ(all, a) << n;
     EXPECT_EQ(kept, k) << n;
   }

@@ -186,8 +186,13 @@ void MappedFile::Prefetch(uint64_t offset, uint64_t length) const {
   const uint64_t page = PageSize();
   const uint64_t begin = offset / page * page;
   const uint64_t end = std::min(offset + length, size_);
-  if (end <= begin) return;
-  ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_WILLNEED);
+  // In pieces: the kernel reads at most its readahead window (a few MiB)
+  // of one WILLNEED call and drops the rest.
+  constexpr uint64_t kPiece = uint64_t{2} << 20;
+  for (uint64_t at = begin; at < end; at += kPiece) {
+    ::madvise(const_cast<uint8_t*>(data_) + at, std::min(kPiece, end - at),
+              MADV_WILLNEED);
+  }
 }
 
 absl::Status MappedFile::ReadAt(uint64_t offset, uint64_t length,

@@ -212,13 +212,16 @@ void ShardedWriter::StopHasher() {
 }
 
 absl::Status ShardedWriter::StopSyncer() {
-  if (!syncer_.joinable()) return absl::OkStatus();
-  {
-    std::lock_guard<std::mutex> lock(sync_mu_);
-    sync_stop_ = true;
+  if (syncer_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(sync_mu_);
+      sync_stop_ = true;
+    }
+    sync_cv_.notify_all();
+    syncer_.join();
   }
-  sync_cv_.notify_all();
-  syncer_.join();
+  // Also for a Commit() retried: the kernel reported the error once, to
+  // the background sync, and the retry's fsync may not see it again.
   std::lock_guard<std::mutex> lock(sync_mu_);
   return sync_error_;
 }
