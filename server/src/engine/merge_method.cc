@@ -69,8 +69,11 @@ void PrefetchInputs(const PlannedTensor& t, uint64_t max_bytes) {
   if (views.empty()) return;
   const uint64_t each = max_bytes / views.size();
   for (const TensorView* v : views) {
-    v->file->Prefetch(static_cast<uint64_t>(v->data - v->file->data()),
-                      std::min<uint64_t>(each, v->info->nbytes));
+    const uint64_t es = DTypeSize(v->info->dtype);
+    OnFileRange(*v, 0,
+                static_cast<int64_t>(std::min<uint64_t>(
+                    static_cast<uint64_t>(t.numel), each / es)),
+                &MappedFile::Prefetch);
   }
 }
 
