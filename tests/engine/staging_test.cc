@@ -149,35 +149,72 @@ size_t Pages(const TensorView& v) {
   return (end - begin + page - 1) / page;
 }
 
+// Drops the views' files from the page cache (all but the pages the plan
+// has mapped); returns how many of their pages stay cached.
+size_t DropPages(const std::vector<const TensorView*>& views) {
+  for (const TensorView* v : views) {
+    const int fd = ::open(v->file->path().c_str(), O_RDONLY);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(::fdatasync(fd), 0);  // clean pages can be dropped
+    EXPECT_EQ(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    ::close(fd);
+  }
+  size_t resident = 0;
+  for (const TensorView* v : views) resident += ResidentPages(*v);
+  return resident;
+}
+
+// Waits (up to 20 s: the prefetch is asynchronous) until every page of
+// `views` is cached; returns how many are.
+size_t WaitResident(const std::vector<const TensorView*>& views) {
+  size_t resident = 0, pages = 0;
+  for (const TensorView* v : views) pages += Pages(*v);
+  for (int i = 0; i < 2000; ++i) {
+    resident = 0;
+    for (const TensorView* v : views) resident += ResidentPages(*v);
+    if (resident == pages) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return resident;
+}
+
+size_t PagesOf(const std::vector<const TensorView*>& views) {
+  size_t pages = 0;
+  for (const TensorView* v : views) pages += Pages(*v);
+  return pages;
+}
+
 // The executor prefetches the next tensor's inputs: pages the kernel
 // dropped come back into the page cache without a read of the process.
 TEST_F(StagingTest, PrefetchBringsEveryInputIntoThePageCache) {
   const PlannedTensor& w = Tensor("w");
   const std::vector<const TensorView*> views = {&w.base, &w.models[0],
                                                 &w.models[1]};
-  for (const TensorView* v : views) {
-    const int fd = ::open(v->file->path().c_str(), O_RDONLY);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(::fdatasync(fd), 0);  // clean pages can be dropped
-    ASSERT_EQ(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
-    ::close(fd);
-  }
-  size_t resident = 0, pages = 0;
-  for (const TensorView* v : views) {
-    resident += ResidentPages(*v);
-    pages += Pages(*v);
-  }
   // Otherwise this file system keeps them (tmpfs) and the test shows
   // nothing: it must run on a disk-backed TEST_TMPDIR.
-  ASSERT_LT(resident, pages) << "the inputs' pages could not be dropped";
+  ASSERT_LT(DropPages(views), PagesOf(views))
+      << "the inputs' pages could not be dropped";
   PrefetchInputs(w, StagingArena::kHoldBytes);
-  // Asynchronous: wait for the reads, up to 20 s.
-  for (int i = 0; i < 2000 && resident < pages; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    resident = 0;
-    for (const TensorView* v : views) resident += ResidentPages(*v);
-  }
-  EXPECT_EQ(resident, pages);
+  EXPECT_EQ(WaitResident(views), PagesOf(views));
+}
+
+// A pass that reads one expert (a whole-model selection's pass over one
+// model) prefetches that expert only: the other inputs stay on the disk.
+TEST_F(StagingTest, PrefetchOfOnePassReadsOnlyItsInputs) {
+  const PlannedTensor& w = Tensor("w");
+  const std::vector<const TensorView*> read = {&w.models[1]};
+  const std::vector<const TensorView*> unread = {&w.base, &w.models[0]};
+  std::vector<const TensorView*> all = read;
+  all.insert(all.end(), unread.begin(), unread.end());
+  ASSERT_LT(DropPages(read), PagesOf(read))
+      << "the inputs' pages could not be dropped";
+  const size_t kept = DropPages(unread);
+  ASSERT_LT(kept, PagesOf(unread));
+  PrefetchInputs(w, StagingArena::kHoldBytes, /*base=*/false, {1});
+  EXPECT_EQ(WaitResident(read), PagesOf(read));
+  size_t resident = 0;
+  for (const TensorView* v : unread) resident += ResidentPages(*v);
+  EXPECT_EQ(resident, kept);
 }
 
 }  // namespace

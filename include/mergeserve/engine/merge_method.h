@@ -129,6 +129,10 @@ inline void PopulateRange(const TensorView& v, int64_t begin, int64_t count) {
 // left holes a merge waited on page by page) come off the disk while the
 // CPUs work.
 void PrefetchInputs(const PlannedTensor& t, uint64_t max_bytes);
+// Only the inputs one pass reads: the base where `base`, and `models`
+// (indices into t.models), as ForEachStagedChunk takes them.
+void PrefetchInputs(const PlannedTensor& t, uint64_t max_bytes, bool base,
+                    const std::vector<int>& models);
 
 // Reused memory a merge copies its input windows into (ForEachStagedChunk):
 // one huge-page buffer per input slot, kept across windows, passes and

@@ -664,9 +664,15 @@ absl::Status MagnitudeSelector::ForEachChunk(
       continue;
     }
     const PlannedTensor& t = *domain[ti];
-    // A whole-model selection reads every tensor before the merge starts.
-    if (ti + 1 < domain.size()) {
-      PrefetchInputs(*domain[ti + 1], StagingArena::kHoldBytes);
+    // A whole-model selection reads every tensor before the merge starts:
+    // the next one this pass visits comes off the disk meanwhile, only the
+    // inputs the pass reads.
+    size_t next = ti + 1;
+    while (next < domain.size() && visit != nullptr && !(*visit)[next]) ++next;
+    if (next < domain.size()) {
+      const PlannedTensor& n = *domain[next];
+      PrefetchInputs(n, StagingArena::kHoldBytes, n.base.data != nullptr,
+                     models);
     }
     const absl::Status staged = ForEachStagedChunk(
         pool_, staging_, t, t.base.data != nullptr, models, chunk_elems_,

@@ -42,6 +42,28 @@ absl::StatusOr<std::vector<float>> LoadWholeF32(const TensorView& v,
 namespace {
 // Bytes one pread of a staged window copies (pieces spread over the pool).
 constexpr uint64_t kStagePiece = uint64_t{1} << 20;
+
+// The first max_bytes of t's `candidates` that are read from a file, split
+// evenly over them.
+void PrefetchViews(const PlannedTensor& t,
+                   const std::vector<const TensorView*>& candidates,
+                   uint64_t max_bytes) {
+  std::vector<const TensorView*> views;
+  for (const TensorView* v : candidates) {
+    if (v->file != nullptr && v->data != nullptr && v->info != nullptr) {
+      views.push_back(v);
+    }
+  }
+  if (views.empty()) return;
+  const uint64_t each = max_bytes / views.size();
+  for (const TensorView* v : views) {
+    const uint64_t es = DTypeSize(v->info->dtype);
+    OnFileRange(*v, 0,
+                static_cast<int64_t>(std::min<uint64_t>(
+                    static_cast<uint64_t>(t.numel), each / es)),
+                &MappedFile::Prefetch);
+  }
+}
 }  // namespace
 
 uint8_t* StagingArena::Buffer(size_t slot, size_t bytes) {
@@ -54,27 +76,21 @@ uint8_t* StagingArena::Buffer(size_t slot, size_t bytes) {
 }
 
 void PrefetchInputs(const PlannedTensor& t, uint64_t max_bytes) {
+  if (!t.merge) {
+    PrefetchViews(t, {&t.reference}, max_bytes);
+    return;
+  }
+  std::vector<const TensorView*> views = {&t.base};
+  for (const TensorView& v : t.models) views.push_back(&v);
+  PrefetchViews(t, views, max_bytes);
+}
+
+void PrefetchInputs(const PlannedTensor& t, uint64_t max_bytes, bool base,
+                    const std::vector<int>& models) {
   std::vector<const TensorView*> views;
-  auto add = [&views](const TensorView& v) {
-    if (v.file != nullptr && v.data != nullptr && v.info != nullptr) {
-      views.push_back(&v);
-    }
-  };
-  if (t.merge) {
-    add(t.base);
-    for (const TensorView& v : t.models) add(v);
-  } else {
-    add(t.reference);
-  }
-  if (views.empty()) return;
-  const uint64_t each = max_bytes / views.size();
-  for (const TensorView* v : views) {
-    const uint64_t es = DTypeSize(v->info->dtype);
-    OnFileRange(*v, 0,
-                static_cast<int64_t>(std::min<uint64_t>(
-                    static_cast<uint64_t>(t.numel), each / es)),
-                &MappedFile::Prefetch);
-  }
+  if (base) views.push_back(&t.base);
+  for (int m : models) views.push_back(&t.models[static_cast<size_t>(m)]);
+  PrefetchViews(t, views, max_bytes);
 }
 
 absl::Status ForEachStagedChunk(
