@@ -1,6 +1,8 @@
 #include "mergeserve/format/safetensors_writer.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +19,8 @@
 namespace mergeserve {
 namespace {
 namespace fs = std::filesystem;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
 using testing::TempDir;
 
 std::vector<TensorSpec> Specs() {
@@ -209,6 +213,49 @@ TEST(ShardedWriterTest, SyncsInTheBackgroundAsBytesPileUp) {
   }  // destroyed with a sync wanted or in flight
   EXPECT_FALSE(fs::exists(parent + "/abandoned"));
   EXPECT_FALSE(HasTempSibling(parent));
+}
+
+// A background sync that fails (a device failing writeback) fails
+// Commit(), though the kernel would report the error to that sync only and
+// Commit()'s own fsync succeeds; a retried Commit() fails the same way, and
+// nothing reaches the output folder.
+TEST(ShardedWriterTest, FailedBackgroundSyncFailsCommit) {
+  const std::string parent = TempDir("w");
+  ShardedWriter::Options o;
+  o.output_dir = parent + "/model";
+  o.sync_every_bytes = 1 << 20;
+  std::atomic<int> calls{0};
+  o.background_datasync = [&calls](int) {
+    calls.fetch_add(1);
+    errno = EIO;
+    return -1;
+  };
+  {
+    auto w = ShardedWriter::Create(o, BigSpecs());
+    ASSERT_TRUE(w.ok()) << w.status();
+    for (size_t i = 0; i < 3; ++i) WriteBig(**w, i);
+    const absl::Status first = (*w)->Commit();
+    EXPECT_GE(calls.load(), 1);
+    EXPECT_EQ(first.code(), absl::StatusCode::kInternal) << first;
+    EXPECT_THAT(std::string(first.message()),
+                AllOf(HasSubstr("cannot sync"), HasSubstr("model.safetensors"),
+                      HasSubstr("Input/output error")));
+    EXPECT_EQ((*w)->Commit(), first);
+    EXPECT_FALSE(fs::exists(o.output_dir));
+  }
+  EXPECT_FALSE(HasTempSibling(parent));
+
+  // A full thin-provisioned disk fails writeback with ENOSPC.
+  o.output_dir = parent + "/full";
+  o.background_datasync = [](int) {
+    errno = ENOSPC;
+    return -1;
+  };
+  auto w = ShardedWriter::Create(o, BigSpecs());
+  ASSERT_TRUE(w.ok()) << w.status();
+  for (size_t i = 0; i < 3; ++i) WriteBig(**w, i);
+  EXPECT_EQ((*w)->Commit().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(fs::exists(o.output_dir));
 }
 
 // Without background syncs (0) no syncer runs: Commit() alone syncs.

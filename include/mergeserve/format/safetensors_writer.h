@@ -12,6 +12,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -64,6 +65,10 @@ class ShardedWriter {
     // a 1.7 s merge, the last of 32 MiB syncs about 0.03 s. 0 syncs only at
     // Commit().
     uint64_t sync_every_bytes = uint64_t{32} << 20;
+    // Fault injection for tests, as LevelDB's FaultInjectionTestEnv: what
+    // the syncer thread calls in place of fdatasync(fd) (a device that
+    // fails writeback cannot be set up on a test machine). Null: fdatasync.
+    std::function<int(int fd)> background_datasync;
   };
 
   static absl::StatusOr<std::unique_ptr<ShardedWriter>> Create(

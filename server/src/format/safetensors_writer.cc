@@ -239,7 +239,9 @@ void ShardedWriter::SyncLoop() {
     sync_wanted_[s] = false;
     const int fd = shards_[s].fd;
     lock.unlock();
-    const bool ok = ::fdatasync(fd) == 0;
+    const bool ok =
+        (options_.background_datasync ? options_.background_datasync(fd)
+                                      : ::fdatasync(fd)) == 0;
     const absl::Status error =
         ok ? absl::OkStatus()
            : IoError("cannot sync", temp_dir_ + "/" + shards_[s].file_name);
