@@ -184,6 +184,28 @@ def methods(args, model, mergeserve, threads):
         print(f"| {method} | {wall:.2f} | {wall / ties:.2f}x | {gib(peak):.2f} GiB |")
 
 
+def durable_write_seconds(directory, nbytes, runs=3):
+    """Median seconds to write `nbytes` to a new file and fsync it: the
+    floor of a sweep point whose result is durable (each point writes one)."""
+    block = b"\x5a" * (4 << 20)
+    path = os.path.join(directory, "durable_write.tmp")
+    walls = []
+    for _ in range(runs):
+        fresh(path)
+        start = time.monotonic()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            left = nbytes
+            while left > 0:
+                left -= os.write(fd, block[:min(left, len(block))])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        walls.append(time.monotonic() - start)
+    fresh(path)
+    return statistics.median(walls)
+
+
 def sweep(args, model, experts, mergeserve, threads):
     """10-point sweeps of TIES on the same checkpoints, over λ and over one
     expert's weight: jobs on one server (its cache keeps the trim selections,
@@ -251,6 +273,10 @@ def sweep(args, model, experts, mergeserve, threads):
             server.wait()
         results[name] = (cold, warm)
 
+    result_bytes = sum(os.path.getsize(os.path.join(args.work, "sweep_cold", f))
+                       for f in os.listdir(os.path.join(args.work, "sweep_cold"))
+                       if f.endswith(".safetensors"))
+    floor = durable_write_seconds(args.work, result_bytes)
     print(f"\n10-point sweeps of TIES (density 0.2) on the same 4 experts:")
     print("| sweep | 10 cold one-shot s | 10 jobs on one server s | first job s | "
           "median later job s | speed-up |")
@@ -258,6 +284,14 @@ def sweep(args, model, experts, mergeserve, threads):
     for name, (cold, warm) in results.items():
         print(f"| {name} | {sum(cold):.2f} | {sum(warm):.2f} | {warm[0]:.2f} | "
               f"{statistics.median(warm[1:]):.2f} | {sum(cold) / sum(warm):.2f}x |")
+    # Every point writes a new durable result: the disk alone bounds the
+    # speed-up, whatever the merge reuses.
+    print(f"\nwriting one {result_bytes / 2**20:.0f} MiB result and fsyncing it "
+          f"(median of 3): {floor:.2f} s ({result_bytes / floor / 1e6:.0f} MB/s); "
+          f"ten of them: {10 * floor:.2f} s")
+    for name, (cold, warm) in results.items():
+        print(f"{name}: largest speed-up a disk this fast allows with the first "
+              f"job as measured: {sum(cold) / (warm[0] + 9 * floor):.2f}x")
 
 
 if __name__ == "__main__":
