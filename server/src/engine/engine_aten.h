@@ -36,7 +36,7 @@ absl::Status MergeTaskVectors(const TaskVectorMerge& method,
 absl::Status MergeModelStock(const MergePlan& plan, const PlannedTensor& t,
                              const std::vector<int>& experts, bool filter_wise,
                              ExecContext& ctx, TensorSink& out);
-// at::set_num_threads.
+// at::set_num_threads, where `threads` differs from the count last set.
 void SetNumThreads(int threads);
 }  // namespace aten
 

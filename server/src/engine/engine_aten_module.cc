@@ -2,7 +2,9 @@
 #include <ATen/Parallel.h>
 
 #include <map>
+#include <mutex>
 
+#include "absl/base/thread_annotations.h"
 #include "engine/aten_module.h"
 #include "engine/engine_aten.h"
 #include "methods/methods.h"
@@ -34,7 +36,22 @@ std::unique_ptr<MergeMethod> NewMethod(const std::string& name) {
   return it == kFactories->end() ? nullptr : it->second();
 }
 
-void SetNumThreads(int threads) { at::set_num_threads(threads); }
+namespace {
+// LibTorch's thread count as last set (0: never).
+std::mutex threads_mu;
+int threads_set ABSL_GUARDED_BY(threads_mu) = 0;
+}  // namespace
+
+// at::set_num_threads rebuilds LibTorch's worker pool even at the count it
+// already has (PyTorch 1.13's PThreadPool::set_thread_count), and each new
+// worker spins (about 30 ms of a core here) before it sleeps: every server
+// job paid that. Only a new count is passed on.
+void SetNumThreads(int threads) {
+  std::lock_guard<std::mutex> lock(threads_mu);
+  if (threads_set == threads) return;
+  at::set_num_threads(threads);
+  threads_set = threads;
+}
 
 }  // namespace aten
 
