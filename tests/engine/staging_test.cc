@@ -204,8 +204,6 @@ TEST_F(StagingTest, PrefetchOfOnePassReadsOnlyItsInputs) {
   const PlannedTensor& w = Tensor("w");
   const std::vector<const TensorView*> read = {&w.models[1]};
   const std::vector<const TensorView*> unread = {&w.base, &w.models[0]};
-  std::vector<const TensorView*> all = read;
-  all.insert(all.end(), unread.begin(), unread.end());
   ASSERT_LT(DropPages(read), PagesOf(read))
       << "the inputs' pages could not be dropped";
   const size_t kept = DropPages(unread);
