@@ -6,9 +6,9 @@
 #include <iostream>
 
 #include "cli.h"
-#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/base/sha256.h"
 #include "mergeserve/format/model_folder.h"
+#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/v1/registry.grpc.pb.h"
 #include "nlohmann/json.hpp"
 

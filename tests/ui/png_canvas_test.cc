@@ -4,8 +4,8 @@
 
 #include <zlib.h>
 
-#include "mergeserve/ui/diagnostics_chart.h"
 #include "gtest/gtest.h"
+#include "mergeserve/ui/diagnostics_chart.h"
 
 namespace mergeserve {
 namespace {

@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+
 namespace mergeserve {
 
 class ThreadPool {
@@ -39,12 +41,12 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::condition_variable done_cv_;
-  const std::function<void(int64_t, int)>* fn_ = nullptr;
-  int64_t num_tasks_ = 0;
-  int64_t next_task_ = 0;
-  int64_t finished_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  const std::function<void(int64_t, int)>* fn_ ABSL_GUARDED_BY(mu_) = nullptr;
+  int64_t num_tasks_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t next_task_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t finished_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace mergeserve

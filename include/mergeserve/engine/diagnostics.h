@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "mergeserve/engine/executor.h"
 
@@ -92,7 +93,7 @@ class DiagnosticsCollector {
     DiagnosticSums sums;
   };
   mutable std::mutex mu_;
-  std::vector<Entry> entries_;
+  std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
 };
 
 TensorDiagnostics Summarize(const std::string& name, const DiagnosticSums& s);

@@ -28,8 +28,7 @@ struct MethodInfo {
 };
 // What a whole-tensor merge of a `numel`-element tensor over `models`
 // models holds at most (the executor's budget check and estimate).
-int64_t WholeTensorBytes(const MethodInfo* info, int64_t models,
-                         int64_t numel);
+int64_t WholeTensorBytes(const MethodInfo* info, int64_t models, int64_t numel);
 // nullptr if unknown.
 const MethodInfo* FindMethod(const std::string& name);
 

@@ -21,6 +21,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "absl/base/thread_annotations.h"
+
 namespace mergeserve {
 
 struct CacheStats {
@@ -57,11 +59,12 @@ class TaskVectorCache {
   };
   mutable std::mutex mu_;
   const int64_t capacity_;
-  std::list<Entry> lru_;  // front: most recent
-  std::unordered_map<std::string, std::list<Entry>::iterator> index_;
-  int64_t bytes_ = 0;
-  int64_t hits_ = 0;
-  int64_t misses_ = 0;
+  std::list<Entry> lru_ ABSL_GUARDED_BY(mu_);  // front: most recent
+  std::unordered_map<std::string, std::list<Entry>::iterator> index_
+      ABSL_GUARDED_BY(mu_);
+  int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t misses_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace mergeserve

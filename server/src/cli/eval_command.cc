@@ -5,9 +5,9 @@
 
 #include "absl/strings/numbers.h"
 #include "cli/merge_command.h"
-#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/base/exit_codes.h"
 #include "mergeserve/eval/program_evaluator.h"
+#include "mergeserve/ui/progress_bar.h"
 #include "nlohmann/json.hpp"
 
 namespace mergeserve {

@@ -9,10 +9,10 @@
 #include "absl/strings/numbers.h"
 #include "cli/eval_command.h"
 #include "cli/merge_command.h"
-#include "mergeserve/ui/progress_bar.h"
 #include "mergeserve/base/exit_codes.h"
 #include "mergeserve/eval/fisher_estimator.h"
 #include "mergeserve/eval/gram_estimator.h"
+#include "mergeserve/ui/progress_bar.h"
 
 namespace mergeserve {
 namespace {
