@@ -57,6 +57,12 @@ std::vector<std::pair<std::string, std::vector<float>>> Rows(std::mt19937& rng,
   rows.emplace_back("ties_and_zeros", x);
   // One value throughout: one bucket holds the row.
   rows.emplace_back("constant", std::vector<float>(n, -0.125f));
+  // Magnitudes over 120 binades: more buckets than the counting passes
+  // take, so the row is ranked by the general sort.
+  for (size_t j = 0; j < n; ++j) {
+    x[j] = std::ldexp(j % 2 == 0 ? 1.f : -1.5f, -static_cast<int>(j % 120));
+  }
+  rows.emplace_back("wide_span", x);
   // fp32 deltas: mostly low bits set, ranked by the general sort.
   for (auto& v : x) v = normal(rng);
   rows.emplace_back("fp32", x);
