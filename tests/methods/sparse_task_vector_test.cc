@@ -1,5 +1,6 @@
 #include "methods/sparse_task_vector.h"
 
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -21,6 +22,8 @@ TEST(SparseTaskVectorTest, UnpacksWhatWasPacked) {
       const float x = u(rng);
       tv[i] = std::abs(x) < 0.6f ? 0.f : x;  // about 40% kept
     }
+    // Negative zeros are zeros: not kept, and they come back as +0.
+    for (int64_t i = 7; i < numel; i += 11) tv[i] = -0.f;
     std::fill(tv.begin() + 260, tv.begin() + 390, 0.f);    // chunk 2: none
     for (int64_t i = 390; i < 520; ++i) tv[i] = 0.5f + i;  // chunk 3: all
     SparseTaskVector s(numel, chunk);
@@ -35,6 +38,7 @@ TEST(SparseTaskVectorTest, UnpacksWhatWasPacked) {
       s.Unpack(ci, cnt, back.data());
       for (int64_t j = 0; j < cnt; ++j) {
         ASSERT_EQ(back[j], tv[ci * chunk + j]) << ci << " " << j;
+        ASSERT_FALSE(back[j] == 0.f && std::signbit(back[j])) << ci << " " << j;
       }
     }
     // Bits plus about 40% of the values: well under the dense 4 bytes each.
