@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <thread>
 
@@ -632,6 +633,37 @@ TEST_F(SecurityTest, AnAdminActsInAnotherTenantOnlyByNamingIt) {
     acting.AddMetadata(kTenantHeader, "teamA");
     ASSERT_TRUE(reg->GetCheckpoint(&acting, get, &out).ok());
     EXPECT_EQ(out.tenant(), "teamA");
+  }
+}
+
+// A token's lifetime is bounded before it is scaled to ms: a huge
+// ttl_seconds used to overflow int64 (undefined behaviour, a token that
+// expired before it was made).
+TEST_F(SecurityTest, TokenLifetimesAreBoundedToAHundredYears) {
+  auto admin = v1::AdminService::NewStub(Channel());
+  auto create = [&](int64_t ttl, v1::CreateTokenResponse* out) {
+    v1::CreateTokenRequest req;
+    req.set_role(v1::ROLE_READER);
+    req.set_ttl_seconds(ttl);
+    grpc::ClientContext ctx;
+    Prepare(&ctx, Who::kAdmin);
+    return admin->CreateToken(&ctx, req, out);
+  };
+  v1::CreateTokenResponse hour;
+  ASSERT_TRUE(create(3600, &hour).ok());
+  EXPECT_EQ(hour.token().expire_time().seconds() -
+                hour.token().create_time().seconds(),
+            3600);
+  v1::CreateTokenResponse longest;
+  ASSERT_TRUE(create(int64_t{36500} * 86400, &longest).ok());
+  EXPECT_GT(longest.token().expire_time().seconds(),
+            longest.token().create_time().seconds());
+  for (int64_t bad : {int64_t{36500} * 86400 + 1, int64_t{1} << 62,
+                      std::numeric_limits<int64_t>::max(), int64_t{-1}}) {
+    v1::CreateTokenResponse out;
+    const grpc::Status s = create(bad, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+    EXPECT_THAT(s.error_message(), ::testing::HasSubstr("ttl_seconds"));
   }
 }
 

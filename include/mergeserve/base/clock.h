@@ -20,7 +20,12 @@ inline int64_t NowMs() {
 // "2026-11-29T17:16:49Z"; "-" for 0 (never).
 std::string FormatUtcTime(int64_t ms);
 
-// "30d", "12h", "90m", "45s" or a plain number of seconds, in ms.
+// The longest duration a token's expiry or a job's retention may take: 100
+// years. Added to a time in ms, it cannot overflow an int64_t.
+inline constexpr int64_t kMaxDurationMs = int64_t{36500} * 86400 * 1000;
+
+// "30d", "12h", "90m", "45s" or a plain number of seconds, in ms; at most
+// kMaxDurationMs (36500d).
 absl::StatusOr<int64_t> ParseDurationMs(const std::string& text);
 
 }  // namespace mergeserve

@@ -113,6 +113,9 @@ absl::StatusOr<NewToken> TokenStore::Create(const std::string& tenant,
     return absl::InvalidArgumentError("role must be reader, writer or admin");
   }
   if (ttl_ms < 0) return absl::InvalidArgumentError("negative expiry");
+  if (ttl_ms > kMaxDurationMs) {
+    return absl::InvalidArgumentError("expiry is longer than 100 years");
+  }
   if (description.size() > 256) {
     return absl::InvalidArgumentError("description is longer than 256 bytes");
   }

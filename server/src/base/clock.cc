@@ -38,6 +38,11 @@ absl::StatusOr<int64_t> ParseDurationMs(const std::string& text) {
                         : unit == "h" ? 3600
                         : unit == "d" ? 86400
                                       : 1;
+  // Twelve digits of days would overflow the product.
+  if (n > kMaxDurationMs / 1000 / scale) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "duration '", Abbreviate(text), "' is longer than 36500d (100 years)"));
+  }
   return n * scale * 1000;
 }
 

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpc/call.h"
 #include "grpc/proto_convert.h"
+#include "mergeserve/base/clock.h"
 
 namespace mergeserve {
 namespace {
@@ -26,8 +27,12 @@ grpc::ServerUnaryReactor* AdminServiceImpl::CreateToken(
   if (tokens_ == nullptr) return call.Finish(NoTokens());
   auto role = RoleFromProto(request->role());
   if (!role.ok()) return call.Finish(role.status());
-  if (request->ttl_seconds() < 0) {
-    return call.Finish(absl::InvalidArgumentError("ttl_seconds must be >= 0"));
+  // Checked before it is scaled to ms, which could overflow.
+  if (request->ttl_seconds() < 0 ||
+      request->ttl_seconds() > kMaxDurationMs / 1000) {
+    return call.Finish(absl::InvalidArgumentError(
+        absl::StrCat("ttl_seconds must be between 0 and ",
+                     kMaxDurationMs / 1000, " (100 years)")));
   }
   const std::string tenant =
       request->tenant().empty() ? call.tenant() : request->tenant();
