@@ -1,6 +1,7 @@
 #include "mergeserve/jobs/orphans.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 
 #include "mergeserve/base/log.h"
@@ -38,7 +39,13 @@ std::vector<std::string> CollectOrphanedTemporaries(
       doomed.push_back(e.path());
     }
     for (const fs::path& p : doomed) {
-      fs::remove_all(p, ec);
+      // One that cannot go (permissions) is reported, not counted: the next
+      // start tries again.
+      if (fs::remove_all(p, ec) == static_cast<std::uintmax_t>(-1) || ec) {
+        LogEvent("orphan_not_removed",
+                 {{"path", p.string()}, {"error", ec.message()}});
+        continue;
+      }
       removed.push_back(p.string());
       LogEvent("orphan_removed", {{"path", p.string()}});
     }
