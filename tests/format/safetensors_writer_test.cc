@@ -6,6 +6,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <thread>
 
@@ -215,6 +216,15 @@ TEST(ShardedWriterTest, SyncsInTheBackgroundAsBytesPileUp) {
   EXPECT_FALSE(HasTempSibling(parent));
 }
 
+// A background_datasync that fails with EIO and counts its calls.
+std::function<int(int)> FailingSync(std::atomic<int>* calls) {
+  return [calls](int) {
+    calls->fetch_add(1);
+    errno = EIO;
+    return -1;
+  };
+}
+
 // A background sync that fails (a device failing writeback) fails
 // Commit(), though the kernel would report the error to that sync only and
 // Commit()'s own fsync succeeds; a retried Commit() fails the same way, and
@@ -225,11 +235,7 @@ TEST(ShardedWriterTest, FailedBackgroundSyncFailsCommit) {
   o.output_dir = parent + "/model";
   o.sync_every_bytes = 1 << 20;
   std::atomic<int> calls{0};
-  o.background_datasync = [&calls](int) {
-    calls.fetch_add(1);
-    errno = EIO;
-    return -1;
-  };
+  o.background_datasync = FailingSync(&calls);
   {
     auto w = ShardedWriter::Create(o, BigSpecs());
     ASSERT_TRUE(w.ok()) << w.status();
@@ -256,6 +262,32 @@ TEST(ShardedWriterTest, FailedBackgroundSyncFailsCommit) {
   for (size_t i = 0; i < 3; ++i) WriteBig(**w, i);
   EXPECT_EQ((*w)->Commit().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_FALSE(fs::exists(o.output_dir));
+}
+
+// A scratch output (a sweep point, a stage) is not synced at all: with a
+// syncer that would fail every sync, it still commits, whole.
+TEST(ShardedWriterTest, ScratchOutputsAreNeverSynced) {
+  ShardedWriter::Options o;
+  o.output_dir = TempDir("w") + "/scratch";
+  o.sync_every_bytes = 1 << 20;
+  o.durable = false;
+  std::atomic<int> calls{0};
+  o.background_datasync = FailingSync(&calls);
+  auto w = ShardedWriter::Create(o, BigSpecs());
+  ASSERT_TRUE(w.ok()) << w.status();
+  for (size_t i = 0; i < 3; ++i) WriteBig(**w, i);
+  ASSERT_TRUE((*w)->Commit().ok());
+  EXPECT_EQ(calls.load(), 0);
+  EXPECT_EQ((*w)->background_syncs(), 0);
+  EXPECT_EQ(testing::ReadModel(o.output_dir)["y"].size(), size_t{3} << 18);
+  // The same writer, durable: the failing syncer fails the commit.
+  o.output_dir = TempDir("w") + "/durable";
+  o.durable = true;
+  auto d = ShardedWriter::Create(o, BigSpecs());
+  ASSERT_TRUE(d.ok()) << d.status();
+  for (size_t i = 0; i < 3; ++i) WriteBig(**d, i);
+  EXPECT_EQ((*d)->Commit().code(), absl::StatusCode::kInternal);
+  EXPECT_GE(calls.load(), 1);
 }
 
 // Without background syncs (0) no syncer runs: Commit() alone syncs.

@@ -70,6 +70,10 @@ struct MergeOptions {
   // Drop the written shards from the page cache after the sync (the server:
   // results should not evict the inputs the next merge reads).
   bool uncache_outputs = false;
+  // Sync the output before it is renamed into place. Scratch outputs that
+  // are read once and removed (sweep points, stages, RI's unadapted merge)
+  // turn it off: their pages need never reach the disk.
+  bool durable = true;
 };
 
 struct MergeSummary {

@@ -65,6 +65,12 @@ class ShardedWriter {
     // a 1.7 s merge, the last of 32 MiB syncs about 0.03 s. 0 syncs only at
     // Commit().
     uint64_t sync_every_bytes = uint64_t{32} << 20;
+    // Make the shards durable before Commit() renames the folder into
+    // place. false: no syncs and no early writeback at all, for scratch
+    // outputs (a sweep point, a stage of a multi-stage merge) that are read
+    // once and removed; removed within the kernel's dirty expiry (30 s),
+    // their pages never reach the disk. The rename is atomic either way.
+    bool durable = true;
     // Fault injection for tests, as LevelDB's FaultInjectionTestEnv: what
     // the syncer thread calls in place of fdatasync(fd) (a device that
     // fails writeback cannot be set up on a test machine). Null: fdatasync.

@@ -328,6 +328,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   wo.overwrite = options.overwrite;
   wo.digest_files = options.digest_outputs;
   wo.drop_cached = options.uncache_outputs;
+  wo.durable = options.durable;
   wo.metadata = {{"format", "pt"},
                  {"merged_by", "mergeserve"},
                  {"merge_method", config.merge_method}};

@@ -194,6 +194,7 @@ absl::StatusOr<MergeSummary> RunMergeStages(
     o.before_commit = nullptr;
     o.digest_outputs = false;   // scratch folders are never recorded
     o.uncache_outputs = false;  // and are read by the next stage at once
+    o.durable = false;          // a crash restarts the whole merge
     o.diagnostics = nullptr;
     o.resolver = resolver;
     o.digest = digest;

@@ -167,7 +167,8 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
       return IoError("cannot size", path);
     }
   }
-  if (w->options_.sync_every_bytes > 0 && w->options_.reserve) {
+  if (w->options_.durable && w->options_.sync_every_bytes > 0 &&
+      w->options_.reserve) {
     {
       std::lock_guard<std::mutex> lock(w->sync_mu_);
       w->sync_wanted_.assign(n, false);
@@ -279,6 +280,7 @@ absl::Status ShardedWriter::Write(size_t index, uint64_t offset,
 }
 
 void ShardedWriter::KickWriteback(size_t shard, uint64_t bytes) {
+  if (!options_.durable) return;
   if (syncer_.joinable()) {
     const uint64_t total = unsynced_[shard].fetch_add(bytes) + bytes;
     uint64_t expected = total;
@@ -375,14 +377,14 @@ absl::Status ShardedWriter::DigestAndSync() {
   // The sync in flight finishes first (it shortens the ones below).
   absl::Status synced = StopSyncer();
   for (const Shard& s : shards_) {
-    if (::fsync(s.fd) != 0 && synced.ok()) {
+    if (options_.durable && ::fsync(s.fd) != 0 && synced.ok()) {
       synced = IoError("cannot sync", temp_dir_ + "/" + s.file_name);
     }
   }
   if (!synced.ok()) StopHasher();  // no use hashing what will not commit
   if (hasher_.joinable()) hasher_.join();
   MS_RETURN_IF_ERROR(synced);
-  if (options_.drop_cached) {
+  if (options_.drop_cached && options_.durable) {
     // Advice only: synced pages are clean, so this frees them at once.
     for (const Shard& s : shards_) {
       ::posix_fadvise(s.fd, 0, 0, POSIX_FADV_DONTNEED);

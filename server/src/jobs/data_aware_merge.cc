@@ -374,6 +374,7 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
     mo.resolver = p.resolver;
     mo.cancelled = o.cancelled;
     mo.threads = o.threads;
+    mo.durable = false;  // measured and removed
     auto merged = RunMerge(plain, mo);
     if (merged.ok()) {
       auto xi = p.ri->Interference(mo.output_dir);

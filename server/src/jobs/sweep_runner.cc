@@ -202,6 +202,9 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
     mo.cache = jobs.cache();
     mo.cancelled = options.cancelled;
     mo.reject_non_finite = true;
+    // The point is evaluated and removed: syncing it would make every point
+    // wait for the disk.
+    mo.durable = false;
     absl::Status merged = RunMerge(prepared.config, mo).status();
     point.merge_seconds = Since(t0);
     if (merged.ok()) {
