@@ -13,8 +13,6 @@ TEST(ClockTest, FormatsUtcTimesAndNever) {
   EXPECT_EQ(FormatUtcTime(1000000000000), "2001-09-09T01:46:40Z");
   EXPECT_EQ(FormatUtcTime(1000000000999), "2001-09-09T01:46:40Z");
   EXPECT_EQ(FormatUtcTime(1), "1970-01-01T00:00:00Z");
-  // Now is after this code was written and formats as a time.
-  EXPECT_GT(NowMs(), int64_t{1764000000000});
   EXPECT_EQ(FormatUtcTime(NowMs()).size(), 20u);
 }
 

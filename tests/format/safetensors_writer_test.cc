@@ -182,6 +182,15 @@ TEST(ShardedWriterTest, DroppingTheCacheKeepsTheContent) {
   EXPECT_EQ(m["y"].back(), static_cast<float>(1000003 + (3 << 18) - 1));
 }
 
+// Polls `done` for up to a minute (a loaded CI machine may be slow to run
+// a background thread); whether it became true.
+bool WaitFor(const std::function<bool()>& done) {
+  for (int i = 0; i < 12000 && !done(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done();
+}
+
 // Every sync_every_bytes written, the syncer thread syncs the shard while
 // writing goes on (two writer threads race on the byte count); the result
 // is the same bytes, and a writer abandoned mid-sync joins its syncer.
@@ -194,10 +203,7 @@ TEST(ShardedWriterTest, SyncsInTheBackgroundAsBytesPileUp) {
   ASSERT_TRUE(w.ok()) << w.status();
   WriteBig(**w, 0);
   // Asked for at least twice (3 MiB); done asynchronously.
-  for (int i = 0; i < 2000 && (*w)->background_syncs() < 1; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  EXPECT_GE((*w)->background_syncs(), 1);
+  EXPECT_TRUE(WaitFor([&] { return (*w)->background_syncs() >= 1; }));
   WriteBig(**w, 1);
   WriteBig(**w, 2);
   ASSERT_TRUE((*w)->Commit().ok());
@@ -240,6 +246,9 @@ TEST(ShardedWriterTest, FailedBackgroundSyncFailsCommit) {
     auto w = ShardedWriter::Create(o, BigSpecs());
     ASSERT_TRUE(w.ok()) << w.status();
     for (size_t i = 0; i < 3; ++i) WriteBig(**w, i);
+    // Commit() stops the syncer, which then skips a sync it was asked for
+    // but had not started: wait until it has run one.
+    ASSERT_TRUE(WaitFor([&] { return calls.load() >= 1; }));
     const absl::Status first = (*w)->Commit();
     EXPECT_GE(calls.load(), 1);
     EXPECT_EQ(first.code(), absl::StatusCode::kInternal) << first;
@@ -253,41 +262,52 @@ TEST(ShardedWriterTest, FailedBackgroundSyncFailsCommit) {
 
   // A full thin-provisioned disk fails writeback with ENOSPC.
   o.output_dir = parent + "/full";
-  o.background_datasync = [](int) {
+  calls = 0;
+  o.background_datasync = [&calls](int) {
+    calls.fetch_add(1);
     errno = ENOSPC;
     return -1;
   };
   auto w = ShardedWriter::Create(o, BigSpecs());
   ASSERT_TRUE(w.ok()) << w.status();
   for (size_t i = 0; i < 3; ++i) WriteBig(**w, i);
+  ASSERT_TRUE(WaitFor([&] { return calls.load() >= 1; }));
   EXPECT_EQ((*w)->Commit().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_FALSE(fs::exists(o.output_dir));
 }
 
-// A scratch output (a sweep point, a stage) is not synced at all: with a
-// syncer that would fail every sync, it still commits, whole.
+// A scratch output (a sweep point, a stage) is not synced at all: with
+// syncs that would all fail, it still commits, whole.
 TEST(ShardedWriterTest, ScratchOutputsAreNeverSynced) {
   ShardedWriter::Options o;
   o.output_dir = TempDir("w") + "/scratch";
   o.sync_every_bytes = 1 << 20;
   o.durable = false;
-  std::atomic<int> calls{0};
-  o.background_datasync = FailingSync(&calls);
+  std::atomic<int> background{0}, commit{0};
+  o.background_datasync = FailingSync(&background);
+  o.commit_fsync = FailingSync(&commit);
   auto w = ShardedWriter::Create(o, BigSpecs());
   ASSERT_TRUE(w.ok()) << w.status();
   for (size_t i = 0; i < 3; ++i) WriteBig(**w, i);
   ASSERT_TRUE((*w)->Commit().ok());
-  EXPECT_EQ(calls.load(), 0);
+  EXPECT_EQ(background.load(), 0);
+  EXPECT_EQ(commit.load(), 0);
   EXPECT_EQ((*w)->background_syncs(), 0);
   EXPECT_EQ(testing::ReadModel(o.output_dir)["y"].size(), size_t{3} << 18);
-  // The same writer, durable: the failing syncer fails the commit.
+  // The same writer, durable: Commit()'s failing fsync fails it, naming
+  // the shard, and nothing reaches the output folder.
   o.output_dir = TempDir("w") + "/durable";
   o.durable = true;
+  o.background_datasync = nullptr;
   auto d = ShardedWriter::Create(o, BigSpecs());
   ASSERT_TRUE(d.ok()) << d.status();
   for (size_t i = 0; i < 3; ++i) WriteBig(**d, i);
-  EXPECT_EQ((*d)->Commit().code(), absl::StatusCode::kInternal);
-  EXPECT_GE(calls.load(), 1);
+  const absl::Status failed = (*d)->Commit();
+  EXPECT_EQ(failed.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(failed.message()),
+              AllOf(HasSubstr("cannot sync"), HasSubstr("model.safetensors")));
+  EXPECT_GE(commit.load(), 1);
+  EXPECT_FALSE(fs::exists(o.output_dir));
 }
 
 // Without background syncs (0) no syncer runs: Commit() alone syncs.

@@ -57,8 +57,12 @@ TEST_F(StorageRootsTest, PathsOutsideTheRootsAreDeniedNamingThePath) {
     auto checked = roots_.CheckClientPath(path);
     EXPECT_EQ(checked.status().code(), absl::StatusCode::kPermissionDenied)
         << path;
-    EXPECT_NE(checked.status().message().find(path), std::string::npos);
-    EXPECT_NE(checked.status().message().find(root_), std::string::npos);
+    // Names the path and the roots (cut at 256 bytes: a deep temp dir would
+    // cut the full path, so the tails).
+    EXPECT_NE(checked.status().message().find(path.substr(path.size() - 10)),
+              std::string::npos);
+    EXPECT_NE(checked.status().message().find("roots/models"),
+              std::string::npos);
   }
 }
 

@@ -66,15 +66,20 @@ class ShardedWriter {
     // Commit().
     uint64_t sync_every_bytes = uint64_t{32} << 20;
     // Make the shards durable before Commit() renames the folder into
-    // place. false: no syncs and no early writeback at all, for scratch
-    // outputs (a sweep point, a stage of a multi-stage merge) that are read
-    // once and removed; removed within the kernel's dirty expiry (30 s),
-    // their pages never reach the disk. The rename is atomic either way.
+    // place. false, for scratch outputs that are read and removed while the
+    // merge that made them runs (a sweep point, a stage): no syncs at all,
+    // and no early writeback for the first kScratchCachedBytes, so a small
+    // one removed soon may never reach the disk. Past that, writeback
+    // starts as for a durable output, so a large one's dirty pages do not
+    // pile up (the kernel would throttle every writer, and a cgroup v1
+    // memory limit counts them). The rename is atomic either way.
     bool durable = true;
     // Fault injection for tests, as LevelDB's FaultInjectionTestEnv: what
     // the syncer thread calls in place of fdatasync(fd) (a device that
     // fails writeback cannot be set up on a test machine). Null: fdatasync.
     std::function<int(int fd)> background_datasync;
+    // The same for Commit()'s fsync(fd) of each shard. Null: fsync.
+    std::function<int(int fd)> commit_fsync;
   };
 
   static absl::StatusOr<std::unique_ptr<ShardedWriter>> Create(
@@ -139,6 +144,8 @@ class ShardedWriter {
   std::vector<Placement> placement_;
   // Bytes written to each shard since its last writeback kick.
   std::unique_ptr<std::atomic<uint64_t>[]> unflushed_;
+  // Bytes written to all shards (scratch outputs' writeback threshold).
+  std::atomic<uint64_t> written_{0};
   // Bytes written to each shard since the syncer was last asked to sync it.
   std::unique_ptr<std::atomic<uint64_t>[]> unsynced_;
   std::vector<std::pair<std::string, std::string>> file_digests_;

@@ -47,6 +47,8 @@ absl::Status WriteAll(int fd, const void* data, uint64_t size, uint64_t offset,
 // enough that the kicks cost nothing next to the copies, small enough that
 // the disk is busy while the merge still computes.
 constexpr uint64_t kWritebackBytes = uint64_t{8} << 20;
+// A scratch output starts writeback past this (Options::durable).
+constexpr uint64_t kScratchCachedBytes = uint64_t{1} << 30;
 
 bool DirIsEmpty(const std::string& dir) {
   std::error_code ec;
@@ -280,8 +282,9 @@ absl::Status ShardedWriter::Write(size_t index, uint64_t offset,
 }
 
 void ShardedWriter::KickWriteback(size_t shard, uint64_t bytes) {
-  if (!options_.durable) return;
-  if (syncer_.joinable()) {
+  if (!options_.durable) {
+    if (written_.fetch_add(bytes) + bytes < kScratchCachedBytes) return;
+  } else if (syncer_.joinable()) {
     const uint64_t total = unsynced_[shard].fetch_add(bytes) + bytes;
     uint64_t expected = total;
     if (total >= options_.sync_every_bytes &&
@@ -377,7 +380,10 @@ absl::Status ShardedWriter::DigestAndSync() {
   // The sync in flight finishes first (it shortens the ones below).
   absl::Status synced = StopSyncer();
   for (const Shard& s : shards_) {
-    if (options_.durable && ::fsync(s.fd) != 0 && synced.ok()) {
+    if (!options_.durable) continue;
+    const int rc =
+        options_.commit_fsync ? options_.commit_fsync(s.fd) : ::fsync(s.fd);
+    if (rc != 0 && synced.ok()) {
       synced = IoError("cannot sync", temp_dir_ + "/" + s.file_name);
     }
   }
