@@ -379,12 +379,13 @@ absl::Status ShardedWriter::DigestAndSync() {
   }
   // The sync in flight finishes first (it shortens the ones below).
   absl::Status synced = StopSyncer();
-  for (const Shard& s : shards_) {
-    if (!options_.durable) continue;
-    const int rc =
-        options_.commit_fsync ? options_.commit_fsync(s.fd) : ::fsync(s.fd);
-    if (rc != 0 && synced.ok()) {
-      synced = IoError("cannot sync", temp_dir_ + "/" + s.file_name);
+  if (options_.durable) {
+    for (const Shard& s : shards_) {
+      const int rc =
+          options_.commit_fsync ? options_.commit_fsync(s.fd) : ::fsync(s.fd);
+      if (rc != 0 && synced.ok()) {
+        synced = IoError("cannot sync", temp_dir_ + "/" + s.file_name);
+      }
     }
   }
   if (!synced.ok()) StopHasher();  // no use hashing what will not commit
