@@ -20,6 +20,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 
@@ -43,6 +44,11 @@ class TaskVectorCache {
   // Inserts, evicting least recently used entries beyond the capacity.
   void Put(const std::string& key, std::shared_ptr<const void> value,
            int64_t bytes);
+  // Evicts least recently used entries until `bytes` more fit, for a
+  // caller about to allocate that much for a Put: the cache and what is
+  // being built for it then stay within the budget together (evicting at
+  // the Put would hold both, up to twice the budget for a moment).
+  void MakeRoom(int64_t bytes);
   CacheStats stats() const;
   int64_t capacity_bytes() const { return capacity_; }
 
@@ -57,6 +63,11 @@ class TaskVectorCache {
     std::shared_ptr<const void> value;
     int64_t bytes;
   };
+  // Unlinks entries from the LRU end until bytes_ <= limit; the caller
+  // drops their values after unlocking (a large one unmaps).
+  void EvictBeyond(int64_t limit,
+                   std::vector<std::shared_ptr<const void>>& evicted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   mutable std::mutex mu_;
   const int64_t capacity_;
   std::list<Entry> lru_ ABSL_GUARDED_BY(mu_);  // front: most recent
