@@ -26,6 +26,26 @@ TEST(TaskVectorCacheTest, EvictsLeastRecentlyUsedBeyondTheByteBudget) {
   EXPECT_EQ(s.misses, 2);
 }
 
+// Room is made before the caller allocates what it will put: the least
+// recently used entries go first, and their values are released then.
+TEST(TaskVectorCacheTest, MakeRoomEvictsLeastRecentlyUsedFirst) {
+  TaskVectorCache cache(100);
+  auto a = std::make_shared<int>(1);
+  std::weak_ptr<int> a_alive = a;
+  cache.Put("a", std::move(a), 40);
+  cache.Put("b", std::make_shared<int>(2), 40);
+  cache.MakeRoom(20);  // 80 + 20 fit: nothing goes
+  EXPECT_EQ(cache.stats().entries, 2);
+  cache.MakeRoom(50);  // a, the least recent, goes
+  EXPECT_TRUE(a_alive.expired());
+  EXPECT_EQ(cache.GetAs<int>("a"), nullptr);
+  EXPECT_EQ(*cache.GetAs<int>("b"), 2);
+  EXPECT_EQ(cache.stats().bytes, 40);
+  cache.MakeRoom(100);  // the whole budget: everything goes
+  EXPECT_EQ(cache.stats().entries, 0);
+  EXPECT_EQ(cache.stats().bytes, 0);
+}
+
 // Merges with a shared cache must give exactly what cold merges give, while
 // reusing the selections across a λ sweep.
 class CachedMergeTest : public ::testing::TestWithParam<const char*> {};
@@ -65,6 +85,20 @@ TEST_P(CachedMergeTest, SweepReusesSelectionsAndMatchesColdMerges) {
   EXPECT_GT(cache.stats().entries, 0);
 }
 
+// A merge of experts e0 (weight w0), e1 and e2 at three densities.
+std::string ThreeExperts(const std::string& method, double lambda, double w0,
+                         const std::string& params) {
+  return "merge_method: " + method +
+         "\nbase_model: base\nmodels:\n"
+         "  - model: e0\n    parameters: {density: 0.3, weight: " +
+         std::to_string(w0) +
+         "}\n"
+         "  - model: e1\n    parameters: {density: 0.5}\n"
+         "  - model: e2\n    parameters: {density: 0.4}\n"
+         "parameters: {lambda: " +
+         std::to_string(lambda) + (params.empty() ? "" : ", ") + params + "}\n";
+}
+
 // A λ-only change reads the cached merged update (no new misses: neither the
 // update nor a selection is computed again) and gives the cold merge's bytes;
 // a weight change computes a new update from the cached selections.
@@ -89,16 +123,7 @@ TEST(CachedUpdateTest, LambdaOnlyPointsReuseTheMergedUpdate) {
     cached.cache = &cache;
     cached.digest = [](const std::string& ref) { return "digest-of-" + ref; };
     auto yaml = [&](double lambda, double w0) {
-      return std::string("merge_method: ") + c.method +
-             "\nbase_model: base\nmodels:\n"
-             "  - model: e0\n    parameters: {density: 0.3, weight: " +
-             std::to_string(w0) +
-             "}\n"
-             "  - model: e1\n    parameters: {density: 0.5}\n"
-             "  - model: e2\n    parameters: {density: 0.4}\n"
-             "parameters: {lambda: " +
-             std::to_string(lambda) + (*c.params ? ", " : "") + c.params +
-             "}\n";
+      return ThreeExperts(c.method, lambda, w0, c.params);
     };
     int64_t misses = 0;
     for (double lambda : {0.7, 1.0, 1.3}) {
@@ -127,6 +152,59 @@ TEST(CachedUpdateTest, LambdaOnlyPointsReuseTheMergedUpdate) {
       }
       misses = cache.stats().misses;
     }
+  }
+}
+
+// A sweep tells its merges what later points reuse. Over weights
+// (kTrimmed) the first point keeps each expert's trimmed τ, so the second
+// misses only the merged updates; q is never kept, and where nothing is
+// reused (kNone) a λ-only change computes q again. Every point gives the
+// cold merge's bytes.
+TEST(CachedUpdateTest, SweepHintsSayWhatIsKept) {
+  const std::string dir = testing::TempDir("hint");
+  std::mt19937 rng(7);
+  testing::TestModel base;
+  base["a"] = {{120, 40}, testing::RandomValues(120 * 40, rng), DType::kBF16};
+  base["b"] = {{64, 40}, testing::RandomValues(64 * 40, rng), DType::kBF16};
+  testing::WriteExperts(dir, base, 3, rng, 0.05f);
+  auto yaml = [](double lambda, double w0) {
+    return ThreeExperts("ties", lambda, w0, "");
+  };
+  auto merge = [&](TaskVectorCache& cache, CacheHint hint, double lambda,
+                   double w0) {
+    MergeOptions o;
+    o.cache = &cache;
+    o.digest = [](const std::string& ref) { return "digest-of-" + ref; };
+    o.cache_hint = hint;
+    auto warm = testing::Merge(dir, yaml(lambda, w0), o);
+    auto cold = testing::Merge(dir, yaml(lambda, w0));
+    ASSERT_TRUE(warm.ok() && cold.ok()) << warm.status();
+    EXPECT_EQ(*warm, *cold) << "lambda " << lambda << " weight " << w0;
+  };
+  {
+    TaskVectorCache cache(1 << 22);
+    merge(cache, CacheHint::kTrimmed, 1.0, 1.0);
+    const int64_t kept = cache.stats().bytes;
+    for (double w0 : {0.6, 0.4}) {
+      const int64_t misses = cache.stats().misses;
+      merge(cache, CacheHint::kTrimmed, 1.0, w0);
+      // The two tensors' updates, never kept; τ and trims found.
+      EXPECT_EQ(cache.stats().misses, misses + 2) << "weight " << w0;
+    }
+    // Trims and τ from the first point only: no update was added.
+    EXPECT_EQ(cache.stats().bytes, kept);
+  }
+  {
+    TaskVectorCache cache(1 << 22);
+    merge(cache, CacheHint::kGuess, 1.0, 1.0);
+    int64_t misses = cache.stats().misses;
+    merge(cache, CacheHint::kGuess, 0.5, 1.0);  // q read back
+    EXPECT_EQ(cache.stats().misses, misses);
+    merge(cache, CacheHint::kNone, 0.7, 0.6);
+    misses = cache.stats().misses;
+    // No q was kept at weight 0.6, and no τ is looked for.
+    merge(cache, CacheHint::kNone, 0.9, 0.6);
+    EXPECT_EQ(cache.stats().misses, misses + 2);
   }
 }
 

@@ -48,6 +48,8 @@ struct MergeOptions {
   // unknown, which disables caching for that merge).
   TaskVectorCache* cache = nullptr;
   std::function<std::string(const std::string& ref)> digest;
+  // What later merges will reuse (a sweep's points); see CacheHint.
+  CacheHint cache_hint = CacheHint::kGuess;
   // Saved as mergeserve_config.yaml ("": the merged config's canonical
   // YAML). The service saves the request as the client sent it in canonical
   // form, not the config its data-aware step rewrote.

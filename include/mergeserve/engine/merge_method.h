@@ -26,6 +26,20 @@ class StagingArena;
 // use ATen.
 enum class Backend { kFused, kAten };
 
+// What later merges will reuse of this one, where the caller knows (a
+// sweep knows its grid). A server's jobs arrive one at a time: kGuess.
+enum class CacheHint {
+  // Keep the merged update q (a merge differing only in λ reads it), and
+  // each expert's trimmed τ once a merge found all its trims cached (the
+  // second point of a weight sweep).
+  kGuess,
+  // Only weights change: keep the trimmed τ from the first merge on, never
+  // q (no later merge has the same weights).
+  kTrimmed,
+  // Densities or other numbers change: neither q nor τ is read again.
+  kNone,
+};
+
 struct ExecContext {
   ThreadPool* pool = nullptr;
   Backend backend = Backend::kFused;
@@ -37,6 +51,7 @@ struct ExecContext {
   DiagnosticsCollector* diagnostics = nullptr;
   // Reusable derived data (trim thresholds), or null.
   TaskVectorCache* cache = nullptr;
+  CacheHint cache_hint = CacheHint::kGuess;
   // Where fused passes copy their input windows; null: they read the map.
   StagingArena* staging = nullptr;
   // Content digest per plan model and of the base ("" = unknown: no caching).

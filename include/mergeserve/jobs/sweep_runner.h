@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "mergeserve/engine/merge_method.h"
 #include "mergeserve/jobs/job_manager.h"
 #include "mergeserve/jobs/task_evaluator.h"
 
@@ -66,6 +67,12 @@ struct SweepPlan {
   // reads (heads, selection data); the grid and options are not in it.
   std::string digest;
 };
+
+// What each point's merge keeps for the later ones: the merged update where
+// only λ changes (kGuess), each expert's trimmed τ where only weights change
+// (kTrimmed, from the first point on), neither where densities or other
+// numbers change (kNone).
+CacheHint SweepCacheHint(const SweepGrid& grid);
 
 // Validates the request and the grid (every point's config, the tasks'
 // heads and data) without running anything.

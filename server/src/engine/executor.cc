@@ -280,6 +280,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   ctx.device = options.device;
   ctx.cancelled = options.cancelled;
   ctx.diagnostics = options.diagnostics;
+  ctx.cache_hint = options.cache_hint;
   if (options.cache != nullptr && options.digest) {
     bool known = true;
     for (const PlannedModel& m : plan->models()) {

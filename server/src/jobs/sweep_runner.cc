@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -92,6 +93,25 @@ EvalTarget TargetOf(const MergeRequest& request, const SweepOptions& options,
 
 }  // namespace
 
+// Over λ and more, the server's guess stands: λ varies fastest, so a row of
+// λ points reuses one update.
+CacheHint SweepCacheHint(const SweepGrid& grid) {
+  bool lambda = false, weights = false, others = false;
+  for (const SweepAxis& axis : grid) {
+    const std::set<double> distinct(axis.values.begin(), axis.values.end());
+    if (distinct.size() < 2) continue;
+    if (axis.parameter == "lambda") {
+      lambda = true;
+    } else if (axis.parameter.rfind("weight@", 0) == 0) {
+      weights = true;
+    } else {
+      others = true;
+    }
+  }
+  if (lambda || (!weights && !others)) return CacheHint::kGuess;
+  return others ? CacheHint::kNone : CacheHint::kTrimmed;
+}
+
 absl::StatusOr<SweepPlan> PlanSweep(JobManager& jobs,
                                     const MergeRequest& request,
                                     const SweepGrid& grid,
@@ -133,6 +153,7 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
   const EvalTarget target = TargetOf(request, options, scratch);
   MS_RETURN_IF_ERROR(evaluator.Plan(target).status());
 
+  const CacheHint hint = SweepCacheHint(grid);
   const CacheStats cache_before = jobs.cache_stats();
   const int64_t stats_hits = jobs.stats_counters().hits;
   const int64_t stats_misses = jobs.stats_counters().misses;
@@ -200,6 +221,7 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
     mo.resolver = prepared.resolver;
     mo.digest = prepared.digest;
     mo.cache = jobs.cache();
+    mo.cache_hint = hint;
     mo.cancelled = options.cancelled;
     mo.reject_non_finite = true;
     // The point is evaluated and removed: syncing it would make every point

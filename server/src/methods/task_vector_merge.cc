@@ -789,9 +789,10 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
   }
   // In the server, a merge that differs from an earlier one only in λ reads
   // the base and the earlier merged update. An update over a quarter of the
-  // cache is not kept (it would evict everything else).
+  // cache is not kept (it would evict everything else), nor one the caller
+  // knows no later merge reads.
   std::string update_key;
-  std::shared_ptr<HugeBuffer> update;
+  bool keep_update = false;
   const size_t update_bytes = static_cast<size_t>(t.numel) * sizeof(float);
   if (ctx.cache != nullptr && ctx.diagnostics == nullptr && opts_.use_base) {
     update_key = UpdateKey(ctx, t, p);
@@ -804,12 +805,9 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
         }
         return ApplyCachedUpdate(plan, t, p, hit->as<float>(), ctx, *out);
       }
-      if (static_cast<int64_t>(update_bytes) <=
-          ctx.cache->capacity_bytes() / 4) {
-        // The merge pass writes every element of q (keep_update).
-        update = std::make_shared<HugeBuffer>(
-            HugeBuffer::Uninitialized(update_bytes));
-      }
+      keep_update =
+          ctx.cache_hint == CacheHint::kGuess &&
+          static_cast<int64_t>(update_bytes) <= ctx.cache->capacity_bytes() / 4;
     }
   }
   if (selects && opts_.scope == TrimScope::kTensor) {
@@ -828,9 +826,12 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
   // rebuild it instead of reading the expert. q is then not kept: such a
   // sweep does not reuse it, and both would not fit the cache's budget.
   // (Only then can a trimmed τ be in the cache: it is kept by a merge whose
-  // trims were; so no other merge looks, nor counts a miss.)
-  if (!p.tv_keys.empty() && p.trims_cached &&
-      opts_.scope == TrimScope::kTensor) {
+  // trims were, or by one told that weights will change; so no other merge
+  // looks, nor counts a miss.) A sweep over weights says so, and its first
+  // point keeps τ already.
+  const bool keep_tv = ctx.cache_hint == CacheHint::kTrimmed ||
+                       (ctx.cache_hint == CacheHint::kGuess && p.trims_cached);
+  if (!p.tv_keys.empty() && keep_tv && opts_.scope == TrimScope::kTensor) {
     const size_t n = experts_.size();
     p.tv_cached.assign(n, nullptr);
     p.tv_capture.assign(n, nullptr);
@@ -844,6 +845,7 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
         const int64_t need = static_cast<int64_t>(static_cast<double>(t.numel) *
                                                   (p.density[k] * 4 + 0.125));
         if ((tv_bytes_ += need) <= ctx.cache->capacity_bytes() / 4 * 3) {
+          ctx.cache->MakeRoom(need);
           p.tv_capture[k] =
               std::make_shared<SparseTaskVector>(t.numel, PassChunk(t, ctx));
         }
@@ -851,7 +853,14 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
     }
     // Not even where τ would pass the budget: a new q per point would evict
     // the τ and trims the next point reads.
-    update.reset();
+    keep_update = false;
+  }
+  std::shared_ptr<HugeBuffer> update;
+  if (keep_update) {
+    ctx.cache->MakeRoom(static_cast<int64_t>(update_bytes));
+    // The merge pass writes every element of q (keep_update).
+    update =
+        std::make_shared<HugeBuffer>(HugeBuffer::Uninitialized(update_bytes));
   }
   float* keep = update != nullptr ? update->as<float>() : wanted_update;
   MS_ASSIGN_OR_RETURN(PassResult r,
