@@ -206,32 +206,134 @@ def durable_write_seconds(directory, nbytes, runs=3):
     return statistics.median(walls)
 
 
+def write_probe(work, hidden, experts):
+    """A validation task per expert for `Sweep`, which evaluates every point:
+    a TorchScript program whose only parameter is the checkpoint's
+    `model.norm.weight` (so loading a point reads one 2 KiB tensor of it)
+    and 256 random examples. The numbers it gives mean nothing; it is there
+    so the sweep's own path (points merged into scratch, evaluated, removed)
+    can be timed on this model. Returns (program, dataset) paths per
+    expert."""
+    import numpy as np
+    import torch
+
+    class Norm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(hidden))
+
+    class Inner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = Norm()
+
+    class Probe(torch.nn.Module):
+        def __init__(self, proj):
+            super().__init__()
+            self.model = Inner()
+            self.proj = proj
+
+        def forward(self, x):
+            return (x * self.model.norm.weight) @ self.proj
+
+    out = []
+    rng = np.random.default_rng(0)
+    for i, _ in enumerate(experts):
+        program = os.path.join(work, f"probe{i}.pt")
+        torch.jit.script(Probe(torch.from_numpy(
+            rng.standard_normal((hidden, 2)).astype(np.float32)))).save(program)
+        inputs = rng.standard_normal((256, hidden)).astype(np.float32)
+        labels = rng.integers(0, 2, 256).astype(np.int64)
+        header = json.dumps({
+            "inputs": {"dtype": "F32", "shape": list(inputs.shape),
+                       "data_offsets": [0, inputs.nbytes]},
+            "labels": {"dtype": "I64", "shape": list(labels.shape),
+                       "data_offsets": [inputs.nbytes, inputs.nbytes + labels.nbytes]},
+        }).encode()
+        header += b" " * (-len(header) % 8)
+        dataset = os.path.join(work, f"probe{i}_val.safetensors")
+        with open(dataset, "wb") as f:
+            f.write(len(header).to_bytes(8, "little") + header)
+            f.write(inputs.tobytes() + labels.tobytes())
+        out.append((program, dataset))
+    return out
+
+
+class Server:
+    """A fresh `mergeserve serve` on a free port with its own data dir (the
+    first job finds nothing cached), the base and experts registered."""
+
+    def __init__(self, args, mergeserve, model, experts, probes=None):
+        import socket
+        self.data = os.path.join(args.work, "sweep_data")
+        shutil.rmtree(self.data, ignore_errors=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [mergeserve, "serve", f"--listen=127.0.0.1:{self.port}",
+             "--metrics-listen=", f"--data-dir={self.data}", "--allow-root", model,
+             "--allow-root", args.work],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        from mergeserve_client import Client
+        self.client = Client(f"127.0.0.1:{self.port}")
+        self.client.register("base", os.path.join(model, "base"), role="base")
+        for i, e in enumerate(experts):
+            name = os.path.basename(e)
+            if probes:
+                self.client.register(name, e, base="base", program=probes[i][0],
+                                     task=f"probe{i}")
+                self.client.register_dataset(f"probe{i}_val", probes[i][1],
+                                             task=f"probe{i}", role="validation")
+            else:
+                self.client.register(name, e, base="base")
+
+    def __enter__(self):
+        return self.client
+
+    def __exit__(self, *exc):
+        import signal
+        self.client.close()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait()
+
+
 def sweep(args, model, experts, mergeserve, threads):
     """10-point sweeps of TIES on the same checkpoints, over λ and over one
-    expert's weight: jobs on one server (its cache keeps the trim selections,
-    and for λ the merged update) against 10 cold one-shot `mergeserve merge`
-    runs."""
-    import signal
-    import socket
+    expert's weight, against 10 cold one-shot `mergeserve merge` runs: as 10
+    merge jobs on one server (its cache keeps the trim selections, and for λ
+    the merged update; each result is stored, so written durably), and as
+    one `Sweep` (its points merged into scratch, evaluated on a probe task,
+    removed)."""
     sys.path.insert(0, os.path.join(ROOT, "client", "python"))
     os.environ.setdefault("MERGESERVE_PY_STUBS", os.path.join(args.build, "python"))
-    from mergeserve_client import Client
 
     base_yaml = open(os.path.join(model, "ties.yaml")).read()
+    values = [round(0.1 * i, 1) for i in range(1, 11)]
     grids = {
-        "λ = 0.1 … 1.0": [base_yaml.replace("lambda: 1.0", f"lambda: {0.1 * i:.1f}")
-                          for i in range(1, 11)],
-        "expert0's weight = 0.1 … 1.0": [
-            base_yaml.replace("weight: 1.0", f"weight: {0.1 * i:.1f}", 1)
-            for i in range(1, 11)],
+        "λ = 0.1 … 1.0": (
+            [base_yaml.replace("lambda: 1.0", f"lambda: {v:.1f}") for v in values],
+            {"lambdas": values}),
+        "expert0's weight = 0.1 … 1.0": (
+            [base_yaml.replace("weight: 1.0", f"weight: {v:.1f}", 1) for v in values],
+            {"axes": {"weight@expert0": values}}),
     }
+    with open(os.path.join(model, "base", "config.json")) as f:
+        hidden = json.load(f)["hidden_size"]
+    probes = write_probe(args.work, hidden, experts)
 
     # Page cache warm for both sides (the first cold run would otherwise read
     # from disk).
     run([mergeserve, "merge", os.path.join(model, "ties.yaml"),
          os.path.join(args.work, "sweep_cold"), "--overwrite", "--quiet"] + threads)
     results = {}
-    for name, texts in grids.items():
+    for name, (texts, sweep_args) in grids.items():
         cold = []
         for i, text in enumerate(texts):
             cfg = os.path.join(model, f"sweep_{i}.yaml")
@@ -242,56 +344,55 @@ def sweep(args, model, experts, mergeserve, threads):
                            "--overwrite", "--quiet"] + threads)
             cold.append(wall)
 
-        # A fresh server per grid: the first point finds nothing cached.
-        data = os.path.join(args.work, "sweep_data")
-        shutil.rmtree(data, ignore_errors=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen([mergeserve, "serve", f"--listen=127.0.0.1:{port}",
-                                   "--metrics-listen=", f"--data-dir={data}",
-                                   "--allow-root", model], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            warm = []
-            with Client(f"127.0.0.1:{port}") as c:
-                c.register("base", os.path.join(model, "base"), role="base")
-                for e in experts:
-                    c.register(os.path.basename(e), e, base="base")
-                for text in texts:
-                    start = time.monotonic()
-                    c.merge(text)
-                    warm.append(time.monotonic() - start)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait()
-        results[name] = (cold, warm)
+        jobs = []
+        with Server(args, mergeserve, model, experts) as c:
+            for text in texts:
+                start = time.monotonic()
+                c.merge(text)
+                jobs.append(time.monotonic() - start)
+
+        with Server(args, mergeserve, model, experts, probes) as c:
+            start = time.monotonic()
+            points = []
+            for e in c.sweep(base_yaml, **sweep_args):
+                if e.HasField("point"):
+                    points.append(e.point)
+            rpc = time.monotonic() - start
+        assert len(points) == 10, f"{name}: {len(points)} points"
+        results[name] = (cold, jobs, rpc, points)
 
     result_bytes = sum(os.path.getsize(os.path.join(args.work, "sweep_cold", f))
                        for f in os.listdir(os.path.join(args.work, "sweep_cold"))
                        if f.endswith(".safetensors"))
     floor = durable_write_seconds(args.work, result_bytes)
-    print(f"\n10-point sweeps of TIES (density 0.2) on the same 4 experts:")
+    print(f"\n10-point sweeps of TIES (density 0.2) on the same 4 experts, as 10 "
+          f"merge jobs on one server (results stored):")
     print("| sweep | 10 cold one-shot s | 10 jobs on one server s | first job s | "
           "median later job s | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, (cold, warm) in results.items():
-        print(f"| {name} | {sum(cold):.2f} | {sum(warm):.2f} | {warm[0]:.2f} | "
-              f"{statistics.median(warm[1:]):.2f} | {sum(cold) / sum(warm):.2f}x |")
-    # Every point writes a new durable result: the disk alone bounds the
-    # speed-up, whatever the merge reuses.
+    for name, (cold, jobs, _, _) in results.items():
+        print(f"| {name} | {sum(cold):.2f} | {sum(jobs):.2f} | {jobs[0]:.2f} | "
+              f"{statistics.median(jobs[1:]):.2f} | {sum(cold) / sum(jobs):.2f}x |")
+    print("\nThe same grids as one `Sweep` (points in scratch, each evaluated on a "
+          "probe task and removed):")
+    print("| sweep | 10 cold one-shot s | Sweep s | its merges s | first point's "
+          "merge s | median later merge s | its evaluations s | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (cold, _, rpc, points) in results.items():
+        merges = [p.merge_seconds for p in points]
+        evals = sum(p.eval_seconds for p in points)
+        print(f"| {name} | {sum(cold):.2f} | {rpc:.2f} | {sum(merges):.2f} | "
+              f"{merges[0]:.2f} | {statistics.median(merges[1:]):.2f} | {evals:.2f} | "
+              f"{sum(cold) / rpc:.2f}x |")
+    # Every stored point writes a new durable result: the disk alone bounds
+    # the jobs' speed-up, whatever the merge reuses.
     print(f"\nwriting one {result_bytes / 2**20:.0f} MiB result and fsyncing it "
           f"(median of 3): {floor:.2f} s ({result_bytes / floor / 1e6:.0f} MB/s); "
           f"ten of them: {10 * floor:.2f} s")
-    for name, (cold, warm) in results.items():
-        print(f"{name}: largest speed-up a disk this fast allows with the first "
-              f"job as measured: {sum(cold) / (warm[0] + 9 * floor):.2f}x")
+    for name, (cold, jobs, _, _) in results.items():
+        print(f"{name}: largest speed-up of jobs a disk this fast allows with the "
+              f"first job as measured: {sum(cold) / (jobs[0] + 9 * floor):.2f}x")
+
 
 
 if __name__ == "__main__":
