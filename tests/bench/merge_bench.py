@@ -275,31 +275,41 @@ class Server:
              "--metrics-listen=", f"--data-dir={self.data}", "--allow-root", model,
              "--allow-root", args.work],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        from mergeserve_client import Client
-        self.client = Client(f"127.0.0.1:{self.port}")
-        self.client.register("base", os.path.join(model, "base"), role="base")
-        for i, e in enumerate(experts):
-            name = os.path.basename(e)
-            if probes:
-                self.client.register(name, e, base="base", program=probes[i][0],
-                                     task=f"probe{i}")
-                self.client.register_dataset(f"probe{i}_val", probes[i][1],
-                                             task=f"probe{i}", role="validation")
+        self.client = None
+        try:
+            for _ in range(200):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mergeserve serve exited ({self.proc.returncode})")
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
             else:
-                self.client.register(name, e, base="base")
+                raise RuntimeError(f"mergeserve serve is not listening on {self.port}")
+            from mergeserve_client import Client
+            self.client = Client(f"127.0.0.1:{self.port}")
+            self.client.register("base", os.path.join(model, "base"), role="base")
+            for i, e in enumerate(experts):
+                name = os.path.basename(e)
+                if probes:
+                    self.client.register(name, e, base="base", program=probes[i][0],
+                                         task=f"probe{i}")
+                    self.client.register_dataset(f"probe{i}_val", probes[i][1],
+                                                 task=f"probe{i}", role="validation")
+                else:
+                    self.client.register(name, e, base="base")
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __enter__(self):
         return self.client
 
     def __exit__(self, *exc):
         import signal
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait()
 
@@ -373,8 +383,11 @@ def sweep(args, model, experts, mergeserve, threads):
     for name, (cold, jobs, _, _) in results.items():
         print(f"| {name} | {sum(cold):.2f} | {sum(jobs):.2f} | {jobs[0]:.2f} | "
               f"{statistics.median(jobs[1:]):.2f} | {sum(cold) / sum(jobs):.2f}x |")
-    print("\nThe same grids as one `Sweep` (points in scratch, each evaluated on a "
-          "probe task and removed):")
+    # Not like for like: the cold runs' results are durable (fsynced) and
+    # evaluate nothing; the Sweep's points are never synced, and each is
+    # also evaluated. Its merge column is the merges alone.
+    print("\nThe same grids as one `Sweep` (points in scratch, not synced, each "
+          "evaluated on a probe task and removed; the cold runs write durably):")
     print("| sweep | 10 cold one-shot s | Sweep s | its merges s | first point's "
           "merge s | median later merge s | its evaluations s | speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

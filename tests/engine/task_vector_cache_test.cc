@@ -46,6 +46,29 @@ TEST(TaskVectorCacheTest, MakeRoomEvictsLeastRecentlyUsedFirst) {
   EXPECT_EQ(cache.stats().bytes, 0);
 }
 
+// Evicted values are released after the cache's lock: one whose destructor
+// calls back into the cache (a large buffer's unmap need not, but must not
+// stall every other lookup) does not deadlock.
+TEST(TaskVectorCacheTest, EvictedValuesAreReleasedOutsideTheLock) {
+  TaskVectorCache cache(100);
+  struct CallsBack {
+    CallsBack(TaskVectorCache* c, int* r) : cache(c), released(r) {}
+    TaskVectorCache* cache;
+    int* released;
+    ~CallsBack() {
+      cache->stats();
+      ++*released;
+    }
+  };
+  int released = 0;
+  cache.Put("a", std::make_shared<CallsBack>(&cache, &released), 60);
+  cache.Put("b", std::make_shared<CallsBack>(&cache, &released),
+            60);  // evicts a
+  EXPECT_EQ(released, 1);
+  cache.MakeRoom(100);  // evicts b
+  EXPECT_EQ(released, 2);
+}
+
 // Merges with a shared cache must give exactly what cold merges give, while
 // reusing the selections across a λ sweep.
 class CachedMergeTest : public ::testing::TestWithParam<const char*> {};
@@ -156,55 +179,72 @@ TEST(CachedUpdateTest, LambdaOnlyPointsReuseTheMergedUpdate) {
 }
 
 // A sweep tells its merges what later points reuse. Over weights
-// (kTrimmed) the first point keeps each expert's trimmed τ, so the second
-// misses only the merged updates; q is never kept, and where nothing is
-// reused (kNone) a λ-only change computes q again. Every point gives the
-// cold merge's bytes.
+// (kTrimmed) the first point keeps each expert's trimmed τ, so the next ones
+// miss only the merged updates; q is never kept. Where λ varies fastest
+// (kUpdate) every row of λ points reads one q, the rows after the first
+// included (the guess would keep τ there instead). Where nothing is reused
+// (kNone) a λ-only change computes q again. Every point gives the cold
+// merge's bytes; tensor c spans four chunks, so exact keep's ties are
+// counted across chunks while τ is kept.
 TEST(CachedUpdateTest, SweepHintsSayWhatIsKept) {
   const std::string dir = testing::TempDir("hint");
   std::mt19937 rng(7);
   testing::TestModel base;
   base["a"] = {{120, 40}, testing::RandomValues(120 * 40, rng), DType::kBF16};
   base["b"] = {{64, 40}, testing::RandomValues(64 * 40, rng), DType::kBF16};
+  base["c"] = {{200, 256}, testing::RandomValues(200 * 256, rng), DType::kBF16};
   testing::WriteExperts(dir, base, 3, rng, 0.05f);
-  auto yaml = [](double lambda, double w0) {
-    return ThreeExperts("ties", lambda, w0, "");
+  constexpr int kTensors = 3;
+  struct Case {
+    const char* method;
+    const char* params;
   };
-  auto merge = [&](TaskVectorCache& cache, CacheHint hint, double lambda,
-                   double w0) {
-    MergeOptions o;
-    o.cache = &cache;
-    o.digest = [](const std::string& ref) { return "digest-of-" + ref; };
-    o.cache_hint = hint;
-    auto warm = testing::Merge(dir, yaml(lambda, w0), o);
-    auto cold = testing::Merge(dir, yaml(lambda, w0));
-    ASSERT_TRUE(warm.ok() && cold.ok()) << warm.status();
-    EXPECT_EQ(*warm, *cold) << "lambda " << lambda << " weight " << w0;
-  };
-  {
-    TaskVectorCache cache(1 << 22);
-    merge(cache, CacheHint::kTrimmed, 1.0, 1.0);
-    const int64_t kept = cache.stats().bytes;
-    for (double w0 : {0.6, 0.4}) {
-      const int64_t misses = cache.stats().misses;
-      merge(cache, CacheHint::kTrimmed, 1.0, w0);
-      // The two tensors' updates, never kept; τ and trims found.
-      EXPECT_EQ(cache.stats().misses, misses + 2) << "weight " << w0;
+  for (const Case& c : {Case{"ties", ""}, Case{"ties", "keep: threshold"},
+                        Case{"ties", "consensus: count, zero_sign: majority"},
+                        Case{"breadcrumbs_ties", "gamma: 0.05"}}) {
+    SCOPED_TRACE(std::string(c.method) + " " + c.params);
+    auto merge = [&](TaskVectorCache& cache, CacheHint hint, double lambda,
+                     double w0) {
+      MergeOptions o;
+      o.cache = &cache;
+      o.digest = [](const std::string& ref) { return "digest-of-" + ref; };
+      o.cache_hint = hint;
+      const std::string yaml = ThreeExperts(c.method, lambda, w0, c.params);
+      auto warm = testing::Merge(dir, yaml, o);
+      auto cold = testing::Merge(dir, yaml);
+      ASSERT_TRUE(warm.ok() && cold.ok()) << warm.status();
+      EXPECT_EQ(*warm, *cold) << "lambda " << lambda << " weight " << w0;
+    };
+    {
+      TaskVectorCache cache(1 << 22);
+      merge(cache, CacheHint::kTrimmed, 1.0, 1.0);
+      const int64_t kept = cache.stats().bytes;
+      for (double w0 : {0.6, 0.4}) {
+        const int64_t misses = cache.stats().misses;
+        merge(cache, CacheHint::kTrimmed, 1.0, w0);
+        // The updates, never kept; τ and trims found.
+        EXPECT_EQ(cache.stats().misses, misses + kTensors) << "weight " << w0;
+      }
+      // Trims and τ from the first point only: no update was added.
+      EXPECT_EQ(cache.stats().bytes, kept);
     }
-    // Trims and τ from the first point only: no update was added.
-    EXPECT_EQ(cache.stats().bytes, kept);
-  }
-  {
-    TaskVectorCache cache(1 << 22);
-    merge(cache, CacheHint::kGuess, 1.0, 1.0);
-    int64_t misses = cache.stats().misses;
-    merge(cache, CacheHint::kGuess, 0.5, 1.0);  // q read back
-    EXPECT_EQ(cache.stats().misses, misses);
-    merge(cache, CacheHint::kNone, 0.7, 0.6);
-    misses = cache.stats().misses;
-    // No q was kept at weight 0.6, and no τ is looked for.
-    merge(cache, CacheHint::kNone, 0.9, 0.6);
-    EXPECT_EQ(cache.stats().misses, misses + 2);
+    {
+      TaskVectorCache cache(1 << 22);
+      for (double w0 : {1.0, 0.6, 0.4}) {
+        merge(cache, CacheHint::kUpdate, 0.5, w0);
+        const int64_t misses = cache.stats().misses;
+        merge(cache, CacheHint::kUpdate, 1.0, w0);  // q read back
+        EXPECT_EQ(cache.stats().misses, misses) << "weight " << w0;
+      }
+    }
+    {
+      TaskVectorCache cache(1 << 22);
+      merge(cache, CacheHint::kNone, 0.7, 0.6);
+      const int64_t misses = cache.stats().misses;
+      // No q was kept, and no τ is looked for.
+      merge(cache, CacheHint::kNone, 0.9, 0.6);
+      EXPECT_EQ(cache.stats().misses, misses + kTensors);
+    }
   }
 }
 

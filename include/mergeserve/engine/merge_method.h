@@ -33,10 +33,14 @@ enum class CacheHint {
   // each expert's trimmed τ once a merge found all its trims cached (the
   // second point of a weight sweep).
   kGuess,
+  // λ changes from one merge to the next (other numbers more slowly): keep
+  // q, never τ (a new weight's q is kept for its row of λ values).
+  kUpdate,
   // Only weights change: keep the trimmed τ from the first merge on, never
   // q (no later merge has the same weights).
   kTrimmed,
-  // Densities or other numbers change: neither q nor τ is read again.
+  // Only densities (gamma, epsilon) and weights change: neither q nor τ is
+  // read again.
   kNone,
 };
 

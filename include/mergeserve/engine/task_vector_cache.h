@@ -45,9 +45,10 @@ class TaskVectorCache {
   void Put(const std::string& key, std::shared_ptr<const void> value,
            int64_t bytes);
   // Evicts least recently used entries until `bytes` more fit, for a
-  // caller about to allocate that much for a Put: the cache and what is
-  // being built for it then stay within the budget together (evicting at
-  // the Put would hold both, up to twice the budget for a moment).
+  // caller about to allocate about that much for a Put: what it evicts is
+  // freed before the new entry is built rather than after, so the two are
+  // not held at once. (Other merges may fill the room meanwhile; their
+  // Puts still evict.)
   void MakeRoom(int64_t bytes);
   CacheStats stats() const;
   int64_t capacity_bytes() const { return capacity_; }

@@ -69,9 +69,9 @@ struct SweepPlan {
 };
 
 // What each point's merge keeps for the later ones: the merged update where
-// only λ changes (kGuess), each expert's trimmed τ where only weights change
-// (kTrimmed, from the first point on), neither where densities or other
-// numbers change (kNone).
+// λ varies fastest (kUpdate), each expert's trimmed τ where only weights
+// change (kTrimmed, from the first point on), neither where densities and
+// weights change (kNone), else the server's guess (kGuess).
 CacheHint SweepCacheHint(const SweepGrid& grid);
 
 // Validates the request and the grid (every point's config, the tasks'

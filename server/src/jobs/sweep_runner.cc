@@ -93,23 +93,28 @@ EvalTarget TargetOf(const MergeRequest& request, const SweepOptions& options,
 
 }  // namespace
 
-// Over λ and more, the server's guess stands: λ varies fastest, so a row of
-// λ points reuses one update.
 CacheHint SweepCacheHint(const SweepGrid& grid) {
-  bool lambda = false, weights = false, others = false;
+  std::vector<const SweepAxis*> varying;
   for (const SweepAxis& axis : grid) {
     const std::set<double> distinct(axis.values.begin(), axis.values.end());
-    if (distinct.size() < 2) continue;
-    if (axis.parameter == "lambda") {
-      lambda = true;
-    } else if (axis.parameter.rfind("weight@", 0) == 0) {
-      weights = true;
+    if (distinct.size() > 1) varying.push_back(&axis);
+  }
+  if (varying.empty()) return CacheHint::kGuess;
+  // The last axis varies fastest: λ there reuses each q for a row.
+  if (varying.back()->parameter == "lambda") return CacheHint::kUpdate;
+  bool trims = false;  // a number the trims (and so τ and q) depend on
+  for (const SweepAxis* axis : varying) {
+    const std::string& name = axis->parameter;
+    if (name.rfind("weight@", 0) == 0) continue;
+    if (name == "density" || name == "gamma" || name == "epsilon") {
+      trims = true;
     } else {
-      others = true;
+      // λ slower than another axis, or a number whose effect on q the
+      // sweep does not know (some act after q: consensus_k): the guess.
+      return CacheHint::kGuess;
     }
   }
-  if (lambda || (!weights && !others)) return CacheHint::kGuess;
-  return others ? CacheHint::kNone : CacheHint::kTrimmed;
+  return trims ? CacheHint::kNone : CacheHint::kTrimmed;
 }
 
 absl::StatusOr<SweepPlan> PlanSweep(JobManager& jobs,

@@ -806,7 +806,8 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
         return ApplyCachedUpdate(plan, t, p, hit->as<float>(), ctx, *out);
       }
       keep_update =
-          ctx.cache_hint == CacheHint::kGuess &&
+          (ctx.cache_hint == CacheHint::kGuess ||
+           ctx.cache_hint == CacheHint::kUpdate) &&
           static_cast<int64_t>(update_bytes) <= ctx.cache->capacity_bytes() / 4;
     }
   }
@@ -825,16 +826,16 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
   // sweep over weights) keeps each expert's trimmed τ, and later ones
   // rebuild it instead of reading the expert. q is then not kept: such a
   // sweep does not reuse it, and both would not fit the cache's budget.
-  // (Only then can a trimmed τ be in the cache: it is kept by a merge whose
-  // trims were, or by one told that weights will change; so no other merge
-  // looks, nor counts a miss.) A sweep over weights says so, and its first
-  // point keeps τ already.
+  // A trimmed τ is in the cache only if such a merge, or a sweep's merge
+  // told that weights will change (whose first point keeps τ already), put
+  // it there; only those look, and count a miss.
   const bool keep_tv = ctx.cache_hint == CacheHint::kTrimmed ||
                        (ctx.cache_hint == CacheHint::kGuess && p.trims_cached);
   if (!p.tv_keys.empty() && keep_tv && opts_.scope == TrimScope::kTensor) {
     const size_t n = experts_.size();
     p.tv_cached.assign(n, nullptr);
     p.tv_capture.assign(n, nullptr);
+    int64_t room = 0;  // for the τ this merge keeps
     for (size_t k = 0; k < n; ++k) {
       if (p.tv_keys[k].empty()) continue;
       p.tv_cached[k] = ctx.cache->GetAs<SparseTaskVector>(p.tv_keys[k]);
@@ -845,12 +846,14 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
         const int64_t need = static_cast<int64_t>(static_cast<double>(t.numel) *
                                                   (p.density[k] * 4 + 0.125));
         if ((tv_bytes_ += need) <= ctx.cache->capacity_bytes() / 4 * 3) {
-          ctx.cache->MakeRoom(need);
+          room += need;
           p.tv_capture[k] =
               std::make_shared<SparseTaskVector>(t.numel, PassChunk(t, ctx));
         }
       }
     }
+    // SparseTaskVector allocates as chunks are packed: room is made first.
+    if (room > 0) ctx.cache->MakeRoom(room);
     // Not even where τ would pass the budget: a new q per point would evict
     // the τ and trims the next point reads.
     keep_update = false;
