@@ -15,10 +15,18 @@ TEST(SweepRunnerTest, CacheHintFollowsWhatTheGridVaries) {
   EXPECT_EQ(SweepCacheHint({lambdas}), CacheHint::kUpdate);
   EXPECT_EQ(SweepCacheHint({weights, lambdas}), CacheHint::kUpdate);
   EXPECT_EQ(SweepCacheHint({densities, weights, lambdas}), CacheHint::kUpdate);
-  // Only weights: the trimmed τ, from the first point on.
-  EXPECT_EQ(SweepCacheHint({weights}), CacheHint::kTrimmed);
+  // Only weights, over many points: the trimmed τ, from the first point
+  // on. Over a few, neither (keeping τ would cost more than it saves).
+  const SweepAxis many{"weight@code",
+                       std::vector<double>(kMinPointsToKeepTrimmed, 1.0)};
+  std::vector<double> values;
+  for (size_t i = 0; i <= kMinPointsToKeepTrimmed; ++i) values.push_back(i);
+  EXPECT_EQ(SweepCacheHint({{"weight@code", values}}), CacheHint::kTrimmed);
+  EXPECT_EQ(SweepCacheHint({weights, {"weight@code", {1, 3, 5, 7, 9, 11}}}),
+            CacheHint::kTrimmed);  // 18 points
+  EXPECT_EQ(SweepCacheHint({weights}), CacheHint::kNone);
   EXPECT_EQ(SweepCacheHint({weights, {"weight@code", {1, 3}}}),
-            CacheHint::kTrimmed);
+            CacheHint::kNone);  // 6 points
   // Densities (and weights): neither.
   EXPECT_EQ(SweepCacheHint({densities}), CacheHint::kNone);
   EXPECT_EQ(SweepCacheHint({weights, {"gamma", {0.01, 0.02}}}),
@@ -27,10 +35,13 @@ TEST(SweepRunnerTest, CacheHintFollowsWhatTheGridVaries) {
   EXPECT_EQ(SweepCacheHint({lambdas, weights}), CacheHint::kGuess);
   EXPECT_EQ(SweepCacheHint({weights, {"consensus_k", {1, 2}}}),
             CacheHint::kGuess);
-  // An axis of one value (or one value repeated) varies nothing.
-  EXPECT_EQ(SweepCacheHint({{"lambda", {0.7, 0.7}}, weights}),
+  // An axis of one value (or one value repeated) varies nothing, though
+  // its values count as points.
+  EXPECT_EQ(SweepCacheHint({{"lambda", {0.7, 0.7}}, {"weight@code", values}}),
             CacheHint::kTrimmed);
-  EXPECT_EQ(SweepCacheHint({{"density", {0.3}}, weights}), CacheHint::kTrimmed);
+  EXPECT_EQ(SweepCacheHint({{"density", {0.3}}, {"weight@code", values}}),
+            CacheHint::kTrimmed);
+  EXPECT_EQ(SweepCacheHint({many}), CacheHint::kGuess);
   EXPECT_EQ(SweepCacheHint({}), CacheHint::kGuess);
 }
 

@@ -70,8 +70,10 @@ struct SweepPlan {
 
 // What each point's merge keeps for the later ones: the merged update where
 // λ varies fastest (kUpdate), each expert's trimmed τ where only weights
-// change (kTrimmed, from the first point on), neither where densities and
-// weights change (kNone), else the server's guess (kGuess).
+// change over more than kMinPointsToKeepTrimmed points (kTrimmed, from the
+// first point on), neither where densities change or a shorter sweep
+// changes weights (kNone), else the server's guess (kGuess).
+inline constexpr size_t kMinPointsToKeepTrimmed = 16;
 CacheHint SweepCacheHint(const SweepGrid& grid);
 
 // Validates the request and the grid (every point's config, the tasks'
