@@ -39,8 +39,9 @@ enum class CacheHint {
   // Only weights change: keep the trimmed τ from the first merge on, never
   // q (no later merge has the same weights).
   kTrimmed,
-  // Only densities (gamma, epsilon) and weights change: neither q nor τ is
-  // read again.
+  // Neither q nor τ is read again: densities (gamma, epsilon) change, or
+  // a short sweep changes only weights (keeping τ would cost it more than
+  // it saves; see SweepCacheHint).
   kNone,
 };
 
