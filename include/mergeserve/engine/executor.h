@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -76,6 +78,19 @@ struct MergeOptions {
   // are read once and removed (sweep points, stages, RI's unadapted merge)
   // turn it off: their pages need never reach the disk.
   bool durable = true;
+  // Further results of the same merge with another λ (the global `lambda`)
+  // or other weights for some models, written in the same pass from the
+  // same trimmed task vectors: each folder holds what a merge with those
+  // numbers (and config_text) would write, so a sweep's row of points reads
+  // the experts once. Only where CanWriteVariants(); not with dry_run or
+  // diagnostics.
+  struct Variant {
+    std::string output_dir;
+    std::optional<double> lambda;           // unset: the merge's
+    std::map<std::string, double> weights;  // by model reference
+    std::string config_text;                // as MergeOptions::config_text
+  };
+  std::vector<Variant> variants;
 };
 
 struct MergeSummary {
@@ -104,6 +119,14 @@ absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
 // once, when it is submitted). options.resolver is not used.
 absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
                                           const MergeOptions& options);
+
+// Whether a merge of `plan` on `backend` can write MergeOptions::variants
+// (with weight changes where `weights`): the task-vector methods on the
+// fused backend; weight changes not where a tied election takes the
+// majority sign (a census under the merge's own weights).
+bool CanWriteVariants(const MergePlan& plan, Backend backend, bool weights);
+// What each variant adds to EstimateMergeMemory (its output regions).
+int64_t VariantMemory(const MergePlan& plan, int threads);
 
 // Writes into `dir` what RunMergePlan would write for `plan` (the same side
 // files, tensor names, shapes and dtypes, in one file) without tensor data:

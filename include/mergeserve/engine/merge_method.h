@@ -6,7 +6,9 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -20,6 +22,7 @@ namespace mergeserve {
 
 class DiagnosticsCollector;
 class StagingArena;
+class TensorSink;
 
 // kFused: streaming CPU kernels (chunked, bounded memory). kAten: whole-tensor
 // ATen ops on ctx.device (CPU or CUDA); methods without fused kernels always
@@ -64,6 +67,17 @@ struct ExecContext {
   std::string base_digest;
   // 16K fp32 values per model keep a worker's buffers inside L2.
   int64_t chunk_elems = int64_t{1} << 14;
+  // Further outputs of this tensor that differ from the merge only in λ or
+  // in some models' weights (a sweep's row of points), each written from
+  // the same trimmed task vectors: base + λ·q, q merged again only where
+  // the weights differ. Set per tensor by the executor, only for methods
+  // whose WritesVariants() holds.
+  struct VariantOutput {
+    std::optional<double> lambda;                 // unset: the merge's
+    std::vector<std::pair<int, double>> weights;  // (plan model, weight)
+    TensorSink* sink = nullptr;
+  };
+  std::vector<VariantOutput> variant_outputs;
 
   bool is_cancelled() const {
     return cancelled != nullptr && cancelled->load(std::memory_order_relaxed);
@@ -88,6 +102,14 @@ class MergeMethod {
   // True if MergeTensor materialises whole tensors of every model (ATen
   // paths) rather than streaming fixed chunks; valid after Prepare.
   virtual bool HoldsWholeTensors(const ExecContext& ctx) const { return true; }
+  // True if MergeTensor writes ctx.variant_outputs for a merge of `plan` on
+  // `backend` (with weight changes where `weights`): methods whose result
+  // is base + λ·q, with q independent of λ, and of the weights only through
+  // its last step.
+  virtual bool WritesVariants(const MergePlan& plan, Backend backend,
+                              bool weights) const {
+    return false;
+  }
   // Merges one floating tensor.
   virtual absl::Status MergeTensor(const MergePlan& plan,
                                    const PlannedTensor& tensor,

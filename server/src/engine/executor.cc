@@ -244,6 +244,21 @@ int64_t EstimateMergeMemory(const MergePlan& plan, Backend backend,
   return need;
 }
 
+bool CanWriteVariants(const MergePlan& plan, Backend backend, bool weights) {
+  auto m = CreateMethod(plan.config().merge_method);
+  return m.ok() && (*m)->WritesVariants(plan, backend, weights);
+}
+
+int64_t VariantMemory(const MergePlan& plan, int threads) {
+  DType widest_out = DType::kBF16;
+  for (const PlannedTensor& t : plan.tensors()) {
+    if (t.merge && DTypeSize(t.out_dtype) > DTypeSize(widest_out)) {
+      widest_out = t.out_dtype;
+    }
+  }
+  return WriterSink::MemoryBound(std::max(threads, 1), widest_out);
+}
+
 absl::StatusOr<MergeSummary> RunMerge(const MergeConfig& config,
                                       const MergeOptions& options) {
   ModelResolver resolver = options.resolver
@@ -261,6 +276,36 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   const MergeConfig& config = plan->config();
   MS_ASSIGN_OR_RETURN(std::unique_ptr<MergeMethod> method,
                       CreateMethod(config.merge_method));
+
+  // Each variant's weight changes by plan model.
+  const auto& variants = options.variants;
+  std::vector<ExecContext::VariantOutput> changes(variants.size());
+  bool weights = false;
+  for (size_t v = 0; v < variants.size(); ++v) {
+    changes[v].lambda = variants[v].lambda;
+    for (const auto& [ref, w] : variants[v].weights) {
+      bool found = false;
+      for (size_t i = 0; i < plan->models().size(); ++i) {
+        if (plan->models()[i].ref != ref) continue;
+        changes[v].weights.push_back({static_cast<int>(i), w});
+        found = true;
+      }
+      if (!found) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("merge variant: the config has no model '", ref, "'"));
+      }
+      weights = true;
+    }
+  }
+  if (!variants.empty() &&
+      (options.dry_run || options.diagnostics != nullptr ||
+       !method->WritesVariants(*plan, options.backend, weights))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "merge variants: ", config.merge_method,
+        " cannot write them here (the task-vector methods can, on the fused "
+        "backend, without dry_run or diagnostics; other weights not with "
+        "zero_sign: majority)"));
+  }
 
   ThreadPool pool(options.threads);
   // ATen methods loaded LibTorch's module when they were created; `backend:
@@ -334,6 +379,15 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
                  {"merged_by", "mergeserve"},
                  {"merge_method", config.merge_method}};
   std::unique_ptr<ShardedWriter> writer;
+  // One writer per λ variant, laid out like the main output.
+  std::vector<std::unique_ptr<ShardedWriter>> others;
+  for (const MergeOptions::Variant& v : variants) {
+    ShardedWriter::Options vo = wo;
+    vo.output_dir = v.output_dir;
+    MS_ASSIGN_OR_RETURN(std::unique_ptr<ShardedWriter> w,
+                        ShardedWriter::Create(vo, specs));
+    others.push_back(std::move(w));
+  }
   if (!options.dry_run) {
     MS_ASSIGN_OR_RETURN(writer, ShardedWriter::Create(wo, std::move(specs)));
   }
@@ -343,7 +397,9 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   summary.method = config.merge_method;
   summary.warnings = plan->warnings();
   summary.memory_estimate_bytes =
-      EstimateMergeMemory(*plan, options.backend, pool.num_threads());
+      EstimateMergeMemory(*plan, options.backend, pool.num_threads()) +
+      static_cast<int64_t>(variants.size()) *
+          VariantMemory(*plan, pool.num_threads());
   progress.phase = "merge";
   const auto& tensors = plan->tensors();
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -356,8 +412,20 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
       absl::Status merged;
       if (writer) {
         WriterSink sink(*writer, i, t, options.reject_non_finite);
+        std::vector<std::unique_ptr<WriterSink>> sinks;
+        ctx.variant_outputs = changes;
+        for (size_t v = 0; v < others.size(); ++v) {
+          sinks.push_back(std::make_unique<WriterSink>(
+              *others[v], i, t, options.reject_non_finite));
+          ctx.variant_outputs[v].sink = sinks.back().get();
+        }
         merged = method->MergeTensor(*plan, t, ctx, sink);
+        ctx.variant_outputs.clear();
         if (merged.ok()) merged = sink.Finish();
+        // A variant the method left unwritten fails here (INTERNAL).
+        for (auto& s : sinks) {
+          if (merged.ok()) merged = s->Finish();
+        }
       } else {
         merged = method->MergeTensor(*plan, t, ctx, discard);
       }
@@ -374,6 +442,10 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     } else if (writer) {
       MS_RETURN_IF_ERROR(
           writer->Write(i, 0, t.reference.data, t.reference.info->nbytes));
+      for (auto& w : others) {
+        MS_RETURN_IF_ERROR(
+            w->Write(i, 0, t.reference.data, t.reference.info->nbytes));
+      }
       summary.bytes_read += t.reference.info->nbytes;
       ++summary.copied;
     }
@@ -385,6 +457,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
     if (t.base.data) ReleaseView(t.base);
     for (const TensorView& v : t.models) ReleaseView(v);
     if (writer) writer->TensorDone(i);
+    for (auto& w : others) w->TensorDone(i);
     summary.bytes_written += t.out_bytes();
     progress.tensors_done = static_cast<int64_t>(i + 1);
     progress.bytes_done += t.out_bytes();
@@ -396,8 +469,13 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
         CopySideFiles(*plan, *writer, config, options.config_text));
     MS_RETURN_IF_ERROR(plan->CheckInputsUnchanged());
     summary.shards = writer->num_shards();
+    for (size_t v = 0; v < others.size(); ++v) {
+      MS_RETURN_IF_ERROR(
+          CopySideFiles(*plan, *others[v], config, variants[v].config_text));
+    }
     if (options.before_commit) MS_RETURN_IF_ERROR(options.before_commit());
     MS_RETURN_IF_ERROR(writer->Commit());
+    for (auto& w : others) MS_RETURN_IF_ERROR(w->Commit());
     summary.output_dir = options.output_dir;
     summary.file_digests = writer->file_digests();
   }

@@ -673,36 +673,41 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         float* den = b.den.data();
         float* o = b.out.data();
         float* q = b.rnd.data();  // the draws are used up by now
-        std::fill(acc, acc + cnt, 0.f);
-        if (!elect) {
-          float wsum = 0;
-          for (size_t k = 0; k < n; ++k) {
-            const float wk = static_cast<float>(p.weight[k]);
-            AddScaled(acc, b.tv.data() + k * static_cast<size_t>(chunk), wk,
-                      cnt);
-            wsum += wk;
+        // q from the trimmed task vectors under `weight`; false after a
+        // census (its pass wants the election's balance only).
+        auto merge_update = [&](const std::vector<double>& weight) {
+          std::fill(acc, acc + cnt, 0.f);
+          if (!elect) {
+            float wsum = 0;
+            for (size_t k = 0; k < n; ++k) {
+              const float wk = static_cast<float>(weight[k]);
+              AddScaled(acc, b.tv.data() + k * static_cast<size_t>(chunk), wk,
+                        cnt);
+              wsum += wk;
+            }
+            switch (opts_.divisor) {
+              case Divisor::kNone:
+                Quotient(q, acc, 1.f, cnt);
+                break;
+              case Divisor::kWeight:
+                // Divide (not multiply by 1/x) to match the references
+                // bitwise.
+                QuotientDivided(q, acc, std::fabs(wsum) < 1e-8f ? 1.f : wsum,
+                                cnt);
+                break;
+              case Divisor::kCount:
+                Quotient(q, acc, 1.f / static_cast<float>(n), cnt);
+                break;
+            }
+            return true;
           }
-          switch (opts_.divisor) {
-            case Divisor::kNone:
-              Quotient(q, acc, 1.f, cnt);
-              break;
-            case Divisor::kWeight:
-              // Divide (not multiply by 1/x) to match the references bitwise.
-              QuotientDivided(q, acc, std::fabs(wsum) < 1e-8f ? 1.f : wsum,
-                              cnt);
-              break;
-            case Divisor::kCount:
-              Quotient(q, acc, 1.f / static_cast<float>(n), cnt);
-              break;
-          }
-        } else {
           // Election over e_k = (w_k) * u_k; `sum` becomes the elected sign.
           float* sum = b.sum.data();
           std::fill(sum, sum + cnt, 0.f);
           std::fill(den, den + cnt, 0.f);
           for (size_t k = 0; k < n; ++k) {
             const float ew =
-                opts_.sign_weighted ? static_cast<float>(p.weight[k]) : 1.f;
+                opts_.sign_weighted ? static_cast<float>(weight[k]) : 1.f;
             const float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
             if (opts_.consensus == Consensus::kSum) {
               AddScaled(sum, tv, ew, cnt);
@@ -712,11 +717,11 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
           }
           if (mode == PassMode::kCensus) {
             balance[static_cast<size_t>(ci)] = SignBalance(sum, cnt);
-            return;
+            return false;
           }
           ElectSign(sum, tie_sign, cnt);
           for (size_t k = 0; k < n; ++k) {
-            const float wk = static_cast<float>(p.weight[k]);
+            const float wk = static_cast<float>(weight[k]);
             AddAgreeing(acc, den, b.tv.data() + k * static_cast<size_t>(chunk),
                         sum, opts_.sign_weighted ? wk : 1.f, wk,
                         opts_.divisor == Divisor::kCount ? 1.f : wk, cnt);
@@ -732,7 +737,9 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
               QuotientByCount(q, acc, den, cnt);
               break;
           }
-        }
+          return true;
+        };
+        if (!merge_update(p.weight)) return;
         if (keep_update != nullptr) std::copy(q, q + cnt, keep_update + begin);
         ApplyLambda(o, base, q, use_base ? p.lambda : 1.f, cnt);
         if (diagnose) {
@@ -742,6 +749,22 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         }
         if (out == nullptr) return;
         absl::Status st = out->WriteF32(begin, o, cnt);
+        // A sweep's other points of this row: the same trimmed τ, q merged
+        // again where the weights differ, one output each (o is free again
+        // once written).
+        const std::vector<double>* merged_with = &p.weight;
+        for (size_t v = 0; v < ctx.variant_outputs.size() && st.ok(); ++v) {
+          const ExecContext::VariantOutput& vo = ctx.variant_outputs[v];
+          const std::vector<double>& w = p.variant_weight[v];
+          if (w != *merged_with) {
+            merge_update(w);
+            merged_with = &w;
+          }
+          ApplyLambda(o, base, q,
+                      vo.lambda ? static_cast<float>(*vo.lambda) : p.lambda,
+                      cnt);
+          st = vo.sink->WriteF32(begin, o, cnt);
+        }
         if (!st.ok()) error.Set(std::move(st));
       });
   MS_RETURN_IF_ERROR(staged);
@@ -762,6 +785,16 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
   return r;
 }
 
+bool TaskVectorMerge::WritesVariants(const MergePlan& plan, Backend backend,
+                                     bool weights) const {
+  if (!kind_.use_base || backend != Backend::kFused) return false;
+  if (!weights) return true;
+  // A tied election's majority sign comes from a census under the merge's
+  // own weights.
+  auto o = ResolveTaskVectorOptions(plan, kind_);
+  return o.ok() && o->zero_sign != ZeroSign::kMajority;
+}
+
 absl::Status TaskVectorMerge::MergeTensor(const MergePlan& plan,
                                           const PlannedTensor& t,
                                           ExecContext& ctx, TensorSink& out) {
@@ -778,6 +811,18 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
                                     const PlannedTensor& t, ExecContext& ctx,
                                     TensorSink* out, float* wanted_update) {
   MS_ASSIGN_OR_RETURN(TensorParams p, Resolve(plan, t, ctx));
+  // Each variant's weights: the merge's, with its changes.
+  bool other_weights = false;
+  for (const ExecContext::VariantOutput& v : ctx.variant_outputs) {
+    std::vector<double> w = p.weight;
+    for (const auto& [model, weight] : v.weights) {
+      for (size_t k = 0; k < experts_.size(); ++k) {
+        if (experts_[k] == model) w[k] = weight;
+      }
+    }
+    other_weights = other_weights || w != p.weight;
+    p.variant_weight.push_back(std::move(w));
+  }
   const bool selects = opts_.sparsify == Sparsify::kMagnitude ||
                        opts_.sparsify == Sparsify::kOutliers;
   if (ctx.backend == Backend::kAten) {
@@ -794,7 +839,9 @@ absl::Status TaskVectorMerge::Merge(const MergePlan& plan,
   std::string update_key;
   bool keep_update = false;
   const size_t update_bytes = static_cast<size_t>(t.numel) * sizeof(float);
-  if (ctx.cache != nullptr && ctx.diagnostics == nullptr && opts_.use_base) {
+  // A cached q serves λ variants, not other weights.
+  if (ctx.cache != nullptr && ctx.diagnostics == nullptr && opts_.use_base &&
+      !other_weights) {
     update_key = UpdateKey(ctx, t, p);
     if (!update_key.empty()) {
       auto hit = ctx.cache->GetAs<HugeBuffer>(update_key);
@@ -942,6 +989,13 @@ absl::Status TaskVectorMerge::ApplyCachedUpdate(
         }
         ApplyLambda(s.out.data(), s.base.data(), update + begin, p.lambda, cnt);
         absl::Status st = out.WriteF32(begin, s.out.data(), cnt);
+        // Other λ values (Merge reads no cached q for other weights).
+        for (const ExecContext::VariantOutput& v : ctx.variant_outputs) {
+          if (!st.ok()) break;
+          ApplyLambda(s.out.data(), s.base.data(), update + begin,
+                      v.lambda ? static_cast<float>(*v.lambda) : p.lambda, cnt);
+          st = v.sink->WriteF32(begin, s.out.data(), cnt);
+        }
         if (!st.ok()) error.Set(std::move(st));
       });
   MS_RETURN_IF_ERROR(staged);

@@ -100,6 +100,8 @@ struct TensorParams {
   std::vector<double> weight, density, gamma, epsilon;
   std::vector<float> scale;  // rescaling of what survives sparsification
   float lambda = 1;
+  // Weights of each of ctx.variant_outputs (the merge's, with its changes).
+  std::vector<std::vector<double>> variant_weight;
   // Sparsification of expert k: keep[k] minus drop[k] (drop: breadcrumbs'
   // largest outliers).
   std::vector<TopSet> keep, drop;
@@ -133,6 +135,11 @@ class TaskVectorMerge : public MergeMethod {
   bool HoldsWholeTensors(const ExecContext& ctx) const override {
     return ctx.backend == Backend::kAten;
   }
+  // The fused pass has the trimmed τ and q in hand per chunk: a further λ
+  // costs one base + λ·q and a write, other weights an election and merge
+  // of the chunk, not another read of the experts.
+  bool WritesVariants(const MergePlan& plan, Backend backend,
+                      bool weights) const override;
 
   const TaskVectorOptions& options() const { return opts_; }
 
