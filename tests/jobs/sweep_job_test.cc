@@ -3,11 +3,13 @@
 // points an earlier one logged.
 #include "mergeserve/jobs/sweep_job.h"
 
+#include <filesystem>
 #include <mutex>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "jobs/digits_zoo_fixture.h"
+#include "mergeserve/jobs/sweep_runner.h"
 
 namespace mergeserve {
 namespace {
@@ -120,6 +122,101 @@ TEST_F(SweepJobTest, ASweepIsAJobWhosePointsAreLoggedAndFollowedToItsSummary) {
     return absl::AbortedError("replica 'a' no longer holds attempt 2");
   };
   EXPECT_EQ(planned->run(ctx).status().code(), absl::StatusCode::kAborted);
+}
+
+// Where λ or one weight varies fastest, a row's points are merged in one
+// pass (the experts read once, one result per point) and evaluate exactly as
+// points merged one by one. A point an earlier attempt logged splits its
+// row. Where a density varies fastest, or the method writes no variants
+// (Fisher), points run alone.
+TEST_F(SweepJobTest, ARowOfPointsIsMergedInOnePass) {
+  const MergeRequest request = testing::Request(Yaml("ties", "density: 0.4"));
+  const SweepGrid lambdas = {{"density", {0.2, 0.6}},
+                             {"lambda", {0.5, 0.8, 1.2}}};
+  const SweepGrid weights = {{"lambda", {0.9}},
+                             {"weight@parity", {0.5, 1.5, 2.5}}};
+  SweepOptions o;
+  o.max_examples = 64;
+  auto fused_points = [&](const MergeRequest& r, const SweepGrid& grid) {
+    auto plan = PlanSweep(*jobs_, r, grid, o);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    return plan.ok() ? plan->fused_points : -1;
+  };
+  EXPECT_EQ(fused_points(request, lambdas), 3);
+  EXPECT_EQ(fused_points(request, weights), 3);
+  EXPECT_EQ(fused_points(request,
+                         {{"weight@parity", {1, 2}}, {"density", {0.2, 0.4}}}),
+            1);
+  EXPECT_EQ(fused_points(testing::Request(Yaml("fisher", "examples: 32")),
+                         {{"lambda", {0.5, 1.0}}}),
+            1);
+
+  struct Run {
+    std::vector<SweepPoint> points;
+    std::vector<std::string> merges;  // the merge phases, in order
+  };
+  auto run = [&](const SweepGrid& grid, int64_t fused,
+                 std::map<int, SweepPoint> done) {
+    Run r;
+    SweepOptions ro = o;
+    ro.fused_points = fused;
+    ro.done = std::move(done);
+    ro.on_phase = [&r](const std::string& phase, int64_t, int64_t) {
+      if (phase.size() > 7 && phase.substr(phase.size() - 7) == ": merge") {
+        r.merges.push_back(phase);
+      }
+    };
+    ro.on_point = [&r](const SweepPoint& p) {
+      r.points.push_back(p);
+      return absl::OkStatus();
+    };
+    auto summary = RunSweep(*jobs_, request, grid, ro);
+    EXPECT_TRUE(summary.ok()) << summary.status();
+    return r;
+  };
+  auto expect_same = [](const Run& one, const Run& fused) {
+    ASSERT_EQ(fused.points.size(), one.points.size());
+    for (size_t i = 0; i < one.points.size(); ++i) {
+      SCOPED_TRACE(i);
+      const SweepPoint& a = one.points[i];
+      const SweepPoint& b = fused.points[i];
+      EXPECT_EQ(b.index, static_cast<int>(i));
+      EXPECT_EQ(b.values, a.values);
+      EXPECT_EQ(b.mean_accuracy, a.mean_accuracy);
+      ASSERT_EQ(b.tasks.size(), a.tasks.size());
+      for (size_t t = 0; t < a.tasks.size(); ++t) {
+        EXPECT_EQ(b.tasks[t].task, a.tasks[t].task);
+        EXPECT_EQ(b.tasks[t].accuracy, a.tasks[t].accuracy);
+        EXPECT_EQ(b.tasks[t].mean_cross_entropy, a.tasks[t].mean_cross_entropy);
+      }
+    }
+    // The row's numbers change the results (else this proves little).
+    EXPECT_NE(one.points[0].tasks[0].mean_cross_entropy,
+              one.points[2].tasks[0].mean_cross_entropy);
+  };
+  const Run one = run(lambdas, 1, {});
+  const Run fused = run(lambdas, 3, {});
+  EXPECT_EQ(one.merges.size(), 6u);
+  EXPECT_EQ(fused.merges, (std::vector<std::string>{"points 0-2: merge",
+                                                    "points 3-5: merge"}));
+  expect_same(one, fused);
+  const Run resumed = run(lambdas, 3, {{1, one.points[1]}});
+  EXPECT_EQ(resumed.merges,
+            (std::vector<std::string>{"point 0: merge", "point 2: merge",
+                                      "points 3-5: merge"}));
+  ASSERT_EQ(resumed.points.size(), 5u);
+  EXPECT_EQ(resumed.points[1].index, 2);
+  EXPECT_EQ(resumed.points[1].mean_accuracy, one.points[2].mean_accuracy);
+
+  const Run by_weight = run(weights, 3, {});
+  EXPECT_EQ(by_weight.merges, (std::vector<std::string>{"points 0-2: merge"}));
+  expect_same(run(weights, 1, {}), by_weight);
+  // Every point's folder is gone.
+  for (const auto& e : std::filesystem::directory_iterator(
+           registry_->data_dir() + "/scratch")) {
+    EXPECT_EQ(e.path().filename().string().find("sweep-"), std::string::npos)
+        << e.path();
+  }
 }
 
 TEST_F(SweepJobTest, BadGridsAreRefusedBeforeAnythingIsQueued) {

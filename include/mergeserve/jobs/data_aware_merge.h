@@ -74,6 +74,8 @@ struct PreparedMerge {
   std::function<std::string(const std::string& ref)> digest;
   std::map<std::string, double> metrics;  // e.g. ri.interference_before
   std::unique_ptr<RiAdapter> ri;  // measures ξ of the result, when asked
+  // No data-aware step: `config` is the request as it came.
+  bool plain = false;
 };
 
 // A plain request passes through unchanged (with the registry's resolver).

@@ -221,7 +221,10 @@ absl::StatusOr<PreparedMerge> PrepareDataAware(const MergeConfig& config,
                   : std::string();
   };
   const Need need = NeedOf(config);
-  if (need == Need::kNone) return p;
+  if (need == Need::kNone) {
+    p.plain = true;
+    return p;
+  }
   auto cancelled = [&] { return o.cancelled && o.cancelled->load(); };
 
   // Settings, with defaults sized for a quick first merge.

@@ -66,12 +66,14 @@ absl::StatusOr<Json> Parse(const std::string& text, const char* what) {
 // The run of a planned sweep: points logged as they finish, resumed after
 // those an earlier attempt logged.
 PlannedWorkJob Planned(JobManager& jobs, MergeRequest request,
-                       SweepParams params, int64_t memory) {
+                       SweepParams params, const SweepPlan& plan) {
   PlannedWorkJob w;
-  w.memory = memory;
-  w.run = [&jobs, request = std::move(request), params = std::move(params)](
+  w.memory = plan.memory;
+  w.run = [&jobs, request = std::move(request), params = std::move(params),
+           fused = plan.fused_points](
               JobContext& ctx) -> absl::StatusOr<std::string> {
     SweepOptions o = OptionsOf(params);
+    o.fused_points = fused;
     o.cancelled = ctx.cancelled;
     for (const JobLogEntry& e : ctx.earlier) {
       MS_ASSIGN_OR_RETURN(SweepPoint p, SweepPointFromJson(e.payload));
@@ -104,7 +106,7 @@ absl::StatusOr<JobRecord> SubmitSweep(JobManager& jobs, MergeRequest request,
   r.params = SweepParamsToJson(params);
   // The merge's and evaluation's inputs (plan.digest) and the grid.
   r.digest = "sweep-" + Sha256Hex(absl::StrCat(plan.digest, "\n", r.params));
-  r.planned = Planned(jobs, std::move(request), params, plan.memory);
+  r.planned = Planned(jobs, std::move(request), params, plan);
   return jobs.SubmitWorkJob(std::move(r));
 }
 
@@ -118,7 +120,7 @@ absl::StatusOr<PlannedWorkJob> PlanSweepJob(JobManager& jobs,
   // Planned again: the inputs may have changed since it was queued.
   MS_ASSIGN_OR_RETURN(SweepPlan plan,
                       PlanSweep(jobs, request, params.grid, OptionsOf(params)));
-  return Planned(jobs, std::move(request), std::move(params), plan.memory);
+  return Planned(jobs, std::move(request), std::move(params), plan);
 }
 
 std::string SweepParamsToJson(const SweepParams& p) {

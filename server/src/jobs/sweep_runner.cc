@@ -91,6 +91,72 @@ EvalTarget TargetOf(const MergeRequest& request, const SweepOptions& options,
   return target;
 }
 
+// The axes' values at point `index` (the last axis varies fastest) and the
+// request's config with them set.
+MergeConfig PointConfig(const MergeConfig& config, const SweepGrid& grid,
+                        size_t index,
+                        std::vector<std::pair<std::string, double>>* values) {
+  MergeConfig c = config;
+  size_t rest = index;
+  values->assign(grid.size(), {});
+  for (size_t k = grid.size(); k-- > 0;) {
+    const SweepAxis& axis = grid[k];
+    const double v = axis.values[rest % axis.values.size()];
+    rest /= axis.values.size();
+    (*values)[k] = {axis.parameter, v};
+    if (axis.parameter.rfind("weight@", 0) == 0) {
+      for (ModelEntry& m : c.models) {
+        if (m.model == axis.parameter.substr(7)) {
+          m.parameters["weight"] = ParamValue::Number(v);
+        }
+      }
+    } else {
+      c.parameters[axis.parameter] = ParamValue::Number(v);
+      // The swept global value must win over per-model overrides.
+      for (ModelEntry& m : c.models) m.parameters.erase(axis.parameter);
+    }
+  }
+  return c;
+}
+
+// The axis that varies fastest: the last with more than one value; -1 if
+// none does.
+int FastestAxis(const SweepGrid& grid) {
+  int fastest = -1;
+  for (size_t k = 0; k < grid.size(); ++k) {
+    const std::set<double> distinct(grid[k].values.begin(),
+                                    grid[k].values.end());
+    if (distinct.size() > 1) fastest = static_cast<int>(k);
+  }
+  return fastest;
+}
+
+// Whether points a and b have the same values on every axis but `axis`.
+bool SameBut(const SweepGrid& grid, int axis, size_t a, size_t b) {
+  std::vector<std::pair<std::string, double>> va, vb;
+  PointConfig({}, grid, a, &va);
+  PointConfig({}, grid, b, &vb);
+  for (size_t k = 0; k < grid.size(); ++k) {
+    if (static_cast<int>(k) != axis && va[k].second != vb[k].second) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool IsWeightAxis(const std::string& parameter) {
+  return parameter.rfind("weight@", 0) == 0;
+}
+
+// Removes a batch's point folders when it ends, however it ends.
+struct ScratchFolders {
+  std::vector<std::string> dirs;
+  ~ScratchFolders() {
+    std::error_code ec;
+    for (const std::string& d : dirs) fs::remove_all(d, ec);
+  }
+};
+
 }  // namespace
 
 CacheHint SweepCacheHint(const SweepGrid& grid) {
@@ -145,7 +211,27 @@ absl::StatusOr<SweepPlan> PlanSweep(JobManager& jobs,
   MS_ASSIGN_OR_RETURN(
       int64_t eval_memory,
       EstimateEvaluationMemory(*jobs.registry(), request.tenant, names));
-  out.memory = std::max(planned.memory, eval_memory);
+  // λ or one weight varying fastest: a row's points share the experts'
+  // trimmed τ, and the method can write them all from one pass.
+  const int fastest = FastestAxis(grid);
+  if (fastest >= 0 && planned.runnable && !planned.data_aware &&
+      planned.scratch_bytes == 0) {
+    const SweepAxis& axis = grid[static_cast<size_t>(fastest)];
+    const bool weights = IsWeightAxis(axis.parameter);
+    if ((weights || axis.parameter == "lambda") &&
+        CanWriteVariants(*planned.plan, Backend::kFused, weights)) {
+      const int64_t fit =
+          kFusedScratchBytes / std::max<int64_t>(planned.output_bytes, 1);
+      out.fused_points = std::max<int64_t>(
+          1, std::min({static_cast<int64_t>(axis.values.size()),
+                       kMaxFusedPoints, fit}));
+    }
+  }
+  out.memory = std::max(
+      planned.memory +
+          (out.fused_points - 1) *
+              VariantMemory(*planned.plan, jobs.options().threads_per_job),
+      eval_memory);
   MS_ASSIGN_OR_RETURN(std::string eval_lines, evaluator.DigestLines(target));
   out.digest =
       Sha256Hex(absl::StrCat("merge ", planned.digest, "\n", eval_lines));
@@ -172,55 +258,53 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
   const int64_t stats_hits = jobs.stats_counters().hits;
   const int64_t stats_misses = jobs.stats_counters().misses;
   SweepSummary summary;
-  for (size_t index = 0; index < points; ++index) {
+  auto take_best = [&summary](const SweepPoint& p) {
+    if (summary.best_index < 0 ||
+        p.mean_accuracy > summary.best.mean_accuracy) {
+      summary.best_index = p.index;
+      summary.best = p;
+    }
+  };
+  const auto npoints = static_cast<int64_t>(points);
+  const int fastest = FastestAxis(grid);
+  for (size_t index = 0; index < points;) {
     if (options.cancelled && options.cancelled->load()) {
       return absl::CancelledError("sweep cancelled");
     }
     auto finished = options.done.find(static_cast<int>(index));
     if (finished != options.done.end()) {
       // Logged by an earlier run: its numbers stand.
-      const SweepPoint& p = finished->second;
-      if (summary.best_index < 0 ||
-          p.mean_accuracy > summary.best.mean_accuracy) {
-        summary.best_index = p.index;
-        summary.best = p;
-      }
+      take_best(finished->second);
+      ++index;
       continue;
     }
-    SweepPoint point;
-    point.index = static_cast<int>(index);
-    MergeConfig c = config;
-    // The last axis varies fastest.
-    size_t rest = index;
-    std::vector<std::pair<std::string, double>> values(grid.size());
-    for (size_t k = grid.size(); k-- > 0;) {
-      const SweepAxis& axis = grid[k];
-      const double v = axis.values[rest % axis.values.size()];
-      rest /= axis.values.size();
-      values[k] = {axis.parameter, v};
-      if (axis.parameter.rfind("weight@", 0) == 0) {
-        for (ModelEntry& m : c.models) {
-          if (m.model == axis.parameter.substr(7)) {
-            m.parameters["weight"] = ParamValue::Number(v);
-          }
-        }
-      } else {
-        c.parameters[axis.parameter] = ParamValue::Number(v);
-        // The swept global value must win over per-model overrides.
-        for (ModelEntry& m : c.models) m.parameters.erase(axis.parameter);
-      }
+    // This point and the next ones of its row (the fastest axis's values)
+    // that are still to run, merged in one pass.
+    std::vector<size_t> batch = {index};
+    while (static_cast<int64_t>(batch.size()) < options.fused_points &&
+           batch.back() + 1 < points &&
+           options.done.count(static_cast<int>(batch.back() + 1)) == 0 &&
+           SameBut(grid, fastest, index, batch.back() + 1)) {
+      batch.push_back(batch.back() + 1);
     }
-    point.values = values;
-    const auto npoints = static_cast<int64_t>(points);
+    std::vector<SweepPoint> fused(batch.size());
+    std::vector<MergeConfig> configs;
+    for (size_t b = 0; b < batch.size(); ++b) {
+      fused[b].index = static_cast<int>(batch[b]);
+      configs.push_back(PointConfig(config, grid, batch[b], &fused[b].values));
+    }
     if (options.on_phase) {
-      options.on_phase(absl::StrCat("point ", point.index, ": merge"),
-                       static_cast<int64_t>(index), npoints);
+      options.on_phase(
+          batch.size() == 1
+              ? absl::StrCat("point ", index, ": merge")
+              : absl::StrCat("points ", index, "-", batch.back(), ": merge"),
+          static_cast<int64_t>(index), npoints);
     }
     auto t0 = std::chrono::steady_clock::now();
     MS_ASSIGN_OR_RETURN(
         PreparedMerge prepared,
         jobs.Prepare(
-            request.tenant, c, options.cancelled,
+            request.tenant, configs.front(), options.cancelled,
             [&](const std::string& phase, int64_t done, int64_t total) {
               if (options.on_phase && done == total) {
                 options.on_phase(absl::StrCat(phase, " done"),
@@ -228,45 +312,66 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
               }
             },
             /*measure_interference=*/false));
+    if (!prepared.plain) batch.resize(1);  // a data-aware step per point
+    ScratchFolders folders;
+    for (size_t b = 0; b < batch.size(); ++b) {
+      folders.dirs.push_back(absl::StrCat(scratch, "-", batch[b]));
+    }
     MergeOptions mo;
-    mo.output_dir = scratch;
+    mo.output_dir = folders.dirs.front();
     mo.overwrite = true;
     mo.threads = jobs.options().threads_per_job;
     mo.resolver = prepared.resolver;
     mo.digest = prepared.digest;
     mo.cache = jobs.cache();
     mo.cache_hint = hint;
+    // A batch that ends its row leaves no later point to read its q.
+    const size_t next = batch.back() + 1;
+    if (batch.size() > 1 &&
+        (next >= points || !SameBut(grid, fastest, index, next))) {
+      mo.cache_hint = CacheHint::kNone;
+    }
+    for (size_t b = 1; b < batch.size(); ++b) {
+      // A plain request runs as it came: each point's own config.
+      MergeOptions::Variant v;
+      v.output_dir = folders.dirs[b];
+      v.config_text = configs[b].ToYaml();
+      const auto& [name, value] = fused[b].values[static_cast<size_t>(fastest)];
+      if (IsWeightAxis(name)) {
+        v.weights[name.substr(7)] = value;
+      } else {
+        v.lambda = value;
+      }
+      mo.variants.push_back(std::move(v));
+    }
     mo.cancelled = options.cancelled;
     mo.reject_non_finite = true;
-    // The point is evaluated and removed: syncing it would make every point
-    // wait for the disk.
+    // The points are evaluated and removed: syncing them would make every
+    // point wait for the disk.
     mo.durable = false;
-    absl::Status merged = RunMerge(prepared.config, mo).status();
-    point.merge_seconds = Since(t0);
-    if (merged.ok()) {
+    MS_RETURN_IF_ERROR(RunMerge(prepared.config, mo).status());
+    // One pass merged them all: each point is charged its share.
+    const double merge_seconds = Since(t0) / static_cast<double>(batch.size());
+    for (size_t b = 0; b < batch.size(); ++b) {
+      SweepPoint& point = fused[b];
+      point.merge_seconds = merge_seconds;
       if (options.on_phase) {
         options.on_phase(absl::StrCat("point ", point.index, ": evaluate"),
-                         static_cast<int64_t>(index), npoints);
+                         static_cast<int64_t>(batch[b]), npoints);
       }
       t0 = std::chrono::steady_clock::now();
-      auto tasks = evaluator.Run(target);
-      if (tasks.ok()) {
-        point.tasks = *tasks;
-      } else {
-        merged = tasks.status();
-      }
+      EvalTarget at = target;
+      at.weights_dir = folders.dirs[b];
+      at.weights_check = StorageRoots::OwnedFileCheck(folders.dirs[b]);
+      MS_ASSIGN_OR_RETURN(point.tasks, evaluator.Run(at));
       point.eval_seconds = Since(t0);
+      std::error_code ec;
+      fs::remove_all(folders.dirs[b], ec);
+      point.mean_accuracy = MeanAccuracy(point.tasks);
+      take_best(point);
+      if (options.on_point) MS_RETURN_IF_ERROR(options.on_point(point));
     }
-    std::error_code ec;
-    fs::remove_all(scratch, ec);
-    MS_RETURN_IF_ERROR(merged);
-    point.mean_accuracy = MeanAccuracy(point.tasks);
-    if (summary.best_index < 0 ||
-        point.mean_accuracy > summary.best.mean_accuracy) {
-      summary.best_index = point.index;
-      summary.best = point;
-    }
-    if (options.on_point) MS_RETURN_IF_ERROR(options.on_point(point));
+    index = batch.back() + 1;
   }
   const CacheStats cache_after = jobs.cache_stats();
   summary.trim_cache_hits = cache_after.hits - cache_before.hits;
