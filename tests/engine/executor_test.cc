@@ -207,6 +207,22 @@ TEST(MergeVariantsTest, MergesThatCannotWriteThemRefuseBeforeWriting) {
     o.variants.push_back(v);
     auto summary = RunMerge(*config, o);
     EXPECT_EQ(summary.status().code(), absl::StatusCode::kInvalidArgument);
+    if (c.yaml == ties && c.backend == Backend::kFused) {
+      // Two variants into one folder, or one into the merge's own.
+      for (const std::string& again : {dir + "/v", dir + "/out/"}) {
+        MergeOptions twice = o;
+        twice.variants[0].weights.clear();
+        twice.variants.push_back(v);
+        twice.variants.back().weights.clear();
+        twice.variants.back().output_dir = again;
+        auto refused = RunMerge(*config, twice);
+        EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument)
+            << again;
+        EXPECT_NE(refused.status().message().find("written twice"),
+                  std::string::npos)
+            << refused.status();
+      }
+    }
     if (c.weights.count("nobody") != 0) {
       EXPECT_NE(summary.status().message().find("'nobody'"), std::string::npos)
           << summary.status();

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "engine/engine_aten.h"
@@ -281,7 +282,21 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   const auto& variants = options.variants;
   std::vector<ExecContext::VariantOutput> changes(variants.size());
   bool weights = false;
+  // The same folder twice (however spelled) would be written by two
+  // writers.
+  auto folder = [](const std::string& dir) {
+    std::error_code ec;
+    fs::path p = fs::absolute(dir, ec).lexically_normal();
+    if (!p.has_filename()) p = p.parent_path();
+    return p.string();
+  };
+  std::set<std::string> dirs = {folder(options.output_dir)};
   for (size_t v = 0; v < variants.size(); ++v) {
+    if (!dirs.insert(folder(variants[v].output_dir)).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("merge variant: output folder '", variants[v].output_dir,
+                       "' is written twice"));
+    }
     changes[v].lambda = variants[v].lambda;
     for (const auto& [ref, w] : variants[v].weights) {
       bool found = false;
