@@ -211,6 +211,25 @@ TEST_F(SweepJobTest, ARowOfPointsIsMergedInOnePass) {
   const Run by_weight = run(weights, 3, {});
   EXPECT_EQ(by_weight.merges, (std::vector<std::string>{"points 0-2: merge"}));
   expect_same(run(weights, 1, {}), by_weight);
+  // Two axes of λ (the RPC's axes and lambdas may both name it): a point
+  // merges the value its config ends with, the earlier axis's, so a row
+  // is the points whose configs differ in λ alone.
+  const SweepGrid twice = {{"lambda", {0.5, 1.2}}, {"lambda", {0.7, 0.9, 1.1}}};
+  EXPECT_EQ(fused_points(request, twice), 3);
+  const Run twice_one = run(twice, 1, {});
+  const Run twice_fused = run(twice, 3, {});
+  ASSERT_EQ(twice_fused.points.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(twice_fused.points[i].mean_accuracy,
+              twice_one.points[i].mean_accuracy)
+        << i;
+    EXPECT_EQ(twice_fused.points[i].tasks[0].mean_cross_entropy,
+              twice_one.points[i].tasks[0].mean_cross_entropy)
+        << i;
+  }
+  // Points 0-2 merge λ 0.5 (the same config): the same results.
+  EXPECT_EQ(twice_fused.points[2].tasks[0].mean_cross_entropy,
+            twice_fused.points[0].tasks[0].mean_cross_entropy);
   // Every point's folder is gone.
   for (const auto& e : std::filesystem::directory_iterator(
            registry_->data_dir() + "/scratch")) {
@@ -226,6 +245,17 @@ TEST_F(SweepJobTest, BadGridsAreRefusedBeforeAnythingIsQueued) {
   EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(job.status().message()),
               ::testing::HasSubstr("'nonsense'"));
+  // Every point's numbers are in range, not only the first point's.
+  for (const SweepAxis& axis :
+       {SweepAxis{"lambda", {0.5, 2e6}}, SweepAxis{"weight@parity", {1, -3e6}},
+        SweepAxis{"density", {0.2, 1.5}}}) {
+    params.grid = {axis};
+    job = SubmitSweep(*jobs_, testing::Request(Yaml("ties", "")), params);
+    EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument)
+        << axis.parameter;
+    EXPECT_THAT(std::string(job.status().message()),
+                ::testing::HasSubstr("must be in"));
+  }
   params.grid = {{"lambda", {0.5}}};
   params.tasks = {"no-such-task"};
   job = SubmitSweep(*jobs_, testing::Request(Yaml("ties", "")), params);

@@ -34,6 +34,13 @@ using ModelResolver =
 // One-shot mode: paths, relative ones against the config's folder.
 ModelResolver LocalPathResolver(const std::string& source_dir);
 
+// INVALID_ARGUMENT if `value` is outside the range every method allows for
+// parameter `key` (density in [0, 1], λ and weights within ±1e6, ...),
+// naming it and `where`; OK for keys without one. MergePlan::Create checks
+// every number of a config with it.
+absl::Status CheckParameterRange(const std::string& key, double value,
+                                 const std::string& where = "");
+
 struct PlannedModel {
   std::string ref;  // as written in the config
   const ModelFolder* folder = nullptr;

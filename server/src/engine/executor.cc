@@ -286,7 +286,9 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   // writers.
   auto folder = [](const std::string& dir) {
     std::error_code ec;
-    fs::path p = fs::absolute(dir, ec).lexically_normal();
+    fs::path p = fs::absolute(dir, ec);
+    if (ec) p = dir;
+    p = p.lexically_normal();
     if (!p.has_filename()) p = p.parent_path();
     return p.string();
   };
@@ -489,8 +491,10 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
           CopySideFiles(*plan, *others[v], config, variants[v].config_text));
     }
     if (options.before_commit) MS_RETURN_IF_ERROR(options.before_commit());
-    MS_RETURN_IF_ERROR(writer->Commit());
+    // The variants first: a failed commit leaves no main result behind
+    // that claims the pass succeeded.
     for (auto& w : others) MS_RETURN_IF_ERROR(w->Commit());
+    MS_RETURN_IF_ERROR(writer->Commit());
     summary.output_dir = options.output_dir;
     summary.file_digests = writer->file_digests();
   }

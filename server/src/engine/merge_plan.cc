@@ -26,7 +26,37 @@ namespace fs = std::filesystem;
 namespace {
 // Largest magnitude accepted for a weight, lambda or similar scale.
 constexpr double kMaxScale = 1e6;
+
+// Range checks that hold for every method. Numbers that scale the weights
+// must also stay of a size no real merge needs, so overflow (weight: 1e308)
+// is refused up front.
+struct Range {
+  const char* key;
+  double lo, hi;
+};
+constexpr Range kRanges[] = {{"density", 0, 1},
+                             {"gamma", 0, 1},
+                             {"epsilon", 0, 1},
+                             {"t", 0, 1},
+                             {"weight", -kMaxScale, kMaxScale},
+                             {"lambda", -kMaxScale, kMaxScale},
+                             {"alpha", -kMaxScale, kMaxScale},
+                             {"ridge", 0, kMaxScale},
+                             {"scale", -kMaxScale, kMaxScale},
+                             {"fisher_floor", 0, kMaxScale}};
 }  // namespace
+
+absl::Status CheckParameterRange(const std::string& key, double value,
+                                 const std::string& where) {
+  for (const Range& r : kRanges) {
+    if (key != r.key) continue;
+    if (!(value >= r.lo && value <= r.hi)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          r.key, " must be in [", r.lo, ", ", r.hi, "], got ", value, where));
+    }
+  }
+  return absl::OkStatus();
+}
 
 ModelResolver LocalPathResolver(const std::string& source_dir) {
   return [source_dir](const std::string& ref) -> absl::StatusOr<std::string> {
@@ -547,26 +577,10 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
     }
   }
 
-  // Range checks that hold for every method. A per-tensor value is always
+  // The ranges (CheckParameterRange). A per-tensor value is always
   // one of the numbers written (a filter entry's value, or a point between
   // two gradient points), so checking every number written bounds every
   // value a tensor can get, at a cost independent of the tensor count.
-  struct Range {
-    const char* key;
-    double lo, hi;
-  };
-  // Numbers that scale the weights must also stay of a size no real merge
-  // needs, so overflow (weight: 1e308) is refused up front.
-  static constexpr Range kRanges[] = {{"density", 0, 1},
-                                      {"gamma", 0, 1},
-                                      {"epsilon", 0, 1},
-                                      {"t", 0, 1},
-                                      {"weight", -kMaxScale, kMaxScale},
-                                      {"lambda", -kMaxScale, kMaxScale},
-                                      {"alpha", -kMaxScale, kMaxScale},
-                                      {"ridge", 0, kMaxScale},
-                                      {"scale", -kMaxScale, kMaxScale},
-                                      {"fisher_floor", 0, kMaxScale}};
   auto check = [&](const ParamMap& params,
                    const std::string& where) -> absl::Status {
     for (const Range& r : kRanges) {
@@ -588,10 +602,7 @@ absl::StatusOr<std::unique_ptr<MergePlan>> MergePlan::Create(
         // Bools and strings fail with a clearer message when resolved.
       }
       for (double v : numbers) {
-        if (!(v >= r.lo && v <= r.hi)) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              r.key, " must be in [", r.lo, ", ", r.hi, "], got ", v, where));
-        }
+        MS_RETURN_IF_ERROR(CheckParameterRange(r.key, v, where));
       }
     }
     return absl::OkStatus();

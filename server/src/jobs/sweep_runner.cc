@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -65,6 +66,12 @@ absl::StatusOr<size_t> CheckGrid(const MergeConfig& config,
         return absl::InvalidArgumentError(absl::StrCat(
             "sweep: axis '", axis.parameter, "' has a non-finite value"));
       }
+      // Every point's number, not only the first point's (which the
+      // request's plan checks): a row merged in one pass plans only its
+      // first point.
+      MS_RETURN_IF_ERROR(CheckParameterRange(
+          weight ? "weight" : axis.parameter, v,
+          absl::StrCat(" (sweep axis '", Abbreviate(axis.parameter), "')")));
     }
     points *= axis.values.size();
     if (points > 10000) {
@@ -131,21 +138,43 @@ int FastestAxis(const SweepGrid& grid) {
   return fastest;
 }
 
-// Whether points a and b have the same values on every axis but `axis`.
-bool SameBut(const SweepGrid& grid, int axis, size_t a, size_t b) {
-  std::vector<std::pair<std::string, double>> va, vb;
-  PointConfig({}, grid, a, &va);
-  PointConfig({}, grid, b, &vb);
-  for (size_t k = 0; k < grid.size(); ++k) {
-    if (static_cast<int>(k) != axis && va[k].second != vb[k].second) {
-      return false;
-    }
-  }
-  return true;
-}
-
 bool IsWeightAxis(const std::string& parameter) {
   return parameter.rfind("weight@", 0) == 0;
+}
+
+// If config c is `head` with only `parameter` changed ("lambda", or
+// "weight@MODEL": a number both set), the value c gives it. Compared as the
+// configs the points merge (the value an axis sets may be overridden by an
+// earlier axis of the same parameter).
+std::optional<double> OnlyChange(const MergeConfig& head, MergeConfig c,
+                                 const std::string& parameter) {
+  std::optional<double> value;
+  auto take = [&](ParamMap& from, const ParamMap& to,
+                  const std::string& key) -> bool {
+    auto it = from.find(key);
+    auto h = to.find(key);
+    if (it == from.end() || h == to.end() || !it->second.is_number()) {
+      return false;
+    }
+    auto v = it->second.ResolveNumber(key, "", 0);
+    if (!v.ok() || (value && *value != *v)) return false;
+    value = *v;
+    it->second = h->second;
+    return true;
+  };
+  if (parameter == "lambda") {
+    if (!take(c.parameters, head.parameters, "lambda")) return std::nullopt;
+  } else {
+    if (c.models.size() != head.models.size()) return std::nullopt;
+    for (size_t i = 0; i < c.models.size(); ++i) {
+      if (c.models[i].model != parameter.substr(7)) continue;
+      if (!take(c.models[i].parameters, head.models[i].parameters, "weight")) {
+        return std::nullopt;
+      }
+    }
+  }
+  if (!value || c.ToYaml() != head.ToYaml()) return std::nullopt;
+  return value;
 }
 
 // Removes a batch's point folders when it ends, however it ends.
@@ -266,7 +295,14 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
     }
   };
   const auto npoints = static_cast<int64_t>(points);
+  // Rows of λ or of one weight may be merged a row per pass (PlanSweep
+  // checked that the method can; the grid is checked again here).
   const int fastest = FastestAxis(grid);
+  const std::string row_parameter =
+      fastest >= 0 ? grid[static_cast<size_t>(fastest)].parameter : "";
+  const bool fusable =
+      options.fused_points > 1 &&
+      (row_parameter == "lambda" || IsWeightAxis(row_parameter));
   for (size_t index = 0; index < points;) {
     if (options.cancelled && options.cancelled->load()) {
       return absl::CancelledError("sweep cancelled");
@@ -279,19 +315,31 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
       continue;
     }
     // This point and the next ones of its row (the fastest axis's values)
-    // that are still to run, merged in one pass.
+    // that are still to run, merged in one pass: configs that differ from
+    // this point's only in that number.
     std::vector<size_t> batch = {index};
-    while (static_cast<int64_t>(batch.size()) < options.fused_points &&
-           batch.back() + 1 < points &&
-           options.done.count(static_cast<int>(batch.back() + 1)) == 0 &&
-           SameBut(grid, fastest, index, batch.back() + 1)) {
-      batch.push_back(batch.back() + 1);
-    }
-    std::vector<SweepPoint> fused(batch.size());
+    std::vector<SweepPoint> fused(1);
     std::vector<MergeConfig> configs;
-    for (size_t b = 0; b < batch.size(); ++b) {
-      fused[b].index = static_cast<int>(batch[b]);
-      configs.push_back(PointConfig(config, grid, batch[b], &fused[b].values));
+    std::vector<double> row_values(1);
+    fused[0].index = static_cast<int>(index);
+    configs.push_back(PointConfig(config, grid, index, &fused[0].values));
+    auto in_row = [&](size_t j, SweepPoint* p, MergeConfig* c) {
+      *c = PointConfig(config, grid, j, &p->values);
+      return OnlyChange(configs.front(), *c, row_parameter);
+    };
+    while (fusable &&
+           static_cast<int64_t>(batch.size()) < options.fused_points &&
+           batch.back() + 1 < points &&
+           options.done.count(static_cast<int>(batch.back() + 1)) == 0) {
+      SweepPoint p;
+      MergeConfig c;
+      const std::optional<double> v = in_row(batch.back() + 1, &p, &c);
+      if (!v) break;
+      batch.push_back(batch.back() + 1);
+      p.index = static_cast<int>(batch.back());
+      fused.push_back(std::move(p));
+      configs.push_back(std::move(c));
+      row_values.push_back(*v);
     }
     if (options.on_phase) {
       options.on_phase(
@@ -325,22 +373,25 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
     mo.digest = prepared.digest;
     mo.cache = jobs.cache();
     mo.cache_hint = hint;
-    // A batch that ends its row leaves no later point to read its q.
-    const size_t next = batch.back() + 1;
-    if (batch.size() > 1 &&
-        (next >= points || !SameBut(grid, fastest, index, next))) {
-      mo.cache_hint = CacheHint::kNone;
+    // A batch of λ points that ends its row leaves no later point to read
+    // its q (other hints keep τ, which later rows still read).
+    if (batch.size() > 1 && hint == CacheHint::kUpdate) {
+      const size_t next = batch.back() + 1;
+      SweepPoint p;
+      MergeConfig c;
+      if (next >= points || !in_row(next, &p, &c)) {
+        mo.cache_hint = CacheHint::kNone;
+      }
     }
     for (size_t b = 1; b < batch.size(); ++b) {
       // A plain request runs as it came: each point's own config.
       MergeOptions::Variant v;
       v.output_dir = folders.dirs[b];
       v.config_text = configs[b].ToYaml();
-      const auto& [name, value] = fused[b].values[static_cast<size_t>(fastest)];
-      if (IsWeightAxis(name)) {
-        v.weights[name.substr(7)] = value;
+      if (IsWeightAxis(row_parameter)) {
+        v.weights[row_parameter.substr(7)] = row_values[b];
       } else {
-        v.lambda = value;
+        v.lambda = row_values[b];
       }
       mo.variants.push_back(std::move(v));
     }
