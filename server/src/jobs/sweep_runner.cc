@@ -31,6 +31,19 @@ double Since(std::chrono::steady_clock::time_point t) {
 
 namespace {
 
+// "weight@MODEL" axes set one model's weight.
+bool IsWeightAxis(const std::string& parameter) {
+  return parameter.rfind("weight@", 0) == 0;
+}
+std::string WeightedModel(const std::string& parameter) {
+  return parameter.substr(sizeof("weight@") - 1);
+}
+
+// Whether an axis has more than one distinct value.
+bool Varies(const SweepAxis& axis) {
+  return std::set<double>(axis.values.begin(), axis.values.end()).size() > 1;
+}
+
 absl::StatusOr<size_t> CheckGrid(const MergeConfig& config,
                                  const SweepGrid& grid) {
   if (!config.modules.empty()) {
@@ -44,7 +57,7 @@ absl::StatusOr<size_t> CheckGrid(const MergeConfig& config,
       return absl::InvalidArgumentError(absl::StrCat(
           "sweep: axis '", Abbreviate(axis.parameter), "' has no values"));
     }
-    const bool weight = axis.parameter.rfind("weight@", 0) == 0;
+    const bool weight = IsWeightAxis(axis.parameter);
     if (!weight && (!IsKnownParameter(axis.parameter) ||
                     IsPerModelOnlyParameter(axis.parameter))) {
       return absl::InvalidArgumentError(
@@ -52,7 +65,7 @@ absl::StatusOr<size_t> CheckGrid(const MergeConfig& config,
                        "' is not a numeric merge parameter (or weight@MODEL)"));
     }
     if (weight) {
-      const std::string model = axis.parameter.substr(7);
+      const std::string model = WeightedModel(axis.parameter);
       bool found = false;
       for (const ModelEntry& m : config.models) found |= m.model == model;
       if (!found) {
@@ -111,9 +124,9 @@ MergeConfig PointConfig(const MergeConfig& config, const SweepGrid& grid,
     const double v = axis.values[rest % axis.values.size()];
     rest /= axis.values.size();
     (*values)[k] = {axis.parameter, v};
-    if (axis.parameter.rfind("weight@", 0) == 0) {
+    if (IsWeightAxis(axis.parameter)) {
       for (ModelEntry& m : c.models) {
-        if (m.model == axis.parameter.substr(7)) {
+        if (m.model == WeightedModel(axis.parameter)) {
           m.parameters["weight"] = ParamValue::Number(v);
         }
       }
@@ -131,15 +144,9 @@ MergeConfig PointConfig(const MergeConfig& config, const SweepGrid& grid,
 int FastestAxis(const SweepGrid& grid) {
   int fastest = -1;
   for (size_t k = 0; k < grid.size(); ++k) {
-    const std::set<double> distinct(grid[k].values.begin(),
-                                    grid[k].values.end());
-    if (distinct.size() > 1) fastest = static_cast<int>(k);
+    if (Varies(grid[k])) fastest = static_cast<int>(k);
   }
   return fastest;
-}
-
-bool IsWeightAxis(const std::string& parameter) {
-  return parameter.rfind("weight@", 0) == 0;
 }
 
 // If config c is `head` with only `parameter` changed ("lambda", or
@@ -167,7 +174,7 @@ std::optional<double> OnlyChange(const MergeConfig& head, MergeConfig c,
   } else {
     if (c.models.size() != head.models.size()) return std::nullopt;
     for (size_t i = 0; i < c.models.size(); ++i) {
-      if (c.models[i].model != parameter.substr(7)) continue;
+      if (c.models[i].model != WeightedModel(parameter)) continue;
       if (!take(c.models[i].parameters, head.models[i].parameters, "weight")) {
         return std::nullopt;
       }
@@ -192,8 +199,7 @@ CacheHint SweepCacheHint(const SweepGrid& grid) {
   std::vector<const SweepAxis*> varying;
   size_t points = 1;
   for (const SweepAxis& axis : grid) {
-    const std::set<double> distinct(axis.values.begin(), axis.values.end());
-    if (distinct.size() > 1) varying.push_back(&axis);
+    if (Varies(axis)) varying.push_back(&axis);
     points *= axis.values.size();
   }
   if (varying.empty()) return CacheHint::kGuess;
@@ -202,7 +208,7 @@ CacheHint SweepCacheHint(const SweepGrid& grid) {
   bool trims = false;  // a number the trims (and so τ and q) depend on
   for (const SweepAxis* axis : varying) {
     const std::string& name = axis->parameter;
-    if (name.rfind("weight@", 0) == 0) continue;
+    if (IsWeightAxis(name)) continue;
     if (name == "density" || name == "gamma" || name == "epsilon") {
       trims = true;
     } else {
@@ -389,7 +395,7 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
       v.output_dir = folders.dirs[b];
       v.config_text = configs[b].ToYaml();
       if (IsWeightAxis(row_parameter)) {
-        v.weights[row_parameter.substr(7)] = row_values[b];
+        v.weights[WeightedModel(row_parameter)] = row_values[b];
       } else {
         v.lambda = row_values[b];
       }
