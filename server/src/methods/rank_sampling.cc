@@ -10,6 +10,7 @@
 #endif
 
 #include "mergeserve/base/cpu_dispatch.h"
+#include "methods/compress_store.h"
 
 namespace mergeserve {
 namespace {
@@ -37,8 +38,7 @@ __attribute__((target("avx512f,popcnt"))) size_t ListLowBitsSetAvx512(
   for (; j + 16 <= n; j += 16) {
     const __mmask16 m =
         _mm512_test_epi32_mask(_mm512_loadu_si512(key + j), low);
-    _mm512_mask_compressstoreu_epi32(out + listed, m, index);
-    listed += static_cast<size_t>(__builtin_popcount(m));
+    listed += static_cast<size_t>(CompressStore32(out + listed, m, index));
     index = _mm512_add_epi32(index, step);
   }
   for (; j < n; ++j) {
@@ -124,8 +124,8 @@ __attribute__((target("avx512f,popcnt"))) size_t DecideByBucketAvx512(
     const __mmask16 open = _mm512_mask_cmp_ps_mask(
         static_cast<__mmask16>(~keep), uj, hi, _CMP_LT_OQ);
     _mm512_storeu_ps(mark + j, _mm512_maskz_mov_ps(keep, one));
-    _mm512_mask_compressstoreu_epi32(undecided + listed, open, index);
-    listed += static_cast<size_t>(__builtin_popcount(open));
+    listed +=
+        static_cast<size_t>(CompressStore32(undecided + listed, open, index));
     index = _mm512_add_epi32(index, step);
   }
   const size_t rest = DecideByBucketScalar(bucket + j, u + j, bounds, n - j,

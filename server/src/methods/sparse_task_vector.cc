@@ -7,6 +7,7 @@
 #endif
 
 #include "mergeserve/base/cpu_dispatch.h"
+#include "methods/compress_store.h"
 
 namespace mergeserve {
 
@@ -95,8 +96,7 @@ __attribute__((target("avx512f,popcnt"))) int64_t PackValuesAvx512(
     for (; j + 16 <= end; j += 16) {
       const __m512 x = _mm512_loadu_ps(tv + j);
       const __mmask16 m = _mm512_cmp_ps_mask(x, zero, _CMP_NEQ_UQ);
-      _mm512_mask_compressstoreu_ps(out + kept, m, x);
-      kept += __builtin_popcount(m);
+      kept += CompressStore32(out + kept, m, _mm512_castps_si512(x));
       word |= uint64_t{m} << (j - w * 64);
     }
     PackRange(tv, j, end, w * 64, out, kept, word);
