@@ -1,6 +1,7 @@
 #include "methods/merge_kernels.h"
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -74,6 +75,82 @@ TEST(MergeKernelsTest, ElectionAndDisjointMean) {
   std::vector<float> base = {1, 1, 1, 1, 1}, out(5);
   ApplyLambda(out.data(), base.data(), q.data(), 0.5f, 5);
   EXPECT_FLOAT_EQ(out[1], 1.f - 0.25f);
+}
+
+// The fused election and merge writes what the kernels it replaces write,
+// bit for bit: sum or sign consensus, every quotient, tied votes (the tie
+// sign decides), zeros, -0, lengths around the 16-lane step.
+TEST(MergeKernelsTest, ElectAndMergeEqualsTheKernelsItFuses) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> pick(0, 9);
+  std::normal_distribution<float> normal(0.f, 1e-3f);
+  for (int64_t m : {1, 15, 16, 17, 40, 1000}) {
+    for (int n : {1, 2, 4, 10}) {  // 10: more experts than keep their votes
+      std::vector<std::vector<float>> tv(static_cast<size_t>(n));
+      for (auto& x : tv) {
+        x.resize(static_cast<size_t>(m));
+        for (float& v : x) {
+          const int c = pick(rng);
+          // Equal magnitudes of opposite signs make tied votes.
+          v = c < 3    ? 0.f
+              : c == 3 ? -0.f
+              : c < 6  ? (c == 4 ? 0.25f : -0.25f)
+                       : normal(rng);
+        }
+      }
+      std::vector<const float*> tvs;
+      for (const auto& x : tv) tvs.push_back(x.data());
+      for (bool sign_weighted : {false, true}) {
+        std::vector<float> ew, w, d;
+        for (int k = 0; k < n; ++k) {
+          w.push_back(0.5f + 0.3f * static_cast<float>(k));
+          ew.push_back(sign_weighted || k % 2 == 0 ? w.back() : 1.f);
+          d.push_back(k == 1 ? 1.f : w.back());
+        }
+        for (bool count_signs : {false, true}) {
+          for (float tie : {1.f, -1.f}) {
+            for (QuotientKind kind :
+                 {QuotientKind::kNone, QuotientKind::kByWeight,
+                  QuotientKind::kByCount}) {
+              std::vector<float> votes(static_cast<size_t>(m), 0.f);
+              for (int k = 0; k < n; ++k) {
+                if (count_signs) {
+                  AddSigns(votes.data(), tvs[k], ew[k], m);
+                } else {
+                  AddScaled(votes.data(), tvs[k], ew[k], m);
+                }
+              }
+              ElectSign(votes.data(), tie, m);
+              std::vector<float> acc(votes.size(), 0.f), den(votes.size(), 0.f);
+              for (int k = 0; k < n; ++k) {
+                AddAgreeing(acc.data(), den.data(), tvs[k], votes.data(), ew[k],
+                            w[k], d[k], m);
+              }
+              std::vector<float> want(votes.size()), got(votes.size(), 9.f);
+              if (kind == QuotientKind::kNone) {
+                Quotient(want.data(), acc.data(), 1.f, m);
+              } else if (kind == QuotientKind::kByWeight) {
+                QuotientByWeight(want.data(), acc.data(), den.data(), m);
+              } else {
+                QuotientByCount(want.data(), acc.data(), den.data(), m);
+              }
+              ElectAndMerge(tvs.data(), n, ew.data(), w.data(), d.data(),
+                            count_signs, tie, kind, got.data(), m);
+              for (size_t j = 0; j < want.size(); ++j) {
+                uint32_t a, b;
+                std::memcpy(&a, &want[j], 4);
+                std::memcpy(&b, &got[j], 4);
+                ASSERT_EQ(a, b) << "m " << m << " n " << n << " j " << j
+                                << " signs " << count_signs << " tie " << tie
+                                << " kind " << static_cast<int>(kind)
+                                << " sign-weighted " << sign_weighted;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
 }
 
 // Kept marks to bits and back, at every length around a word and a half

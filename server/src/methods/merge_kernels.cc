@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "mergeserve/base/cpu_dispatch.h"
 #include "methods/abs_sum.h"
@@ -87,6 +88,120 @@ MS_CPU_DISPATCH void AddAgreeing(float* __restrict acc, float* __restrict den,
     const float agree = ew * u[j] * sign[j] > 0 ? 1.f : 0.f;
     acc[j] += agree * (w * u[j]);
     den[j] += agree * d;
+  }
+}
+
+namespace {
+
+// Sixteen floats in GCC's generic vectors: one AVX-512 register, two AVX2
+// or four SSE ones in the clones, element-wise IEEE operations either way.
+typedef float V16 __attribute__((vector_size(64)));
+
+// One element of ElectAndMerge, for the tail.
+inline float ElectAndMergeOne(const float* const* tv, int n, int64_t j,
+                              const float* ew, const float* w, const float* d,
+                              bool count_signs, float tie,
+                              QuotientKind quotient) {
+  float vote = 0;
+  for (int k = 0; k < n; ++k) {
+    const float v = ew[k] * tv[k][j];
+    vote += count_signs ? (v > 0 ? 1.f : 0.f) - (v < 0 ? 1.f : 0.f) : v;
+  }
+  vote = vote > 0 ? 1.f : (vote < 0 ? -1.f : tie);
+  float acc = 0, den = 0;
+  for (int k = 0; k < n; ++k) {
+    const float u = tv[k][j];
+    const float agree = ew[k] * u * vote > 0 ? 1.f : 0.f;
+    acc += agree * (w[k] * u);
+    den += agree * d[k];
+  }
+  switch (quotient) {
+    case QuotientKind::kNone:
+      return acc;
+    case QuotientKind::kByWeight:
+      return acc / (den == 0 ? 1.f : den);
+    case QuotientKind::kByCount:
+      break;
+  }
+  return acc / std::max(den, 1.f);
+}
+
+}  // namespace
+
+namespace {
+
+// ElectAndMerge's 16-lane loop. Up to kKeep experts keep their votes
+// e_k = ew·u from the election for the merge (one load and multiply fewer
+// each), and with kSameWeights (ew equal to w, the sign-weighted election)
+// w·u is e_k too: the same products, so the same bits.
+constexpr int kKeep = 8;
+template <bool kSameWeights>
+inline __attribute__((always_inline)) int64_t ElectAndMerge16(
+    const float* const* tv, int n, const float* ew, const float* w,
+    const float* d, bool count_signs, float tie, QuotientKind quotient,
+    float* __restrict q, int64_t m) {
+  const V16 zero = {}, one = zero + 1.f, minus_one = zero - 1.f;
+  const V16 tied = zero + tie;
+  int64_t j = 0;
+  for (; j + 16 <= m; j += 16) {
+    V16 e[kKeep];
+    V16 vote = zero;
+    for (int k = 0; k < n; ++k) {
+      V16 x;
+      std::memcpy(&x, tv[k] + j, sizeof x);
+      const V16 v = ew[k] * x;
+      if (k < kKeep) e[k] = v;
+      vote += count_signs ? (v > 0 ? one : zero) - (v < 0 ? one : zero) : v;
+    }
+    vote = vote > 0 ? one : (vote < 0 ? minus_one : tied);
+    V16 acc = zero, den = zero;
+    for (int k = 0; k < n; ++k) {
+      V16 ek, wu;
+      if (k < kKeep && kSameWeights) {
+        ek = wu = e[k];
+      } else {
+        V16 u;
+        std::memcpy(&u, tv[k] + j, sizeof u);
+        ek = k < kKeep ? e[k] : ew[k] * u;
+        wu = w[k] * u;
+      }
+      const V16 agree = ek * vote > 0 ? one : zero;
+      acc += agree * wu;
+      den += agree * d[k];
+    }
+    V16 out = acc;  // QuotientKind::kNone
+    switch (quotient) {
+      case QuotientKind::kNone:
+        break;
+      case QuotientKind::kByWeight:
+        out = acc / (den == 0 ? one : den);
+        break;
+      case QuotientKind::kByCount:
+        out = acc / (den < one ? one : den);  // std::max(den, 1.f)
+        break;
+    }
+    std::memcpy(q + j, &out, sizeof out);
+  }
+  return j;
+}
+
+}  // namespace
+
+MS_CPU_DISPATCH void ElectAndMerge(const float* const* tv, int n,
+                                   const float* ew, const float* w,
+                                   const float* d, bool count_signs, float tie,
+                                   QuotientKind quotient, float* __restrict q,
+                                   int64_t m) {
+  bool same = true;  // bitwise: w·u is then ew·u exactly
+  for (int k = 0; k < n; ++k) {
+    same = same && std::memcmp(&ew[k], &w[k], sizeof(float)) == 0;
+  }
+  int64_t j = same ? ElectAndMerge16<true>(tv, n, ew, w, d, count_signs, tie,
+                                           quotient, q, m)
+                   : ElectAndMerge16<false>(tv, n, ew, w, d, count_signs, tie,
+                                            quotient, q, m);
+  for (; j < m; ++j) {
+    q[j] = ElectAndMergeOne(tv, n, j, ew, w, d, count_signs, tie, quotient);
   }
 }
 

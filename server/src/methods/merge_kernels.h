@@ -37,6 +37,19 @@ void ElectSign(float* votes, float tie, int64_t n);
 void AddAgreeing(float* acc, float* den, const float* u, const float* sign,
                  float ew, float w, float d, int64_t n);
 
+// The election and the disjoint merge of one tile in one pass: what
+// AddScaled (or AddSigns when count_signs) of each tv[k] by ew[k] into zeroed
+// votes, ElectSign(votes, tie), AddAgreeing(acc, den, tv[k], votes, ew[k],
+// w[k], d[k]) into zeroed sums and then Quotient (divisor kNone), or
+// QuotientByWeight, or QuotientByCount would write to q, the same bits:
+// each element sees the same float operations in the same order, but the
+// votes and sums stay in registers (those kernels each store their arrays,
+// and a weight sweep's variants spent 40% of their time in them).
+enum class QuotientKind { kNone, kByWeight, kByCount };
+void ElectAndMerge(const float* const* tv, int n, const float* ew,
+                   const float* w, const float* d, bool count_signs, float tie,
+                   QuotientKind quotient, float* q, int64_t m);
+
 // The merge's result before λ, q, in one of these forms; out = base + λ·q.
 // q is computed and kept on its own (a λ-only change reuses it), in the
 // float operations of computing base + λ·(...) in one expression, so

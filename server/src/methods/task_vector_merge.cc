@@ -41,21 +41,41 @@ absl::StatusOr<E> Choose(const MergePlan& plan, const std::string& key,
       "parameter '", key, "': unknown value '", v, "' (", known, ")"));
 }
 
-// Chunk-local scratch of one worker.
+// Elements per tile of the election and merge kernels: the eight arrays a
+// tile of four experts uses (τ, votes, sums, weights, q) take 16 KiB, half
+// of a 32 KiB L1 data cache.
+constexpr int64_t kMergeTile = 512;
+
+// Chunk-local scratch of one worker: arrays of a chunk each (tv: one per
+// expert, Tv(k)), carved from one allocation so that each starts a cache
+// line further past a 4 KiB boundary than the last. Chunks are multiples
+// of 4 KiB: arrays a chunk apart would share L1 sets, and a kernel's store
+// to one would seem to alias its next load from another (4K aliasing).
 struct Buffers {
-  std::vector<float> base, tv, rnd, mask, sum, acc, den, out;
+  std::vector<float> arena;
+  float *base = nullptr, *rnd = nullptr, *mask = nullptr, *sum = nullptr,
+        *acc = nullptr, *den = nullptr, *out = nullptr, *tv = nullptr;
+  size_t chunk = 0, experts = 0, tv_stride = 0;
   std::vector<float> raw;  // untrimmed τ, only when collecting diagnostics
   RankScratch ranking;     // della's per-row ranking
-  void Reserve(size_t experts, size_t chunk) {
-    if (base.size() >= chunk && tv.size() >= experts * chunk) return;
-    base.assign(chunk, 0);
-    tv.assign(experts * chunk, 0);
-    rnd.assign(chunk, 0);
-    mask.assign(chunk, 0);
-    sum.assign(chunk, 0);
-    acc.assign(chunk, 0);
-    den.assign(chunk, 0);
-    out.assign(chunk, 0);
+  // ElectAndMerge's per-expert arguments.
+  std::vector<const float*> tvs;
+  std::vector<float> ew, w, d;
+  float* Tv(size_t k) const { return tv + k * tv_stride; }
+  void Reserve(size_t n_experts, size_t n) {
+    if (chunk >= n && experts >= n_experts) return;
+    constexpr size_t kLine = 16;  // floats per 64-byte line
+    const size_t stride = n + kLine;
+    arena.assign((7 + n_experts) * stride + kLine, 0);
+    float* at = arena.data();
+    for (float** p : {&base, &rnd, &mask, &sum, &acc, &den, &out}) {
+      *p = at;
+      at += stride;
+    }
+    tv = at;
+    tv_stride = stride;
+    chunk = n;
+    experts = n_experts;
   }
 };
 
@@ -75,7 +95,7 @@ DiagnosticSums ChunkDiagnostics(const Buffers& b, size_t n, int64_t chunk,
   d.numel = cnt;
   const size_t stride = static_cast<size_t>(chunk);
   for (size_t k = 0; k < n; ++k) {
-    const float* u = b.tv.data() + k * stride;
+    const float* u = b.Tv(k);
     const float* r = b.raw.data() + k * stride;
     int64_t kept = 0;
     double sq = 0;
@@ -100,7 +120,7 @@ DiagnosticSums ChunkDiagnostics(const Buffers& b, size_t n, int64_t chunk,
   for (int64_t j = 0; j < cnt; ++j) {
     int pos = 0, neg = 0;
     for (size_t k = 0; k < n; ++k) {
-      const float u = b.tv[k * stride + static_cast<size_t>(j)];
+      const float u = b.Tv(k)[j];
       pos += u > 0;
       neg += u < 0;
     }
@@ -546,7 +566,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         b.Reserve(n, static_cast<size_t>(chunk));
         const int64_t begin = ci * chunk;
         const int64_t cnt = std::min(chunk, t.numel - begin);
-        float* base = b.base.data();
+        float* base = b.base;
         if (use_base) {
           if (!LoadDelta(in.base, begin, cnt, nullptr, base)) {
             error.Set(NonFiniteError(t.name, *plan.config().base_model));
@@ -558,7 +578,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         // Task vectors, sparsified and rescaled.
         for (size_t k = 0; k < n; ++k) {
           const int m = experts_[k];
-          float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
+          float* tv = b.Tv(k);
           if (rebuild && p.tv_cached[k] != nullptr) {
             p.tv_cached[k]->Unpack(ci, cnt, tv);
             const float s = p.scale[k];
@@ -589,7 +609,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
           double all = 0, kept = 0;
           if (mode == PassMode::kL1 && in_place)
             all = IndexOrderAbsSum(tv, cnt);
-          float* mark = b.mask.data();
+          float* mark = b.mask;
           bool masked = true;
           switch (opts_.sparsify) {
             case Sparsify::kNone:
@@ -612,8 +632,8 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
                 break;
               }
               ElementRandom rng(opts_.seed, t.name, m);
-              rng.Fill(begin, cnt, b.rnd.data());
-              const float* u = b.rnd.data();
+              rng.Fill(begin, cnt, b.rnd);
+              const float* u = b.rnd;
               if (opts_.sparsify == Sparsify::kRankSampling) {
                 MarkRankSampled(tv, u, cnt, cols, p.density[k], p.epsilon[k],
                                 opts_.rescale == Rescale::kInverse, b.ranking,
@@ -639,7 +659,7 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
             case Sparsify::kOutliers: {
               MarkTopSet(p.keep[k], ci, tv, cnt, mark, keep_ties[k].get(),
                          abandon);
-              float* drop = b.rnd.data();
+              float* drop = b.rnd;
               MarkTopSet(p.drop[k], ci, tv, cnt, drop, drop_ties[k].get(),
                          abandon);
               for (int64_t j = 0; j < cnt; ++j) mark[j] *= 1.f - drop[j];
@@ -669,75 +689,116 @@ absl::StatusOr<TaskVectorMerge::PassResult> TaskVectorMerge::RunPass(
         }
         if (mode == PassMode::kL1) return;
 
-        float* acc = b.acc.data();
-        float* den = b.den.data();
-        float* o = b.out.data();
-        float* q = b.rnd.data();  // the draws are used up by now
-        // q from the trimmed task vectors under `weight`; false after a
-        // census (its pass wants the election's balance only).
-        auto merge_update = [&](const std::vector<double>& weight) {
-          std::fill(acc, acc + cnt, 0.f);
+        float* acc = b.acc;
+        float* den = b.den;
+        float* o = b.out;
+        float* q = b.rnd;  // the draws are used up by now
+        // merge_update's work on elements [t0, t0 + m) of the chunk.
+        auto merge_tile = [&](const std::vector<double>& weight, int64_t t0,
+                              int64_t m) {
+          float* acc_t = acc + t0;
+          float* den_t = den + t0;
+          float* q_t = q + t0;
+          auto tv_of = [&](size_t k) { return b.Tv(k) + t0; };
+          std::fill(acc_t, acc_t + m, 0.f);
           if (!elect) {
             float wsum = 0;
             for (size_t k = 0; k < n; ++k) {
               const float wk = static_cast<float>(weight[k]);
-              AddScaled(acc, b.tv.data() + k * static_cast<size_t>(chunk), wk,
-                        cnt);
+              AddScaled(acc_t, tv_of(k), wk, m);
               wsum += wk;
             }
             switch (opts_.divisor) {
               case Divisor::kNone:
-                Quotient(q, acc, 1.f, cnt);
+                Quotient(q_t, acc_t, 1.f, m);
                 break;
               case Divisor::kWeight:
                 // Divide (not multiply by 1/x) to match the references
                 // bitwise.
-                QuotientDivided(q, acc, std::fabs(wsum) < 1e-8f ? 1.f : wsum,
-                                cnt);
+                QuotientDivided(q_t, acc_t,
+                                std::fabs(wsum) < 1e-8f ? 1.f : wsum, m);
                 break;
               case Divisor::kCount:
-                Quotient(q, acc, 1.f / static_cast<float>(n), cnt);
+                Quotient(q_t, acc_t, 1.f / static_cast<float>(n), m);
                 break;
             }
             return true;
           }
           // Election over e_k = (w_k) * u_k; `sum` becomes the elected sign.
-          float* sum = b.sum.data();
-          std::fill(sum, sum + cnt, 0.f);
-          std::fill(den, den + cnt, 0.f);
+          float* sum = b.sum + t0;
+          std::fill(sum, sum + m, 0.f);
+          std::fill(den_t, den_t + m, 0.f);
           for (size_t k = 0; k < n; ++k) {
             const float ew =
                 opts_.sign_weighted ? static_cast<float>(weight[k]) : 1.f;
-            const float* tv = b.tv.data() + k * static_cast<size_t>(chunk);
             if (opts_.consensus == Consensus::kSum) {
-              AddScaled(sum, tv, ew, cnt);
+              AddScaled(sum, tv_of(k), ew, m);
             } else {
-              AddSigns(sum, tv, ew, cnt);
+              AddSigns(sum, tv_of(k), ew, m);
             }
           }
           if (mode == PassMode::kCensus) {
-            balance[static_cast<size_t>(ci)] = SignBalance(sum, cnt);
+            balance[static_cast<size_t>(ci)] += SignBalance(sum, m);
             return false;
           }
-          ElectSign(sum, tie_sign, cnt);
+          ElectSign(sum, tie_sign, m);
           for (size_t k = 0; k < n; ++k) {
             const float wk = static_cast<float>(weight[k]);
-            AddAgreeing(acc, den, b.tv.data() + k * static_cast<size_t>(chunk),
-                        sum, opts_.sign_weighted ? wk : 1.f, wk,
-                        opts_.divisor == Divisor::kCount ? 1.f : wk, cnt);
+            AddAgreeing(acc_t, den_t, tv_of(k), sum,
+                        opts_.sign_weighted ? wk : 1.f, wk,
+                        opts_.divisor == Divisor::kCount ? 1.f : wk, m);
           }
           switch (opts_.divisor) {
             case Divisor::kNone:
-              Quotient(q, acc, 1.f, cnt);
+              Quotient(q_t, acc_t, 1.f, m);
               break;
             case Divisor::kWeight:
-              QuotientByWeight(q, acc, den, cnt);
+              QuotientByWeight(q_t, acc_t, den_t, m);
               break;
             case Divisor::kCount:
-              QuotientByCount(q, acc, den, cnt);
+              QuotientByCount(q_t, acc_t, den_t, m);
               break;
           }
           return true;
+        };
+        // q from the trimmed task vectors under `weight`; false after a
+        // census (its pass wants the election's balance only). Tile by
+        // tile: a chunk's arrays (the experts' τ, the votes, sums and
+        // weights) fill the L2 cache, so running each kernel over the whole
+        // chunk made every kernel stream them from L2 again; a tile's stay
+        // in L1 from one kernel to the next (a weight sweep's variants
+        // spent 40% of their time in these loops). Each element sees the
+        // same operations in the same order either way.
+        auto merge_update = [&](const std::vector<double>& weight) {
+          if (elect && mode != PassMode::kCensus) {
+            // The whole chunk in one pass, the same bits as the kernels
+            // merge_tile runs.
+            b.tvs.resize(n);
+            b.ew.resize(n);
+            b.w.resize(n);
+            b.d.resize(n);
+            for (size_t k = 0; k < n; ++k) {
+              const float wk = static_cast<float>(weight[k]);
+              b.tvs[k] = b.Tv(k);
+              b.ew[k] = opts_.sign_weighted ? wk : 1.f;
+              b.w[k] = wk;
+              b.d[k] = opts_.divisor == Divisor::kCount ? 1.f : wk;
+            }
+            const QuotientKind kind =
+                opts_.divisor == Divisor::kNone     ? QuotientKind::kNone
+                : opts_.divisor == Divisor::kWeight ? QuotientKind::kByWeight
+                                                    : QuotientKind::kByCount;
+            ElectAndMerge(b.tvs.data(), static_cast<int>(n), b.ew.data(),
+                          b.w.data(), b.d.data(),
+                          opts_.consensus != Consensus::kSum, tie_sign, kind, q,
+                          cnt);
+            return true;
+          }
+          bool made = true;
+          for (int64_t t0 = 0; t0 < cnt; t0 += kMergeTile) {
+            made = merge_tile(weight, t0, std::min(kMergeTile, cnt - t0));
+          }
+          return made;
         };
         if (!merge_update(p.weight)) return;
         if (keep_update != nullptr) std::copy(q, q + cnt, keep_update + begin);
