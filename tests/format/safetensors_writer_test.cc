@@ -380,5 +380,59 @@ TEST(ShardedWriterTest, RefusesNonEmptyOutputUnlessOverwrite) {
   EXPECT_TRUE(fs::exists(out + "/model.safetensors"));
 }
 
+// A scratch output may take over an earlier one's shard (recycle_dir): the
+// same file, so its cached pages, cut to the new size and rewritten whole;
+// the earlier folder's other files go. A durable output never recycles.
+TEST(ShardedWriterTest, ScratchOutputsOverwriteARecycledShardInPlace) {
+  const std::string root = TempDir("w");
+  ShardedWriter::Options o;
+  o.output_dir = root + "/first";
+  o.durable = false;
+  auto first = ShardedWriter::Create(o, BigSpecs());
+  ASSERT_TRUE(first.ok()) << first.status();
+  for (size_t i = 0; i < 3; ++i) WriteBig(**first, i);
+  ASSERT_TRUE((*first)->AddFile("extra.json", "{}").ok());
+  ASSERT_TRUE((*first)->Commit().ok());
+  // A second name for the file tells whether the next output is it.
+  const std::string alias = root + "/alias";
+  fs::create_hard_link(o.output_dir + "/model.safetensors", alias);
+
+  std::vector<TensorSpec> two = BigSpecs();
+  two.pop_back();
+  ShardedWriter::Options r = o;
+  r.output_dir = root + "/second";
+  r.recycle_dir = o.output_dir;
+  auto second = ShardedWriter::Create(r, two);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(fs::exists(o.output_dir));  // taken over or removed
+  for (size_t i = 0; i < 2; ++i) WriteBig(**second, i);
+  ASSERT_TRUE((*second)->Commit().ok());
+  EXPECT_EQ(fs::hard_link_count(r.output_dir + "/model.safetensors"), 2u);
+  EXPECT_FALSE(fs::exists(r.output_dir + "/extra.json"));
+  const auto model = testing::ReadModel(r.output_dir);
+  ASSERT_EQ(model.size(), 2u);  // z, past the new end, is cut off
+  const std::vector<float>& y = model.at("y");
+  ASSERT_EQ(y.size(), size_t{3} << 18);
+  for (size_t k = 0; k < y.size(); k += 4099) {
+    EXPECT_EQ(y[k], static_cast<float>(1000003 + k)) << k;
+  }
+  EXPECT_EQ(fs::file_size(alias),
+            fs::file_size(r.output_dir + "/model.safetensors"));
+
+  // Durable: a new file; the folder handed over is removed all the same.
+  ShardedWriter::Options d = r;
+  d.output_dir = root + "/durable";
+  d.recycle_dir = r.output_dir;
+  d.durable = true;
+  auto third = ShardedWriter::Create(d, two);
+  ASSERT_TRUE(third.ok()) << third.status();
+  for (size_t i = 0; i < 2; ++i) WriteBig(**third, i);
+  ASSERT_TRUE((*third)->Commit().ok());
+  EXPECT_FALSE(fs::exists(r.output_dir));
+  EXPECT_EQ(fs::hard_link_count(d.output_dir + "/model.safetensors"), 1u);
+  EXPECT_EQ(fs::hard_link_count(alias), 1u);
+  EXPECT_EQ(testing::ReadModel(d.output_dir).at("y"), y);
+}
+
 }  // namespace
 }  // namespace mergeserve

@@ -78,6 +78,9 @@ struct MergeOptions {
   // are read once and removed (sweep points, stages, RI's unadapted merge)
   // turn it off: their pages need never reach the disk.
   bool durable = true;
+  // An earlier scratch output's folder whose files the result overwrites in
+  // place (ShardedWriter::Options::recycle_dir; durable false only).
+  std::string recycle_dir;
   // Further results of the same merge with another λ (the global `lambda`)
   // or other weights for some models, written in the same pass from the
   // same trimmed task vectors: each folder holds what a merge with those
@@ -89,6 +92,7 @@ struct MergeOptions {
     std::optional<double> lambda;           // unset: the merge's
     std::map<std::string, double> weights;  // by model reference
     std::string config_text;                // as MergeOptions::config_text
+    std::string recycle_dir;                // as MergeOptions::recycle_dir
   };
   std::vector<Variant> variants;
 };

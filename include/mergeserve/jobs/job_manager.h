@@ -33,6 +33,7 @@
 #include "mergeserve/jobs/job_dispatcher.h"
 #include "mergeserve/jobs/job_store.h"
 #include "mergeserve/jobs/merge_request.h"
+#include "mergeserve/jobs/scratch_pool.h"
 #include "mergeserve/jobs/work_executor.h"
 #include "mergeserve/jobs/work_job.h"
 #include "mergeserve/registry/checkpoint_registry.h"
@@ -182,6 +183,8 @@ class JobManager {
   const StatsCounters& stats_counters() const { return stats_counters_; }
   const ReplicaCounters& replica_counters() const { return replica_counters_; }
   TaskVectorCache* cache() { return cache_.get(); }
+  // Sweep points' folders kept for later points to overwrite.
+  ScratchPool* scratch_pool() { return scratch_pool_.get(); }
   CheckpointRegistry* registry() { return options_.registry; }
   const Options& options() const { return options_; }
 
@@ -258,6 +261,7 @@ class JobManager {
   Options options_;
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<TaskVectorCache> cache_;
+  std::unique_ptr<ScratchPool> scratch_pool_;
   std::unique_ptr<WorkExecutor> executor_;
   std::unique_ptr<JobDispatcher> dispatcher_;
   StatsCounters stats_counters_;

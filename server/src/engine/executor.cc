@@ -392,6 +392,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   wo.digest_files = options.digest_outputs;
   wo.drop_cached = options.uncache_outputs;
   wo.durable = options.durable;
+  wo.recycle_dir = options.recycle_dir;
   wo.metadata = {{"format", "pt"},
                  {"merged_by", "mergeserve"},
                  {"merge_method", config.merge_method}};
@@ -401,6 +402,7 @@ absl::StatusOr<MergeSummary> RunMergePlan(std::unique_ptr<MergePlan> plan,
   for (const MergeOptions::Variant& v : variants) {
     ShardedWriter::Options vo = wo;
     vo.output_dir = v.output_dir;
+    vo.recycle_dir = v.recycle_dir;
     MS_ASSIGN_OR_RETURN(std::unique_ptr<ShardedWriter> w,
                         ShardedWriter::Create(vo, specs));
     others.push_back(std::move(w));

@@ -145,9 +145,19 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
     shard.size = shard.data_start + off;
     for (size_t i : members[s]) w->placement_[i].offset += shard.data_start;
     const std::string path = w->temp_dir_ + "/" + shard.file_name;
+    // A recycled shard keeps its pages: no O_TRUNC, then cut to size.
+    const bool recycled =
+        !w->options_.recycle_dir.empty() && !w->options_.durable &&
+        ::rename((w->options_.recycle_dir + "/" + shard.file_name).c_str(),
+                 path.c_str()) == 0;
     shard.fd =
-        ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        ::open(path.c_str(),
+               O_RDWR | O_CREAT | O_CLOEXEC | (recycled ? 0 : O_TRUNC), 0644);
     if (shard.fd < 0) return IoError("cannot create", path);
+    if (recycled &&
+        ::ftruncate(shard.fd, static_cast<off_t>(shard.size)) != 0) {
+      return IoError("cannot size", path);
+    }
     w->shards_.push_back(shard);
     unsigned char len[8];
     uint64_t hl = text.size();
@@ -168,6 +178,9 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
     if (rc != 0 && ::ftruncate(shard.fd, static_cast<off_t>(shard.size)) != 0) {
       return IoError("cannot size", path);
     }
+  }
+  if (!w->options_.recycle_dir.empty()) {
+    fs::remove_all(w->options_.recycle_dir, ec);  // what was not taken over
   }
   if (w->options_.durable && w->options_.sync_every_bytes > 0 &&
       w->options_.reserve) {

@@ -18,6 +18,7 @@
 #include "mergeserve/engine/method_registry.h"
 #include "mergeserve/jobs/evaluation_job.h"
 #include "mergeserve/jobs/sweep_job.h"
+#include "mergeserve/jobs/sweep_runner.h"
 #include "mergeserve/registry/storage_roots.h"
 #include "mergeserve/store/sqlite_database.h"
 
@@ -46,6 +47,9 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   }
   m->options_ = options;
   m->cache_ = std::make_unique<TaskVectorCache>(options.cache_budget);
+  // At most one fused row of points (the server's start clears scratch/).
+  m->scratch_pool_ = std::make_unique<ScratchPool>(
+      options.data_dir + "/scratch/pool", kFusedScratchBytes);
   std::error_code ec;
   fs::create_directories(options.data_dir + "/results", ec);
   std::shared_ptr<Database> db = options.db;

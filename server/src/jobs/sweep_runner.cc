@@ -184,12 +184,16 @@ std::optional<double> OnlyChange(const MergeConfig& head, MergeConfig c,
   return value;
 }
 
-// Removes a batch's point folders when it ends, however it ends.
+// A batch's point folders and the kept folders it took to overwrite;
+// whatever is still there when the batch ends, however it ends, is removed
+// (an evaluated point's folder has gone back to the pool by then).
 struct ScratchFolders {
   std::vector<std::string> dirs;
+  std::vector<std::string> recycled;
   ~ScratchFolders() {
     std::error_code ec;
     for (const std::string& d : dirs) fs::remove_all(d, ec);
+    for (const std::string& d : recycled) fs::remove_all(d, ec);
   }
 };
 
@@ -370,9 +374,11 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
     ScratchFolders folders;
     for (size_t b = 0; b < batch.size(); ++b) {
       folders.dirs.push_back(absl::StrCat(scratch, "-", batch[b]));
+      folders.recycled.push_back(jobs.scratch_pool()->Take());
     }
     MergeOptions mo;
     mo.output_dir = folders.dirs.front();
+    mo.recycle_dir = folders.recycled.front();
     mo.overwrite = true;
     mo.threads = jobs.options().threads_per_job;
     mo.resolver = prepared.resolver;
@@ -393,6 +399,7 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
       // A plain request runs as it came: each point's own config.
       MergeOptions::Variant v;
       v.output_dir = folders.dirs[b];
+      v.recycle_dir = folders.recycled[b];
       v.config_text = configs[b].ToYaml();
       if (IsWeightAxis(row_parameter)) {
         v.weights[WeightedModel(row_parameter)] = row_values[b];
@@ -422,8 +429,8 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
       at.weights_check = StorageRoots::OwnedFileCheck(folders.dirs[b]);
       MS_ASSIGN_OR_RETURN(point.tasks, evaluator.Run(at));
       point.eval_seconds = Since(t0);
-      std::error_code ec;
-      fs::remove_all(folders.dirs[b], ec);
+      // Kept for a later point to overwrite (its pages stay cached).
+      jobs.scratch_pool()->Keep(folders.dirs[b]);
       point.mean_accuracy = MeanAccuracy(point.tasks);
       take_best(point);
       if (options.on_point) MS_RETURN_IF_ERROR(options.on_point(point));
