@@ -230,12 +230,15 @@ TEST_F(SweepJobTest, ARowOfPointsIsMergedInOnePass) {
   // Points 0-2 merge λ 0.5 (the same config): the same results.
   EXPECT_EQ(twice_fused.points[2].tasks[0].mean_cross_entropy,
             twice_fused.points[0].tasks[0].mean_cross_entropy);
-  // Every point's folder is gone.
+  // Every point's folder is gone: into the pool, whose files later sweeps
+  // (those above, after the first) overwrite for their results, which
+  // matched merges of their own.
   for (const auto& e : std::filesystem::directory_iterator(
            registry_->data_dir() + "/scratch")) {
     EXPECT_EQ(e.path().filename().string().find("sweep-"), std::string::npos)
         << e.path();
   }
+  EXPECT_GT(jobs_->scratch_pool()->kept_bytes(), 0);
 }
 
 TEST_F(SweepJobTest, BadGridsAreRefusedBeforeAnythingIsQueued) {

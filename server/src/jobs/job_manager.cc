@@ -47,9 +47,11 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   }
   m->options_ = options;
   m->cache_ = std::make_unique<TaskVectorCache>(options.cache_budget);
-  // At most one fused row of points (the server's start clears scratch/).
+  // At most one fused row of points. Tagged like a temporary: a start
+  // clears scratch/ of what no live replica is using.
   m->scratch_pool_ = std::make_unique<ScratchPool>(
-      options.data_dir + "/scratch/pool", kFusedScratchBytes);
+      absl::StrCat(options.data_dir, "/scratch/pool", TempTag()),
+      kFusedScratchBytes);
   std::error_code ec;
   fs::create_directories(options.data_dir + "/results", ec);
   std::shared_ptr<Database> db = options.db;
