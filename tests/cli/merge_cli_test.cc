@@ -1,11 +1,16 @@
 // `mergeserve merge` on bad input: a non-zero exit that tells the failure
 // kind apart, one clear message naming the thing, and nothing written.
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -89,6 +94,40 @@ TEST_F(MergeCliTest, SucceedsAndWritesAnHfFolder) {
   EXPECT_EQ(r.exit_code, 5) << r.output;
   EXPECT_THAT(r.output, HasSubstr("--overwrite"));
   EXPECT_TRUE(fs::exists(dir_ + "/out/model.safetensors"));
+}
+
+// The peak RSS a merge reports is its own. Linux carries getrusage's
+// ru_maxrss across execve from the address space the exec replaced, so a
+// merge started by a large process (posix_spawn shares the parent's) used
+// to report the parent's size.
+TEST_F(MergeCliTest, PeakRssIsTheMergesOwnNotItsParents) {
+  std::vector<char> big(size_t{384} << 20, 1);  // touched: resident
+  testing::WriteFile(dir_ + "/c.yaml", kTies);
+  const std::string out = dir_ + "/run.json";
+  posix_spawn_file_actions_t files;
+  posix_spawn_file_actions_init(&files);
+  posix_spawn_file_actions_addopen(&files, 1, out.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<std::string> args = {MERGESERVE_BINARY, "merge",
+                                   dir_ + "/c.yaml",  dir_ + "/out",
+                                   "--quiet",         "--json"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, argv[0], &files, nullptr, argv.data(), environ),
+            0);
+  posix_spawn_file_actions_destroy(&files);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  const std::string j = testing::ReadFileBytes(out);
+  const size_t at = j.find("\"peak_rss_bytes\":");
+  ASSERT_NE(at, std::string::npos) << j;
+  const int64_t peak = std::stoll(j.substr(at + 17));
+  EXPECT_GT(peak, 0);
+  EXPECT_LT(peak, int64_t{256} << 20) << "the parent holds " << big.size();
+  EXPECT_EQ(big[12345], 1);
 }
 
 TEST_F(MergeCliTest, MissingTensorNamesTensorAndModel) {
