@@ -1,5 +1,6 @@
 #include "mergeserve/jobs/scratch_pool.h"
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -51,6 +52,32 @@ TEST(ScratchPoolTest, KeepsFoldersWithinItsBytesAndHandsOutTheLatestFirst) {
   // Taken folders are the caller's: the pool does not touch them again.
   EXPECT_TRUE(fs::exists(first));
   EXPECT_TRUE(fs::exists(second));
+  EXPECT_EQ(pool.taken(), 2);
+}
+
+// What a batch does not take goes (Shrink), oldest first, and so does what
+// has been idle (DropIdle): the files are merges of a tenant's checkpoints.
+TEST(ScratchPoolTest, ShrinksOldestFirstAndDropsIdleFolders) {
+  const std::string root = testing::TempDir("pool");
+  ScratchPool pool(root + "/pool", 1 << 20);
+  for (char c : {'a', 'b', 'c'}) {
+    pool.Keep(Folder(root + "/sweep-" + std::string(1, c), 100, c));
+  }
+  EXPECT_EQ(pool.kept_bytes(), 300);
+  pool.Shrink(150);  // a and b go
+  EXPECT_EQ(pool.kept_bytes(), 100);
+  pool.Keep(Folder(root + "/sweep-d", 100, 'd'));
+  pool.DropIdle(std::chrono::hours(1));  // none is that old
+  EXPECT_EQ(pool.kept_bytes(), 200);
+  pool.DropIdle(std::chrono::seconds(0));
+  EXPECT_EQ(pool.kept_bytes(), 0);
+  EXPECT_EQ(pool.Take(), "");
+  // Nothing of theirs is left on disk.
+  size_t left = 0;
+  for (const auto& e : fs::recursive_directory_iterator(root + "/pool")) {
+    left += e.is_regular_file();
+  }
+  EXPECT_EQ(left, 0u);
 }
 
 }  // namespace

@@ -239,6 +239,7 @@ TEST_F(SweepJobTest, ARowOfPointsIsMergedInOnePass) {
         << e.path();
   }
   EXPECT_GT(jobs_->scratch_pool()->kept_bytes(), 0);
+  EXPECT_GT(jobs_->scratch_pool()->taken(), 0);
 }
 
 TEST_F(SweepJobTest, BadGridsAreRefusedBeforeAnythingIsQueued) {

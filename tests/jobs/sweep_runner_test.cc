@@ -11,7 +11,8 @@ TEST(SweepRunnerTest, CacheHintFollowsWhatTheGridVaries) {
   const SweepAxis lambdas{"lambda", {0.5, 1.0}};
   const SweepAxis weights{"weight@math", {0.5, 1.0, 2.0}};
   const SweepAxis densities{"density", {0.2, 0.4}};
-  // λ fastest (the RPC puts it last): each q is read by its row.
+  // λ fastest (the RPC puts it last): each q is read by its row (a row
+  // merged in batches overrides this; see RunSweep).
   EXPECT_EQ(SweepCacheHint({lambdas}), CacheHint::kUpdate);
   EXPECT_EQ(SweepCacheHint({weights, lambdas}), CacheHint::kUpdate);
   EXPECT_EQ(SweepCacheHint({densities, weights, lambdas}), CacheHint::kUpdate);

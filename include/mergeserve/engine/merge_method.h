@@ -37,7 +37,8 @@ enum class CacheHint {
   // second point of a weight sweep).
   kGuess,
   // λ changes from one merge to the next (other numbers more slowly): keep
-  // q, never τ (a new weight's q is kept for its row of λ values).
+  // q, never τ (a new weight's q is kept for its row of λ values; a sweep
+  // that merges a row in batches passes kNone instead).
   kUpdate,
   // Only weights change: keep the trimmed τ from the first merge on, never
   // q (no later merge has the same weights).

@@ -77,13 +77,16 @@ struct SweepPlan {
 };
 
 // What each point's merge keeps for the later ones: the merged update where
-// λ varies fastest (kUpdate), each expert's trimmed τ where only weights
-// change over more than kMinPointsToKeepTrimmed points (kTrimmed, from the
-// first point on), neither where densities change or a shorter sweep
-// changes weights (kNone), else the server's guess (kGuess).
+// λ varies fastest (kUpdate; a row merged in batches of several points
+// keeps none, and each batch merges from the experts again), each expert's
+// trimmed τ where only weights change over more than kMinPointsToKeepTrimmed
+// points (kTrimmed, from the first point on), neither where densities change or
+// a shorter sweep changes weights (kNone), else the server's guess (kGuess).
 inline constexpr size_t kMinPointsToKeepTrimmed = 16;
 // Scratch a fused row of points may fill with results before they are
-// evaluated and removed. They are never synced, and should stay in the page
+// evaluated (then kept in the ScratchPool, which a batch empties of what it
+// does not take, so scratch stays near this bound). They are never synced,
+// and should stay in the page
 // cache: well under the kernel's default threshold for background
 // writeback (10% of available memory, 2.2 GB on a 24 GB machine). With 4 GiB
 // a row of ten 321 MiB results was written back to disk while it was

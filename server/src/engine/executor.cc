@@ -185,7 +185,9 @@ int64_t PeakRssBytes() {
   std::string line;
   while (std::getline(status, line)) {
     if (line.rfind("VmHWM:", 0) == 0) {
-      return std::atoll(line.c_str() + 6) * 1024;  // "VmHWM:   1234 kB"
+      const int64_t kb = std::atoll(line.c_str() + 6);  // "VmHWM:  1234 kB"
+      if (kb > 0) return kb * 1024;
+      break;
     }
   }
   struct rusage ru;

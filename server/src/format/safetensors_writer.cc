@@ -101,6 +101,16 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
         absl::StrCat("cannot create temporary folder ", w->temp_dir_));
   }
 
+  // The recycled folder goes however Create() ends: what was not taken
+  // over is the caller's no longer.
+  struct RemoveRecycled {
+    std::string dir;
+    ~RemoveRecycled() {
+      std::error_code ignored;
+      if (!dir.empty()) fs::remove_all(dir, ignored);
+    }
+  } remove_recycled{w->options_.recycle_dir};
+
   // Assign tensors to shards in order.
   std::vector<std::vector<size_t>> members;
   uint64_t current = 0;
@@ -178,9 +188,6 @@ absl::StatusOr<std::unique_ptr<ShardedWriter>> ShardedWriter::Create(
     if (rc != 0 && ::ftruncate(shard.fd, static_cast<off_t>(shard.size)) != 0) {
       return IoError("cannot size", path);
     }
-  }
-  if (!w->options_.recycle_dir.empty()) {
-    fs::remove_all(w->options_.recycle_dir, ec);  // what was not taken over
   }
   if (w->options_.durable && w->options_.sync_every_bytes > 0 &&
       w->options_.reserve) {

@@ -1215,12 +1215,14 @@ int64_t JobManager::ExpireOldJobs() {
 }
 
 void JobManager::JanitorLoop() {
+  // At least once a minute: sweeps' kept scratch goes after kScratchIdle.
   const auto period = std::chrono::milliseconds(
-      std::clamp<int64_t>(options_.retention_ms / 10, 1000, 3600 * 1000));
+      std::clamp<int64_t>(options_.retention_ms / 10, 1000, 60 * 1000));
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     lock.unlock();
     ExpireOldJobs();
+    scratch_pool_->DropIdle(kScratchIdle);
     lock.lock();
     janitor_cv_.wait_for(
         lock, period,

@@ -1,5 +1,6 @@
 #include "mergeserve/jobs/scratch_pool.h"
 
+#include <cstddef>
 #include <filesystem>
 #include <system_error>
 #include <utility>
@@ -33,7 +34,45 @@ std::string ScratchPool::Take() {
   Kept k = std::move(kept_.back());
   kept_.pop_back();
   bytes_ -= k.bytes;
+  ++taken_;
   return k.path;
+}
+
+std::vector<std::string> ScratchPool::DropOldest(size_t n) {
+  std::vector<std::string> doomed;
+  for (size_t i = 0; i < n; ++i) {
+    bytes_ -= kept_[i].bytes;
+    doomed.push_back(std::move(kept_[i].path));
+  }
+  kept_.erase(kept_.begin(), kept_.begin() + static_cast<ptrdiff_t>(n));
+  return doomed;
+}
+
+void ScratchPool::Shrink(int64_t max_bytes) {
+  std::vector<std::string> doomed;
+  {
+    absl::MutexLock lock(&mu_);
+    size_t n = 0;
+    for (int64_t left = bytes_; n < kept_.size() && left > max_bytes; ++n) {
+      left -= kept_[n].bytes;
+    }
+    doomed = DropOldest(n);
+  }
+  std::error_code ec;
+  for (const std::string& d : doomed) fs::remove_all(d, ec);
+}
+
+void ScratchPool::DropIdle(std::chrono::steady_clock::duration idle) {
+  const auto before = std::chrono::steady_clock::now() - idle;
+  std::vector<std::string> doomed;
+  {
+    absl::MutexLock lock(&mu_);
+    size_t n = 0;
+    while (n < kept_.size() && kept_[n].at < before) ++n;
+    doomed = DropOldest(n);
+  }
+  std::error_code ec;
+  for (const std::string& d : doomed) fs::remove_all(d, ec);
 }
 
 void ScratchPool::Keep(const std::string& folder) {
@@ -46,7 +85,7 @@ void ScratchPool::Keep(const std::string& folder) {
       fs::create_directories(dir_, ec);
       if (!ec) fs::rename(folder, path, ec);
       if (!ec) {
-        kept_.push_back({path, bytes});
+        kept_.push_back({path, bytes, std::chrono::steady_clock::now()});
         bytes_ += bytes;
         return;
       }
@@ -58,6 +97,11 @@ void ScratchPool::Keep(const std::string& folder) {
 int64_t ScratchPool::kept_bytes() const {
   absl::MutexLock lock(&mu_);
   return bytes_;
+}
+
+int64_t ScratchPool::taken() const {
+  absl::MutexLock lock(&mu_);
+  return taken_;
 }
 
 }  // namespace mergeserve

@@ -376,6 +376,8 @@ absl::StatusOr<SweepSummary> RunSweep(JobManager& jobs,
       folders.dirs.push_back(absl::StrCat(scratch, "-", batch[b]));
       folders.recycled.push_back(jobs.scratch_pool()->Take());
     }
+    // What this batch does not take would only add to its scratch.
+    jobs.scratch_pool()->Shrink(0);
     MergeOptions mo;
     mo.output_dir = folders.dirs.front();
     mo.recycle_dir = folders.recycled.front();

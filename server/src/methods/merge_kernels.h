@@ -37,7 +37,7 @@ void ElectSign(float* votes, float tie, int64_t n);
 void AddAgreeing(float* acc, float* den, const float* u, const float* sign,
                  float ew, float w, float d, int64_t n);
 
-// The election and the disjoint merge of one tile in one pass: what
+// The election and the disjoint merge of m elements in one pass: what
 // AddScaled (or AddSigns when count_signs) of each tv[k] by ew[k] into zeroed
 // votes, ElectSign(votes, tie), AddAgreeing(acc, den, tv[k], votes, ew[k],
 // w[k], d[k]) into zeroed sums and then Quotient (divisor kNone), or

@@ -61,13 +61,20 @@ struct Buffers {
   // ElectAndMerge's per-expert arguments.
   std::vector<const float*> tvs;
   std::vector<float> ew, w, d;
+  Buffers() = default;
+  Buffers(const Buffers&) = delete;  // the pointers are into its own arena
+  Buffers& operator=(const Buffers&) = delete;
+  Buffers(Buffers&&) = default;  // a vector's move keeps its data
+  Buffers& operator=(Buffers&&) = default;
   float* Tv(size_t k) const { return tv + k * tv_stride; }
   void Reserve(size_t n_experts, size_t n) {
     if (chunk >= n && experts >= n_experts) return;
     constexpr size_t kLine = 16;  // floats per 64-byte line
-    const size_t stride = n + kLine;
-    arena.assign((7 + n_experts) * stride + kLine, 0);
+    const size_t stride = (n + kLine - 1) / kLine * kLine + kLine;
+    arena.assign((7 + n_experts) * stride + 2 * kLine, 0);
+    // From a line boundary: a 16-float load then never spans two lines.
     float* at = arena.data();
+    while (reinterpret_cast<uintptr_t>(at) % 64 != 0) ++at;
     for (float** p : {&base, &rnd, &mask, &sum, &acc, &den, &out}) {
       *p = at;
       at += stride;
