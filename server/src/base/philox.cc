@@ -65,90 +65,107 @@ MS_AVX512_INLINE __m512 UnpackHiPd(__m512 a, __m512 c) {
       _mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
 }
 
-// Sixteen blocks per step, as two halves of eight with one block per
+// Philox's ten rounds on kHalves groups of eight blocks, one block per
 // 64-bit lane, its words in the lanes' low halves: pmuludq multiplies those
 // and leaves the 64-bit product in place, so a round is two multiplies, two
-// shifts and two three-way xors per half. (Blocks in 32-bit lanes need the
+// shifts and two three-way xors per group. (Blocks in 32-bit lanes need the
 // odd lanes shifted in and both halves blended back every round: 16 rather
 // than 12 instructions per sixteen blocks.) The high halves of the lanes
-// carry garbage that pmuludq ignores. The words' low halves are then packed
-// into 32-bit lanes, block i in lane i, and interleaved into the output
-// order (a 4x16 transpose).
+// carry garbage that pmuludq ignores. Groups are independent chains: four
+// of them keep the multipliers busy through the chains' latency.
+template <int kHalves>
+MS_AVX512_INLINE void PhiloxRounds(std::array<uint32_t, 2> key,
+                                   __m512i (&x)[kHalves][4]) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  const __m512i m0 = _mm512_set1_epi64(kM0);
+  const __m512i m1 = _mm512_set1_epi64(kM1);
+  uint32_t k0 = key[0], k1 = key[1];
+  for (int round = 0; round < 10; ++round) {
+    const __m512i key0 = _mm512_set1_epi64(k0);
+    const __m512i key1 = _mm512_set1_epi64(k1);
+    for (int h = 0; h < kHalves; ++h) {
+      const __m512i p0 = _mm512_mul_epu32(m0, x[h][0]);
+      const __m512i p1 = _mm512_mul_epu32(m1, x[h][2]);
+      // 0x96: a ^ b ^ c.
+      x[h][0] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), x[h][1],
+                                          key0, 0x96);
+      x[h][2] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), x[h][3],
+                                          key1, 0x96);
+      x[h][1] = p1;
+      x[h][3] = p0;
+    }
+    k0 += kW0;
+    k1 += kW1;
+  }
+}
+
+// The uniforms of sixteen blocks, groups a and e of PhiloxRounds, in the
+// output order: the words' low halves packed into 32-bit lanes (block i in
+// lane i), then a 4x16 transpose.
+MS_AVX512_INLINE void StoreUniforms16(const __m512i (&a)[4],
+                                      const __m512i (&e)[4], float* o) {
+  const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16,
+                                               18, 20, 22, 24, 26, 28, 30);
+  const __m512 f0 = Uniform(_mm512_permutex2var_epi32(a[0], low_halves, e[0]));
+  const __m512 f1 = Uniform(_mm512_permutex2var_epi32(a[1], low_halves, e[1]));
+  const __m512 f2 = Uniform(_mm512_permutex2var_epi32(a[2], low_halves, e[2]));
+  const __m512 f3 = Uniform(_mm512_permutex2var_epi32(a[3], low_halves, e[3]));
+  // Per 128-bit lane, u<i> holds block i of each group of four blocks.
+  const __m512 t0 = _mm512_unpacklo_ps(f0, f1), t1 = _mm512_unpackhi_ps(f0, f1);
+  const __m512 t2 = _mm512_unpacklo_ps(f2, f3), t3 = _mm512_unpackhi_ps(f2, f3);
+  const __m512 u0 = UnpackLoPd(t0, t2), u1 = UnpackHiPd(t0, t2);
+  const __m512 u2 = UnpackLoPd(t1, t3), u3 = UnpackHiPd(t1, t3);
+  // Blocks 0 8 1 9, 2 10 3 11, 4 12 5 13, 6 14 7 15; then in order.
+  const __m512 s0 = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(2, 0, 2, 0));
+  const __m512 s1 = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(2, 0, 2, 0));
+  const __m512 s2 = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(3, 1, 3, 1));
+  const __m512 s3 = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(3, 1, 3, 1));
+  _mm512_storeu_ps(o, _mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)));
+  _mm512_storeu_ps(o + 16,
+                   _mm512_shuffle_f32x4(s2, s3, _MM_SHUFFLE(2, 0, 2, 0)));
+  _mm512_storeu_ps(o + 32,
+                   _mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)));
+  _mm512_storeu_ps(o + 48,
+                   _mm512_shuffle_f32x4(s2, s3, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// kHalves groups of eight blocks from `block` on (no wrap of the low
+// counter word within them), their uniforms to `o`.
+template <int kHalves>
+MS_AVX512_INLINE void PhiloxUniformsAvx512(std::array<uint32_t, 2> key,
+                                           uint32_t c2, uint32_t c3,
+                                           uint64_t block, float* o) {
+  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  __m512i x[kHalves][4];
+  for (int h = 0; h < kHalves; ++h) {
+    x[h][0] = _mm512_add_epi64(
+        _mm512_set1_epi64(static_cast<uint32_t>(block) + 8u * h), lane);
+    x[h][1] = _mm512_set1_epi64(static_cast<uint32_t>(block >> 32));
+    x[h][2] = _mm512_set1_epi64(c2);
+    x[h][3] = _mm512_set1_epi64(c3);
+  }
+  PhiloxRounds<kHalves>(key, x);
+  for (int h = 0; h < kHalves; h += 2)
+    StoreUniforms16(x[h], x[h + 1], o + 32 * h);
+}
+
+// Thirty-two blocks per step while they last, then sixteen; stops before a
+// wrap of the low counter word within a step (the caller takes those
+// blocks one at a time). Returns the blocks done.
 __attribute__((target("avx512f"))) int64_t PhiloxUniformBlocksAvx512(
     std::array<uint32_t, 2> key, uint32_t c2, uint32_t c3, uint64_t first,
     int64_t blocks, float* __restrict out) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
-  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
-  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m512i eight = _mm512_set1_epi64(8);
-  const __m512i m0 = _mm512_set1_epi64(kM0);
-  const __m512i m1 = _mm512_set1_epi64(kM1);
-  // Lane i of a packed word: the low half of lane i of the first eight
-  // blocks, then of the second.
-  const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16,
-                                               18, 20, 22, 24, 26, 28, 30);
   int64_t b = 0;
+  for (; b + 32 <= blocks; b += 32) {
+    const uint64_t block = first + static_cast<uint64_t>(b);
+    if (static_cast<uint32_t>(block) > 0xffffffffu - 31) break;
+    PhiloxUniformsAvx512<4>(key, c2, c3, block, out + 4 * b);
+  }
   for (; b + 16 <= blocks; b += 16) {
     const uint64_t block = first + static_cast<uint64_t>(b);
-    // The low counter word must not wrap within the sixteen.
     if (static_cast<uint32_t>(block) > 0xffffffffu - 15) break;
-    __m512i a0 =
-        _mm512_add_epi64(_mm512_set1_epi64(static_cast<uint32_t>(block)), lane);
-    __m512i e0 = _mm512_add_epi64(a0, eight);
-    __m512i a1 = _mm512_set1_epi64(static_cast<uint32_t>(block >> 32));
-    __m512i e1 = a1;
-    __m512i a2 = _mm512_set1_epi64(c2), e2 = a2;
-    __m512i a3 = _mm512_set1_epi64(c3), e3 = a3;
-    uint32_t k0 = key[0], k1 = key[1];
-    for (int round = 0; round < 10; ++round) {
-      const __m512i key0 = _mm512_set1_epi64(k0);
-      const __m512i key1 = _mm512_set1_epi64(k1);
-      const __m512i pa0 = _mm512_mul_epu32(m0, a0);
-      const __m512i pa1 = _mm512_mul_epu32(m1, a2);
-      const __m512i pe0 = _mm512_mul_epu32(m0, e0);
-      const __m512i pe1 = _mm512_mul_epu32(m1, e2);
-      // 0x96: a ^ b ^ c.
-      a0 =
-          _mm512_ternarylogic_epi32(_mm512_srli_epi64(pa1, 32), a1, key0, 0x96);
-      a2 =
-          _mm512_ternarylogic_epi32(_mm512_srli_epi64(pa0, 32), a3, key1, 0x96);
-      e0 =
-          _mm512_ternarylogic_epi32(_mm512_srli_epi64(pe1, 32), e1, key0, 0x96);
-      e2 =
-          _mm512_ternarylogic_epi32(_mm512_srli_epi64(pe0, 32), e3, key1, 0x96);
-      a1 = pa1;
-      a3 = pa0;
-      e1 = pe1;
-      e3 = pe0;
-      k0 += kW0;
-      k1 += kW1;
-    }
-    const __m512i x0 = _mm512_permutex2var_epi32(a0, low_halves, e0);
-    const __m512i x1 = _mm512_permutex2var_epi32(a1, low_halves, e1);
-    const __m512i x2 = _mm512_permutex2var_epi32(a2, low_halves, e2);
-    const __m512i x3 = _mm512_permutex2var_epi32(a3, low_halves, e3);
-    const __m512 f0 = Uniform(x0), f1 = Uniform(x1);
-    const __m512 f2 = Uniform(x2), f3 = Uniform(x3);
-    // Per 128-bit lane, u<i> holds block i of each group of four blocks.
-    const __m512 t0 = _mm512_unpacklo_ps(f0, f1),
-                 t1 = _mm512_unpackhi_ps(f0, f1);
-    const __m512 t2 = _mm512_unpacklo_ps(f2, f3),
-                 t3 = _mm512_unpackhi_ps(f2, f3);
-    const __m512 u0 = UnpackLoPd(t0, t2), u1 = UnpackHiPd(t0, t2);
-    const __m512 u2 = UnpackLoPd(t1, t3), u3 = UnpackHiPd(t1, t3);
-    // Blocks 0 8 1 9, 2 10 3 11, 4 12 5 13, 6 14 7 15; then in order.
-    const __m512 s0 = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512 s1 = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512 s2 = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(3, 1, 3, 1));
-    const __m512 s3 = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(3, 1, 3, 1));
-    float* o = out + 4 * b;
-    _mm512_storeu_ps(o, _mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(o + 16,
-                     _mm512_shuffle_f32x4(s2, s3, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(o + 32,
-                     _mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)));
-    _mm512_storeu_ps(o + 48,
-                     _mm512_shuffle_f32x4(s2, s3, _MM_SHUFFLE(3, 1, 3, 1)));
+    PhiloxUniformsAvx512<2>(key, c2, c3, block, out + 4 * b);
   }
   return b;
 }
